@@ -1,0 +1,329 @@
+"""Artifact store: one folder per (stage, key), written atomically, verified by sha256.
+
+Layout under ``root``::
+
+    <root>/<stage>/<key>/                  a complete artifact (files + manifest.json)
+    <root>/<stage>/.<key>.tmp-<pid>-<rand>/ a write in progress (never looks complete)
+    <root>/<stage>/.<key>.lock             the per-key lock file (fcntl.flock)
+
+Completeness is decided by the data, not by any cache: an artifact is complete only when its
+``manifest.json`` exists and every file it lists exists with the recorded size and sha256.
+
+Typical use (what :meth:`ArtifactStore.ensure` does)::
+
+    if store.is_complete(stage, key): return store.manifest(stage, key)
+    with store.lock(stage, key):
+        if store.is_complete(stage, key): return store.manifest(stage, key)  # another process won
+        with store.write(stage, key, meta={...}) as tmp:
+            ... write files under tmp ...
+    return store.manifest(stage, key)
+
+TODO: fsspec URLs (s3://, gs://). Only local paths and ``file://`` URLs are supported; an NFS
+mount works as a local path as long as it supports flock (Linux NFSv4 does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}$")
+_CHUNK = 1 << 20
+
+
+class LockTimeout(TimeoutError):
+    """Raised when ``store.lock(..., timeout=...)`` cannot get the lock in time."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise ValueError(
+            f"invalid {kind} {name!r}: use letters, digits and _.=+- "
+            f"(not starting with '.', no '..', at most 200 characters)"
+        )
+    return name
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ArtifactStore:
+    """Local artifact store rooted at ``root`` (a path or a ``file://`` URL)."""
+
+    def __init__(self, root: str | os.PathLike):
+        root_s = os.fspath(root)
+        if root_s.startswith("file://"):
+            root_s = root_s[len("file://"):]
+        elif "://" in root_s:
+            raise NotImplementedError(
+                f"artifact store {root_s!r}: only local paths and file:// URLs are supported "
+                "(fsspec object storage is a TODO)"
+            )
+        self.root = Path(root_s).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ paths
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / _check_name("stage", stage)
+
+    def path(self, stage: str, key: str) -> Path:
+        """Final folder of an artifact: ``<root>/<stage>/<key>/`` (may not exist)."""
+        return self.stage_dir(stage) / _check_name("key", key)
+
+    def _lock_path(self, stage: str, key: str) -> Path:
+        return self.stage_dir(stage) / f".{_check_name('key', key)}.lock"
+
+    # --------------------------------------------------------------- reading
+    def _read_manifest(self, stage: str, key: str) -> dict | None:
+        try:
+            with open(self.path(stage, key) / MANIFEST, "r", encoding="utf-8") as f:
+                m = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+            return None
+        return m
+
+    def is_complete(self, stage: str, key: str, verify: bool = True) -> bool:
+        """True when the folder, its manifest and every listed file (size + sha256) check out.
+
+        ``verify=False`` checks existence and sizes only (cheap, for status displays).
+        """
+        folder = self.path(stage, key)
+        m = self._read_manifest(stage, key)
+        if m is None or m.get("key") != key or m.get("stage") != stage:
+            return False
+        for rel, info in m["files"].items():
+            p = folder / rel
+            if ".." in Path(rel).parts or Path(rel).is_absolute():
+                return False
+            try:
+                st = p.stat()
+            except OSError:
+                return False
+            if not p.is_file() or st.st_size != info.get("size"):
+                return False
+            if verify and sha256_file(p) != info.get("sha256"):
+                return False
+        return True
+
+    def manifest(self, stage: str, key: str) -> dict:
+        """The manifest of an artifact; FileNotFoundError if it has none (or it is unreadable)."""
+        m = self._read_manifest(stage, key)
+        if m is None:
+            raise FileNotFoundError(f"no valid manifest for artifact {stage}/{key} under {self.root}")
+        return m
+
+    def keys(self, stage: str) -> list[str]:
+        """Keys that have a folder in ``stage`` (complete or not), sorted."""
+        d = self.stage_dir(stage)
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    # --------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def write(self, stage: str, key: str, meta: dict | None = None) -> Iterator[Path]:
+        """Yield a temporary folder to write the artifact's files into.
+
+        On clean exit: write ``manifest.json`` (key, stage, files with sha256 and size, ``meta``)
+        and rename the folder into place atomically, replacing any previous folder of that key.
+        ``meta`` is read at exit, so the caller may fill the dict inside the ``with`` block.
+        It must be JSON-serialisable. On an exception: delete the temporary folder and leave any
+        previous artifact untouched.
+        """
+        final = self.path(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            manifest = self._build_manifest(tmp, stage, key, meta)
+            mpath = tmp / MANIFEST
+            with open(mpath, "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            self._swap_into_place(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _build_manifest(tmp: Path, stage: str, key: str, meta: dict | None) -> dict:
+        files: dict[str, dict[str, Any]] = {}
+        for dirpath, dirnames, filenames in os.walk(tmp):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                rel = p.relative_to(tmp).as_posix()
+                if rel == MANIFEST:
+                    continue
+                if p.is_symlink():
+                    raise ValueError(f"artifact {stage}/{key}: symlinks are not allowed ({rel})")
+                files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+        return {
+            "version": MANIFEST_VERSION,
+            "stage": stage,
+            "key": key,
+            "files": files,
+            "meta": json.loads(json.dumps(meta or {})),  # fail early if not JSON-serialisable
+            "created_at": time.time(),
+        }
+
+    @staticmethod
+    def _swap_into_place(tmp: Path, final: Path) -> None:
+        try:
+            os.rename(tmp, final)  # atomic when final does not exist
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+            # A previous (incomplete, corrupt or stale) folder is in the way: move it aside,
+            # move ours in, then delete the old one. Readers never see a half-written folder.
+            old = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        _fsync_dir(final.parent)
+
+    def delete(self, stage: str, key: str) -> bool:
+        """Remove an artifact folder; True if something was removed."""
+        p = self.path(stage, key)
+        if not p.exists():
+            return False
+        aside = p.parent / f".{key}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(p, aside)  # so the key disappears atomically
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+    def clean_stale(self, stage: str | None = None, max_age_s: float = 24 * 3600) -> list[Path]:
+        """Delete temporary/aside folders left by killed writers.
+
+        A folder is removed when its writer pid (from the name) is not alive on this host, or
+        when it is older than ``max_age_s`` (for writers on other hosts sharing the store).
+        """
+        stages = [self.stage_dir(stage)] if stage else [p for p in self.root.glob("*") if p.is_dir()]
+        removed = []
+        pat = re.compile(r"^\..+\.(tmp|old)-(\d+)-[0-9a-f]+$")
+        now = time.time()
+        for sd in stages:
+            if not sd.is_dir():
+                continue
+            for p in sd.iterdir():
+                mt = pat.match(p.name)
+                if not mt:
+                    continue
+                try:
+                    age = now - p.stat().st_mtime
+                except OSError:
+                    continue
+                if not _pid_alive(int(mt.group(2))) or age > max_age_s:
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+        return removed
+
+    # --------------------------------------------------------------- locking
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str, timeout: float | None = None,
+             poll_s: float = 0.05) -> Iterator[Path]:
+        """Exclusive OS lock (fcntl.flock) on ``<root>/<stage>/.<key>.lock``.
+
+        Works across processes and across threads (each call opens its own file description).
+        ``timeout=None`` waits forever; otherwise LockTimeout after ``timeout`` seconds.
+        The lock is released when the block exits or the process dies; the lock file is kept
+        (deleting it would let two processes lock two different inodes).
+        """
+        lp = self._lock_path(stage, key)
+        lp.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if timeout is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise LockTimeout(
+                                f"could not lock {lp} within {timeout}s "
+                                "(another process is computing this artifact)"
+                            ) from None
+                        time.sleep(poll_s)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+            yield lp
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    # -------------------------------------------------------------- compound
+    def ensure(self, stage: str, key: str, compute: Callable[[Path], dict | None],
+               verify: bool = True, lock_timeout: float | None = None) -> tuple[dict, bool]:
+        """Return ``(manifest, computed)``, computing the artifact at most once across processes.
+
+        ``compute(tmp_dir)`` writes the files into ``tmp_dir`` and may return a ``meta`` dict.
+        ``computed`` is False when a complete artifact already existed (or another process
+        finished it while we waited for the lock).
+        """
+        if self.is_complete(stage, key, verify=verify):
+            return self.manifest(stage, key), False
+        with self.lock(stage, key, timeout=lock_timeout):
+            if self.is_complete(stage, key, verify=verify):
+                return self.manifest(stage, key), False
+            meta: dict = {}
+            with self.write(stage, key, meta=meta) as tmp:
+                extra = compute(tmp)
+                if extra:
+                    meta.update(extra)
+        return self.manifest(stage, key), True

@@ -1,0 +1,200 @@
+import json
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+
+from tasks.store import ArtifactStore, LockTimeout
+
+
+def _write(store, stage, key, files, meta=None):
+    with store.write(stage, key, meta=meta) as tmp:
+        for rel, data in files.items():
+            p = tmp / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+    return store.path(stage, key)
+
+
+def test_path_layout_and_name_validation(tmp_path):
+    s = ArtifactStore(tmp_path)
+    assert s.path("data", "abc123") == tmp_path / "data" / "abc123"
+    assert ArtifactStore(f"file://{tmp_path}").path("a", "b") == tmp_path / "a" / "b"
+    for bad in ["../x", ".hidden", "a/b", "", "x..y"]:
+        with pytest.raises(ValueError):
+            s.path("data", bad)
+    with pytest.raises(NotImplementedError):
+        ArtifactStore("s3://bucket/x")
+
+
+def test_write_manifest_and_complete(tmp_path):
+    s = ArtifactStore(tmp_path)
+    assert not s.is_complete("data", "k1")
+    meta = {"rows": 1}
+    with s.write("data", "k1", meta=meta) as tmp:
+        assert tmp.parent == tmp_path / "data"
+        assert tmp.name.startswith(".k1.tmp-")
+        (tmp / "a.bin").write_bytes(b"hello")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("world")
+        meta["shape"] = [2, 3]  # meta may be filled inside the block
+        assert not s.is_complete("data", "k1")
+    assert s.is_complete("data", "k1")
+    m = s.manifest("data", "k1")
+    assert m["key"] == "k1" and m["stage"] == "data"
+    assert set(m["files"]) == {"a.bin", "sub/b.txt"}
+    assert m["files"]["a.bin"]["size"] == 5
+    assert m["files"]["a.bin"]["sha256"] == (
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+    assert m["meta"] == {"rows": 1, "shape": [2, 3]}
+    # no temp folders left behind
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["k1"]
+
+
+@pytest.mark.parametrize("damage", ["delete_file", "corrupt_same_size", "truncate",
+                                    "delete_manifest", "garbage_manifest", "delete_folder"])
+def test_missing_or_corrupt_is_not_complete(tmp_path, damage):
+    s = ArtifactStore(tmp_path)
+    d = _write(s, "act", "k", {"x.npy": b"0123456789", "y.npy": b"abc"})
+    assert s.is_complete("act", "k")
+    if damage == "delete_file":
+        (d / "x.npy").unlink()
+    elif damage == "corrupt_same_size":
+        (d / "x.npy").write_bytes(b"0123456780")
+    elif damage == "truncate":
+        (d / "y.npy").write_bytes(b"ab")
+    elif damage == "delete_manifest":
+        (d / "manifest.json").unlink()
+    elif damage == "garbage_manifest":
+        (d / "manifest.json").write_text("{not json")
+    elif damage == "delete_folder":
+        import shutil
+        shutil.rmtree(d)
+    assert not s.is_complete("act", "k")
+    if damage == "corrupt_same_size":
+        assert s.is_complete("act", "k", verify=False)  # size-only check cannot see it
+
+
+def test_exception_keeps_previous_artifact(tmp_path):
+    s = ArtifactStore(tmp_path)
+    _write(s, "data", "k", {"f": b"good"})
+    with pytest.raises(RuntimeError):
+        with s.write("data", "k") as tmp:
+            (tmp / "f").write_bytes(b"half-writ")
+            raise RuntimeError("killed")
+    assert s.is_complete("data", "k")
+    assert (s.path("data", "k") / "f").read_bytes() == b"good"
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["k"]
+
+
+def test_write_replaces_corrupt_previous(tmp_path):
+    s = ArtifactStore(tmp_path)
+    d = _write(s, "data", "k", {"f": b"v1", "stale": b"old"})
+    (d / "f").write_bytes(b"XX")
+    assert not s.is_complete("data", "k")
+    _write(s, "data", "k", {"f": b"v2"})
+    assert s.is_complete("data", "k")
+    assert sorted(p.name for p in d.iterdir()) == ["f", "manifest.json"]
+    assert (d / "f").read_bytes() == b"v2"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["k"]
+
+
+def test_non_json_meta_fails_and_cleans_up(tmp_path):
+    s = ArtifactStore(tmp_path)
+    with pytest.raises(TypeError):
+        with s.write("data", "k", meta={"x": object()}) as tmp:
+            (tmp / "f").write_bytes(b"1")
+    assert not s.path("data", "k").exists()
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_clean_stale_removes_dead_writer_temp(tmp_path):
+    s = ArtifactStore(tmp_path)
+    (tmp_path / "data").mkdir()
+    dead = tmp_path / "data" / ".k.tmp-999999999-abcd1234"
+    dead.mkdir()
+    live = tmp_path / "data" / f".k.tmp-{os.getpid()}-abcd1234"
+    live.mkdir()
+    removed = s.clean_stale("data")
+    assert removed == [dead] and live.exists() and not dead.exists()
+
+
+def _hold_lock(root, ready, release):
+    s = ArtifactStore(root)
+    with s.lock("data", "k"):
+        ready.set()
+        release.wait(10)
+
+
+def test_lock_timeout_against_other_process(tmp_path):
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
+    p.start()
+    try:
+        assert ready.wait(20)
+        s = ArtifactStore(tmp_path)
+        t0 = time.monotonic()
+        with pytest.raises(LockTimeout):
+            with s.lock("data", "k", timeout=0.3):
+                pass
+        assert time.monotonic() - t0 >= 0.3
+        with s.lock("data", "other", timeout=0.3):  # other keys are independent
+            pass
+    finally:
+        release.set()
+        p.join(10)
+    with ArtifactStore(tmp_path).lock("data", "k", timeout=2):
+        pass
+
+
+def _race_worker(root, counter, start):
+    s = ArtifactStore(root)
+    start.wait(20)
+
+    def compute(tmp):
+        with open(counter, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # long enough that the other process is waiting on the lock
+        (tmp / "out.txt").write_text("result")
+        return {"by": os.getpid()}
+
+    manifest, computed = s.ensure("train", "samekey", compute)
+    assert manifest["files"]["out.txt"]["size"] == 6
+
+
+def test_two_processes_compute_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    counter = tmp_path / "count.txt"
+    start = ctx.Event()
+    procs = [ctx.Process(target=_race_worker, args=(str(tmp_path / "store"), str(counter), start))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(counter.read_text().splitlines()) == 1
+    s = ArtifactStore(tmp_path / "store")
+    assert s.is_complete("train", "samekey")
+    # third call: cached, compute not called
+    m, computed = s.ensure("train", "samekey", lambda tmp: pytest.fail("recomputed"))
+    assert computed is False and m["meta"]["by"] in {p.pid for p in procs}
+
+
+def test_ensure_recomputes_corrupt(tmp_path):
+    s = ArtifactStore(tmp_path)
+    calls = []
+
+    def compute(tmp):
+        calls.append(1)
+        (tmp / "a").write_text("x" * 10)
+
+    assert s.ensure("s", "k", compute)[1] is True
+    assert s.ensure("s", "k", compute)[1] is False
+    (s.path("s", "k") / "a").write_text("y" * 10)
+    assert s.ensure("s", "k", compute)[1] is True
+    assert len(calls) == 2
+    assert json.loads((s.path("s", "k") / "manifest.json").read_text())["key"] == "k"
