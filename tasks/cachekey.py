@@ -1,0 +1,134 @@
+"""Cache keys: hash(stage, config, upstream keys, source of the library packages a stage runs).
+
+Unlike Prefect's default cache policy (task source + inputs + run id), a key here changes when
+*any* .py file of the named packages changes (a helper deep inside ``karel/`` included), and
+never depends on the run id, the process, or PYTHONHASHSEED: it is sha256 over canonical JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path, PurePath
+from typing import Any, Iterable, Mapping
+
+KEY_FORMAT_VERSION = 1
+
+
+def package_files(package: str) -> list[tuple[str, Path]]:
+    """``(relative posix path, absolute path)`` of every .py file of a package, sorted.
+
+    Finds the package without importing it (top-level names only import nothing).
+    A plain module (``foo.py``) yields that one file.
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"cannot hash package {package!r}: {e}") from e
+    if spec is None:
+        raise ValueError(f"cannot hash package {package!r}: not importable from sys.path")
+    locations = list(spec.submodule_search_locations or [])
+    if not locations:
+        if not spec.origin or not spec.origin.endswith(".py"):
+            raise ValueError(f"cannot hash package {package!r}: no Python source ({spec.origin})")
+        p = Path(spec.origin)
+        return [(p.name, p)]
+    out: dict[str, Path] = {}
+    for loc in locations:  # several for namespace packages
+        base = Path(loc)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames
+                                 if d != "__pycache__" and not d.startswith("."))
+            for name in filenames:
+                if name.endswith(".py"):
+                    p = Path(dirpath) / name
+                    out.setdefault(p.relative_to(base).as_posix(), p)
+    return sorted(out.items())
+
+
+def code_hash(*packages: str) -> str:
+    """sha256 (hex) over the source of all .py files of ``packages``, by sorted relative path.
+
+    Order and duplicates of ``packages`` do not matter. Bytes are hashed as-is (a whitespace
+    edit changes the hash; being conservative is the point).
+    """
+    if not packages:
+        raise ValueError("code_hash needs at least one package name")
+    h = hashlib.sha256(f"semprobe-code-v{KEY_FORMAT_VERSION}\0".encode())
+    for pkg in sorted(set(packages)):
+        files = package_files(pkg)
+        h.update(f"pkg\0{pkg}\0{len(files)}\0".encode())
+        for rel, path in files:
+            data = path.read_bytes()
+            h.update(f"file\0{rel}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Canonical JSON-ready form: dataclasses as dicts, tuples/lists as lists, sets sorted,
+    Paths as strings, enums by value, numpy scalars/arrays via ``tolist``. Dict keys must be
+    strings. NaN/inf are rejected (their JSON is not canonical)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"cache key config: dict keys must be str, got {k!r}")
+            out[k] = to_jsonable(v)
+        return out
+    if isinstance(obj, enum.Enum):
+        return to_jsonable(obj.value)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(f"cache key config: non-finite float {obj!r}")
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        items = [to_jsonable(v) for v in obj]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(obj, PurePath):
+        return obj.as_posix()
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalar / array
+        return to_jsonable(obj.tolist())
+    raise TypeError(f"cache key config: cannot hash value of type {type(obj).__name__}: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False)
+
+
+def cache_key(stage: str, config: Any, upstream: Iterable[str] | Mapping[str, str] = (),
+              packages: Iterable[str] = (), length: int = 16) -> str:
+    """Short hex key of sha256 over canonical JSON of {stage, config, upstream, code}.
+
+    ``config``: a dataclass instance or a dict (nested dataclasses/tuples fine).
+    ``upstream``: the upstream stages' keys, in the order given (or a name -> key dict).
+    ``packages``: library packages whose source the stage runs, e.g. ``["karel", "model"]``.
+    """
+    if not isinstance(stage, str) or not stage:
+        raise ValueError("cache_key: stage must be a non-empty string")
+    if isinstance(upstream, str):
+        raise TypeError("cache_key: upstream must be a list of keys, not a string")
+    if not (4 <= length <= 64):
+        raise ValueError("cache_key: length must be between 4 and 64 hex characters")
+    pkgs = sorted(set(packages))
+    payload = {
+        "v": KEY_FORMAT_VERSION,
+        "stage": stage,
+        "config": to_jsonable(config),
+        "upstream": to_jsonable(dict(upstream) if isinstance(upstream, Mapping) else list(upstream)),
+        "packages": pkgs,
+        "code": code_hash(*pkgs) if pkgs else None,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:length]

@@ -1,0 +1,125 @@
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tasks.cachekey import cache_key, canonical_json, code_hash, package_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    dims: tuple = (64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cfg:
+    n: int = 10
+    name: str = "x"
+    inner: Inner = Inner()
+
+
+@pytest.fixture
+def fake_pkg(tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    pkg = root / "fakelib_ck"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .sub.helper import f\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "helper.py").write_text("def f():\n    return 1\n")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "junk.py").write_text("ignored")
+    (pkg / "data.txt").write_text("not python")
+    monkeypatch.syspath_prepend(str(root))
+    return pkg
+
+
+def test_package_files_sorted_and_filtered(fake_pkg):
+    rels = [r for r, _ in package_files("fakelib_ck")]
+    assert rels == ["__init__.py", "sub/__init__.py", "sub/helper.py"]
+
+
+def test_code_hash_changes_with_any_helper(fake_pkg):
+    h1 = code_hash("fakelib_ck")
+    assert h1 == code_hash("fakelib_ck")
+    (fake_pkg / "data.txt").write_text("changed, but not .py")
+    (fake_pkg / "__pycache__" / "junk.py").write_text("changed too")
+    assert code_hash("fakelib_ck") == h1
+    (fake_pkg / "sub" / "helper.py").write_text("def f():\n    return 2\n")
+    h2 = code_hash("fakelib_ck")
+    assert h2 != h1
+    (fake_pkg / "sub" / "new.py").write_text("")
+    assert code_hash("fakelib_ck") != h2
+    # moving a file (same bytes, different path) changes the hash
+    h3 = code_hash("fakelib_ck")
+    (fake_pkg / "sub" / "new.py").rename(fake_pkg / "new.py")
+    assert code_hash("fakelib_ck") != h3
+
+
+def test_code_hash_order_insensitive_and_unknown_package(fake_pkg):
+    assert code_hash("fakelib_ck", "karel") == code_hash("karel", "fakelib_ck", "karel")
+    assert code_hash("fakelib_ck", "karel") != code_hash("karel")
+    with pytest.raises(ValueError, match="no_such_pkg_xyz"):
+        code_hash("no_such_pkg_xyz")
+
+
+def test_cache_key_sensitivity(fake_pkg):
+    base = cache_key("train", Cfg(), ["abc"], ["fakelib_ck"])
+    assert len(base) == 16 and int(base, 16) >= 0
+    assert cache_key("train", Cfg(), ["abc"], ["fakelib_ck"]) == base
+    # config
+    assert cache_key("train", Cfg(n=11), ["abc"], ["fakelib_ck"]) != base
+    assert cache_key("train", Cfg(inner=Inner(dims=(64, 256))), ["abc"], ["fakelib_ck"]) != base
+    # stage, upstream, packages
+    assert cache_key("eval", Cfg(), ["abc"], ["fakelib_ck"]) != base
+    assert cache_key("train", Cfg(), ["abd"], ["fakelib_ck"]) != base
+    assert cache_key("train", Cfg(), [], ["fakelib_ck"]) != base
+    assert cache_key("train", Cfg(), ["abc"], ["fakelib_ck", "karel"]) != base
+    # library file
+    (fake_pkg / "sub" / "helper.py").write_text("def f():\n    return 3\n")
+    assert cache_key("train", Cfg(), ["abc"], ["fakelib_ck"]) != base
+
+
+def test_dataclass_and_dict_equivalent():
+    d = {"inner": {"dims": [64, 128], "lr": 1e-3}, "name": "x", "n": 10}
+    assert cache_key("s", Cfg(), [], []) == cache_key("s", d, [], [])
+    assert canonical_json(Cfg()) == canonical_json(d)
+
+
+def test_unhashable_values_rejected():
+    with pytest.raises(TypeError):
+        cache_key("s", {"f": object()}, [], [])
+    with pytest.raises(ValueError):
+        cache_key("s", {"x": float("nan")}, [], [])
+    with pytest.raises(TypeError):
+        cache_key("s", {1: 2}, [], [])
+    with pytest.raises(TypeError):
+        cache_key("s", {}, "abc", [])
+
+
+def test_stable_across_processes_and_hash_seeds(fake_pkg):
+    # a private package, so that concurrent edits of karel/ cannot make this flaky
+    code = textwrap.dedent("""
+        import dataclasses
+        from tasks.cachekey import cache_key
+        cfg = {"a": 1, "b": {"z": [1, 2], "y": "s"}, "s": {"p", "q", "r"}}
+        print(cache_key("st", cfg, ["k1", "k2"], ["fakelib_ck"]))
+    """)
+    outs = set()
+    for seed in ("0", "1", "12345"):
+        env = dict(os.environ, PYTHONHASHSEED=seed,
+                   PYTHONPATH=os.pathsep.join([str(ROOT), str(fake_pkg.parent)]))
+        r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        outs.add(r.stdout.strip())
+    assert len(outs) == 1
+    from tasks.cachekey import cache_key as ck
+    assert ck("st", {"a": 1, "b": {"z": [1, 2], "y": "s"}, "s": {"p", "q", "r"}},
+              ["k1", "k2"], ["fakelib_ck"]) in outs
