@@ -1,0 +1,290 @@
+"""DuckDB results store (``<workspace>/results.duckdb``): the record of every number a figure shows.
+
+Rules this module enforces or assumes:
+
+* Only the flow process writes (DuckDB allows one writer *process* per file, and while it
+  holds the file no other process can even read it). Workers hand rows back to the flow.
+* Connections are opened per operation and closed at once, so the file is not held between
+  operations and ``semprobe sql`` can read it between two writes. Opening retries for
+  ``lock_timeout`` seconds, then raises :class:`DatabaseLockedError` naming the file and holder.
+* :meth:`ResultsDB.upsert` is idempotent: ``INSERT OR REPLACE`` by primary key. Columns the
+  rows do not mention keep their stored value (DuckDB's OR REPLACE updates only the inserted
+  columns), so a default like ``created_at`` is set once, on first insert.
+* ``offset`` is an SQL keyword: quote it in hand-written SQL (``SELECT "offset" FROM ...``).
+
+Column meanings not obvious from names: ``interventions.semantics`` is the alternative
+semantics (e.g. 'flip', 'adversarial'); ``original``/``alternative`` are the probe accuracies
+against the original and the alternative semantics' features, ``content`` their difference
+(semantic content), ``ci_low``/``ci_high`` a CI of ``content``. ``probe`` is the probe kind
+(e.g. 'linear', 'mlp'); ``split`` is 'train'/'val'/'test'.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+import pandas as pd
+
+SCHEMA_VERSION = 1
+DEFAULT_LOCK_TIMEOUT_S = 5.0
+
+# table -> (columns [(name, type)], primary key columns)
+_PROBE_ID = [("probe_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("step", "BIGINT"),
+             ("semantics", "VARCHAR"), ("feature", "VARCHAR"), ("offset", "INTEGER"),
+             ("probe", "VARCHAR"), ("layer", "INTEGER")]
+_PROBE_PK = ["probe_key", "semantics", "feature", "offset", "probe", "layer"]
+TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
+    "datasets": ([("key", "VARCHAR"), ("config", "JSON"), ("stats", "JSON"),
+                  ("created_at", "TIMESTAMP DEFAULT current_timestamp")], ["key"]),
+    "runs": ([("run_id", "VARCHAR"), ("preset", "VARCHAR"), ("config", "JSON"),
+              ("data_key", "VARCHAR"), ("train_key", "VARCHAR"), ("started_at", "TIMESTAMP"),
+              ("finished_at", "TIMESTAMP"), ("status", "VARCHAR")], ["run_id"]),
+    "checkpoints": ([("key", "VARCHAR"), ("train_key", "VARCHAR"), ("step", "BIGINT"),
+                     ("tokens_seen", "BIGINT"), ("path", "VARCHAR")], ["key"]),
+    "checkpoint_metrics": ([("checkpoint_key", "VARCHAR"), ("train_key", "VARCHAR"),
+                            ("step", "BIGINT"), ("metric", "VARCHAR"), ("value", "DOUBLE")],
+                           ["checkpoint_key", "metric"]),
+    "probe_results": (_PROBE_ID + [("seed", "INTEGER"), ("split", "VARCHAR"),
+                                   ("accuracy", "DOUBLE"), ("n", "BIGINT")],
+                      _PROBE_PK + ["seed", "split"]),
+    "probe_summary": (_PROBE_ID + [("split", "VARCHAR"), ("mean", "DOUBLE"),
+                                   ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"),
+                                   ("n_seeds", "INTEGER")], _PROBE_PK + ["split"]),
+    "interventions": (_PROBE_ID + [("original", "DOUBLE"), ("alternative", "DOUBLE"),
+                                   ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
+                                   ("ci_high", "DOUBLE")], _PROBE_PK),
+    "controls": ([("probe_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("step", "BIGINT"),
+                  ("feature", "VARCHAR"), ("offset", "INTEGER"),
+                  ("kind", "VARCHAR CHECK (kind IN ('majority', 'control_task', 'selectivity', "
+                           "'random_init', 'embedding'))"),
+                  ("probe", "VARCHAR"), ("value", "DOUBLE")],
+                 ["probe_key", "feature", "offset", "kind", "probe"]),
+    "stage_runs": ([("run_id", "VARCHAR"), ("stage", "VARCHAR"), ("key", "VARCHAR"),
+                    ("status", "VARCHAR CHECK (status IN ('computed', 'cached'))"),
+                    ("seconds", "DOUBLE"), ("finished_at", "TIMESTAMP")],
+                   ["run_id", "stage", "key"]),
+}
+
+_HOLDER_RE = re.compile(r"held in (?P<prog>.+?) \(PID (?P<pid>\d+)\)(?: by user (?P<user>[^.\s]+))?")
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+class DatabaseLockedError(RuntimeError):
+    """The DuckDB file is locked by another process. ``.path``, ``.holder``, ``.pid``."""
+
+    def __init__(self, path: Path, detail: str):
+        self.path = Path(path)
+        m = _HOLDER_RE.search(detail)
+        self.pid = int(m.group("pid")) if m else None
+        self.holder = (f"{m.group('prog')}, PID {m.group('pid')}"
+                       + (f", user {m.group('user')}" if m.group("user") else "")) if m else None
+        who = f" ({self.holder})" if self.holder else ""
+        super().__init__(
+            f"results database file {self.path} is locked by another process{who}. "
+            "DuckDB lets one process at a time open it for writing, and none read it meanwhile; "
+            "only the flow process writes it. Wait for that run to finish or stop it, then retry."
+        )
+        self.detail = detail
+
+
+class ReadOnlyViolation(PermissionError):
+    """A write statement was sent through a read-only connection."""
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _base_type(decl: str) -> str:
+    return decl.split()[0]
+
+
+def _ddl(table: str) -> str:
+    cols, pk = TABLES[table]
+    body = ", ".join(f"{_q(c)} {t}" for c, t in cols)
+    return f"CREATE TABLE IF NOT EXISTS {_q(table)} ({body}, PRIMARY KEY ({', '.join(map(_q, pk))}))"
+
+
+def _is_lock_error(e: Exception) -> bool:
+    s = str(e)
+    return "Could not set lock" in s or "Conflicting lock" in s
+
+
+def _connect(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + max(0.0, lock_timeout)
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            if not _is_lock_error(e):
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseLockedError(path, str(e)) from None
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
+
+def _fetch_df(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> pd.DataFrame:
+    cur = con.execute(sql, params) if params is not None else con.execute(sql)
+    if cur.description is None:
+        return pd.DataFrame()
+    return cur.df()
+
+
+class ResultsDB:
+    """Results database at ``path`` (a file; typically ``<workspace>/results.duckdb``)."""
+
+    def __init__(self, path: str | Path, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S):
+        self.path = Path(path).expanduser().absolute()
+        self.lock_timeout = lock_timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _WRITE_LOCKS_GUARD:
+            self._wlock = _WRITE_LOCKS.setdefault(str(self.path), threading.Lock())
+        self._init_schema()
+
+    def __repr__(self) -> str:
+        return f"ResultsDB({str(self.path)!r})"
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived read-write connection (closed on exit). Writes are serialised per
+        process, so Prefect tasks on threads cannot conflict on the same rows."""
+        with self._wlock:
+            con = _connect(self.path, read_only=False, lock_timeout=self.lock_timeout)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def _init_schema(self) -> None:
+        with self.connect() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_info (version INTEGER)")
+            row = con.execute("SELECT max(version) FROM schema_info").fetchone()
+            if row[0] is None:
+                con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
+            elif row[0] != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has results schema version {row[0]}, this code expects "
+                    f"{SCHEMA_VERSION}; move the file aside (results are re-derivable from the "
+                    "artifact store by a cached rerun)")
+            for t in TABLES:
+                con.execute(_ddl(t))
+
+    # ------------------------------------------------------------------ writing
+    def _frame(self, table: str, rows: pd.DataFrame | Iterable[dict]) -> pd.DataFrame:
+        if table not in TABLES:
+            raise ValueError(f"unknown results table {table!r}; tables: {', '.join(TABLES)}")
+        cols, pk = TABLES[table]
+        df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+        if df.empty:
+            return df
+        types = {c: _base_type(t) for c, t in cols}
+        unknown = [c for c in df.columns if c not in types]
+        if unknown:
+            raise ValueError(f"table {table!r} has no column(s) {unknown}; "
+                             f"columns: {list(types)}")
+        for c in pk:
+            if c not in df.columns:
+                raise ValueError(f"table {table!r}: rows lack primary-key column {c!r}")
+            if df[c].isna().any():
+                raise ValueError(f"table {table!r}: primary-key column {c!r} has missing values")
+        for c in df.columns:
+            if types[c] == "JSON":
+                df[c] = df[c].map(_to_json_text).astype(object)
+            elif types[c] == "TIMESTAMP":
+                df[c] = _to_timestamp(df[c])
+        # OR REPLACE cannot touch one row twice in one statement: last row per key wins.
+        return df.drop_duplicates(subset=pk, keep="last").reset_index(drop=True)
+
+    def upsert(self, table: str, rows: pd.DataFrame | Iterable[dict]) -> int:
+        """Insert or replace ``rows`` by primary key; returns the number of distinct rows."""
+        df = self._frame(table, rows)
+        if df.empty:
+            return 0
+        types = {c: _base_type(t) for c, t in TABLES[table][0]}
+        cols = list(df.columns)
+        select = ", ".join(f"CAST({_q(c)} AS {types[c]})" for c in cols)
+        sql = (f"INSERT OR REPLACE INTO {_q(table)} ({', '.join(map(_q, cols))}) "
+               f"SELECT {select} FROM _semprobe_rows")
+        with self.connect() as con:
+            con.register("_semprobe_rows", df)
+            try:
+                con.execute(sql)
+            finally:
+                con.unregister("_semprobe_rows")
+        return len(df)
+
+    # ------------------------------------------------------------------ reading
+    def query(self, sql: str, params: Any = None) -> pd.DataFrame:
+        """Run SQL (reads or writes) on a short-lived connection; returns a DataFrame."""
+        with self.connect() as con:
+            return _fetch_df(con, sql, params)
+
+    def table(self, table: str) -> pd.DataFrame:
+        if table not in TABLES:
+            raise ValueError(f"unknown results table {table!r}")
+        order = ", ".join(map(_q, TABLES[table][1]))
+        return self.query(f"SELECT * FROM {_q(table)} ORDER BY {order}")
+
+    def count(self, table: str) -> int:
+        return int(self.table(table).shape[0]) if table in TABLES else 0
+
+
+def read_only_query(path: str | Path, sql: str, params: Any = None,
+                    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> pd.DataFrame:
+    """Run ``sql`` on a read-only connection to the results file (for ``semprobe sql``).
+
+    Write statements raise :class:`ReadOnlyViolation`. A missing file raises FileNotFoundError;
+    a file held by a writing process raises :class:`DatabaseLockedError` after ``lock_timeout``.
+    Note: DuckDB file functions (COPY ... TO, read_csv) still work in read-only mode; the
+    *database* cannot change. In the flow process itself use ``ResultsDB.query`` (DuckDB
+    refuses read-only and read-write connections to one file in the same process at once).
+    """
+    p = Path(path).expanduser().absolute()
+    if not p.is_file():
+        raise FileNotFoundError(f"no results database at {p} (has a pipeline run yet?)")
+    con = _connect(p, read_only=True, lock_timeout=lock_timeout)
+    try:
+        return _fetch_df(con, sql, params)
+    except duckdb.InvalidInputException as e:
+        if "read-only" in str(e):
+            raise ReadOnlyViolation(
+                f"{p} is opened read-only: only SELECT-style queries are allowed here "
+                f"(DuckDB: {e})") from None
+        raise
+    finally:
+        con.close()
+
+
+def _to_json_text(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, str):
+        json.loads(v)  # must already be valid JSON text
+        return v
+    from tasks.cachekey import to_jsonable
+    try:
+        v = to_jsonable(v)
+    except (TypeError, ValueError):
+        pass
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _to_timestamp(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        out = pd.to_datetime(s, unit="s", utc=True)  # epoch seconds (time.time())
+    else:
+        out = pd.to_datetime(s.map(lambda v: v if not isinstance(v, datetime) else pd.Timestamp(v)),
+                             utc=True, format="mixed")
+    return out.dt.tz_convert("UTC").dt.tz_localize(None)

@@ -1,0 +1,153 @@
+import subprocess
+import sys
+import time
+
+import duckdb
+import pandas as pd
+import pytest
+
+from tasks.results import (TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
+                           read_only_query)
+
+
+def _probe_rows(acc=0.5):
+    rows = []
+    for feature in ("facing", "position"):
+        for seed in (0, 1, 2):
+            rows.append(dict(probe_key="pk1", checkpoint_key="ck1", step=100, semantics="orig",
+                             feature=feature, offset=0, probe="linear", layer=2, seed=seed,
+                             split="test", accuracy=acc + seed / 10, n=500))
+    return rows
+
+
+@pytest.fixture
+def db(tmp_path):
+    return ResultsDB(tmp_path / "ws" / "results.duckdb")
+
+
+def test_schema_created_with_primary_keys(db):
+    tables = set(db.query("SELECT table_name FROM information_schema.tables")["table_name"])
+    assert set(TABLES) <= tables
+    cons = db.query("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+                    "WHERE constraint_type = 'PRIMARY KEY'")
+    pks = {r.table_name: list(r.constraint_column_names) for r in cons.itertuples()}
+    for t, (_, pk) in TABLES.items():
+        assert pks[t] == pk, t
+    # reopening an existing file is fine and keeps data
+    db.upsert("checkpoints", [dict(key="c", train_key="t", step=1, tokens_seen=10, path="/x")])
+    assert ResultsDB(db.path).count("checkpoints") == 1
+
+
+def test_upsert_idempotent_list_and_frame(db):
+    assert db.upsert("probe_results", _probe_rows()) == 6
+    first = db.table("probe_results")
+    db.upsert("probe_results", _probe_rows())
+    db.upsert("probe_results", pd.DataFrame(_probe_rows()))
+    pd.testing.assert_frame_equal(db.table("probe_results"), first)
+    # replace by key: same keys, new values -> still 6 rows, values updated
+    db.upsert("probe_results", _probe_rows(acc=0.7))
+    after = db.table("probe_results")
+    assert len(after) == 6
+    assert after["accuracy"].round(6).tolist() == [0.7, 0.8, 0.9] * 2
+
+
+def test_upsert_duplicate_keys_in_batch_last_wins(db):
+    rows = [dict(checkpoint_key="c1", train_key="t", step=5, metric="ppl", value=v)
+            for v in (3.0, 2.0)]
+    assert db.upsert("checkpoint_metrics", rows) == 1
+    assert db.table("checkpoint_metrics")["value"].tolist() == [2.0]
+
+
+def test_json_and_timestamps_and_default_kept(db):
+    db.upsert("datasets", [dict(key="d1", config={"n": (1, 2), "name": "x"}, stats=None)])
+    first = db.table("datasets")
+    assert first.loc[0, "config"] == '{"n": [1, 2], "name": "x"}'
+    assert first.loc[0, "created_at"] is not pd.NaT
+    time.sleep(0.02)
+    db.upsert("datasets", [dict(key="d1", config={"n": (1, 2), "name": "x"}, stats=None)])
+    pd.testing.assert_frame_equal(db.table("datasets"), first)  # created_at not bumped
+    n = db.query("SELECT json_extract(config, '$.n[1]')::INT AS v FROM datasets")["v"][0]
+    assert n == 2
+    t0 = 1_700_000_000.0
+    db.upsert("stage_runs", [dict(run_id="r", stage="train", key="k", status="cached",
+                                  seconds=0.1, finished_at=t0)])
+    got = db.table("stage_runs").loc[0, "finished_at"]
+    assert got == pd.Timestamp("2023-11-14 22:13:20")
+
+
+def test_bad_rows_rejected_with_names(db):
+    with pytest.raises(ValueError, match="nope"):
+        db.upsert("nope", [{"a": 1}])
+    with pytest.raises(ValueError, match="bogus"):
+        db.upsert("checkpoints", [dict(key="c", bogus=1)])
+    with pytest.raises(ValueError, match="'metric'"):
+        db.upsert("checkpoint_metrics", [dict(checkpoint_key="c", value=1.0)])
+    with pytest.raises(ValueError, match="'layer'"):
+        db.upsert("probe_results", [dict(_probe_rows()[0], layer=None)])
+    with pytest.raises(duckdb.ConstraintException):
+        db.upsert("controls", [dict(probe_key="p", feature="f", offset=0, kind="bogus",
+                                    probe="linear", value=0.5)])
+    with pytest.raises(duckdb.ConstraintException):
+        db.upsert("stage_runs", [dict(run_id="r", stage="s", key="k", status="done")])
+    assert db.upsert("checkpoints", []) == 0
+
+
+def test_connection_not_held_between_operations(db):
+    db.upsert("checkpoints", [dict(key="c", train_key="t", step=1, tokens_seen=1, path="p")])
+    # another process can open the file for writing right after an operation
+    code = ("import duckdb,sys; c=duckdb.connect(sys.argv[1]); "
+            "print(c.execute('select count(*) from checkpoints').fetchone()[0])")
+    r = subprocess.run([sys.executable, "-c", code, str(db.path)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+
+
+def test_read_only_query(db):
+    db.upsert("probe_results", _probe_rows())
+    df = read_only_query(db.path, 'SELECT feature, avg(accuracy) AS a FROM probe_results '
+                                  'WHERE "offset" = ? GROUP BY feature ORDER BY feature', [0])
+    assert df["feature"].tolist() == ["facing", "position"]
+    for stmt in ["DELETE FROM probe_results", "CREATE TABLE x (a INT)",
+                 "INSERT INTO checkpoints (key) VALUES ('z')", "DROP TABLE runs"]:
+        with pytest.raises(ReadOnlyViolation, match="read-only"):
+            read_only_query(db.path, stmt)
+    assert db.count("probe_results") == 6
+    with pytest.raises(FileNotFoundError, match="no results database"):
+        read_only_query(db.path.parent / "missing.duckdb", "SELECT 1")
+
+
+@pytest.fixture
+def holder(db):
+    """A second real process holding a read-write connection to the file."""
+    code = ("import duckdb,sys,time; c=duckdb.connect(sys.argv[1]); "
+            "print('ready', flush=True); sys.stdin.readline()")
+    p = subprocess.Popen([sys.executable, "-c", code, str(db.path)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    yield p
+    p.stdin.close()
+    p.wait(10)
+
+
+def test_locked_by_other_process_clear_error(db, holder):
+    db.lock_timeout = 0.3
+    t0 = time.monotonic()
+    with pytest.raises(DatabaseLockedError) as ei:
+        db.upsert("checkpoints", [dict(key="c", train_key="t", step=1, tokens_seen=1, path="p")])
+    assert time.monotonic() - t0 >= 0.3  # retried for lock_timeout before giving up
+    msg = str(ei.value)
+    assert str(db.path) in msg and "locked by another process" in msg
+    assert ei.value.pid == holder.pid and f"PID {holder.pid}" in msg
+    with pytest.raises(DatabaseLockedError, match="locked by another process"):
+        read_only_query(db.path, "SELECT 1", lock_timeout=0.1)
+    with pytest.raises(DatabaseLockedError):
+        ResultsDB(db.path, lock_timeout=0.1)
+
+
+def test_lock_released_waiter_succeeds(db, holder):
+    import threading
+    threading.Timer(0.4, holder.stdin.close).start()
+    db.lock_timeout = 10
+    db.upsert("checkpoints", [dict(key="c", train_key="t", step=1, tokens_seen=1, path="p")])
+    assert db.count("checkpoints") == 1
