@@ -1,0 +1,201 @@
+"""Model and training configs, and the three presets (smoke, cpu, paper).
+
+Configs are frozen dataclasses of plain values so they hash for cache keys, print readably and
+round-trip through a checkpoint as a dict (checkpoints are loaded with ``weights_only=True``,
+which only admits plain containers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+LOSS_ON = ("all", "program")
+DEVICES = ("auto", "cpu", "cuda")
+AUTOCAST = ("auto", "bf16", "off")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the decoder-only transformer (CodeGen block)."""
+
+    vocab_size: int = 64  # >= len(karel.Vocab()); a round number keeps the LM head aligned
+    n_layer: int = 4
+    d_model: int = 256
+    n_head: int = 8
+    rotary_dim: int = 16  # rotary embedding on the first rotary_dim dims of each head
+    d_mlp: int = 1024
+    context: int = 1024  # longest sequence the rotary table covers
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_mlp", "context"):
+            _positive_int(self, name)
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model: {self.d_model} is not divisible by n_head {self.n_head}")
+        if not (0 <= self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise ValueError(f"rotary_dim: must be even and in 0..head_dim ({self.head_dim}), got {self.rotary_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def n_params(self) -> int:
+        """Parameters (embedding and LM head included)."""
+        d, v = self.d_model, self.vocab_size
+        block = 2 * d + 3 * d * d + d * d + (d * self.d_mlp + self.d_mlp) + (self.d_mlp * d + d)
+        return v * d + self.n_layer * block + 2 * d + d * v + v
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), attention included."""
+        d = self.d_model
+        matmul = self.n_layer * (4 * d * d + 2 * d * self.d_mlp) + d * self.vocab_size
+        attention = self.n_layer * seq_len * d  # QK^T and AV, causal: half of 2 * T * d
+        return 3 * 2 * (matmul + attention)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, data packing, checkpoint schedule and device choices."""
+
+    seed: int = 0
+    lr: float = 1e-3
+    min_lr: float = 0.0  # linear decay ends here (the reference's linear schedule decays to 0)
+    warmup_steps: int = 100
+    steps: int = 2000
+    batch_size: int = 8  # sequences (blocks) per optimizer step
+    micro_batch: int = 0  # blocks per forward/backward (gradient accumulation); 0 = batch_size
+    block_len: int = 1024  # tokens per packed block
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0  # 0 disables clipping
+    loss_on: str = "all"  # "all" tokens (paper) or "program" tokens only
+    cross_sample_attention: bool = True  # the reference packs and attends across samples
+    robot_markers: str = "hide"  # karel.Vocab mode: the tokenizer the model reads
+    ckpt_every: int = 250  # regular checkpoints every K steps ...
+    ckpt_log_count: int = 8  # ... plus this many log-spaced ones in 1..ckpt_every (step 0 always)
+    device: str = "auto"
+    autocast: str = "auto"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "block_len", "ckpt_every"):
+            _positive_int(self, name)
+        for name in ("warmup_steps", "ckpt_log_count", "seed", "micro_batch"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be a non-negative int, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"lr/min_lr: need lr > 0 and 0 <= min_lr <= lr, got {self.lr}, {self.min_lr}")
+        if self.micro_batch and self.batch_size % self.micro_batch:
+            raise ValueError(f"micro_batch: {self.micro_batch} does not divide batch_size {self.batch_size}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay/grad_clip: must be >= 0")
+        for name, allowed in (("loss_on", LOSS_ON), ("device", DEVICES), ("autocast", AUTOCAST)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+        if self.robot_markers not in ("hide", "show"):
+            raise ValueError(f"robot_markers: {self.robot_markers!r} is not 'hide' or 'show'")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.block_len
+
+
+def _positive_int(cfg, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: must be a positive int, got {value!r}")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then linear decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    frac = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.lr + (cfg.min_lr - cfg.lr) * frac
+
+
+def checkpoint_steps(cfg: TrainConfig) -> list[int]:
+    """Steps that get a checkpoint: 0 (random init), log-spaced early ones, every K, the last.
+
+    Phase changes can be fast, so the early part is dense: ``ckpt_log_count`` steps spaced
+    geometrically between 1 and ``ckpt_every``.
+    """
+    steps = {0, cfg.steps}
+    n = cfg.ckpt_log_count
+    if n:
+        steps |= {round(cfg.ckpt_every ** (i / n)) for i in range(n)}
+    steps |= set(range(cfg.ckpt_every, cfg.steps + 1, cfg.ckpt_every))
+    return sorted(s for s in steps if 0 <= s <= cfg.steps)
+
+
+def replace_fields(cfg, overrides: dict):
+    """``cfg`` with ``overrides`` applied; an unknown key is a ValueError naming it."""
+    names = {f.name for f in fields(cfg)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"{type(cfg).__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    return replace(cfg, **overrides)
+
+
+def config_from_dict(cls, data: dict):
+    """Rebuild a config from ``asdict`` output (e.g. from a checkpoint); unknown keys raise."""
+    return replace_fields(cls(), dict(data))
+
+
+def config_to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+# ---- presets -----------------------------------------------------------------------------
+# A sample is prompt_length() = 374 tokens + up to 10 actions + "}" + "<eos>", so a context of
+# 512 fits one whole sample plus room for decoding 14 actions.
+
+
+def smoke() -> tuple[ModelConfig, TrainConfig]:
+    """Tiny: trains in seconds inside tests."""
+    return (
+        ModelConfig(vocab_size=48, n_layer=2, d_model=32, n_head=4, rotary_dim=4, d_mlp=64, context=512),
+        TrainConfig(lr=3e-3, warmup_steps=2, steps=12, batch_size=2, block_len=512,
+                    ckpt_every=6, ckpt_log_count=2, device="cpu", autocast="off"),
+    )
+
+
+def cpu() -> tuple[ModelConfig, TrainConfig]:
+    """Small enough for a laptop CPU; the science issue tunes it."""
+    return (
+        ModelConfig(vocab_size=64, n_layer=4, d_model=256, n_head=8, rotary_dim=16, d_mlp=1024, context=1024),
+        TrainConfig(lr=1e-3, warmup_steps=200, steps=4000, batch_size=8, block_len=1024,
+                    weight_decay=0.1, ckpt_every=250, ckpt_log_count=8),
+    )
+
+
+def paper() -> tuple[ModelConfig, TrainConfig]:
+    """CodeGen-350M-mono shape trained from scratch, with the reference's optimiser settings."""
+    return (
+        ModelConfig(vocab_size=64, n_layer=20, d_model=1024, n_head=16, rotary_dim=32, d_mlp=4096, context=2048),
+        TrainConfig(lr=5e-6, warmup_steps=6000, steps=80_000, batch_size=16, block_len=2048,
+                    weight_decay=0.0, ckpt_every=2000, ckpt_log_count=8),
+    )
+
+
+PRESETS = {"smoke": smoke, "cpu": cpu, "paper": paper}
+
+
+def preset(name: str, model: dict | None = None, train: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """A preset by name, with optional field overrides for each config."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: {name!r} is not one of {sorted(PRESETS)}")
+    m, t = PRESETS[name]()
+    return replace_fields(m, model or {}), replace_fields(t, train or {})
+
+
+def estimate_train_flops(model: ModelConfig, train: TrainConfig) -> float:
+    """Total training FLOPs of a run (for sizing runs; ~6 N D plus attention)."""
+    return model.flops_per_token(train.block_len) * train.tokens_per_step * train.steps
+
+
+__all__ = [
+    "AUTOCAST", "DEVICES", "LOSS_ON", "ModelConfig", "PRESETS", "TrainConfig", "checkpoint_steps",
+    "config_from_dict", "config_to_dict", "cpu", "estimate_train_flops", "lr_at", "paper", "preset",
+    "replace_fields", "smoke",
+]

@@ -1,0 +1,188 @@
+"""Batched greedy decoding of programs from specs, capturing hidden states as it goes.
+
+Every Karel prompt has the same length (the spec grids are fixed-size), so a batch of specs
+decodes in lock-step with a shared KV cache and no padding.
+
+Alignment convention (what the probes rely on): ``hidden[p, j]`` is the hidden state at the
+sequence position whose next-token logits emitted action ``j``, i.e. the position of the token
+*before* action ``j``: the ``{`` token for ``j = 0``, action ``j-1``'s token for ``j > 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import karel
+
+from .transformer import KVCache, Transformer
+
+MAX_ACTIONS = 14  # the reference's cap on generated program length
+MODES = ("constrained", "greedy")
+
+
+@dataclass
+class Generation:
+    """Decoded programs for P specs, aligned per action slot j = 0..13."""
+
+    programs: np.ndarray  # (P, 14) int8 action ids (karel.ACTIONS order), -1 padded
+    lengths: np.ndarray  # (P,) actions emitted
+    ended: np.ndarray  # (P,) bool: the model itself emitted "}" within the 14-action budget
+    parsed: np.ndarray  # (P,) bool: output is actions then "}" (always True when constrained)
+    hidden: np.ndarray  # (P, 14, d_model) float16, mean over the n_layer+1 hidden states; 0 past the end
+    hidden_layers: np.ndarray | None = None  # (P, 14, n_layer+1, d_model) float16 if asked for
+
+    def __len__(self) -> int:
+        return len(self.programs)
+
+
+def spec_prompts(samples: karel.Samples, vocab: karel.Vocab) -> np.ndarray:
+    """(P, prompt_length) int64 token ids: the 5 spec pairs then ``Code: def run() {``."""
+    ids, _ = karel.encode_samples(samples.inputs, samples.outputs, samples.programs, vocab)
+    return ids[:, : karel.prompt_length()].astype(np.int64)
+
+
+def _allowed_mask(vocab: karel.Vocab, size: int, device) -> torch.Tensor:
+    """(size,) bool: the tokens legal at an action slot (five actions and ``}``)."""
+    allowed = torch.zeros(size, dtype=torch.bool, device=device)
+    allowed[torch.as_tensor(vocab.action_ids.astype(np.int64))] = True
+    allowed[vocab.id("}")] = True
+    return allowed
+
+
+@torch.no_grad()
+def decode_batch(
+    model: Transformer,
+    prompts: torch.Tensor,  # (B, T0) int64, all the same length
+    vocab: karel.Vocab,
+    mode: str = "constrained",
+    keep_layers: bool = False,
+    use_cache: bool = True,
+    autocast: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Greedy-decode one batch; returns tensors (see ``Generation`` for the meanings)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+    cfg, device = model.cfg, prompts.device
+    b, t0 = prompts.shape
+    n_states = cfg.n_layer + 1
+    close = vocab.id("}")
+    action_of = torch.full((cfg.vocab_size,), -1, dtype=torch.long, device=device)
+    action_of[torch.as_tensor(vocab.action_ids.astype(np.int64), device=device)] = torch.arange(5, device=device)
+    allowed = _allowed_mask(vocab, cfg.vocab_size, device)
+
+    programs = torch.full((b, MAX_ACTIONS), -1, dtype=torch.long, device=device)
+    hidden = torch.zeros((b, MAX_ACTIONS, cfg.d_model), dtype=torch.float32, device=device)
+    layers = torch.zeros((b, MAX_ACTIONS, n_states, cfg.d_model), dtype=torch.float16, device=device) if keep_layers else None
+    active = torch.ones(b, dtype=torch.bool, device=device)  # still writing actions
+    ended = torch.zeros(b, dtype=torch.bool, device=device)
+    parsed = torch.zeros(b, dtype=torch.bool, device=device)
+
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else torch.autocast(device.type, enabled=False)
+    cache = KVCache.empty(cfg, b, t0 + MAX_ACTIONS + 1, device, _cache_dtype(model, autocast)) if use_cache else None
+    seq = prompts
+    with ctx:
+        logits, states = model(prompts, cache=cache, return_hidden=True, last_only=True)
+    for j in range(MAX_ACTIONS + 1):
+        # logits/states belong to the last position, the one that emits slot j.
+        scores = logits[:, -1].float()
+        if mode == "constrained":
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            if j == MAX_ACTIONS:
+                scores = torch.full_like(scores, float("-inf"))
+                scores[:, close] = 0.0  # the 15th slot can only close the program
+        token = scores.argmax(dim=-1)
+        if j == MAX_ACTIONS:
+            if mode == "greedy":  # a forced "}" (constrained) does not count as ended
+                closing = active & (token == close)
+                ended |= closing
+                parsed |= closing
+            break
+        act = action_of[token]
+        writes = active & (act >= 0)
+        programs[writes, j] = act[writes]
+        stacked = torch.stack([s[:, -1].float() for s in states], dim=1)  # (B, n_states, d)
+        hidden[writes, j] = stacked[writes].mean(dim=1)
+        if layers is not None:
+            layers[writes, j] = stacked[writes].half()
+        closing = active & (token == close)
+        ended |= closing
+        parsed |= closing
+        active &= writes
+        if not active.any():
+            break
+        step = token[:, None]
+        with ctx:
+            if cache is not None:
+                logits, states = model(step, cache=cache, return_hidden=True, last_only=True)
+            else:
+                seq = torch.cat([seq, step], dim=1)
+                logits, states = model(seq, return_hidden=True, last_only=True)
+    if mode == "constrained":
+        parsed[:] = True
+    lengths = (programs >= 0).sum(dim=1)
+    return {"programs": programs, "lengths": lengths, "ended": ended, "parsed": parsed,
+            "hidden": hidden.half(), "hidden_layers": layers}
+
+
+def _cache_dtype(model: Transformer, autocast: bool) -> torch.dtype:
+    return torch.bfloat16 if autocast else next(model.parameters()).dtype
+
+
+def generate(
+    model: Transformer,
+    samples: karel.Samples,
+    vocab: karel.Vocab,
+    mode: str = "constrained",
+    batch_size: int = 256,
+    keep_layers: bool = False,
+    use_cache: bool = True,
+    autocast: bool | None = None,
+    progress: bool = False,
+) -> Generation:
+    """Decode a program for every spec in ``samples`` (P of them), ``batch_size`` at a time.
+
+    ``autocast=None`` uses bf16 on CUDA only: decoding is latency-bound, and exact agreement
+    with a teacher-forced pass is easier to check in float32.
+    """
+    if model.cfg.vocab_size < len(vocab):
+        raise ValueError(f"vocab: {len(vocab)} tokens but the model has vocab_size {model.cfg.vocab_size}")
+    device = next(model.parameters()).device
+    autocast = device.type == "cuda" if autocast is None else autocast
+    prompts = torch.from_numpy(spec_prompts(samples, vocab))
+    was_training = model.training
+    model.eval()
+    parts = []
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"decode ({mode})", unit="batch")
+    for lo in starts:
+        out = decode_batch(model, prompts[lo : lo + batch_size].to(device), vocab, mode, keep_layers, use_cache, autocast)
+        parts.append({k: (v.cpu() if v is not None else None) for k, v in out.items()})
+    model.train(was_training)
+
+    def cat(key, dtype):
+        return torch.cat([p[key] for p in parts]).numpy().astype(dtype)
+
+    return Generation(
+        programs=cat("programs", np.int8),
+        lengths=cat("lengths", np.int64),
+        ended=cat("ended", bool),
+        parsed=cat("parsed", bool),
+        hidden=cat("hidden", np.float16),
+        hidden_layers=cat("hidden_layers", np.float16) if keep_layers else None,
+    )
+
+
+def program_tokens(programs: np.ndarray, vocab: karel.Vocab) -> np.ndarray:
+    """(P, 15) vocab ids of generated programs followed by ``}``, padded with ``<pad>``."""
+    programs = np.asarray(programs)
+    out = np.full((len(programs), MAX_ACTIONS + 1), vocab.id("<pad>"), dtype=np.int64)
+    mask = programs >= 0
+    out[:, :MAX_ACTIONS][mask] = vocab.action_ids[programs[mask]]
+    out[np.arange(len(programs)), mask.sum(axis=1)] = vocab.id("}")
+    return out

@@ -1,0 +1,114 @@
+"""Generation metrics of one checkpoint, as a flat dict of floats (one row per checkpoint).
+
+Keys (``L`` is a reference program length):
+  ``acc_spec``, ``acc_spec_len{L}``   program maps all 5 spec inputs to their outputs
+  ``acc_all``, ``acc_all_len{L}``     ... and the held-out pairs too (all 10 with the paper data)
+  ``ppl_all``, ``ppl_program``        val perplexity over all tokens / program tokens only
+  ``diversity``                       distinct generated programs / specs
+  ``gen_len_mean``, ``ref_len_mean``  mean generated vs reference length (and for correct ones)
+  ``ended_rate``                      share of constrained programs closed by the model itself
+  ``parse_rate``                      share of unconstrained greedy outputs that parse
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import karel
+
+from .decode import Generation, generate
+from .transformer import Transformer
+
+
+def correct_pairs(programs: np.ndarray, samples: karel.Samples) -> np.ndarray:
+    """(P, W) bool: program p turns input world w of spec p into its output world."""
+    programs = np.asarray(programs)
+    if len(programs) != len(samples):
+        raise ValueError(f"programs: {len(programs)} programs for {len(samples)} specs")
+    trace = karel.execute_batch(programs, samples.inputs)
+    got = karel.output_worlds(trace)
+    want = samples.outputs
+    same = (
+        (got.markers == want.markers).all(axis=(1, 2))
+        & (got.row == want.row) & (got.col == want.col) & (got.dir == want.dir)
+    )
+    return same.reshape(len(samples), -1)
+
+
+def generation_metrics(gen: Generation, samples: karel.Samples, n_spec: int = 5) -> dict[str, float]:
+    """Accuracy (by reference length), diversity and lengths of constrained generations."""
+    ok = correct_pairs(gen.programs, samples)
+    spec_ok = ok[:, :n_spec].all(axis=1)
+    all_ok = ok.all(axis=1)
+    ref_len = (samples.programs >= 0).sum(axis=1)
+    out = {
+        "acc_spec": float(spec_ok.mean()),
+        "acc_all": float(all_ok.mean()),
+        "diversity": len({p.tobytes() for p in np.asarray(gen.programs, np.int8)}) / len(gen),
+        "gen_len_mean": float(gen.lengths.mean()),
+        "ref_len_mean": float(ref_len.mean()),
+        "gen_len_correct_mean": float(gen.lengths[spec_ok].mean()) if spec_ok.any() else math.nan,
+        "ref_len_correct_mean": float(ref_len[spec_ok].mean()) if spec_ok.any() else math.nan,
+        "ended_rate": float(np.mean(gen.ended)),
+    }
+    for n in np.unique(ref_len):
+        sel = ref_len == n
+        out[f"acc_spec_len{n}"] = float(spec_ok[sel].mean())
+        out[f"acc_all_len{n}"] = float(all_ok[sel].mean())
+    return out
+
+
+@torch.no_grad()
+def perplexity(model: Transformer, samples: karel.Samples, vocab: karel.Vocab, batch_size: int = 64) -> dict[str, float]:
+    """Per-sample (no packing) val perplexity: over all tokens, and over program tokens only.
+
+    Program tokens are the targets after the prompt: the actions, ``}`` and ``<eos>``.
+    """
+    ids, lengths = karel.encode_samples(samples.inputs, samples.outputs, samples.programs, vocab)
+    ids = torch.from_numpy(ids.astype(np.int64))
+    lengths = torch.from_numpy(lengths.astype(np.int64))
+    device = next(model.parameters()).device
+    prompt = karel.prompt_length()
+    was_training = model.training
+    model.eval()
+    nll_all = nll_prog = n_all = n_prog = 0.0
+    for lo in range(0, len(ids), batch_size):
+        x = ids[lo : lo + batch_size, : int(lengths[lo : lo + batch_size].max())].to(device)
+        n = lengths[lo : lo + batch_size].to(device)
+        logits, _ = model(x[:, :-1])
+        nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")
+        pos = torch.arange(1, x.shape[1], device=device)[None, :]  # index of each target
+        real = pos < n[:, None]
+        prog = real & (pos >= prompt)
+        nll_all += float(nll[real].sum())
+        n_all += float(real.sum())
+        nll_prog += float(nll[prog].sum())
+        n_prog += float(prog.sum())
+    model.train(was_training)
+    return {"ppl_all": math.exp(nll_all / n_all), "ppl_program": math.exp(nll_prog / n_prog)}
+
+
+def evaluate_checkpoint(
+    model: Transformer,
+    vocab: karel.Vocab,
+    test: karel.Samples,
+    val: karel.Samples | None = None,
+    batch_size: int = 256,
+    return_generation: bool = False,
+):
+    """All metrics of one model: constrained and greedy decoding on ``test``, perplexity on ``val``.
+
+    With ``return_generation`` also returns the constrained ``Generation`` (for activations).
+    """
+    gen = generate(model, test, vocab, "constrained", batch_size=batch_size)
+    out = generation_metrics(gen, test)
+    greedy = generate(model, test, vocab, "greedy", batch_size=batch_size)
+    out["parse_rate"] = float(greedy.parsed.mean())
+    out["greedy_acc_spec"] = float((correct_pairs(greedy.programs, test)[:, :5].all(axis=1) & greedy.parsed).mean())
+    if val is not None:
+        out.update(perplexity(model, val, vocab, batch_size=max(batch_size // 4, 1)))
+    return (out, gen) if return_generation else out

@@ -1,0 +1,173 @@
+"""Training loop: AdamW, linear warmup then linear decay, checkpoints on a schedule, exact resume.
+
+``train`` resumes from the newest checkpoint in ``out_dir`` if there is one. Nothing random is
+replayed on resume: the model, optimizer, RNG states and data position all come from the file,
+so N steps + resume + N steps gives the same weights as 2N steps straight (on CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import karel
+
+from .checkpoint import (
+    RESUMABLE_CHANGES, check_compatible, checkpoint_path, list_checkpoints, load_checkpoint,
+    make_payload, save_checkpoint, set_rng_state,
+)
+from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict, lr_at
+from .data import PackedBlocks, batch_inputs, load_train_blocks
+from .transformer import Transformer, sample_mask
+
+# Measured by benchmarks/bench_train.py on the 2-core Xeon with AMX (BENCHMARKS.md, ## model):
+# bf16 autocast at the cpu preset size. "auto" on CPU follows this measurement.
+CPU_BF16_FASTER = False
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' asked for but torch sees no CUDA device")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast on CUDA; on CPU only where it was measured faster (or when forced)."""
+    on = cfg.autocast == "bf16" or (
+        cfg.autocast == "auto" and (device.type == "cuda" or CPU_BF16_FASTER)
+    )
+    if not on:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def lm_loss(model, tokens, offset, cfg: TrainConfig, device, prompt_len=None) -> tuple[torch.Tensor, float]:
+    """(weighted mean loss, weight sum) of one packed batch, for backward and for logging."""
+    inputs, targets, weight, doc = batch_inputs(tokens, offset, cfg, prompt_len)
+    inputs, targets, weight = inputs.to(device), targets.to(device), weight.to(device)
+    mask = sample_mask(doc.to(device)) if doc is not None else None
+    with autocast_context(cfg, device):
+        logits, _ = model(inputs, mask=mask)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    total = weight.sum()
+    return (nll * weight.flatten()).sum() / total.clamp(min=1.0), float(total)
+
+
+def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(
+        model.param_groups(cfg.weight_decay), lr=lr_at(cfg, 0), betas=(cfg.beta1, cfg.beta2), fused=fused
+    )
+
+
+def _resume_state(out_dir, model_cfg, train_cfg, vocab):
+    """The newest checkpoint, checked against the configs, or None for a fresh run."""
+    found = list_checkpoints(out_dir)
+    if not found:
+        return None
+    step, path = found[-1]
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, model_cfg, vocab, path)
+    saved, want = ckpt["train_config"], config_to_dict(train_cfg)
+    diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k) and k not in RESUMABLE_CHANGES)
+    if diff:
+        raise ValueError(f"{path}: train config differs from the run being resumed in {diff}")
+    if ckpt.get("optimizer") is None or ckpt.get("data") is None:
+        raise ValueError(f"{path}: checkpoint has no optimizer/data state, cannot resume from it")
+    return ckpt
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data_dir,
+    out_dir,
+    on_checkpoint=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    blocks: PackedBlocks | None = None,
+) -> list[tuple[int, Path]]:
+    """Train (or resume) and return (step, path) of every checkpoint in ``out_dir``.
+
+    ``on_checkpoint(step, path)`` runs after each scheduled checkpoint is on disk.
+    ``stop_after`` ends the run early after that many optimizer steps, writing a checkpoint
+    there so a later call resumes (used for interruptions and the resume test).
+    ``blocks`` replaces the data read from ``data_dir`` (benchmarks).
+    """
+    vocab = karel.Vocab(train_cfg.robot_markers)
+    if model_cfg.vocab_size < len(vocab):
+        raise ValueError(f"vocab_size: {model_cfg.vocab_size} is smaller than the vocabulary ({len(vocab)})")
+    if train_cfg.block_len > model_cfg.context:
+        raise ValueError(f"block_len: {train_cfg.block_len} exceeds the model context {model_cfg.context}")
+    device = resolve_device(train_cfg)
+    out_dir = Path(out_dir)
+    schedule = set(checkpoint_steps(train_cfg))
+    last = train_cfg.steps if stop_after is None else min(stop_after, train_cfg.steps)
+
+    ckpt = _resume_state(out_dir, model_cfg, train_cfg, vocab)
+    torch.manual_seed(train_cfg.seed)
+    model = Transformer(model_cfg)  # built on CPU so the init is the same on every device
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.to(device).train()
+    optimizer = make_optimizer(model, train_cfg)
+    blocks = blocks if blocks is not None else load_train_blocks(data_dir, train_cfg, vocab)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        blocks.load_state_dict(ckpt["data"])
+        set_rng_state(ckpt["rng"])
+        step = ckpt["step"]
+    else:
+        step = 0
+
+    def checkpoint(step: int, extra: dict) -> Path:
+        payload = make_payload(step, model_cfg, train_cfg, vocab, model, optimizer, blocks.state_dict(), extra)
+        path = save_checkpoint(checkpoint_path(out_dir, step), payload)
+        if on_checkpoint is not None and step in schedule:
+            on_checkpoint(step, path)
+        return path
+
+    if ckpt is None:
+        checkpoint(0, {})
+    bar = None
+    if progress and step < last:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=last, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    micro = train_cfg.micro_batch or train_cfg.batch_size
+    t0, tokens_since, losses = time.perf_counter(), 0, []
+    while step < last:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(train_cfg, step)
+        tokens, offset = blocks.next_batch(train_cfg.batch_size)
+        # Sum weighted losses over micro-batches, normalised by the whole batch's weight.
+        _, _, weight, _ = batch_inputs(tokens, offset, train_cfg)
+        denom = float(weight.sum().clamp(min=1.0))
+        step_loss = 0.0
+        for lo in range(0, train_cfg.batch_size, micro):
+            loss, w = lm_loss(model, tokens[lo : lo + micro], offset[lo : lo + micro], train_cfg, device)
+            (loss * (w / denom)).backward()
+            step_loss += loss.item() * w / denom
+        if train_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(step_loss)
+        tokens_since += tokens.shape[0] * (tokens.shape[1] - 1)
+        if bar is not None:
+            rate = tokens_since / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
+            bar.update(1)
+        if step in schedule or step == last:
+            checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss})
+            losses = []
+    if bar is not None:
+        bar.close()
+    return list_checkpoints(out_dir)
