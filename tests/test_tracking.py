@@ -1,0 +1,145 @@
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks import tracking as T
+
+mlflow = T.mlflow
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCfg:
+    d_model: int = 64
+    layers: tuple = (1, 2)
+
+
+@pytest.fixture(scope="module")
+def shared_ws(tmp_path_factory):
+    # one migrated SQLite store for the module: creating one costs seconds
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    w = tmp_path_factory.mktemp("shared") / "ws"
+    T.init_tracking(w, experiment="smoke")
+    return w
+
+
+@pytest.fixture
+def ws(shared_ws, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # anything written to the cwd would show up here
+    uri = T.init_tracking(shared_ws, experiment="smoke")
+    yield shared_ws, uri
+    mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI
+    T._state.update(uri=None, artifact_root=None, exported=None)
+
+
+def test_init_creates_sqlite_store_and_experiment(ws):
+    w, uri = ws
+    assert uri == f"sqlite:///{w / 'mlflow.db'}"
+    assert (w / "mlflow.db").is_file()
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri  # inherited by subprocess workers
+    exp = mlflow.MlflowClient(uri).get_experiment_by_name("smoke")
+    assert exp is not None
+    assert exp.artifact_location == (w / "mlartifacts" / "smoke").as_uri()
+    assert T.init_tracking(w, experiment="smoke") == uri  # idempotent
+    assert os.environ.get("MLFLOW_DISABLE_TELEMETRY") == "true"
+
+
+def test_second_workspace_not_shadowed_by_our_own_export(ws, tmp_path):
+    w2 = tmp_path / "ws2"
+    uri2 = T.init_tracking(w2)
+    assert uri2 == f"sqlite:///{w2 / 'mlflow.db'}" and (w2 / "mlflow.db").is_file()
+
+
+def test_user_tracking_uri_wins(ws, tmp_path, monkeypatch):
+    other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    assert T.init_tracking(tmp_path / "ws3", experiment="e") == other
+    assert (tmp_path / "elsewhere.db").is_file()
+    assert not (tmp_path / "ws3" / "mlflow.db").exists()
+
+
+def test_parent_nested_metrics_artifacts_roundtrip(ws, tmp_path):
+    w, uri = ws
+    params = {"preset": "smoke", "model": ModelCfg(), "data": {"n": 10, "sem": {"kind": "orig"}},
+              "long": "x" * 7000, "empty": {}, "weird key!": 1,
+              **{f"many.p{i}": i for i in range(150)}}  # > 100 params: batched
+    parent = T.start_parent_run("roundtrip", "pipeline-1", params, tags={"git": "abc"})
+    child = T.nested_run(parent, "ckpt-100", {"step": 100})
+    for step, acc in [(0, 0.1), (100, 0.5), (200, 0.9)]:
+        T.log_metrics_by_step(parent, {"gen": {"accuracy": acc}, "ppl": 10 - step / 100,
+                                       "skip": None}, step)
+    T.log_metrics_by_step(child, {"probe.acc": 0.7}, 100)
+    f = tmp_path / "report.html"
+    f.write_text("<html>ok</html>")
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "phase.png").write_bytes(b"\x89PNG")
+    T.log_artifact(parent, f)
+    T.log_artifact(parent, figs, artifact_path="figures")
+    with pytest.raises(FileNotFoundError):
+        T.log_artifact(parent, tmp_path / "nope")
+    T.finish_run(child)
+    T.finish_run(parent)
+
+    assert mlflow.get_tracking_uri() == uri  # init_tracking set the global URI
+    runs = mlflow.search_runs(experiment_names=["roundtrip"])
+    assert set(runs.run_id) == {parent, child}
+    p = runs[runs.run_id == parent].iloc[0]
+    assert p["params.preset"] == "smoke"
+    assert p["params.model.d_model"] == "64"
+    assert p["params.model.layers"] == "[1, 2]"
+    assert p["params.data.sem.kind"] == "orig"
+    assert p["params.weird key_"] == "1"
+    assert p["params.many.p149"] == "149"
+    assert p["params.empty"] == "{}"
+    assert len(p["params.long"]) == 6000 and "truncated, sha256:" in p["params.long"]
+    assert p["tags.git"] == "abc" and p["status"] == "FINISHED"
+    assert p["metrics.gen.accuracy"] == pytest.approx(0.9)  # latest value
+    assert "metrics.skip" not in runs.columns
+    kids = mlflow.search_runs(experiment_names=["roundtrip"],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert kids.run_id.tolist() == [child]
+    assert kids.iloc[0]["tags.mlflow.runName"] == "ckpt-100"
+    assert kids.iloc[0]["params.step"] == "100"
+
+    client = mlflow.MlflowClient(uri)
+    hist = client.get_metric_history(parent, "gen.accuracy")
+    assert sorted((m.step, m.value) for m in hist) == [(0, 0.1), (100, 0.5), (200, 0.9)]
+    arts = {a.path for a in client.list_artifacts(parent)}
+    assert arts == {"report.html", "figures"}
+    assert [a.path for a in client.list_artifacts(parent, "figures")] == ["figures/phase.png"]
+    stored = list((w / "mlartifacts" / "roundtrip").rglob("phase.png"))
+    assert len(stored) == 1
+    # nothing written outside the workspace (e.g. ./mlruns in the cwd)
+    assert sorted(x.name for x in Path.cwd().iterdir()) == ["figs", "report.html"]
+
+
+def test_run_scope_marks_failure(ws):
+    w, uri = ws
+    rid = T.start_parent_run("smoke", "failing", {"a": 1})
+    with pytest.raises(RuntimeError):
+        with T.run_scope(rid):
+            raise RuntimeError("boom")
+    assert mlflow.MlflowClient(uri).get_run(rid).info.status == "FAILED"
+    with T.run_scope(T.nested_run(rid, "ok")) as child:
+        pass
+    assert mlflow.MlflowClient(uri).get_run(child).info.status == "FINISHED"
+
+
+def test_new_experiment_and_restored_deleted(ws):
+    w, uri = ws
+    eid = T.get_or_create_experiment("sweep-a")
+    client = mlflow.MlflowClient(uri)
+    client.delete_experiment(eid)
+    assert T.get_or_create_experiment("sweep-a") == eid
+    assert client.get_experiment(eid).lifecycle_stage == "active"
+
+
+def test_flatten_params_limits():
+    long_key = "k" * 300
+    out = T.flatten_params({long_key: 1, "a": {"b": [1, {"c": 2}]}, "x/y z": None})
+    assert all(len(k) <= 250 for k in out)
+    assert out["a.b"] == '[1, {"c": 2}]'
+    assert out["x/y z"] == "None"
