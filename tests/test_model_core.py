@@ -1,0 +1,151 @@
+"""Model configs, the transformer (shapes, causality, KV cache), data packing, phase rule."""
+
+import numpy as np
+import pytest
+import torch
+
+import karel
+from model.config import (
+    ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, lr_at, preset, replace_fields,
+)
+from model.data import PackedBlocks, batch_inputs
+from model.phases import label_phases
+from model.transformer import KVCache, Transformer, sample_mask
+
+CFG = ModelConfig(vocab_size=48, n_layer=2, d_model=32, n_head=4, rotary_dim=4, d_mlp=64, context=64)
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(ValueError, match="bogus"):
+        replace_fields(ModelConfig(), {"bogus": 1})
+    with pytest.raises(ValueError, match="nope"):
+        config_from_dict(TrainConfig, {"nope": 2})
+    with pytest.raises(ValueError, match="rotary_dim"):
+        ModelConfig(d_model=64, n_head=4, rotary_dim=18)
+    with pytest.raises(ValueError, match="loss_on"):
+        TrainConfig(loss_on="prompt")
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
+
+
+def test_paper_preset_and_schedules():
+    m, t = preset("paper")
+    assert (m.n_layer, m.d_model, m.n_head, m.rotary_dim, m.d_mlp, m.context) == (20, 1024, 16, 32, 4096, 2048)
+    assert (t.lr, t.warmup_steps, t.steps, t.tokens_per_step, t.weight_decay) == (5e-6, 6000, 80_000, 16 * 2048, 0.0)
+    steps = checkpoint_steps(t)
+    assert steps[0] == 0 and steps[-1] == 80_000 and 2000 in steps and 76_000 in steps
+    assert len([s for s in steps if 0 < s < 2000]) >= 5  # dense early
+    assert lr_at(t, 0) == pytest.approx(5e-6 / 6000) and lr_at(t, 5999) == pytest.approx(5e-6)
+    assert lr_at(t, 80_000) == pytest.approx(0.0)
+    assert config_from_dict(ModelConfig, m.__dict__) == m
+
+
+def test_shapes_and_hidden_states():
+    model = Transformer(CFG)
+    x = torch.randint(0, CFG.vocab_size, (3, 10))
+    logits, hidden = model(x, return_hidden=True)
+    assert logits.shape == (3, 10, CFG.vocab_size)
+    assert len(hidden) == CFG.n_layer + 1 and all(h.shape == (3, 10, CFG.d_model) for h in hidden)
+    assert torch.equal(hidden[0], model.embed(x))  # embedding output first
+    last, hl = model(x, return_hidden=True, last_only=True)
+    torch.testing.assert_close(last[:, 0], logits[:, -1])
+    torch.testing.assert_close(hl[-1][:, 0], hidden[-1][:, -1])
+
+
+def test_causal_masking():
+    torch.manual_seed(0)
+    model = Transformer(CFG).eval()
+    x = torch.randint(0, CFG.vocab_size, (2, 16))
+    y = x.clone()
+    y[:, 9:] = (y[:, 9:] + 1) % CFG.vocab_size
+    with torch.no_grad():
+        a, _ = model(x)
+        b, _ = model(y)
+    torch.testing.assert_close(a[:, :9], b[:, :9])
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_kv_cache_matches_uncached():
+    torch.manual_seed(1)
+    model = Transformer(CFG).eval()
+    x = torch.randint(0, CFG.vocab_size, (3, 24))
+    with torch.no_grad():
+        full, hidden = model(x, return_hidden=True)
+        cache = KVCache.empty(CFG, 3, 24, "cpu", torch.float32)
+        out, _ = model(x[:, :12], cache=cache)
+        steps = [out]
+        for t in range(12, 24):
+            o, h = model(x[:, t : t + 1], cache=cache, return_hidden=True)
+            steps.append(o)
+            torch.testing.assert_close(h[-1][:, 0], hidden[-1][:, t], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="context"):
+        model(torch.zeros(1, CFG.context + 1, dtype=torch.long))
+
+
+def test_sample_mask_blocks_other_samples():
+    torch.manual_seed(2)
+    model = Transformer(CFG).eval()
+    x = torch.randint(2, CFG.vocab_size, (1, 20))
+    doc = torch.tensor([[0] * 8 + [1] * 12])
+    y = x.clone()
+    y[:, :8] = (y[:, :8] + 5) % CFG.vocab_size
+    with torch.no_grad():
+        a, _ = model(x, mask=sample_mask(doc))
+        b, _ = model(y, mask=sample_mask(doc))
+        c, _ = model(y)
+    torch.testing.assert_close(a[:, 8:], b[:, 8:])  # second sample never sees the first
+    assert not torch.allclose(a[:, 8:], c[:, 8:])
+
+
+def _toy_blocks(seed=0):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 12, 30)
+    ids = np.zeros((30, 12), np.int16)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(2, 40, n)
+    return PackedBlocks(ids, lengths, block_len=32, seed=seed), ids, lengths
+
+
+def test_packing_is_deterministic_and_resumable():
+    a, ids, lengths = _toy_blocks()
+    b, _, _ = _toy_blocks()
+    first = [a.next_batch(3) for _ in range(4)]  # crosses into the second epoch
+    assert a.epoch == 1
+    for ta, tb in zip(first, [b.next_batch(3) for _ in range(4)]):
+        assert torch.equal(ta[0], tb[0]) and torch.equal(ta[1], tb[1])
+    c, _, _ = _toy_blocks()
+    c.load_state_dict({"epoch": 0, "block": 6})
+    torch.testing.assert_close(c.next_batch(3)[0], first[2][0])
+    # Every token of epoch 0 comes from a sample, and offsets restart at each sample.
+    tokens, offset = first[0]
+    assert (offset[0, 1:] == 0).sum() + (offset[0, 1:] == offset[0, :-1] + 1).sum() == 32
+    other, _, _ = _toy_blocks(seed=1)
+    assert not torch.equal(other.next_batch(3)[0], first[0][0])
+
+
+def test_loss_weights_and_doc_ids():
+    tokens = torch.arange(10)[None].repeat(1, 1)
+    offset = torch.tensor([[3, 4, 5, 0, 1, 2, 3, 4, 0, 1]])
+    cfg = TrainConfig(loss_on="program", cross_sample_attention=False)
+    inputs, targets, weight, doc = batch_inputs(tokens, offset, cfg, prompt_len=3)
+    assert weight.tolist() == [[1, 1, 0, 0, 0, 1, 1, 0, 0]]  # targets at offset >= 3
+    assert doc.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1, 2]]
+    _, _, w_all, d_all = batch_inputs(tokens, offset, TrainConfig(), prompt_len=3)
+    assert w_all.sum() == 9 and d_all is None
+
+
+def test_phase_rule():
+    steps = [0, 10, 20, 40, 80, 160, 320]
+    rows = [
+        {"step": s, "diversity": d, "acc_spec": a, "parse_rate": p}
+        for s, d, a, p in zip(steps, [0.01, 0.02, 0.3, 0.6, 0.7, 0.7, 0.72],
+                              [0.0, 0.0, 0.05, 0.1, 0.15, 0.6, 0.9], [0, 0.1, 0.6, 0.9, 1, 1, 1])
+    ]
+    ph = label_phases(rows)
+    assert ph.syntax_start == 40 and ph.semantics_start == 160
+    assert ph.labels == ["babbling"] * 3 + ["syntax"] * 2 + ["semantics"] * 2
+    flat = [{"step": s, "diversity": 0.01, "acc_spec": 0.0} for s in steps]
+    assert label_phases(flat).labels == ["babbling"] * 7
+    with pytest.raises(ValueError, match="acc_spec"):
+        label_phases([{"step": 0, "diversity": 0.1}])

@@ -1,0 +1,131 @@
+"""Decoding: hidden-state alignment, cache agreement, the grammar, and generation metrics."""
+
+import numpy as np
+import pytest
+import torch
+
+import karel
+from model.config import ModelConfig
+from model.decode import MAX_ACTIONS, Generation, generate, program_tokens, spec_prompts
+from model.metrics import correct_pairs, evaluate_checkpoint, generation_metrics, perplexity
+from model.transformer import Transformer
+
+VOCAB = karel.Vocab()
+CFG = ModelConfig(vocab_size=48, n_layer=2, d_model=32, n_head=4, rotary_dim=4, d_mlp=64, context=512)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("karel") / "data"
+    karel.generate_dataset(karel.DataConfig(seed=5, n_train_generated=20, n_val=12, n_test=24), path)
+    return karel.load_split(path, "test"), karel.load_split(path, "val")
+
+
+def _model(seed, actions_bias=0.0, sharpen=1.0):
+    """A random model; ``sharpen`` scales attention so outputs depend on the spec (a plain
+    random init writes the same program for every spec, which would test little)."""
+    torch.manual_seed(seed)
+    model = Transformer(CFG).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # make greedy choices depend on the context
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(sharpen)
+            block.attn.out.weight.mul_(5.0 if sharpen > 1 else 1.0)
+        model.lm_head.bias[torch.as_tensor(VOCAB.action_ids.astype(np.int64))] += actions_bias
+    return model
+
+
+@pytest.mark.parametrize("mode,seed,sharpen", [("constrained", 2, 15.0), ("greedy", 1, 5.0)])
+def test_hidden_states_align_with_teacher_forcing(data, mode, seed, sharpen):
+    test, _ = data
+    model = _model(seed, sharpen=sharpen)
+    gen = generate(model, test, VOCAB, mode, batch_size=7, keep_layers=True)
+    assert gen.programs.shape == (24, MAX_ACTIONS) and gen.hidden.shape == (24, MAX_ACTIONS, CFG.d_model)
+    assert gen.hidden_layers.shape == (24, MAX_ACTIONS, CFG.n_layer + 1, CFG.d_model)
+    assert gen.hidden.dtype == np.float16 and gen.programs.dtype == np.int8
+    # The check needs variety: distinct programs (constrained), a mix of lengths (greedy).
+    assert len({p.tobytes() for p in gen.programs}) > (5 if mode == "constrained" else 1)
+    assert gen.lengths.max() == MAX_ACTIONS
+    assert mode == "constrained" or (gen.lengths == 0).any()
+    prompts = torch.from_numpy(spec_prompts(test, VOCAB))
+    seq = torch.cat([prompts, torch.from_numpy(program_tokens(gen.programs, VOCAB))], dim=1)
+    with torch.no_grad():
+        logits, hidden = model(seq, return_hidden=True)
+    states = torch.stack(hidden, dim=2)  # (P, T, n_layer+1, d)
+    t0 = prompts.shape[1]
+    allowed = np.append(VOCAB.action_ids, VOCAB.id("}"))
+    for p in range(len(test)):
+        n = int(gen.lengths[p])
+        for j in range(n):
+            pos = t0 - 1 + j  # the "{" for j = 0, action j-1 for j > 0
+            want = states[p, pos]
+            np.testing.assert_allclose(gen.hidden_layers[p, j], want.numpy(), atol=2e-3, rtol=2e-3)
+            np.testing.assert_allclose(gen.hidden[p, j], want.mean(0).numpy(), atol=2e-3, rtol=2e-3)
+            scores = logits[p, pos].numpy()
+            choice = allowed[np.argmax(scores[allowed])] if mode == "constrained" else np.argmax(scores)
+            assert choice == VOCAB.action_ids[gen.programs[p, j]]  # these logits emitted action j
+        assert not gen.hidden[p, n:].any() and (gen.programs[p, n:] == -1).all()
+
+
+def _biased(token_bias):
+    model = _model(1)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        for tok, b in token_bias.items():
+            model.lm_head.bias[VOCAB.id(tok)] = b
+    return model
+
+
+def test_constrained_grammar(data):
+    test, _ = data
+    # The model wants an illegal token: constrained decoding still writes only actions.
+    gen = generate(_biased({"<pad>": 9.0, "move": 2.0}), test, VOCAB, "constrained")
+    assert (gen.programs == karel.ACTION_ID["move"]).all() and (gen.lengths == MAX_ACTIONS).all()
+    assert not gen.ended.any() and gen.parsed.all()  # "}" was forced at the 15th slot
+    greedy = generate(_biased({"<pad>": 9.0, "move": 2.0}), test, VOCAB, "greedy")
+    assert not greedy.parsed.any() and (greedy.lengths == 0).all()
+    closing = generate(_biased({"}": 5.0}), test, VOCAB, "constrained")
+    assert (closing.lengths == 0).all() and closing.ended.all()
+    # Any random model: only action ids or padding, padding only after the end.
+    gen = generate(_model(2), test, VOCAB, "constrained", batch_size=5)
+    assert np.isin(gen.programs, [-1, 0, 1, 2, 3, 4]).all()
+    assert ((gen.programs >= 0).sum(1) == gen.lengths).all()
+    assert (np.diff((gen.programs >= 0).astype(int), axis=1) <= 0).all()
+    with pytest.raises(ValueError, match="mode"):
+        generate(_model(2), test, VOCAB, "beam")
+
+
+def test_decoding_without_cache_agrees(data):
+    test, _ = data
+    model = _model(3)
+    a = generate(model, test, VOCAB, "constrained", use_cache=True)
+    b = generate(model, test, VOCAB, "constrained", use_cache=False)
+    assert np.array_equal(a.programs, b.programs)
+    np.testing.assert_allclose(a.hidden.astype(np.float32), b.hidden.astype(np.float32), atol=2e-3)
+
+
+def test_metrics_on_reference_programs(data):
+    test, val = data
+    programs = np.full((len(test), MAX_ACTIONS), -1, np.int8)
+    programs[:, : test.programs.shape[1]] = test.programs
+    lengths = (programs >= 0).sum(1)
+    gen = Generation(programs, lengths, np.ones(len(test), bool), np.ones(len(test), bool),
+                     np.zeros((len(test), MAX_ACTIONS, 4), np.float16))
+    m = generation_metrics(gen, test)
+    assert m["acc_spec"] == 1.0 and m["acc_all"] == 1.0
+    assert all(m[f"acc_all_len{n}"] == 1.0 for n in set(lengths.tolist()))
+    assert m["gen_len_mean"] == m["ref_len_mean"] == lengths.mean()
+    assert m["diversity"] == len({p.tobytes() for p in programs}) / len(test)
+    # An empty program is right only where output == input.
+    empty = Generation(np.full_like(programs, -1), np.zeros_like(lengths), gen.ended, gen.parsed, gen.hidden)
+    ok = correct_pairs(empty.programs, test)
+    assert generation_metrics(empty, test)["acc_all"] == ok.all(1).mean() < 1.0
+    assert generation_metrics(empty, test)["diversity"] == 1 / len(test)
+    with pytest.raises(ValueError, match="programs"):
+        correct_pairs(programs[:3], test)
+    model = _model(4)
+    out = evaluate_checkpoint(model, VOCAB, test, val, batch_size=8)
+    for key in ("acc_spec", "acc_all", "ppl_all", "ppl_program", "diversity", "parse_rate", "gen_len_mean"):
+        assert isinstance(out[key], float), key
+    ppl = perplexity(model, val, VOCAB, batch_size=5)
+    assert ppl == pytest.approx(perplexity(model, val, VOCAB, batch_size=12))  # padding-independent

@@ -1,0 +1,84 @@
+"""Training: loss goes down, resume equals straight, checkpoints fail loudly when wrong."""
+
+import pytest
+import torch
+
+import karel
+from model.checkpoint import list_checkpoints, load_checkpoint, load_model
+from model.config import checkpoint_steps, preset
+from model.train import train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("karel") / "data"
+    karel.generate_dataset(karel.DataConfig(seed=3, n_train_generated=200, n_val=16, n_test=16), path)
+    return path
+
+
+def _cfg(**train):
+    return preset("smoke", train={"steps": 4, "ckpt_every": 2, "ckpt_log_count": 0, **train})
+
+
+def test_smoke_training_lowers_loss_and_follows_schedule(data_dir, tmp_path):
+    m, t = preset("smoke", train={"steps": 10, "ckpt_every": 5, "ckpt_log_count": 2, "loss_on": "program"})
+    seen = []
+    found = train(m, t, data_dir, tmp_path, on_checkpoint=lambda s, p: seen.append((s, p)), progress=False)
+    assert [s for s, _ in found] == checkpoint_steps(t) == [0, 1, 2, 5, 10]
+    assert seen == found and all(p.exists() for _, p in seen)
+    first = load_checkpoint(found[1][1])["extra"]["train_loss"]
+    last = load_checkpoint(found[-1][1])["extra"]["last_loss"]
+    assert last < first - 0.5, (first, last)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp files left
+
+
+def test_resume_equals_straight(data_dir, tmp_path):
+    m, t = _cfg(cross_sample_attention=False)
+    straight = train(m, t, data_dir, tmp_path / "a", progress=False)
+    train(m, t, data_dir, tmp_path / "b", progress=False, stop_after=3)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [0, 2, 3]
+    resumed = train(m, t, data_dir, tmp_path / "b", progress=False)
+    a, b = load_checkpoint(straight[-1][1]), load_checkpoint(resumed[-1][1])
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["data"] == b["data"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    # A finished run called again does nothing and returns the same checkpoints.
+    assert train(m, t, data_dir, tmp_path / "b", progress=False) == resumed
+
+
+def test_bad_checkpoints_raise(data_dir, tmp_path):
+    m, t = _cfg(steps=1, ckpt_every=1)
+    found = train(m, t, data_dir, tmp_path / "run", progress=False)
+    path = found[-1][1]
+    # Another model shape in the same folder.
+    other = preset("smoke", model={"d_model": 64}, train={"steps": 1, "ckpt_every": 1, "ckpt_log_count": 0})
+    with pytest.raises(ValueError, match="model config differs.*d_model"):
+        train(*other, data_dir, tmp_path / "run", progress=False)
+    # Another train config (not resumable).
+    with pytest.raises(ValueError, match="lr"):
+        train(m, preset("smoke", train={"steps": 1, "ckpt_every": 1, "ckpt_log_count": 0, "lr": 1e-4})[1],
+              data_dir, tmp_path / "run", progress=False)
+    # A truncated file.
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_checkpoint(cut)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_model(garbage)
+    # A tokenizer mismatch.
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["vocab"] = ckpt["vocab"][::-1]
+    swapped = tmp_path / "swapped.pt"
+    torch.save(ckpt, swapped)
+    with pytest.raises(ValueError, match="tokenizer mismatch"):
+        load_model(swapped)
+    # Something that is not a checkpoint dict.
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a semprobe checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    model, loaded = load_model(path)
+    assert loaded["step"] == 1 and not model.training
