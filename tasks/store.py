@@ -126,11 +126,16 @@ class ArtifactStore:
             return None
         return m
 
-    def is_complete(self, stage: str, key: str, verify: bool = True) -> bool:
+    def is_complete(self, stage: str, key: str, verify: bool | str = True) -> bool:
         """True when the folder, its manifest and every listed file (size + sha256) check out.
 
-        ``verify=False`` checks existence and sizes only (cheap, for status displays).
+        ``verify``: True / "sha256" hashes every file (the default; what a cached rerun must
+        trust); "stat" hashes only files whose size or mtime differ from the manifest (like
+        git's index: catches rewrites, but misses silent bit rot and a same-size rewrite within
+        the filesystem's mtime granularity); False checks sizes only.
         """
+        if verify not in (True, False, "sha256", "stat"):
+            raise ValueError(f"verify must be True, False, 'sha256' or 'stat', not {verify!r}")
         folder = self.path(stage, key)
         m = self._read_manifest(stage, key)
         if m is None or m.get("key") != key or m.get("stage") != stage:
@@ -145,6 +150,8 @@ class ArtifactStore:
                 return False
             if not p.is_file() or st.st_size != info.get("size"):
                 return False
+            if verify == "stat" and st.st_mtime_ns == info.get("mtime_ns"):
+                continue
             if verify and sha256_file(p) != info.get("sha256"):
                 return False
         return True
@@ -204,7 +211,9 @@ class ArtifactStore:
                     continue
                 if p.is_symlink():
                     raise ValueError(f"artifact {stage}/{key}: symlinks are not allowed ({rel})")
-                files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+                st = p.stat()
+                files[rel] = {"sha256": sha256_file(p), "size": st.st_size,
+                              "mtime_ns": st.st_mtime_ns}
         return {
             "version": MANIFEST_VERSION,
             "stage": stage,
@@ -309,7 +318,7 @@ class ArtifactStore:
 
     # -------------------------------------------------------------- compound
     def ensure(self, stage: str, key: str, compute: Callable[[Path], dict | None],
-               verify: bool = True, lock_timeout: float | None = None) -> tuple[dict, bool]:
+               verify: bool | str = True, lock_timeout: float | None = None) -> tuple[dict, bool]:
         """Return ``(manifest, computed)``, computing the artifact at most once across processes.
 
         ``compute(tmp_dir)`` writes the files into ``tmp_dir`` and may return a ``meta`` dict.

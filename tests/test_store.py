@@ -74,6 +74,23 @@ def test_missing_or_corrupt_is_not_complete(tmp_path, damage):
     assert not s.is_complete("act", "k")
     if damage == "corrupt_same_size":
         assert s.is_complete("act", "k", verify=False)  # size-only check cannot see it
+    else:
+        assert not s.is_complete("act", "k", verify="stat")
+
+
+def test_stat_verify_skips_hash_only_when_unchanged(tmp_path):
+    s = ArtifactStore(tmp_path)
+    d = _write(s, "act", "k", {"x": b"0123456789"})
+    assert s.is_complete("act", "k", verify="stat")
+    st = (d / "x").stat()
+    (d / "x").write_bytes(b"012345678X")  # same size, then restore the old mtime
+    os.utime(d / "x", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert s.is_complete("act", "k", verify="stat")  # documented blind spot: bit rot
+    assert not s.is_complete("act", "k")  # full verification catches it
+    os.utime(d / "x", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert not s.is_complete("act", "k", verify="stat")
+    with pytest.raises(ValueError):
+        s.is_complete("act", "k", verify="fast")
 
 
 def test_exception_keeps_previous_artifact(tmp_path):
