@@ -10,6 +10,8 @@ Rules this module enforces or assumes:
 * :meth:`ResultsDB.upsert` is idempotent: ``INSERT OR REPLACE`` by primary key. Columns the
   rows do not mention keep their stored value (DuckDB's OR REPLACE updates only the inserted
   columns), so a default like ``created_at`` is set once, on first insert.
+* NaN in numeric columns is stored as NULL (DuckDB's pandas scan). Timestamps: datetimes,
+  ISO strings or epoch seconds; naive datetimes are taken as UTC; stored as UTC TIMESTAMP.
 * ``offset`` is an SQL keyword: quote it in hand-written SQL (``SELECT "offset" FROM ...``).
 
 Column meanings not obvious from names: ``interventions.semantics`` is the alternative

@@ -151,3 +151,13 @@ def test_lock_released_waiter_succeeds(db, holder):
     db.lock_timeout = 10
     db.upsert("checkpoints", [dict(key="c", train_key="t", step=1, tokens_seen=1, path="p")])
     assert db.count("checkpoints") == 1
+
+
+def test_nan_stored_as_null_and_numpy_scalars(db):
+    import numpy as np
+    db.upsert("checkpoint_metrics", [
+        dict(checkpoint_key="c", metric="m", value=float("nan"), step=np.int64(3)),
+        dict(checkpoint_key="c", metric="n", value=np.float32(0.5), step=np.int64(3))])
+    got = db.query("SELECT metric, value, step FROM checkpoint_metrics ORDER BY metric")
+    assert got["value"].isna().tolist() == [True, False]
+    assert got["step"].tolist() == [3, 3]
