@@ -19,6 +19,8 @@ semantics (e.g. 'flip', 'adversarial'); ``original``/``alternative`` are the pro
 against the original and the alternative semantics' features, ``content`` their difference
 (semantic content), ``ci_low``/``ci_high`` a CI of ``content``. ``probe`` is the probe kind
 (e.g. 'linear', 'mlp'); ``split`` is 'train'/'val'/'test'.
+``phases.start_step`` is the first training step of the phase (babbling, syntax, semantics), NULL
+for a phase that never started.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
                            "'random_init', 'embedding'))"),
                   ("probe", "VARCHAR"), ("value", "DOUBLE")],
                  ["probe_key", "feature", "offset", "kind", "probe"]),
+    "phases": ([("train_key", "VARCHAR"), ("phase", "VARCHAR"), ("start_step", "BIGINT")],
+               ["train_key", "phase"]),
     "stage_runs": ([("run_id", "VARCHAR"), ("stage", "VARCHAR"), ("key", "VARCHAR"),
                     ("status", "VARCHAR CHECK (status IN ('computed', 'cached'))"),
                     ("seconds", "DOUBLE"), ("finished_at", "TIMESTAMP")],
