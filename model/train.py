@@ -25,8 +25,9 @@ from .data import PackedBlocks, batch_inputs, load_train_blocks
 from .transformer import Transformer, sample_mask
 
 # Measured by benchmarks/bench_train.py on the 2-core Xeon with AMX (BENCHMARKS.md, ## model):
-# bf16 autocast at the cpu preset size. "auto" on CPU follows this measurement.
-CPU_BF16_FASTER = False
+# bf16 autocast trains the cpu preset about 2x faster than float32 there (AMX bf16 matmuls).
+# "auto" on CPU follows this measurement; set autocast="off" on CPUs without AMX/avx512_bf16.
+CPU_BF16_FASTER = True
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
