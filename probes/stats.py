@@ -1,0 +1,68 @@
+"""Means and 95% t-intervals over seeds (numpy only; no scipy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def _t_cdf_upper_half(x: float, df: int, n: int = 20001) -> float:
+    """P(0 <= T <= x) for Student's t with ``df`` degrees of freedom (Simpson's rule)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    t = np.linspace(0.0, x, n)
+    f = c * (1 + t * t / df) ** (-(df + 1) / 2)
+    h = x / (n - 1)
+    return float(h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile (q in (0.5, 1)) of Student's t, by bisection on its CDF."""
+    if not 0.5 < q < 1 or df < 1:
+        raise ValueError(f"t_quantile: need 0.5 < q < 1 and df >= 1, got q={q}, df={df}")
+    lo, hi = 0.0, 1.0
+    while 0.5 + _t_cdf_upper_half(hi, df) < q:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if 0.5 + _t_cdf_upper_half(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper): t-interval over independent values (NaN bounds for n < 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = t_quantile(0.5 + level / 2, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return m, m - half, m + half
+
+
+def summarize(df: pd.DataFrame, value: str = "accuracy", over: str = "seed",
+              level: float = 0.95) -> pd.DataFrame:
+    """Mean and t-interval of ``value`` over ``over`` (seeds), grouped by every other key column.
+
+    Key columns are all columns except ``value``, ``over`` and ``n``. Returns the keys plus
+    ``mean``, ``ci_low``, ``ci_high``, ``n_seeds`` and ``n`` (mean rows per seed).
+    """
+    for col in (value, over):
+        if col not in df.columns:
+            raise ValueError(f"summarize: column {col!r} not in {list(df.columns)}")
+    keys = [c for c in df.columns if c not in (value, over, "n")]
+    rows = []
+    for key, g in df.groupby(keys, sort=False, dropna=False):
+        m, lo, hi = mean_ci(g[value].to_numpy(), level)
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row.update(mean=m, ci_low=lo, ci_high=hi, n_seeds=int(g[over].nunique()))
+        if "n" in g:
+            row["n"] = float(g["n"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
