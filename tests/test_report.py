@@ -1,0 +1,200 @@
+"""tasks.report: figures and HTML from a synthetic results database, numbers traced to DuckDB."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import report
+from tasks.report import build_report
+from tasks.results import ResultsDB
+
+STEPS = [0, 200, 400, 600, 800]
+TK = "train-abc"
+RUN = "run-1"
+
+
+def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases=True):
+    rng = np.random.default_rng(0)
+    db.upsert("runs", [dict(run_id=RUN, preset="smoke", config={"x": 1}, data_key="d",
+                            train_key=TK, status="finished")])
+    # a second training run's rows must not leak into this report
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="other-ck", train_key="other",
+                                          step=800, metric="acc_spec", value=0.01)])
+    n = len(steps)
+    acc = np.array([0.0, 0.05, 0.2, 0.6, 0.85])[:n]
+    ck_rows, m_rows, s_rows, c_rows, i_rows = [], [], [], [], []
+    for i, step in enumerate(steps):
+        ck = f"ck{step}"
+        pk = f"pk{step}"
+        ck_rows.append(dict(key=ck, train_key=TK, step=step, tokens_seen=step * 1000, path=f"/c/{step}"))
+        metrics = dict(acc_spec=acc[i], acc_all=acc[i] * 0.9, acc_spec_len6_10=acc[i] * 0.8,
+                       diversity=min(1.0, 0.1 + 0.3 * i), ppl_all=20.0 / (i + 1),
+                       ppl_program=8.0 / (i + 1), parse_rate=min(1.0, 0.3 + 0.2 * i),
+                       semantic_content=0.3 * acc[i] + rng.normal(0, 0.02))
+        m_rows += [dict(checkpoint_key=ck, train_key=TK, step=step, metric=k, value=float(v))
+                   for k, v in metrics.items()]
+        for feat, base in (("direction", 0.25), ("rel_start", 0.39), ("facing_wall", 0.61)):
+            for kind, bonus in (("linear", 0.0), ("mlp1", 0.08), ("mlp2", 0.1)):
+                for off in (-2, -1, 0, 1, 2):
+                    mean = base + (1 - base) * acc[i] * (0.6 + bonus) - 0.03 * abs(off)
+                    s_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
+                                       semantics="original", feature=feat, offset=off, probe=kind,
+                                       layer=-1, split="test", mean=mean, ci_low=mean - 0.02,
+                                       ci_high=mean + 0.02, n_seeds=3))
+                    s_rows.append(dict(s_rows[-1], split="val", mean=mean + 0.01))
+                c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+                                   offset=0, kind="control_task", probe=kind, value=base + 0.05))
+                c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+                                   offset=0, kind="selectivity", probe=kind, value=0.1 * i))
+                if step == 0:
+                    c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+                                       offset=0, kind="random_init", probe=kind, value=base + 0.02))
+                if layers and step == steps[-1] and kind == "linear":
+                    for layer in range(5):
+                        mean = base + 0.1 * layer
+                        s_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
+                                           semantics="original", feature=feat, offset=0,
+                                           probe=kind, layer=layer, split="test", mean=mean,
+                                           ci_low=mean - 0.01, ci_high=mean + 0.01, n_seeds=3))
+                if interventions:
+                    orig = base + (1 - base) * acc[i] * (0.6 + bonus)
+                    for alt, drop in (("flip", 0.1), ("adversarial", 0.2)):
+                        content = drop * acc[i]
+                        i_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
+                                           semantics=alt, feature=feat, offset=0, probe=kind,
+                                           layer=-1, original=orig, alternative=orig - content,
+                                           content=content, ci_low=content - 0.02,
+                                           ci_high=content + 0.02))
+            c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+                               offset=0, kind="majority", probe="none", value=base))
+    db.upsert("checkpoints", ck_rows)
+    db.upsert("checkpoint_metrics", m_rows)
+    db.upsert("probe_summary", s_rows)
+    db.upsert("controls", c_rows)
+    if i_rows:
+        db.upsert("interventions", i_rows)
+    if phases:
+        db.upsert("phases", [dict(train_key=TK, phase="babbling", start_step=0),
+                             dict(train_key=TK, phase="syntax", start_step=steps[1]),
+                             dict(train_key=TK, phase="semantics", start_step=steps[-2])])
+
+
+def row(table, prefix):
+    hits = [r for r in table if r["metric"].startswith(prefix)]
+    assert len(hits) == 1, (prefix, [r["metric"] for r in table])
+    return hits[0]
+
+
+@pytest.fixture
+def ws(tmp_path):
+    root = tmp_path / "ws"
+    db = ResultsDB(root / "results.duckdb")
+    populate(db)
+    return root, db
+
+
+def test_full_report(ws):
+    root, db = ws
+    out = build_report(str(root), RUN, "smoke")
+    folder = Path(out["folder"])
+    assert folder == root / "reports" / RUN
+    names = sorted(Path(p).name for p in out["figures"])
+    assert names == sorted(["phases.png", "probe_accuracy.png", "probe_offsets.png",
+                            "content_vs_accuracy.png", "interventions.png", "layers.png"])
+    for p in out["figures"]:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = Path(out["html"]).read_text()
+    assert html.count("data:image/png;base64,") == 6
+    assert "<table>" in html and "Notes" not in html
+    assert {tuple(r) for r in out["table"]} == {("metric", "this run", "paper")}
+
+    # R^2 equals a numpy fit on the same DB rows
+    pts = db.query("SELECT a.value AS x, s.value AS y FROM checkpoint_metrics a JOIN "
+                   "checkpoint_metrics s USING (checkpoint_key) WHERE a.train_key = ? AND "
+                   "a.metric = 'acc_spec' AND s.metric = 'semantic_content'", [TK])
+    x, y = pts["x"].to_numpy(), pts["y"].to_numpy()
+    assert len(x) == len(STEPS)
+    yhat = np.polyval(np.polyfit(x, y, 1), x)
+    r2 = 1 - ((y - yhat) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert out["numbers"]["r2"] == pytest.approx(r2, abs=1e-12)
+    assert row(out["table"], "R^2")["this run"] == f"{r2:.3f}"
+    assert row(out["table"], "R^2")["paper"] == "0.878"
+
+    t = out["table"]
+    assert row(t, "generative accuracy, 5 spec")["this run"] == "85.0%"
+    assert row(t, "generative accuracy, 5 spec")["paper"] == "92.4%"
+    assert row(t, "majority baseline, facing direction")["this run"] == "25.0%"
+    assert row(t, "majority baseline, facing direction")["paper"] == "25.5%"
+    assert row(t, "syntax phase")["this run"].startswith("200 ")
+    assert row(t, "semantics phase")["this run"].startswith("600 ")
+    # probe accuracy: mean over the three main features at the last step, offset 0, test split
+    expect = db.query("SELECT avg(mean) AS m FROM probe_summary WHERE step = 800 AND probe = "
+                      "'mlp1' AND \"offset\" = 0 AND layer = -1 AND split = 'test' AND "
+                      "semantics = 'original'")["m"][0]
+    assert out["numbers"]["probe.mlp1"] == pytest.approx(expect)
+    assert "direction, rel_start, facing_wall" in row(t, "mlp1 probe")["metric"]
+    assert out["numbers"]["content.flip"] == pytest.approx(0.1 * 0.85)
+    assert out["numbers"]["content.adversarial"] == pytest.approx(0.2 * 0.85)
+    assert "the other training run" not in html
+
+
+def test_numbers_follow_the_db(ws, monkeypatch):
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])  # only the table matters here (and it is faster)
+    first = build_report(str(root), RUN, "smoke")
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", train_key=TK, step=800,
+                                          metric="acc_spec", value=0.5)])
+    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800,
+                                feature="facing_wall", offset=0, kind="majority", probe="none",
+                                value=0.7)])
+    second = build_report(str(root), RUN, "smoke")
+    assert row(second["table"], "generative accuracy, 5 spec")["this run"] == "50.0%"
+    assert row(second["table"], "majority baseline, facing a wall")["this run"] == "70.0%"
+    assert second["numbers"]["r2"] != first["numbers"]["r2"]
+    changed = [a["metric"] for a, b in zip(first["table"], second["table"]) if a != b]
+    assert len(changed) == 3, changed  # accuracy, majority, R^2
+
+
+def test_empty_db_still_reports(tmp_path):
+    root = tmp_path / "ws"
+    out = build_report(str(root), "nope", "cpu")
+    html = Path(out["html"]).read_text()
+    assert out["figures"] == []
+    assert "not in the runs table" in html and "skipped" in html
+    assert all(r["this run"] in ("n/a", "no data") for r in out["table"])
+    assert "92.4%" in html  # the paper column is still there
+
+
+def test_partial_db_notes_missing_parts(tmp_path):
+    root = tmp_path / "ws"
+    db = ResultsDB(root / "results.duckdb")
+    populate(db, steps=STEPS[:2], layers=False, interventions=False, phases=False)
+    out = build_report(str(root), RUN, "smoke")
+    names = {Path(p).name for p in out["figures"]}
+    assert "phases.png" in names and "probe_accuracy.png" in names
+    assert "interventions.png" not in names and "layers.png" not in names
+    html = Path(out["html"]).read_text()
+    assert "intervention bars skipped" in html and "per-layer curves skipped" in html
+    assert "R^2 not computed" in html  # two points only
+    assert row(out["table"], "R^2")["this run"] == "n/a"
+    assert row(out["table"], "syntax phase")["this run"] == "no data"
+    # a failed run without training key
+    db.upsert("runs", [dict(run_id="failed", preset="smoke", status="failed")])
+    out = build_report(str(root), "failed", "smoke")
+    assert "no training key" in Path(out["html"]).read_text()
+    assert out["figures"] == []
+
+
+def test_stale_figures_removed_and_html_escaped(ws, monkeypatch):
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [f for f in report.FIGURES
+                                            if f[0] == "interventions.png"])
+    build_report(str(root), RUN, "smoke")
+    db.query("DELETE FROM interventions")
+    out = build_report(str(root), RUN, "<b>smoke</b>")
+    assert not (root / "reports" / RUN / "interventions.png").exists()
+    html = Path(out["html"]).read_text()
+    assert "&lt;b&gt;smoke&lt;/b&gt;" in html and "<b>smoke</b>" not in html
+    assert not re.search(r"content\.flip", html)
