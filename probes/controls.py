@@ -1,0 +1,126 @@
+"""Controls the paper lacks: majority baselines, control tasks and selectivity, per-layer and
+embedding-only probes.
+
+Control task (Hewitt & Liang, 2019): each surface *type* — the pair (action token, its index j
+in the program) — gets one fixed random label, drawn once from the feature's empirical label
+distribution (joint over heads, over the rows kept at that offset). Every occurrence of a type
+carries the same label, so the control task is learnable exactly as far as the hidden state
+records the surface form. Selectivity = real-task accuracy - control-task accuracy (per seed,
+paired, with a 95% t-interval). Not i.i.d. random labels per instance (which no probe can learn).
+
+The random-init model is not a separate function: probe the hidden states of checkpoint step 0
+with ``probe_grid`` like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from .grid import SPLITS, GridConfig, Task, label_tasks, probe_grid, split_programs, train_tasks
+from .labels import LabelSet, check_feature, hidden_rows
+from .stats import mean_ci
+
+
+def majority_baseline(labels: LabelSet, config: GridConfig = GridConfig()) -> pd.DataFrame:
+    """Most frequent (joint) train label per semantics/feature/offset/seed, scored on test.
+
+    Rows like ``probe_grid``'s with probe="majority", layer="none".
+    """
+    config.check()
+    out = []
+    for seed in config.seeds:
+        split = split_programs(labels.n_programs, seed, config.split)[labels.program]
+        for t in label_tasks(labels, config):
+            y = t.labels
+            ok = y[:, 0] >= 0
+            train = y[ok & (split == 0)]
+            if len(train) == 0:
+                raise ValueError(f"majority_baseline: no training rows for {t.key}")
+            uniq, counts = np.unique(train, axis=0, return_counts=True)
+            mode = uniq[np.argmax(counts)]  # ties: the smallest label, deterministic
+            for name in config.report:
+                rows = ok & (split == SPLITS.index(name))
+                acc = float((y[rows] == mode).all(1).mean()) if rows.any() else float("nan")
+                out.append({**t.key, "probe": "majority", "layer": "none", "seed": seed,
+                            "split": name, "accuracy": acc, "n": int(rows.sum()),
+                            "best_epoch": 0})
+    return pd.DataFrame(out)
+
+
+def control_labels(labels: LabelSet, semantics: str, feature: str, offset: int,
+                   seed: int = 0) -> np.ndarray:
+    """(n, H) control-task labels: one fixed draw per (token, position) type; -1 where unkept."""
+    y = labels.get(semantics, feature, offset)
+    ok = y[:, 0] >= 0
+    out = np.full_like(y, -1)
+    if not ok.any():
+        return out
+    uniq, counts = np.unique(y[ok], axis=0, return_counts=True)
+    types, inverse = np.unique(np.stack([labels.token, labels.position], 1), axis=0,
+                               return_inverse=True)
+    name = f"control/{seed}/{semantics}/{feature}/{offset}"
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    draw = rng.choice(len(uniq), size=len(types), p=counts / counts.sum())
+    out[ok] = uniq[draw[inverse.reshape(-1)]][ok]
+    return out
+
+
+def control_tasks(labels: LabelSet, config: GridConfig, seed: int = 0) -> list[Task]:
+    tasks = []
+    for sem in config.semantics:
+        for feat in config.features:
+            for off in config.offsets:
+                key = dict(semantics=sem, feature=feat, offset=int(off), task="control")
+                tasks.append(Task(key, check_feature(feat),
+                                  control_labels(labels, sem, feat, int(off), seed)))
+    return tasks
+
+
+def selectivity(hidden: np.ndarray, labels: LabelSet, config: GridConfig = GridConfig(),
+                layer="mean", control_seed: int = 0):
+    """Real and control tasks trained in one pass; (grid rows, selectivity table).
+
+    The table has one row per semantics/feature/offset/probe/layer with ``acc_real``,
+    ``acc_control``, ``selectivity`` (mean paired difference over seeds), ``ci_low``,
+    ``ci_high``, ``n_seeds`` (test split).
+    """
+    x = hidden_rows(hidden, labels)
+    tasks = label_tasks(labels, config) + control_tasks(labels, config, control_seed)
+    rows = train_tasks(x, labels.program, tasks, config, layer)
+    keys = ["semantics", "feature", "offset", "probe", "layer", "seed"]
+    test = rows[rows["split"] == "test"]
+    real = test[test["task"] == "real"][keys + ["accuracy"]]
+    ctrl = test[test["task"] == "control"][keys + ["accuracy"]]
+    merged = real.merge(ctrl, on=keys, suffixes=("_real", "_control"))
+    out = []
+    for key, g in merged.groupby(keys[:-1], sort=False):
+        diff = (g["accuracy_real"] - g["accuracy_control"]).to_numpy()
+        m, lo, hi = mean_ci(diff)
+        out.append({**dict(zip(keys[:-1], key)), "acc_real": float(g["accuracy_real"].mean()),
+                    "acc_control": float(g["accuracy_control"].mean()), "selectivity": m,
+                    "ci_low": lo, "ci_high": hi, "n_seeds": len(diff)})
+    return rows, pd.DataFrame(out)
+
+
+def layer_curves(hidden_layers: np.ndarray, labels: LabelSet,
+                 config: GridConfig = GridConfig(), layers=None) -> pd.DataFrame:
+    """Grid rows for each layer of ``hidden_layers`` (P, L, n_layer + 1, d); 0 = embeddings."""
+    hidden_layers = np.asarray(hidden_layers)
+    if hidden_layers.ndim != 4:
+        raise ValueError(f"hidden_layers: expected (P, L, layers, d), got {hidden_layers.shape}")
+    layers = range(hidden_layers.shape[2]) if layers is None else layers
+    frames = []
+    for layer in layers:
+        if not 0 <= int(layer) < hidden_layers.shape[2]:
+            raise ValueError(f"layers: {layer} outside 0..{hidden_layers.shape[2] - 1}")
+        frames.append(probe_grid(hidden_layers[:, :, int(layer)], labels, config, int(layer)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def embedding_probes(hidden_layers: np.ndarray, labels: LabelSet,
+                     config: GridConfig = GridConfig()) -> pd.DataFrame:
+    """Probes on the token-embedding output alone (layer 0): what the surface form gives."""
+    return layer_curves(hidden_layers, labels, config, layers=[0])

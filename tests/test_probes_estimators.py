@@ -1,0 +1,72 @@
+"""Planted signals for the single-probe estimators."""
+
+import numpy as np
+import pytest
+
+from probes import LinearProbe, MLPProbe
+
+FAST = dict(epochs=15, batch_size=256)
+
+
+def linear_data(n=3000, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.normal(size=(n, d))
+    x[:, :4] += 4.0 * np.eye(4)[y]
+    return x, y
+
+
+def test_linear_signal_is_found():
+    x, y = linear_data()
+    acc = LinearProbe(seed=0, **FAST).fit(x[:2000], y[:2000]).score(x[2000:], y[2000:])
+    assert acc > 0.97
+
+
+def test_independent_states_stay_at_majority():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 16))
+    y = (rng.random(3000) < 0.7).astype(int)  # majority 70%
+    probe = MLPProbe(hidden=(32,), seed=0, **FAST)
+    acc = probe.fit(x[:2000], y[:2000], x[2000:2500], y[2000:2500]).score(x[2500:], y[2500:])
+    assert abs(acc - (y[2500:] == 1).mean()) < 0.06
+
+
+def test_xor_found_by_mlp_not_linear():
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 2, (3000, 2))
+    y = bits[:, 0] ^ bits[:, 1]
+    x = np.c_[2 * bits - 1 + 0.1 * rng.normal(size=(3000, 2)), rng.normal(size=(3000, 6))]
+    lin = LinearProbe(seed=0, **FAST).fit(x[:2000], y[:2000]).score(x[2000:], y[2000:])
+    mlp = MLPProbe(hidden=(32,), seed=0, **FAST).fit(x[:2000], y[:2000]).score(x[2000:], y[2000:])
+    mlp2 = MLPProbe(hidden=(32, 64), seed=0, **FAST).fit(x[:2000], y[:2000]).score(x[2000:], y[2000:])
+    assert lin < 0.65 and mlp > 0.95 and mlp2 > 0.95
+
+
+def test_deterministic_params_and_multi_head():
+    x, y = linear_data(1200)
+    a = MLPProbe(hidden=(16,), seed=3, epochs=3).fit(x, y).predict(x)
+    b = MLPProbe(hidden=(16,), seed=3, epochs=3).fit(x, y).predict(x)
+    assert (a == b).all()
+    p = MLPProbe(hidden=(16,), seed=0)
+    assert p.get_params()["hidden"] == (16,)
+    assert p.set_params(epochs=2).epochs == 2
+    yy = np.c_[y, y % 2 + 10]  # two heads, scored jointly; arbitrary label values
+    probe = LinearProbe(seed=0, **FAST).fit(x, yy, x[:100], yy[:100])
+    assert probe.predict(x[:5]).shape == (5, 2) and set(probe.classes_[1]) == {10, 11}
+    assert probe.score(x, yy) > 0.9
+    assert 1 <= probe.best_epoch_ <= FAST["epochs"]
+    assert probe.mean_.shape == (16,)
+
+
+def test_bad_shapes_raise():
+    x, y = linear_data(100)
+    with pytest.raises(ValueError, match="y"):
+        LinearProbe().fit(x, y[:50])
+    with pytest.raises(ValueError, match="X"):
+        LinearProbe().fit(x[:, 0], y)
+    with pytest.raises(ValueError, match="X_val"):
+        LinearProbe(epochs=1).fit(x, y, x[:, :3], y)
+    with pytest.raises(ValueError, match="hidden"):
+        MLPProbe(hidden=(), epochs=1).fit(x, y)
+    with pytest.raises(ValueError, match="features"):
+        LinearProbe(epochs=1).fit(x, y).score(x[:, :3], y)

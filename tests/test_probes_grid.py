@@ -1,0 +1,135 @@
+"""The batched grid, interventions and controls on planted hidden states."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import karel
+from probes import LinearProbe, make_labels
+from probes.controls import control_labels, layer_curves, majority_baseline, selectivity
+from probes.grid import GridConfig, Task, probe_grid, split_programs, train_tasks
+from probes.interventions import semantic_content
+from probes.labels import hidden_rows
+from probes.stacked import TrainConfig
+from probes.stats import summarize
+
+SMALL = {"linear": (), "mlp1": (32,), "mlp2": (32, 64)}
+
+
+def cfg(**kw):
+    base = dict(semantics=("original",), features=("direction",), offsets=(0,),
+                probes=("linear",), seeds=(0, 1), hidden=SMALL,
+                train=TrainConfig(epochs=8, batch_size=256))
+    base.update(kw)
+    return GridConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    n_prog, n_worlds, d = 500, 2, 24
+    progs = karel.random_programs(rng, rng.integers(3, 11, n_prog), width=14)
+    inputs = karel.random_worlds(rng, n_prog * n_worlds)
+    labels = make_labels(progs, inputs, ("original", "flip", "adversarial"),
+                         ("direction", "facing_wall"), (-1, 0, 1))
+    # hidden[p, j] encodes the original direction after action j (offset 0), linearly
+    y = np.zeros((n_prog, 14), int)
+    y[labels.program, labels.position] = labels.get("original", "direction", 0)[:, 0].clip(0)
+    hidden = rng.normal(size=(n_prog, 14, d)) + 5.0 * np.eye(d)[:4][y]
+    return progs, inputs, labels, hidden.astype(np.float16)
+
+
+def test_split_is_by_program():
+    s = split_programs(100, 3)
+    assert np.bincount(s).tolist() == [80, 10, 10]
+    assert (split_programs(100, 3) == s).all() and not (split_programs(100, 4) == s).all()
+
+
+def test_grid_rows_and_planted_signal(data):
+    _, _, labels, hidden = data
+    df = probe_grid(hidden, labels, cfg(semantics=("original", "flip"),
+                                        features=("direction", "facing_wall"),
+                                        probes=("linear", "mlp1")))
+    assert {"semantics", "feature", "offset", "probe", "layer", "seed", "split", "accuracy",
+            "n"} <= set(df.columns)
+    assert len(df) == 2 * 2 * 1 * 2 * 2 * 2  # sem x feat x off x kind x seed x split
+    test = df[df.split == "test"].set_index(["semantics", "feature", "probe", "seed"]).sort_index()
+    assert (test.loc[("original", "direction"), "accuracy"] > 0.97).all()
+    assert (test.loc[("flip", "direction"), "accuracy"] < 0.8).all()
+    s = summarize(df.drop(columns="best_epoch"))
+    assert {"mean", "ci_low", "ci_high", "n_seeds"} <= set(s.columns)
+    assert (s.n_seeds == 2).all() and (s.ci_low <= s["mean"]).all()
+
+
+def test_batched_equals_one_at_a_time_within_noise(data):
+    _, _, labels, hidden = data
+    config = cfg(features=("direction", "facing_wall"), offsets=(-1, 0, 1), seeds=(0,),
+                 report=("test",))
+    grid = probe_grid(hidden, labels, config).set_index(["feature", "offset"])["accuracy"]
+    split = split_programs(labels.n_programs, 0)[labels.program]
+    x = hidden_rows(hidden, labels).astype(np.float32)
+    for (feat, off), acc in grid.items():
+        y = labels.get("original", feat, off)[:, 0]
+        ok = y >= 0
+        tr, va, te = (ok & (split == i) for i in range(3))
+        single = LinearProbe(seed=0, epochs=8, batch_size=256).fit(x[tr], y[tr], x[va], y[va])
+        assert abs(single.score(x[te], y[te]) - acc) < 0.04, (feat, off)
+
+
+def test_interventions_relabelling_vs_real_trace(data):
+    _, _, labels, hidden = data
+    y = labels.get("original", "direction", 0)
+    perm = np.array([2, 0, 3, 1])
+    relabel = np.where(y >= 0, perm[y.clip(0)], -1)
+    tasks = [Task(dict(semantics=s, feature="direction", offset=0, task="real"), (4,), lab)
+             for s, lab in [("original", y), ("relabel", relabel),
+                            ("flip", labels.get("flip", "direction", 0)),
+                            ("adversarial", labels.get("adversarial", "direction", 0))]]
+    rows = train_tasks(hidden_rows(hidden, labels), labels.program, tasks, cfg(seeds=(0, 1, 2)))
+    content = semantic_content(rows).set_index("semantics")
+    assert abs(content.loc["relabel", "content"]) < 0.03  # the probe can translate
+    assert content.loc["flip", "content"] > 0.2
+    assert content.loc["adversarial", "content"] > 0.2
+    assert content.loc["flip", "ci_low"] > 0
+
+
+def test_majority_and_independent_states(data):
+    _, _, labels, _ = data
+    rng = np.random.default_rng(5)
+    noise = rng.normal(size=(labels.n_programs, 14, 24))
+    config = cfg(features=("facing_wall",), seeds=(0,), probes=("linear", "mlp1"))
+    base = majority_baseline(labels, config)
+    grid = probe_grid(noise, labels, config)
+    b = base[base.split == "test"]["accuracy"].iloc[0]
+    y = labels.get("original", "facing_wall", 0)[:, 0]
+    split = split_programs(labels.n_programs, 0)[labels.program]
+    te = (y >= 0) & (split == 2)
+    assert b == pytest.approx(max((y[te] == 1).mean(), (y[te] == 0).mean()), abs=1e-9) or b < 0.5
+    for acc in grid[grid.split == "test"]["accuracy"]:
+        assert abs(acc - b) < 0.06
+
+
+def test_control_task_and_selectivity(data):
+    _, _, labels, hidden = data
+    c = control_labels(labels, "original", "direction", 0, seed=0)
+    ok = c[:, 0] >= 0
+    types = pd.DataFrame({"t": labels.token[ok], "j": labels.position[ok], "c": c[ok, 0]})
+    assert (types.groupby(["t", "j"])["c"].nunique() == 1).all()  # one label per type
+    assert types["c"].nunique() > 1
+    rows, sel = selectivity(hidden, labels, cfg())
+    assert set(rows["task"]) == {"real", "control"}
+    assert (sel["acc_real"] > 0.97).all() and (sel["selectivity"] > 0.2).all()
+
+
+def test_layer_curves_and_bad_names(data):
+    _, _, labels, hidden = data
+    layers = np.stack([hidden, np.zeros_like(hidden)], axis=2)
+    df = layer_curves(layers, labels, cfg(seeds=(0,), report=("test",)))
+    acc = df.set_index("layer")["accuracy"]
+    assert acc[0] > 0.97 and acc[1] < 0.6
+    with pytest.raises(ValueError, match="nope"):
+        probe_grid(hidden, labels, cfg(features=("nope",)))
+    with pytest.raises(ValueError, match="mlp9"):
+        probe_grid(hidden, labels, cfg(probes=("mlp9",)))
+    with pytest.raises(ValueError, match="hidden"):
+        probe_grid(hidden[:10], labels, cfg())
