@@ -316,6 +316,17 @@ def _new_fig(w, h, nrows=1, ncols=1, **kw):
     return fig, axes
 
 
+def _shared_legend(fig, axes, ncols=4):
+    """One legend under the panels, with each label once (keeps the data uncovered)."""
+    seen = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", fontsize=8,
+                   ncols=min(ncols, len(seen)))
+
+
 def _shade_phases(ax, d: _Data, steps, label=True):
     ph = d.phases
     if ph.empty or not len(steps):
@@ -353,7 +364,7 @@ def fig_phases(d: _Data, out: Path):
     for c, style in zip(wanted, ("-o", "--s", ":^")):
         col = m[c].dropna()
         ax.plot(col.index, col.values, style, ms=4, label=labels[c])
-    ax.set_ylim(-0.02, 1.05)
+    ax.set_ylim(-0.02, 1.12)
     ax.set_ylabel("fraction")
     ax.legend(loc="center left", fontsize=8)
     ax.set_title(f"Training phases, run {d.run_id[:8]}" + (
@@ -386,7 +397,7 @@ def fig_probe_steps(d: _Data, out: Path):
         return None, "probe accuracy vs step skipped: no probe_summary rows (original semantics, " \
                      f"offset 0, layer mean, {PLOT_SPLIT} split)."
     feats = _features(cur)
-    fig, axes = _new_fig(4.2 * len(feats), 3.8, 1, len(feats))
+    fig, axes = _new_fig(4.2 * len(feats), 4.4, 1, len(feats))
     c = d.controls
     c0 = c[c["offset"] == 0] if not c.empty else c
     steps = sorted(set(cur["step"]))
@@ -419,9 +430,9 @@ def fig_probe_steps(d: _Data, out: Path):
                 ax.plot(mj["step"], mj["value"], "--", color="k", lw=1.2, label="majority")
         ax.set_title(FEATURE_NAMES.get(f, f))
         ax.set_xlabel("training step")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylim(0, 1.1)
     axes[0, 0].set_ylabel(f"probe accuracy ({PLOT_SPLIT})")
+    _shared_legend(fig, axes[0])
     fig.suptitle("Probe accuracy vs training step (original semantics, offset 0, layer mean)")
     fig.savefig(out, dpi=110)
     return out, None
@@ -434,7 +445,7 @@ def fig_probe_offsets(d: _Data, out: Path):
     kind = _pick_kind(set(allo["probe"]))
     allo = allo[allo["probe"] == kind]
     feats = _features(allo)
-    fig, axes = _new_fig(4.2 * len(feats), 3.8, 1, len(feats))
+    fig, axes = _new_fig(4.2 * len(feats), 4.4, 1, len(feats))
     offsets = sorted(set(allo["offset"]))
     cmap = {o: c for o, c in zip(offsets, ["#2166ac", "#67a9cf", "#000000", "#ef8a62", "#b2182b",
                                            "#7b3294", "#008837"])}
@@ -445,13 +456,14 @@ def fig_probe_offsets(d: _Data, out: Path):
             if r.empty:
                 continue
             name = "current" if o == 0 else (f"future +{o}" if o > 0 else f"past {o}")
-            ax.plot(r["step"], r["mean"], "-o", ms=3, color=cmap.get(o), lw=2 if o == 0 else 1.2,
+            ax.plot(r["step"], r["mean"], "--o" if o < 0 else "-o", ms=3, color=cmap.get(o),
+                    lw=2 if o == 0 else 1.2,
                     label=f"offset {o} ({name})")
         ax.set_title(FEATURE_NAMES.get(f, f))
         ax.set_xlabel("training step")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylim(0, 1.1)
     axes[0, 0].set_ylabel(f"probe accuracy ({PLOT_SPLIT})")
+    _shared_legend(fig, axes[0])
     fig.suptitle(f"Probe accuracy per offset ({kind} probe, original semantics, layer mean)")
     fig.savefig(out, dpi=110)
     return out, None
@@ -475,7 +487,8 @@ def fig_content(d: _Data, out: Path):
         ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel("generative accuracy (acc_spec)")
     ax.set_ylabel("semantic content (original - alternative)")
-    ax.set_title(f"Semantic content vs accuracy: R$^2$ = {_num(r2)} (paper 0.878), n = {len(x)}")
+    ax.set_title(f"Semantic content vs accuracy: R$^2$ = {_num(r2)} (paper 0.878), "
+                 f"n = {len(x)}", fontsize=10)
     ax.grid(alpha=0.3)
     fig.savefig(out, dpi=110)
     return out, None if r2 is not None else "R^2 not computed: fewer than 3 points or no spread."
@@ -499,7 +512,7 @@ def fig_interventions(d: _Data, out: Path):
         set(iv["semantics"]) - {"flip", "adversarial"})
     orig_ci = d.probe_curve()
     orig_ci = orig_ci[(orig_ci["step"] == step) & (orig_ci["probe"] == kind)]
-    fig, axes = _new_fig(max(5, 1.6 * len(feats) * (len(alts) + 1)), 4)
+    fig, axes = _new_fig(min(12, max(6, 1.1 * len(feats) * (len(alts) + 1))), 4)
     ax = axes[0, 0]
     width = 0.8 / (len(alts) + 1)
     colors = ["0.35", "tab:orange", "tab:red", "tab:purple", "tab:brown"]
@@ -536,7 +549,9 @@ def fig_interventions(d: _Data, out: Path):
     ax.set_xticks(xs, [FEATURE_NAMES.get(f, f) for f in feats])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel(f"probe accuracy ({kind}, offset 0)")
-    ax.set_title(f"Original vs alternative semantics at step {step} (error bars: 95% CI)")
+    ax.set_title(f"Probe retrained on original vs alternative semantics, step {step}\n"
+                 "(error bars: 95% CI; for an alternative, the CI of its drop from original)",
+                 fontsize=10)
     ax.legend(fontsize=8, loc="upper right", ncols=len(alts) + 1)
     fig.savefig(out, dpi=110)
     return out, None
@@ -573,9 +588,9 @@ def fig_layers(d: _Data, out: Path):
                            label=f"{kind}, layer mean")
         ax.set_title(FEATURE_NAMES.get(f, f))
         ax.set_xlabel("layer (0 = token embeddings)")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylim(0, 1.1)
     axes[0, 0].set_ylabel(f"probe accuracy ({PLOT_SPLIT})")
+    _shared_legend(fig, axes[0])
     fig.suptitle(f"Probe accuracy per layer at step {step} (original semantics, offset 0)")
     fig.savefig(out, dpi=110)
     return out, None
