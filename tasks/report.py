@@ -301,7 +301,7 @@ def key_numbers(d: _Data) -> tuple[list[dict], dict]:
             sel = sel[sel["feature"].isin(MAIN_FEATURES)] if sel["feature"].isin(
                 MAIN_FEATURES).any() else sel
         v = float(sel["content"].mean()) if not sel.empty else None
-        what = (f"{kind}, mean of {', '.join(dict.fromkeys(sel['feature']))}, step "
+        what = (f"{kind}, mean of {', '.join(_features(sel))}, step "
                 f"{int(sel['step'].iloc[0])}") if not sel.empty else "no data"
         add(f"content.{alt}", f"accuracy drop under {alt} semantics (original - {alt}; {what})",
             v, _pp(v))

@@ -137,6 +137,8 @@ def test_full_report(ws):
     assert "direction, rel_start, facing_wall" in row(t, "mlp1 probe")["metric"]
     assert out["numbers"]["content.flip"] == pytest.approx(0.1 * 0.85)
     assert out["numbers"]["content.adversarial"] == pytest.approx(0.2 * 0.85)
+    adv = row(t, "accuracy drop under adv")["metric"]
+    assert "mlp1, mean of direction, rel_start, facing_wall, step 800" in adv
     assert "the other training run" not in html
 
 
