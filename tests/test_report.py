@@ -169,7 +169,7 @@ def test_empty_db_still_reports(tmp_path):
     assert "92.4%" in html  # the paper column is still there
 
 
-def test_partial_db_notes_missing_parts(tmp_path):
+def test_partial_db_notes_missing_parts(tmp_path, monkeypatch):
     root = tmp_path / "ws"
     db = ResultsDB(root / "results.duckdb")
     populate(db, steps=STEPS[:2], layers=False, interventions=False, phases=False)
@@ -182,6 +182,15 @@ def test_partial_db_notes_missing_parts(tmp_path):
     assert "R^2 not computed" in html  # two points only
     assert row(out["table"], "R^2")["this run"] == "n/a"
     assert row(out["table"], "syntax phase")["this run"] == "no data"
+    # a phase that never started: NULL start_step
+    db.upsert("phases", [dict(train_key=TK, phase="babbling", start_step=0),
+                         dict(train_key=TK, phase="syntax", start_step=200),
+                         dict(train_key=TK, phase="semantics", start_step=None)])
+    monkeypatch.setattr(report, "FIGURES", report.FIGURES[:1])
+    out = build_report(str(root), RUN, "smoke")
+    assert row(out["table"], "semantics phase")["this run"] == "never started"
+    assert row(out["table"], "syntax phase")["this run"] == "200 (100% of 200)"
+    assert [Path(p).name for p in out["figures"]] == ["phases.png"]
     # a failed run without training key
     db.upsert("runs", [dict(run_id="failed", preset="smoke", status="failed")])
     out = build_report(str(root), "failed", "smoke")
