@@ -125,7 +125,11 @@ class StackedProbes(nn.Module):
         inv = 1.0 / self.scale
         w0 = self.weight[0]
         shift = torch.einsum("pd,pdh->ph", self.mean * inv, w0)
-        h = torch.matmul(x, w0 * inv[:, :, None]) + (self.bias[0] - shift)[:, None, :]
+        n, d, width = w0.shape
+        # one wide (B, d) @ (d, p * width) product instead of p copies of the shared input
+        wide = (w0 * inv[:, :, None]).permute(1, 0, 2).reshape(d, n * width)
+        h = (x @ wide).view(x.shape[0], n, width).transpose(0, 1)
+        h = h + (self.bias[0] - shift)[:, None, :]
         w = None if row_weight is None else row_weight[:, None, :]  # (p, 1, B)
         for k in range(len(self.hidden)):
             h = torch.relu(self._batchnorm(k, h, w))

@@ -1,0 +1,94 @@
+"""Whole probe grid of one checkpoint, batched vs one probe at a time (same code).
+
+Grid: 3 probe kinds (linear, mlp1 256, mlp2 256->1024) x 3 main features (direction, rel_start,
+facing_wall) x 5 offsets x 3 semantics (original, flip, adversarial) = 135 probes, about 100,000
+training pairs of width 256 (synthetic hidden states over real Karel labels), one seed.
+Batched arm: ``probes.grid.probe_grid`` (one stacked pass per kind). Baseline arm: the
+``LinearProbe``/``MLPProbe`` estimators (the same engine with one probe), fit one at a time on
+each probe's own rows with the same split, epochs and val selection. The baseline is timed on
+``--sample`` probes per kind and extrapolated to the 45 probes of that kind (stated in output).
+
+Run: .venv/bin/python benchmarks/bench_probes.py [--epochs 1] [--sample 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+import karel
+from probes import LinearProbe, MLPProbe, make_labels
+from probes.grid import PROBE_KINDS, GridConfig, probe_grid, split_programs
+from probes.labels import MAIN_FEATURES, OFFSETS, hidden_rows
+from probes.stacked import TrainConfig
+
+SEMANTICS = ("original", "flip", "adversarial")
+
+
+def make_data(n_programs: int, d: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    progs = karel.random_programs(rng, rng.integers(6, 11, n_programs), width=14)
+    inputs = karel.random_worlds(rng, n_programs * 5)
+    labels = make_labels(progs, inputs, SEMANTICS, MAIN_FEATURES, OFFSETS)
+    y = np.zeros((n_programs, 14), int)
+    y[labels.program, labels.position] = labels.get("original", "direction", 0)[:, 0].clip(0)
+    hidden = rng.normal(size=(n_programs, 14, d)) + np.eye(d)[:4][y]
+    return labels, hidden.astype(np.float16)
+
+
+def one_at_a_time(labels, hidden, config, kind, sample, rng):
+    x = hidden_rows(hidden, labels).astype(np.float32)
+    split = split_programs(labels.n_programs, 0, config.split)[labels.program]
+    keys = [(s, f, o) for s in SEMANTICS for f in MAIN_FEATURES for o in OFFSETS]
+    picked = [keys[i] for i in rng.choice(len(keys), size=sample, replace=False)]
+    t = time.perf_counter()
+    for sem, feat, off in picked:
+        y = labels.get(sem, feat, off)
+        ok = y[:, 0] >= 0
+        tr, va, te = (ok & (split == i) for i in range(3))
+        tc = config.train
+        kw = dict(epochs=tc.epochs, batch_size=tc.batch_size, seed=0)
+        probe = LinearProbe(**kw) if kind == "linear" else MLPProbe(PROBE_KINDS[kind], **kw)
+        probe.fit(x[tr], y[tr], x[va], y[va]).score(x[te], y[te])
+    return (time.perf_counter() - t) / sample
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--sample", type=int, default=2, help="baseline probes timed per kind")
+    ap.add_argument("--programs", type=int, default=17800)
+    ap.add_argument("--width", type=int, default=256)
+    args = ap.parse_args()
+    labels, hidden = make_data(args.programs, args.width)
+    config = GridConfig(semantics=SEMANTICS, seeds=(0,), report=("test",),
+                        train=TrainConfig(epochs=args.epochs))
+    split = split_programs(labels.n_programs, 0, config.split)[labels.program]
+    n_train = int(((split == 0) & labels.valid(0)).sum())
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"probes: 135, training pairs per probe (offset 0): {n_train}, width {args.width}, "
+          f"epochs {args.epochs}")
+    t = time.perf_counter()
+    df = probe_grid(hidden, labels, config)
+    grid_s = time.perf_counter() - t
+    print(f"batched grid: {grid_s:.1f} s ({len(df)} rows)")
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for kind in config.probes:
+        per = one_at_a_time(labels, hidden, config, kind, args.sample, rng)
+        total += per * 45
+        print(f"one at a time, {kind}: {per:.2f} s per probe (mean of {args.sample}) -> "
+              f"{per * 45:.1f} s for 45 probes")
+    print(f"one at a time (extrapolated): {total:.1f} s")
+    print(f"ratio one-at-a-time / batched: {total / grid_s:.2f}x")
+    print(f"grid time projected to 100 epochs: {grid_s / args.epochs * 100 / 60:.0f} min")
+
+
+if __name__ == "__main__":
+    main()
