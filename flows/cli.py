@@ -1,30 +1,121 @@
-"""The ``semprobe`` command line."""
+"""The ``semprobe`` command line: run, report, status, sql, ui.
+
+The workspace (``--workspace``, else $SEMPROBE_WORKSPACE, else ./.semprobe) is configured before
+prefect is imported, because Prefect reads its settings at import time.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
-import time
+
+from tasks.workspace import configure_environment
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="semprobe", description=__doc__.splitlines()[0])
+    p.add_argument("--workspace", default=None, help="folder for artifacts, results, MLflow and Prefect state")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole study for a preset (cached stages are skipped)")
+    for sp in (run, sub.add_parser("status", help="which stages are done or missing for a preset")):
+        sp.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")
+    run.add_argument("--no-overlap", action="store_true", help="evaluate checkpoints only after training ends")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep = sub.add_parser("report", help="(re)build the report of a run from DuckDB")
+    rep.add_argument("--run-id", default=None, help="default: the latest finished run")
+    sql = sub.add_parser("sql", help="read-only SQL on the results database")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    ui = sub.add_parser("ui", help="how to start (or --start) the Prefect and MLflow UIs on 127.0.0.1")
+    ui.add_argument("--start", action="store_true", help="start both servers and wait")
+    return p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="semprobe")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the study for a preset")
-    run.add_argument("--preset", default="cpu")
-    run.add_argument("--workspace", default=".semprobe")
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        import karel
+    args = _parser().parse_args(argv)
+    ws = configure_environment(args.workspace)
+    try:
+        return COMMANDS[args.command](args, ws)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"semprobe: error: {e}", file=sys.stderr)
+        return 2
 
-        cfg = karel.DataConfig() if args.preset != "paper" else karel.DataConfig.paper()
-        t = time.time()
-        manifest = karel.generate_dataset(cfg, f"{args.workspace}/data", workers=2, overwrite=True)
-        print(json.dumps({s: m["stats"] for s, m in manifest["splits"].items()}, indent=2))
-        print(f"dataset written in {time.time() - t:.1f}s")
+
+def cmd_run(args, ws) -> int:
+    from flows.presets import load_preset
+
+    load_preset(args.preset, args.overrides)  # fail fast on a bad preset or override
+    from flows.pipeline import pipeline
+
+    out = pipeline(preset=args.preset, overrides=args.overrides, workspace=str(ws.root),
+                   overlap=not args.no_overlap, progress=not args.quiet)
+    print(json.dumps(out, indent=2, default=str))
     return 0
 
+
+def cmd_report(args, ws) -> int:
+    from tasks.report import build_report
+    from tasks.results import read_only_query
+
+    q = "SELECT run_id, preset FROM runs WHERE status = 'finished' ORDER BY finished_at DESC"
+    runs = read_only_query(ws.db_path, q)
+    if args.run_id:
+        runs = runs[runs["run_id"] == args.run_id]
+    if runs.empty:
+        raise ValueError(f"no finished run{' ' + args.run_id if args.run_id else ''} in {ws.db_path}")
+    out = build_report(str(ws.root), runs["run_id"].iloc[0], runs["preset"].iloc[0])
+    print(out["html"])
+    return 0
+
+
+def cmd_status(args, ws) -> int:
+    from flows.status import stage_status
+
+    for row in stage_status(ws, args.preset, args.overrides):
+        print(f"{row['stage']:<12} {row['state']:<9} {row['key']:<26} {row.get('detail', '')}")
+    return 0
+
+
+def cmd_sql(args, ws) -> int:
+    import pandas as pd
+
+    from tasks.results import read_only_query
+
+    df = read_only_query(ws.db_path, args.query)
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(df.to_json(orient="records", indent=1))
+    else:
+        with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_columns", 30):
+            print(df.to_string(index=False))
+    return 0
+
+
+def cmd_ui(args, ws) -> int:
+    prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200"]
+    mlflow = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", "5000",
+              "--backend-store-uri", os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ws.root / 'mlflow.db'}")]
+    print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {' '.join(prefect[1:])}  -> http://127.0.0.1:4200")
+    print(f"MLflow UI:  {' '.join(mlflow[1:])}  -> http://127.0.0.1:5000")
+    print("Runs made with the temporary server appear in the Prefect UI when both use the same PREFECT_HOME.")
+    if args.start:
+        procs = [subprocess.Popen(prefect), subprocess.Popen(mlflow)]
+        try:
+            for p in procs:
+                p.wait()
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,106 @@
+"""The end-to-end study for one config, as a Prefect flow of cached tasks.
+
+dataset -> train (publishing checkpoints as it goes) -> per checkpoint: evaluate + activations
+-> per checkpoint x semantics: probes -> phases, interventions -> report.
+
+Evaluation and activation dumps of early checkpoints start while training continues
+(``overlap=True``): the flow polls the store for newly published checkpoints. Only this flow
+process writes DuckDB; tasks hand back manifests whose artifacts hold the rows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.presets import load_preset
+from tasks import record
+from tasks.activations import dump_activations
+from tasks.dataset import generate_dataset
+from tasks.evaluation import evaluate
+from tasks.phases import phase_metrics
+from tasks.probing import train_probes
+from tasks.report import build_report
+from tasks.results import ResultsDB
+from tasks.tracking import finish_run, init_tracking, start_parent_run
+from tasks.training import published_checkpoints, train_key, train_lm
+from tasks.workspace import Workspace
+
+POLL_S = 1.0
+
+
+def _run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id) if flow_run.id else uuid.uuid4().hex
+    except Exception:
+        return uuid.uuid4().hex
+
+
+@flow(name="semprobe-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=3))
+def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace: str | None = None,
+             overlap: bool = True, progress: bool = True) -> dict:
+    """Run (or finish, or find cached) the whole study for ``preset`` with ``overrides``."""
+    log = get_run_logger()
+    ws = Workspace.at(workspace)
+    root = str(ws.root)
+    cfg = load_preset(preset, overrides or [])
+    db = ResultsDB(ws.db_path)
+    run_id = _run_id()
+    experiment = f"semprobe-{preset}"
+    init_tracking(ws.root, experiment)
+    parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(), tags={"prefect_flow_run": run_id})
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    rec = record.Recorder(db, run_id, parent)
+    try:
+        ds = generate_dataset(root, cfg.data)
+        rec.dataset(ds, cfg.data)
+        tkey = train_key(cfg.model, cfg.train, ds["key"])
+        rec.run(preset, cfg, ds["key"], tkey, started, status="running")
+        log.info("dataset %s (%s); training %s", ds["key"], ds["status"], tkey)
+
+        training = train_lm.submit(root, cfg.model, cfg.train, ds, progress=progress)
+        per_ckpt: dict[str, tuple] = {}
+
+        def submit_new():
+            for c in published_checkpoints(root, tkey):
+                if c["key"] not in per_ckpt:
+                    per_ckpt[c["key"]] = (c, evaluate.submit(root, cfg.eval, ds, c),
+                                          dump_activations.submit(root, cfg.activations, ds, c))
+
+        while overlap and not training.state.is_final():
+            submit_new()
+            time.sleep(POLL_S)
+        trained = training.result()
+        rec.stage(trained)
+        submit_new()
+
+        probe_futures = []
+        for key, (c, ev, acts) in sorted(per_ckpt.items(), key=lambda kv: kv[1][0]["step"]):
+            rec.checkpoint(c, ev.result())
+            a = acts.result()
+            rec.stage(a)
+            probe_futures += [train_probes.submit(root, cfg.probe, a, sem) for sem in cfg.probe.semantics]
+        probe_outs = [f.result() for f in probe_futures]
+        for out in probe_outs:
+            rec.probes(out)
+
+        phases = phase_metrics(root, cfg.probe, [o for o in probe_outs], rec.checkpoint_rows())
+        rec.phases(phases, tkey)
+        report = build_report(root, run_id, preset)
+        rec.report(report)
+        rec.run(preset, cfg, ds["key"], tkey, started, status="finished")
+        finish_run(parent, "FINISHED")
+        log.info("finished in %.0fs; report: %s", time.perf_counter() - t0, report["html"])
+        return {"run_id": run_id, "dataset": ds["key"], "train": tkey, "report": report["html"],
+                "checkpoints": len(per_ckpt), "seconds": time.perf_counter() - t0}
+    except BaseException:
+        rec.run(preset, cfg, None, None, started, status="failed")
+        finish_run(parent, "FAILED")
+        raise

@@ -1,0 +1,118 @@
+"""Presets (``smoke``, ``cpu``, ``paper``) composed from the stage configs, and overrides.
+
+A preset is data: a ``StudyConfig`` holding one frozen config per stage. Any field can be
+overridden as ``section.field=value`` (``train.lr=3e-4``, ``probe.offsets=0,1``); the value is
+parsed by the type of the field's current value, and an unknown section or field is an error
+that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from karel import DataConfig
+from model import config as mcfg
+from tasks.stage_configs import ActivationConfig, EvalConfig, ProbeConfig
+
+SECTIONS = ("data", "model", "train", "eval", "activations", "probe")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    preset: str
+    data: DataConfig
+    model: mcfg.ModelConfig
+    train: mcfg.TrainConfig
+    eval: EvalConfig
+    activations: ActivationConfig
+    probe: ProbeConfig
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _smoke() -> StudyConfig:
+    m, t = mcfg.smoke()
+    t = replace(t, ckpt_log_count=0)  # checkpoints at steps 0, 6, 12: enough to exercise every stage
+    return StudyConfig(
+        "smoke",
+        DataConfig(n_train_generated=400, n_val=40, n_test=40, shard_size=1000),
+        m, t,
+        EvalConfig(n_test_specs=20, n_val_samples=8, n_unconstrained=8, batch_size=16),
+        ActivationConfig(n_train_specs=60, n_test_specs=20, batch_size=32),
+        ProbeConfig(offsets=(-1, 0, 1), kinds=("linear", "mlp1"), seeds=2, epochs=5, max_train_pairs=5000),
+    )
+
+
+def _cpu() -> StudyConfig:
+    m, t = mcfg.cpu()
+    return StudyConfig(
+        "cpu", DataConfig(n_train_generated=200_000, n_val=2_000, n_test=2_000), m, t,
+        EvalConfig(), ActivationConfig(), ProbeConfig(),
+    )
+
+
+def _paper() -> StudyConfig:
+    m, t = mcfg.paper()
+    return StudyConfig(
+        "paper", DataConfig.paper(), m, t,
+        EvalConfig(n_test_specs=10_000, n_val_samples=2_000, n_unconstrained=1_000, batch_size=512),
+        ActivationConfig(n_train_specs=50_000, n_test_specs=10_000, batch_size=512),
+        ProbeConfig(seeds=5, epochs=100),
+    )
+
+
+PRESETS = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+
+
+def parse_value(text: str, current):
+    """Parse ``text`` as the type of ``current`` (bool, int, float, str or a tuple of those)."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true/false, got {text!r}")
+        return low in ("true", "1", "yes")
+    if isinstance(current, tuple):
+        items = [s for s in text.split(",") if s.strip()]
+        kind = type(current[0]) if current else str
+        return tuple(parse_value(s.strip(), kind()) if kind is not str else s.strip() for s in items)
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    return text
+
+
+def apply_overrides(cfg: StudyConfig, overrides: list[str] | dict) -> StudyConfig:
+    """``cfg`` with ``section.field=value`` overrides applied (strings or a {path: value} dict)."""
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    changes: dict[str, dict] = {}
+    for path, value in items:
+        section, _, name = path.partition(".")
+        if section not in SECTIONS:
+            raise ValueError(f"override {path!r}: unknown section {section!r}; known: {SECTIONS}")
+        sub = getattr(cfg, section)
+        known = {f.name for f in fields(sub)}
+        if name not in known:
+            raise ValueError(f"override {path!r}: {section} has no field {name!r}; known: {sorted(known)}")
+        if isinstance(value, str):
+            try:
+                value = parse_value(value, getattr(sub, name))
+            except ValueError as e:
+                raise ValueError(f"override {path!r}: {e}") from None
+        changes.setdefault(section, {})[name] = value
+    new = {s: replace(getattr(cfg, s), **c) for s, c in changes.items()}
+    return replace(cfg, **new)
+
+
+def _split(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: expected section.field=value")
+    path, value = text.split("=", 1)
+    return path.strip(), value
+
+
+def load_preset(name: str, overrides=()) -> StudyConfig:
+    if name not in PRESETS:
+        raise ValueError(f"preset: {name!r} is not one of {sorted(PRESETS)}")
+    return apply_overrides(PRESETS[name](), overrides)

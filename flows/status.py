@@ -1,0 +1,40 @@
+"""``semprobe status``: for a preset (and overrides), which stages are done and which missing.
+
+Keys are recomputed from the config and the current library code, so a code change shows up
+as 'missing' for exactly the stages it invalidates.
+"""
+
+from __future__ import annotations
+
+from flows.presets import load_preset
+from model.config import checkpoint_steps
+from tasks.activations import activations_key
+from tasks.dataset import dataset_key
+from tasks.evaluation import evaluate_key
+from tasks.probing import probe_key
+from tasks.training import checkpoint_key, train_key
+from tasks.workspace import Workspace
+
+
+def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
+    cfg = load_preset(preset, overrides)
+    store = ws.store
+
+    def row(stage, key, detail=""):
+        done = store.is_complete(stage, key, verify="stat")
+        exists = store.path(stage, key).exists()
+        state = "done" if done else ("corrupt" if exists else "missing")
+        return {"stage": stage, "key": key, "state": state, "detail": detail}
+
+    ds = dataset_key(cfg.data)
+    tk = train_key(cfg.model, cfg.train, ds)
+    rows = [row("dataset", ds), row("train", tk, f"{cfg.train.steps} steps")]
+    for step in checkpoint_steps(cfg.train):
+        ck = checkpoint_key(tk, step)
+        rows.append(row("checkpoint", ck, f"step {step}"))
+        rows.append(row("evaluate", evaluate_key(cfg.eval, ds, ck), f"step {step}"))
+        ak = activations_key(cfg.activations, ds, ck)
+        rows.append(row("activations", ak, f"step {step}"))
+        for sem in cfg.probe.semantics:
+            rows.append(row("probes", probe_key(cfg.probe, ak, sem), f"step {step} {sem}"))
+    return rows

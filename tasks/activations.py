@@ -1,0 +1,72 @@
+"""Stage 3b: decode specs with one checkpoint and keep the hidden state at every emitted action.
+
+The artifact ``activations.npz`` holds, for P specs (train-split specs first, then test):
+``programs`` (P, 14) generated action ids (-1 padded), ``lengths``, ``hidden`` (P, 14, d)
+float16 layer mean, optionally ``hidden_layers`` (P, 14, n_layer+1, d), ``is_test`` (P,) and
+the spec input worlds (``walls``, ``markers``, ``row``, ``col``, ``dir``; P*W of them,
+program-major) that the probe labels are computed from. ``hidden[p, j]`` is the state at the
+position that emitted action j (model.decode's alignment convention).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+import karel
+from model.checkpoint import load_model
+from model.decode import generate
+from tasks.dataset import data_dir
+from tasks.evaluation import device
+from tasks.stage import run_stage, stage_key
+from tasks.stage_configs import ActivationConfig
+from tasks.training import checkpoint_file
+
+ACTIVATIONS_FILE = "activations.npz"
+
+
+def concat_samples(a: karel.Samples, b: karel.Samples) -> karel.Samples:
+    cat = lambda x, y: np.concatenate([x, y])
+    worlds = lambda x, y: karel.WorldBatch(*(cat(getattr(x, f), getattr(y, f)) for f in ("walls", "markers", "row", "col", "dir")))
+    return karel.Samples(cat(a.ids, b.ids), cat(a.programs, b.programs), worlds(a.inputs, b.inputs), worlds(a.outputs, b.outputs))
+
+
+def activations_key(cfg: ActivationConfig, dataset_key: str, checkpoint_key: str) -> str:
+    return stage_key("activations", cfg, [dataset_key, checkpoint_key], ["karel", "model"])
+
+
+@task(name="dump-activations", cache_policy=NONE)
+def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: dict) -> dict:
+    key = activations_key(cfg, dataset["key"], ckpt["key"])
+
+    def compute(tmp: Path) -> dict:
+        model, saved = load_model(checkpoint_file(ckpt), device=device())
+        train = karel.load_split(data_dir(dataset), "train", limit=cfg.n_train_specs)
+        test = karel.load_split(data_dir(dataset), "test", limit=cfg.n_test_specs)
+        specs = concat_samples(train, test)
+        gen = generate(model, specs, saved["vocab_obj"], "constrained", batch_size=cfg.batch_size,
+                       keep_layers=cfg.per_layer)
+        arrays = dict(
+            programs=gen.programs, lengths=gen.lengths, hidden=gen.hidden,
+            is_test=np.arange(len(specs)) >= len(train), spec_ids=specs.ids,
+            walls=specs.inputs.walls, markers=specs.inputs.markers,
+            row=specs.inputs.row, col=specs.inputs.col, dir=specs.inputs.dir,
+        )
+        if gen.hidden_layers is not None:
+            arrays["hidden_layers"] = gen.hidden_layers
+        np.savez(tmp / ACTIVATIONS_FILE, **arrays)
+        return {"step": ckpt["step"], "checkpoint_key": ckpt["key"], "n_specs": len(specs),
+                "n_actions": int(gen.lengths.sum())}
+
+    return run_stage(ws_root, "activations", key, compute)
+
+
+def load_activations(acts: dict) -> dict:
+    """The arrays of an activations artifact, with the inputs as a ``karel.WorldBatch``."""
+    with np.load(Path(acts["path"]) / ACTIVATIONS_FILE) as z:
+        a = {k: z[k] for k in z.files}
+    a["inputs"] = karel.WorldBatch(*(a.pop(f) for f in ("walls", "markers", "row", "col", "dir")))
+    return a

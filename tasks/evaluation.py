@@ -1,0 +1,53 @@
+"""Stage 3a: generation metrics of one checkpoint (accuracy, perplexity, diversity, lengths)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NONE
+
+import karel
+from model.checkpoint import load_model
+from model.metrics import correct_pairs, evaluate_checkpoint
+from tasks.dataset import data_dir
+from tasks.stage import run_stage, stage_key
+from tasks.stage_configs import EvalConfig
+from tasks.training import checkpoint_file
+
+MIN_TRAIN_LENGTH = 6  # the paper's headline accuracy is on specs of the training lengths 6..10
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_key(cfg: EvalConfig, dataset_key: str, checkpoint_key: str) -> str:
+    return stage_key("evaluate", cfg, [dataset_key, checkpoint_key], ["karel", "model"])
+
+
+@task(name="evaluate-checkpoint", cache_policy=NONE)
+def evaluate(ws_root: str, cfg: EvalConfig, dataset: dict, ckpt: dict) -> dict:
+    """Metrics of one checkpoint, written as ``metrics.json`` (a flat {name: value} dict)."""
+    key = evaluate_key(cfg, dataset["key"], ckpt["key"])
+
+    def compute(tmp: Path) -> dict:
+        model, saved = load_model(checkpoint_file(ckpt), device=device())
+        vocab = saved["vocab_obj"]
+        test = karel.load_split(data_dir(dataset), "test", limit=cfg.n_test_specs)
+        val = karel.load_split(data_dir(dataset), "val", limit=cfg.n_val_samples)
+        metrics, gen = evaluate_checkpoint(model, vocab, test, val, batch_size=cfg.batch_size, return_generation=True)
+        ok = correct_pairs(gen.programs, test)
+        long = (test.programs >= 0).sum(axis=1) >= MIN_TRAIN_LENGTH
+        metrics["acc_spec_len6_10"] = float(ok[long, :5].all(axis=1).mean())
+        metrics["acc_all_len6_10"] = float(ok[long].all(axis=1).mean())
+        metrics = {k: float(v) for k, v in metrics.items()}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        return {"step": ckpt["step"], "checkpoint_key": ckpt["key"]}
+
+    out = run_stage(ws_root, "evaluate", key, compute)
+    out["metrics"] = json.loads((Path(out["path"]) / "metrics.json").read_text())
+    return out

@@ -1,0 +1,85 @@
+"""Stage 5: interventions, semantic content per checkpoint and the training phases.
+
+Semantic content of a checkpoint = the mean, over the main features at offset 0 on the layer
+mean, of (test accuracy of the probe under ``original``) - (under the alternative semantics),
+averaged over the alternatives; the probe kind is ``CONTENT_PROBE``. Per-alternative
+differences with paired 95% CIs (over seeds: same split, same initial weights, only the labels
+differ) form the ``interventions`` rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
+
+from model.phases import label_phases
+from probes.stats import mean_ci
+from tasks.record import MEAN_LAYER
+from tasks.stage import run_stage, stage_key
+from tasks.stage_configs import ProbeConfig
+
+CONTENT_PROBE = "mlp1"
+KEYS = ["checkpoint_key", "step", "feature", "offset", "probe", "layer"]
+
+
+def interventions(results: pd.DataFrame) -> pd.DataFrame:
+    """Original minus each alternative semantics, paired by seed, on the test split."""
+    test = results[results["split"] == "test"]
+    orig = test[test["semantics"] == "original"].set_index(KEYS + ["seed"])["accuracy"]
+    rows = []
+    for alt, g in test[test["semantics"] != "original"].groupby("semantics"):
+        alt_acc = g.set_index(KEYS + ["seed"])["accuracy"]
+        paired = pd.concat({"original": orig, "alternative": alt_acc}, axis=1, join="inner").reset_index()
+        pk = g.drop_duplicates(KEYS).set_index(KEYS)["probe_key"]
+        for key, grp in paired.groupby(KEYS):
+            content, lo, hi = mean_ci((grp["original"] - grp["alternative"]).to_numpy())
+            rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[key], "semantics": alt,
+                         "original": grp["original"].mean(), "alternative": grp["alternative"].mean(),
+                         "content": content, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def semantic_content(inter: pd.DataFrame, features) -> pd.DataFrame:
+    """One ``semantic_content`` value per checkpoint (see module docstring)."""
+    sel = inter[(inter["offset"] == 0) & (inter["layer"] == MEAN_LAYER) & (inter["probe"] == CONTENT_PROBE)
+                & inter["feature"].isin(features)]
+    return sel.groupby(["checkpoint_key", "step"], as_index=False)["content"].mean()
+
+
+@task(name="phase-metrics", cache_policy=NONE)
+def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkpoint_rows: list[dict]) -> dict:
+    upstream = sorted(o["key"] for o in probe_outs) + sorted(r["eval_key"] for r in checkpoint_rows)
+    key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE}, upstream, ["model", "probes"])
+    train_key = checkpoint_rows[0]["checkpoint_key"].rsplit("-s", 1)[0] if checkpoint_rows else ""
+
+    def compute(tmp: Path) -> dict:
+        results = pd.concat([pd.read_parquet(Path(o["path"]) / "probe_results.parquet") for o in probe_outs],
+                            ignore_index=True) if probe_outs else pd.DataFrame()
+        inter = interventions(results) if not results.empty else pd.DataFrame()
+        meta: dict = {}
+        if not inter.empty:
+            inter.to_parquet(tmp / "interventions.parquet", index=False)
+            content = semantic_content(inter, cfg.features)
+            content.to_parquet(tmp / "semantic_content.parquet", index=False)
+        ph = label_phases(checkpoint_rows).as_dict() if checkpoint_rows else {}
+        starts = {"babbling": ph["steps"][0] if ph else None, "syntax": ph.get("syntax_start"),
+                  "semantics": ph.get("semantics_start")}
+        pd.DataFrame([{"train_key": train_key, "phase": p, "start_step": s} for p, s in starts.items()]) \
+            .to_parquet(tmp / "phases.parquet", index=False)
+        meta.update({f"phase_start.{p}": s for p, s in starts.items()})
+        return meta
+
+    return run_stage(ws_root, "phases", key, compute)
+
+
+def content_rows(out: dict, train_key: str) -> list[dict]:
+    """``checkpoint_metrics`` rows of the semantic content (for the recorder)."""
+    path = Path(out["path"]) / "semantic_content.parquet"
+    if not path.exists():
+        return []
+    df = pd.read_parquet(path)
+    return [{"checkpoint_key": r.checkpoint_key, "train_key": train_key, "step": int(r.step),
+             "metric": "semantic_content", "value": float(r.content)} for r in df.itertuples()]

@@ -1,0 +1,104 @@
+"""Stage 4: the probe grid of one checkpoint under one semantics.
+
+All features x offsets x probe kinds x seeds on the layer mean train in one batched grid; with
+``per_layer`` a linear offset-0 grid also runs on every single layer (0 = token embeddings).
+Under ``original`` the controls (majority baseline, control task, selectivity) are added.
+The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
+DuckDB tables' columns (layer -1 = the layer mean).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
+
+from probes.controls import majority_baseline, selectivity
+from probes.grid import GridConfig, probe_grid
+from probes.labels import make_labels
+from probes.stacked import TrainConfig
+from probes.stats import summarize
+from tasks.activations import load_activations
+from tasks.record import MEAN_LAYER
+from tasks.stage import run_stage, stage_key
+from tasks.stage_configs import ProbeConfig
+
+
+def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:
+    return stage_key("probes", {"probe": cfg, "semantics": semantics}, [acts_key], ["karel", "probes"])
+
+
+def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:
+    base = dict(semantics=(semantics,), features=cfg.features, offsets=cfg.offsets, probes=cfg.kinds,
+                seeds=tuple(range(cfg.seeds)), train=TrainConfig(epochs=cfg.epochs))
+    return GridConfig(**{**base, **changes})
+
+
+def _subsample(acts: dict, max_pairs: int, seed: int = 0) -> dict:
+    """Keep whole programs (never split one) until about ``max_pairs`` action positions."""
+    lengths = acts["lengths"]
+    if lengths.sum() <= max_pairs:
+        return acts
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    keep = np.sort(order[: int(np.searchsorted(np.cumsum(lengths[order]), max_pairs)) + 1])
+    out = {k: v[keep] for k, v in acts.items() if isinstance(v, np.ndarray)}
+    w = len(acts["inputs"]) // len(lengths)
+    worlds = (keep[:, None] * w + np.arange(w)).reshape(-1)
+    inp = acts["inputs"]
+    out["inputs"] = type(inp)(inp.walls[worlds], inp.markers[worlds], inp.row[worlds], inp.col[worlds], inp.dir[worlds])
+    return out
+
+
+@task(name="train-probes", cache_policy=NONE)
+def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> dict:
+    key = probe_key(cfg, acts["key"], semantics)
+    step, ckpt_key = acts["meta"]["step"], acts["meta"]["checkpoint_key"]
+
+    def compute(tmp: Path) -> dict:
+        a = _subsample(load_activations(acts), cfg.max_train_pairs)
+        labels = make_labels(a["programs"], a["inputs"], (semantics,), cfg.features, cfg.offsets, cfg.drop_last)
+        hidden = a["hidden"].astype(np.float32)
+        grid = grid_config(cfg, semantics)
+        controls = []
+        if semantics == "original" and cfg.controls:
+            # real and control tasks share one stacked pass; its real rows are the probe results
+            rows, sel = selectivity(hidden, labels, grid, layer=MEAN_LAYER)
+            frames = [rows[rows["task"] == "real"]]
+            controls += _control_rows(sel, majority_baseline(labels, grid))
+        else:
+            frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
+        if cfg.per_layer and "hidden_layers" in a:
+            per_layer = grid_config(cfg, semantics, offsets=(0,), probes=("linear",))
+            for layer in range(a["hidden_layers"].shape[2]):
+                x = a["hidden_layers"][:, :, layer].astype(np.float32)
+                frames.append(probe_grid(x, labels, per_layer, layer=layer))
+        results = pd.concat(frames, ignore_index=True).drop(columns=["task", "best_epoch"], errors="ignore")
+        ids = {"probe_key": key, "checkpoint_key": ckpt_key, "step": step}
+        summary = summarize(results, "accuracy", "seed")
+        results.assign(**ids).to_parquet(tmp / "probe_results.parquet", index=False)
+        summary.drop(columns=["n"], errors="ignore").assign(**ids).to_parquet(tmp / "probe_summary.parquet", index=False)
+        if semantics == "original" and cfg.per_layer and "hidden_layers" in a:
+            emb = summary[(summary["layer"] == 0) & (summary["split"] == "test")]
+            controls += [{"feature": r.feature, "offset": r.offset, "kind": "embedding", "probe": r.probe,
+                          "value": r.mean} for r in emb.itertuples()]
+        if controls:
+            pd.DataFrame(controls).assign(**ids).to_parquet(tmp / "controls.parquet", index=False)
+        return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": len(labels)}
+
+    return run_stage(ws_root, "probes", key, compute)
+
+
+def _control_rows(sel: pd.DataFrame, majority: pd.DataFrame) -> list[dict]:
+    """``controls`` rows: majority baseline, control-task accuracy and selectivity (test split)."""
+    out = []
+    for r in sel.itertuples():
+        out.append({"feature": r.feature, "offset": r.offset, "kind": "control_task", "probe": r.probe, "value": r.acc_control})
+        out.append({"feature": r.feature, "offset": r.offset, "kind": "selectivity", "probe": r.probe, "value": r.selectivity})
+    test = majority[majority["split"] == "test"]
+    for (feat, off), g in test.groupby(["feature", "offset"]):
+        out.append({"feature": feat, "offset": int(off), "kind": "majority", "probe": "majority",
+                    "value": float(g["accuracy"].mean())})
+    return out

@@ -1,0 +1,35 @@
+"""The one way every stage runs: find a complete artifact by key, or compute it once.
+
+Prefect's default cache policy keys on the run id (so it never hits across runs) and its source
+hash misses changes in called helpers, so the tasks use ``cache_policy=NONE`` and this store
+instead: the key hashes the config, the upstream keys and the library code, and completeness is
+checked on the files themselves (a missing or corrupt artifact is recomputed).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from tasks.cachekey import cache_key
+from tasks.workspace import Workspace
+
+
+def stage_key(stage: str, config, upstream: list[str], packages: list[str]) -> str:
+    return cache_key(stage, config, upstream, packages)
+
+
+def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None]) -> dict:
+    """The stage's manifest summary: ``{stage, key, path, status, seconds, meta}``."""
+    store = Workspace.at(ws_root).store
+    t = time.perf_counter()
+    manifest, computed = store.ensure(stage, key, compute)
+    return {
+        "stage": stage,
+        "key": key,
+        "path": str(store.path(stage, key)),
+        "status": "computed" if computed else "cached",
+        "seconds": round(time.perf_counter() - t, 3),
+        "meta": manifest.get("meta", {}),
+    }

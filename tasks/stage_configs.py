@@ -1,0 +1,45 @@
+"""Configs of the stages that have no library-owned config (evaluation, activations, probes).
+
+Frozen dataclasses of plain values: they hash into cache keys and print readably. The data,
+model and training configs live with their libraries (``karel.DataConfig``, ``model.config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Generation metrics per checkpoint."""
+
+    n_test_specs: int = 500  # test specs (lengths 1..10) decoded with the grammar
+    n_val_samples: int = 200  # val samples for perplexity
+    n_unconstrained: int = 100  # specs decoded without the grammar (does syntax parse?)
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """Which specs each checkpoint decodes for probing, and what it keeps of the hidden states."""
+
+    n_train_specs: int = 2000  # train-split specs (paper: 50,000); probes split these by program
+    n_test_specs: int = 500  # test-split specs, held out from every probe's training
+    per_layer: bool = True  # keep every layer (for per-layer curves), not only the layer mean
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probe grid trained per checkpoint and semantics."""
+
+    semantics: tuple[str, ...] = ("original", "flip", "adversarial")
+    features: tuple[str, ...] = ("direction", "rel_start", "facing_wall")
+    offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)
+    kinds: tuple[str, ...] = ("linear", "mlp1", "mlp2")
+    seeds: int = 3
+    epochs: int = 30
+    max_train_pairs: int = 100_000
+    drop_last: bool = True
+    per_layer: bool = True  # also probe each layer (linear, offset 0) for per-layer curves
+    controls: bool = True  # majority, control task and selectivity

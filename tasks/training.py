@@ -1,0 +1,86 @@
+"""Stage 2: train the language model, publishing each checkpoint as its own artifact.
+
+Training runs in a resumable work folder (``<workspace>/work/train/<key>``): a killed run
+resumes from its last checkpoint. Each scheduled checkpoint is published at once as a
+``checkpoint`` artifact (a hard link, so nothing is copied), which lets evaluation and probing of
+early checkpoints start while training continues. The ``train`` artifact completes last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from model import config as mcfg
+from model.train import train
+from tasks.dataset import data_dir
+from tasks.stage import run_stage, stage_key
+from tasks.workspace import Workspace
+
+CHECKPOINT_FILE = "model.pt"
+
+
+def train_key(model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainConfig, data_key: str) -> str:
+    return stage_key("train", {"model": model_cfg, "train": train_cfg}, [data_key], ["karel", "model"])
+
+
+def checkpoint_key(train_key_: str, step: int) -> str:
+    return f"{train_key_}-s{step:07d}"
+
+
+def publish_checkpoint(ws: Workspace, train_key_: str, step: int, path: Path, tokens_per_step: int) -> dict:
+    """Make one checkpoint file an artifact (idempotent)."""
+
+    def compute(tmp: Path) -> dict:
+        try:
+            os.link(path, tmp / CHECKPOINT_FILE)
+        except OSError:  # another filesystem: copy
+            shutil.copy2(path, tmp / CHECKPOINT_FILE)
+        return {"train_key": train_key_, "step": step, "tokens_seen": step * tokens_per_step}
+
+    return run_stage(str(ws.root), "checkpoint", checkpoint_key(train_key_, step), compute)
+
+
+def checkpoint_file(ckpt: dict) -> Path:
+    return Path(ckpt["path"]) / CHECKPOINT_FILE
+
+
+@task(name="train-lm", cache_policy=NONE)
+def train_lm(ws_root: str, model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainConfig, dataset: dict,
+             progress: bool = True) -> dict:
+    """Train (or resume, or find) the model; meta lists every published checkpoint."""
+    ws = Workspace.at(ws_root)
+    key = train_key(model_cfg, train_cfg, dataset["key"])
+    work = ws.work_dir / "train" / key
+
+    def publish(step: int, path) -> None:
+        publish_checkpoint(ws, key, step, Path(path), train_cfg.tokens_per_step)
+
+    def compute(tmp: Path) -> dict:
+        done = train(model_cfg, train_cfg, data_dir(dataset), work, on_checkpoint=publish, progress=progress)
+        published = []
+        for step, path in done:
+            if step in set(mcfg.checkpoint_steps(train_cfg)):
+                published.append(publish_checkpoint(ws, key, step, Path(path), train_cfg.tokens_per_step))
+        rows = [{"key": c["key"], "step": c["meta"]["step"], "tokens_seen": c["meta"]["tokens_seen"],
+                 "path": c["path"]} for c in published]
+        (tmp / "checkpoints.json").write_text(json.dumps(rows, indent=1))
+        return {"checkpoints": rows, "n_params": model_cfg.n_params()}
+
+    return run_stage(ws_root, "train", key, compute)
+
+
+def published_checkpoints(ws_root: str, train_key_: str) -> list[dict]:
+    """Checkpoints of a training run that are already published (training may still run)."""
+    store = Workspace.at(ws_root).store
+    out = []
+    for key in store.keys("checkpoint"):
+        if key.startswith(train_key_ + "-s") and store.is_complete("checkpoint", key, verify=False):
+            m = store.manifest("checkpoint", key)
+            out.append({"key": key, "path": str(store.path("checkpoint", key)), **m.get("meta", {})})
+    return sorted(out, key=lambda c: c["step"])
