@@ -39,9 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     ws = configure_environment(args.workspace)
+    from tasks.results import DatabaseLockedError
+
     try:
         return COMMANDS[args.command](args, ws)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, DatabaseLockedError) as e:
         print(f"semprobe: error: {e}", file=sys.stderr)
         return 2
 

@@ -21,7 +21,7 @@ from model.checkpoint import load_model
 from model.decode import generate
 from tasks.dataset import data_dir
 from tasks.evaluation import device
-from tasks.stage import run_stage, stage_key
+from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import ActivationConfig
 from tasks.training import checkpoint_file
 
@@ -61,7 +61,7 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
         return {"step": ckpt["step"], "checkpoint_key": ckpt["key"], "n_specs": len(specs),
                 "n_actions": int(gen.lengths.sum())}
 
-    return run_stage(ws_root, "activations", key, compute)
+    return run_stage(ws_root, "activations", key, compute, force=recomputed(dataset))
 
 
 def load_activations(acts: dict) -> dict:

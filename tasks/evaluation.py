@@ -14,7 +14,7 @@ import karel
 from model.checkpoint import load_model
 from model.metrics import correct_pairs, evaluate_checkpoint
 from tasks.dataset import data_dir
-from tasks.stage import run_stage, stage_key
+from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import EvalConfig
 from tasks.training import checkpoint_file
 
@@ -48,6 +48,6 @@ def evaluate(ws_root: str, cfg: EvalConfig, dataset: dict, ckpt: dict) -> dict:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         return {"step": ckpt["step"], "checkpoint_key": ckpt["key"]}
 
-    out = run_stage(ws_root, "evaluate", key, compute)
+    out = run_stage(ws_root, "evaluate", key, compute, force=recomputed(dataset))
     out["metrics"] = json.loads((Path(out["path"]) / "metrics.json").read_text())
     return out

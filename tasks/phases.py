@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 from model.phases import label_phases
 from probes.stats import mean_ci
 from tasks.record import MEAN_LAYER
-from tasks.stage import run_stage, stage_key
+from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import ProbeConfig
 
 CONTENT_PROBE = "mlp1"
@@ -72,7 +72,7 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
         meta.update({f"phase_start.{p}": s for p, s in starts.items()})
         return meta
 
-    return run_stage(ws_root, "phases", key, compute)
+    return run_stage(ws_root, "phases", key, compute, force=recomputed(*probe_outs))
 
 
 def content_rows(out: dict, train_key: str) -> list[dict]:

@@ -23,7 +23,7 @@ from probes.stacked import TrainConfig
 from probes.stats import summarize
 from tasks.activations import load_activations
 from tasks.record import MEAN_LAYER
-from tasks.stage import run_stage, stage_key
+from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import ProbeConfig
 
 
@@ -88,7 +88,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
             pd.DataFrame(controls).assign(**ids).to_parquet(tmp / "controls.parquet", index=False)
         return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": len(labels)}
 
-    return run_stage(ws_root, "probes", key, compute)
+    return run_stage(ws_root, "probes", key, compute, force=recomputed(acts))
 
 
 def _control_rows(sel: pd.DataFrame, majority: pd.DataFrame) -> list[dict]:

@@ -20,11 +20,23 @@ def stage_key(stage: str, config, upstream: list[str], packages: list[str]) -> s
     return cache_key(stage, config, upstream, packages)
 
 
-def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None]) -> dict:
-    """The stage's manifest summary: ``{stage, key, path, status, seconds, meta}``."""
+def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None],
+              force: bool = False) -> dict:
+    """The stage's manifest summary: ``{stage, key, path, status, seconds, meta}``.
+
+    ``force`` recomputes even a complete artifact: the flow sets it when an upstream stage was
+    recomputed in this run, so a stage and everything that depends on it are rebuilt together.
+    """
     store = Workspace.at(ws_root).store
     t = time.perf_counter()
-    manifest, computed = store.ensure(stage, key, compute)
+    if force:
+        with store.lock(stage, key):
+            meta: dict = {}
+            with store.write(stage, key, meta=meta) as tmp:
+                meta.update(compute(tmp) or {})
+        manifest, computed = store.manifest(stage, key), True
+    else:
+        manifest, computed = store.ensure(stage, key, compute)
     return {
         "stage": stage,
         "key": key,
@@ -33,3 +45,8 @@ def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict
         "seconds": round(time.perf_counter() - t, 3),
         "meta": manifest.get("meta", {}),
     }
+
+
+def recomputed(*upstream: dict) -> bool:
+    """Whether any upstream stage summary was computed (not found cached) in this run."""
+    return any(u.get("status") == "computed" for u in upstream)

@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 from model import config as mcfg
 from model.train import train
 from tasks.dataset import data_dir
-from tasks.stage import run_stage, stage_key
+from tasks.stage import recomputed, run_stage, stage_key
 from tasks.workspace import Workspace
 
 CHECKPOINT_FILE = "model.pt"
@@ -72,7 +72,7 @@ def train_lm(ws_root: str, model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainCon
         (tmp / "checkpoints.json").write_text(json.dumps(rows, indent=1))
         return {"checkpoints": rows, "n_params": model_cfg.n_params()}
 
-    return run_stage(ws_root, "train", key, compute)
+    return run_stage(ws_root, "train", key, compute, force=recomputed(dataset))
 
 
 def published_checkpoints(ws_root: str, train_key_: str) -> list[dict]:

@@ -1,0 +1,140 @@
+"""The smoke preset end to end through Prefect (real temporary server, DuckDB, MLflow SQLite),
+then the cache: a rerun recomputes nothing, a deleted artifact recomputes only what needs it,
+and a run killed in the middle of training resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.results import read_only_query
+
+RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "controls", "phases", "checkpoints"]
+
+
+def semprobe(ws: Path, *args, check=True, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def snapshot(ws: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for t in RESULT_TABLES:
+        df = read_only_query(ws / "results.duckdb", f"SELECT * FROM {t}")
+        out[t] = df.sort_values(list(df.columns)).reset_index(drop=True)
+    return out
+
+
+def stage_runs(ws: Path, run_id: str) -> pd.DataFrame:
+    return read_only_query(ws / "results.duckdb", f"SELECT * FROM stage_runs WHERE run_id = '{run_id}'")
+
+
+def latest_run(ws: Path) -> str:
+    return read_only_query(ws / "results.duckdb", "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")["run_id"][0]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ws")
+    semprobe(root, "run", "--preset", "smoke", "--quiet")
+    return root
+
+
+def test_first_run_fills_every_table_and_report(ws):
+    snap = snapshot(ws)
+    for table in ("checkpoint_metrics", "probe_results", "probe_summary", "interventions", "controls", "phases"):
+        assert len(snap[table]) > 0, table
+    assert set(snap["checkpoints"]["step"]) == {0, 6, 12}
+    assert set(snap["probe_results"]["semantics"]) == {"original", "flip", "adversarial"}
+    assert set(snap["controls"]["kind"]) >= {"majority", "control_task", "selectivity", "embedding"}
+    assert "semantic_content" in set(snap["checkpoint_metrics"]["metric"])
+    run = read_only_query(ws / "results.duckdb", "SELECT * FROM runs")
+    assert list(run["status"]) == ["finished"]
+    html = ws / "reports" / run["run_id"][0] / "report.html"
+    assert html.exists() and "data:image/png;base64" in html.read_text()
+    # MLflow: a parent run with nested checkpoint and probe runs
+    import mlflow
+
+    runs = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").search_runs(
+        [mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").get_experiment_by_name("semprobe-smoke").experiment_id])
+    names = {r.info.run_name for r in runs}
+    assert {"checkpoint-0", "checkpoint-12", "probes-12-original"} <= names
+
+
+def test_rerun_recomputes_nothing_and_results_are_identical(ws):
+    before = snapshot(ws)
+    semprobe(ws, "run", "--preset", "smoke", "--quiet")
+    runs = stage_runs(ws, latest_run(ws))
+    assert len(runs) > 10 and set(runs["status"]) == {"cached"}, runs
+    after = snapshot(ws)
+    for t in RESULT_TABLES:
+        pd.testing.assert_frame_equal(before[t], after[t], obj=t)
+
+
+def test_deleted_activation_recomputes_only_its_checkpoint(ws):
+    acts = read_only_query(ws / "results.duckdb",
+                           "SELECT key FROM stage_runs WHERE stage = 'activations'")["key"].unique()
+    store = ws / "artifacts" / "activations"
+    victim = sorted(acts)[0]
+    (store / victim / "activations.npz").unlink()
+    semprobe(ws, "run", "--preset", "smoke", "--quiet")
+    runs = stage_runs(ws, latest_run(ws))
+    computed = runs[runs["status"] == "computed"]
+    assert list(computed[computed["stage"] == "activations"]["key"]) == [victim]
+    # ... and what depends on it: its three probe grids and the run-level phase metrics
+    assert sorted(computed["stage"]) == ["activations", "phases", "probes", "probes", "probes"], computed
+    assert (store / victim / "activations.npz").exists()
+
+
+def test_cli_status_sql_and_bad_input(ws):
+    status = semprobe(ws, "status", "--preset", "smoke").stdout
+    assert "missing" not in status and status.count("done") >= 1 + 1 + 3 * (3 + 3)
+    changed = semprobe(ws, "status", "--preset", "smoke", "--set", "probe.seeds=3").stdout
+    assert "probes" in changed and "missing" in changed
+    out = semprobe(ws, "sql", "SELECT count(*) AS n FROM checkpoints", "--format", "csv").stdout
+    assert out.strip().splitlines()[-1] == "3"
+    bad = semprobe(ws, "sql", "DELETE FROM checkpoints", check=False)
+    assert bad.returncode == 2 and "read-only" in bad.stderr
+    bad = semprobe(ws, "run", "--preset", "smoke", "--set", "train.lrr=1", check=False)
+    assert bad.returncode == 2 and "lrr" in bad.stderr
+    bad = semprobe(ws, "run", "--preset", "huge", check=False)
+    assert bad.returncode == 2 and "huge" in bad.stderr
+
+
+def test_killed_training_resumes_from_last_checkpoint(tmp_path):
+    overrides = ["--set", "train.steps=400", "--set", "train.ckpt_every=40", "--set", "data.n_train_generated=2000"]
+    cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "run", "--preset", "smoke", "--quiet", *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    work = tmp_path / "work" / "train"
+    deadline = time.time() + 300
+    seen: list[Path] = []
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            seen = sorted(work.glob("*/step-*.pt")) if work.exists() else []
+            steps = [p for p in seen if not p.name.endswith(".tmp")]
+            if len(steps) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "training finished before it could be interrupted; make it longer"
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    kept = {p: p.stat().st_mtime_ns for p in sorted(work.glob("*/step-*.pt")) if p.suffix != ".tmp"}
+    assert kept, "no checkpoint survived the kill"
+    semprobe(tmp_path, "run", "--preset", "smoke", "--quiet", *overrides)
+    for p, mtime in kept.items():  # resumed: nothing before the kill was trained or written again
+        assert p.stat().st_mtime_ns == mtime, p
+    steps = read_only_query(tmp_path / "results.duckdb", "SELECT step FROM checkpoints ORDER BY step")["step"]
+    assert steps.iloc[-1] == 400 and 0 in set(steps)
