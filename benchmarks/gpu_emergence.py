@@ -1,0 +1,164 @@
+"""How many tokens does emergence take? Train one small-model recipe on a GPU for a wall-clock
+budget and log, against tokens seen: constrained-decoding accuracy, diversity, program loss and
+current-state probes (direction, relative position, facing wall; logistic regression on the
+layer-mean hidden state at the emitting position, split by program) next to their majority.
+
+The schedule is sized to the budget: after a short timing run the step count is set so the
+linear decay ends when the budget does. Several recipes can share one GPU (one process each).
+
+    python benchmarks/gpu_emergence.py --data DIR --out runs.jsonl --tag base --budget 300 \
+        [--model n_layer=8] [--train lr=3e-3] [--train batch_size=64]
+    python benchmarks/gpu_emergence.py --tiny --out t.jsonl     # CPU check of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+import karel  # noqa: E402
+from benchmarks.gpu_check import setup, sync, train_step  # noqa: E402
+from model.config import preset  # noqa: E402
+from model.decode import generate  # noqa: E402
+from model.metrics import correct_pairs, generation_metrics, perplexity  # noqa: E402
+from probes.labels import make_labels  # noqa: E402
+
+FEATURES = ("direction", "rel_start", "facing_wall")
+
+
+def parse_sets(items):
+    out = {}
+    for item in items:
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def typed(cfg, overrides: dict):
+    """Overrides parsed by the type of each field's default."""
+    out = {}
+    for k, v in overrides.items():
+        cur = getattr(cfg, k)
+        out[k] = (v.lower() in ("1", "true")) if isinstance(cur, bool) else type(cur)(v)
+    return out
+
+
+def probe_scores(gen, specs, seed=0) -> dict:
+    """Logistic-regression probes at offset 0, trained on 80% of programs, scored on the rest."""
+    labels = make_labels(gen.programs, specs.inputs, ("original",), FEATURES, (0,))
+    x = gen.hidden[labels.program, labels.position].astype(np.float32)
+    test_prog = np.random.default_rng(seed).random(len(gen.programs)) < 0.2
+    out = {}
+    for feat in FEATURES:
+        y = labels.get("original", feat, 0)
+        ok = y[:, 0] >= 0
+        cls = (y * np.array([13 ** i for i in range(y.shape[1])])[::-1]).sum(1)  # joint class
+        tr, te = ok & ~test_prog[labels.program], ok & test_prog[labels.program]
+        if tr.sum() < 10 or te.sum() < 10 or len(np.unique(cls[tr])) < 2:
+            continue
+        scaler = StandardScaler().fit(x[tr])
+        clf = LogisticRegression(max_iter=300).fit(scaler.transform(x[tr]), cls[tr])
+        out[f"probe_{feat}"] = float(clf.score(scaler.transform(x[te]), cls[te]))
+        vals, counts = np.unique(cls[tr], return_counts=True)
+        out[f"majority_{feat}"] = float((cls[te] == vals[np.argmax(counts)]).mean())
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", help="dataset folder (karel.generate_dataset); generated if missing")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tag", default="run")
+    ap.add_argument("--budget", type=float, default=300.0)
+    ap.add_argument("--eval-every-s", type=float, default=30.0)
+    ap.add_argument("--n-eval", type=int, default=500)
+    ap.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE")
+    ap.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE")
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args()
+    name = "smoke" if args.tiny else "cpu"
+    m0, t0 = preset(name)
+    m, t = preset(name, typed(m0, parse_sets(args.model)), typed(t0, parse_sets(args.train)))
+    if args.tiny:
+        args.budget, args.eval_every_s, args.n_eval = min(args.budget, 20), 5, 40
+    if not args.data or not os.path.exists(os.path.join(args.data, "manifest.json")):
+        args.data = args.data or "/tmp/emergence-data"
+        n = 2000 if args.tiny else 1_000_000
+        karel.generate_dataset(karel.DataConfig(n_train_generated=n, n_val=500, n_test=2000), args.data,
+                               workers=min(8, os.cpu_count() or 1), overwrite=True)
+    train_samples = karel.load_split(args.data, "train")
+    test = karel.load_split(args.data, "test", limit=args.n_eval)
+    val = karel.load_split(args.data, "val", limit=200)
+    long = (test.programs >= 0).sum(1) >= 6
+    vocab = karel.Vocab()
+    device, model, fwd, opt, blocks = setup(m, t, train_samples, compile_model=False)
+
+    def emit(rec):
+        rec = {"tag": args.tag, "time": time.time(), **rec}
+        print(json.dumps(rec), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    emit({"part": "config", "model": asdict(m), "train": asdict(t), "params": m.n_params(),
+          "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"})
+    start = time.perf_counter()
+    step = 0
+
+    def evaluate():
+        e0 = time.perf_counter()
+        gen = generate(model, test, vocab, "constrained", batch_size=250)
+        g = generation_metrics(gen, test)
+        ok = correct_pairs(gen.programs, test)
+        ppl = perplexity(model, val, vocab, batch_size=50)
+        rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
+               "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],
+               "acc_all": g["acc_all"], "acc_spec_len6_10": float(ok[long, :5].all(1).mean()),
+               "diversity": g["diversity"], "gen_len_mean": g["gen_len_mean"],
+               "program_loss": math.log(ppl["ppl_program"]), "all_loss": math.log(ppl["ppl_all"]),
+               **probe_scores(gen, test), "lr": opt.param_groups[0]["lr"]}
+        rec["eval_s"] = round(time.perf_counter() - e0, 1)
+        emit(rec)
+        model.train()
+
+    evaluate()
+    # time a few steps, then size the schedule so its decay ends with the budget
+    sync(device)
+    t_probe = time.perf_counter()
+    for _ in range(10):
+        train_step(fwd, opt, blocks, t, step, device)
+        step += 1
+    sync(device)
+    rate = 10 / (time.perf_counter() - t_probe)
+    remaining = args.budget - (time.perf_counter() - start)
+    n_evals = remaining / args.eval_every_s
+    total = step + int(rate * remaining * 0.85) - int(n_evals * 2 * rate)  # leave time for evals
+    t = replace(t, steps=max(total, step + 1), warmup_steps=min(t.warmup_steps, max(total // 20, 1)))
+    emit({"part": "schedule", "steps_per_s": rate, "steps": t.steps, "warmup_steps": t.warmup_steps,
+          "tokens_per_s": rate * t.tokens_per_step, "planned_tokens": t.steps * t.tokens_per_step})
+    last_eval = time.perf_counter()
+    while step < t.steps and time.perf_counter() - start < args.budget:
+        train_step(fwd, opt, blocks, t, step, device)
+        step += 1
+        if time.perf_counter() - last_eval > args.eval_every_s:
+            evaluate()
+            last_eval = time.perf_counter()
+    evaluate()
+    emit({"part": "done", "steps": step, "tokens_seen": step * t.tokens_per_step,
+          "wall_s": time.perf_counter() - start,
+          "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None})
+
+
+if __name__ == "__main__":
+    main()
