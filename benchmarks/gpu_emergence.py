@@ -55,13 +55,16 @@ def typed(cfg, overrides: dict):
     return out
 
 
-def probe_scores(gen, specs, seed=0) -> dict:
-    """Logistic-regression probes at offset 0, trained on 80% of programs, scored on the rest."""
-    labels = make_labels(gen.programs, specs.inputs, ("original",), FEATURES, (0,))
+def probe_scores(gen, specs, features=FEATURES, seed=0) -> dict:
+    """Logistic-regression probes at offset 0, trained on 80% of programs, scored on the rest.
+
+    rel_start has 169 joint classes: its fit costs far more CPU than the rest of an evaluation.
+    """
+    labels = make_labels(gen.programs, specs.inputs, ("original",), features, (0,))
     x = gen.hidden[labels.program, labels.position].astype(np.float32)
     test_prog = np.random.default_rng(seed).random(len(gen.programs)) < 0.2
     out = {}
-    for feat in FEATURES:
+    for feat in features:
         y = labels.get("original", feat, 0)
         ok = y[:, 0] >= 0
         cls = (y * np.array([13 ** i for i in range(y.shape[1])])[::-1]).sum(1)  # joint class
@@ -86,6 +89,9 @@ def main():
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE")
+    ap.add_argument("--probe-features", default=",".join(FEATURES))
+    ap.add_argument("--n-train", type=int, default=1_000_000, help="programs generated if --data is missing")
+    ap.add_argument("--fixed-steps", action="store_true", help="keep the preset's schedule (no sizing to the budget)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     name = "smoke" if args.tiny else "cpu"
@@ -95,7 +101,7 @@ def main():
         args.budget, args.eval_every_s, args.n_eval = min(args.budget, 20), 5, 40
     if not args.data or not os.path.exists(os.path.join(args.data, "manifest.json")):
         args.data = args.data or "/tmp/emergence-data"
-        n = 2000 if args.tiny else 1_000_000
+        n = 2000 if args.tiny else args.n_train
         karel.generate_dataset(karel.DataConfig(n_train_generated=n, n_val=500, n_test=2000), args.data,
                                workers=min(8, os.cpu_count() or 1), overwrite=True)
     train_samples = karel.load_split(args.data, "train")
@@ -127,7 +133,7 @@ def main():
                "acc_all": g["acc_all"], "acc_spec_len6_10": float(ok[long, :5].all(1).mean()),
                "diversity": g["diversity"], "gen_len_mean": g["gen_len_mean"],
                "program_loss": math.log(ppl["ppl_program"]), "all_loss": math.log(ppl["ppl_all"]),
-               **probe_scores(gen, test), "lr": opt.param_groups[0]["lr"]}
+               **probe_scores(gen, test, tuple(f for f in args.probe_features.split(",") if f)), "lr": opt.param_groups[0]["lr"]}
         rec["eval_s"] = round(time.perf_counter() - e0, 1)
         emit(rec)
         model.train()
@@ -144,7 +150,8 @@ def main():
     remaining = args.budget - (time.perf_counter() - start)
     n_evals = remaining / args.eval_every_s
     total = step + int(rate * remaining * 0.85) - int(n_evals * 2 * rate)  # leave time for evals
-    t = replace(t, steps=max(total, step + 1), warmup_steps=min(t.warmup_steps, max(total // 20, 1)))
+    if not args.fixed_steps:
+        t = replace(t, steps=max(total, step + 1), warmup_steps=min(t.warmup_steps, max(total // 20, 1)))
     emit({"part": "schedule", "steps_per_s": rate, "steps": t.steps, "warmup_steps": t.warmup_steps,
           "tokens_per_s": rate * t.tokens_per_step, "planned_tokens": t.steps * t.tokens_per_step})
     last_eval = time.perf_counter()
