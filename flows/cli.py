@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -48,11 +49,19 @@ def main(argv=None) -> int:
         return 2
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def cmd_run(args, ws) -> int:
     from flows.presets import load_preset
 
     load_preset(args.preset, args.overrides)  # fail fast on a bad preset or override
     from flows.pipeline import pipeline
+
+    # Prefect turns SIGTERM into a flow crash and then re-sends it: exit through SystemExit so
+    # atexit handlers run (they stop Prefect's temporary server, which would otherwise linger).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
     out = pipeline(preset=args.preset, overrides=args.overrides, workspace=str(ws.root),
                    overlap=not args.no_overlap, progress=not args.quiet)

@@ -27,7 +27,7 @@ from tasks.probing import train_probes
 from tasks.report import build_report
 from tasks.results import ResultsDB
 from tasks.tracking import finish_run, init_tracking, start_parent_run
-from tasks.training import published_checkpoints, train_key, train_lm
+from tasks.training import STOP, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace
 
 POLL_S = 1.0
@@ -58,6 +58,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     rec = record.Recorder(db, run_id, parent)
+    training = None
+    STOP.clear()
     try:
         ds = generate_dataset(root, cfg.data)
         rec.dataset(ds, cfg.data)
@@ -101,6 +103,11 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         return {"run_id": run_id, "dataset": ds["key"], "train": tkey, "report": report["html"],
                 "checkpoints": len(per_ckpt), "seconds": time.perf_counter() - t0}
     except BaseException:
+        # SIGTERM (Prefect raises it here as TerminationSignal) or Ctrl-C: training checkpoints
+        # at its next step and stops, so a rerun resumes from there rather than from scratch.
+        STOP.set()
+        if training is not None:
+            training.wait(timeout=120)
         rec.run(preset, cfg, None, None, started, status="failed")
         finish_run(parent, "FAILED")
         raise

@@ -93,6 +93,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     blocks: PackedBlocks | None = None,
+    should_stop=None,
 ) -> list[tuple[int, Path]]:
     """Train (or resume) and return (step, path) of every checkpoint in ``out_dir``.
 
@@ -100,6 +101,8 @@ def train(
     ``stop_after`` ends the run early after that many optimizer steps, writing a checkpoint
     there so a later call resumes (used for interruptions and the resume test).
     ``blocks`` replaces the data read from ``data_dir`` (benchmarks).
+    ``should_stop()`` is polled after every step; when it turns true a checkpoint is written at
+    that step and training returns, so a SIGTERM loses at most one step of work.
     """
     vocab = karel.Vocab(train_cfg.robot_markers)
     if model_cfg.vocab_size < len(vocab):
@@ -166,9 +169,12 @@ def train(
             rate = tokens_since / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
             bar.update(1)
-        if step in schedule or step == last:
+        stopping = should_stop is not None and should_stop()
+        if step in schedule or step == last or stopping:
             checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss})
             losses = []
+        if stopping:
+            break
     if bar is not None:
         bar.close()
     return list_checkpoints(out_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from prefect import task
@@ -23,6 +24,11 @@ from tasks.stage import recomputed, run_stage, stage_key
 from tasks.workspace import Workspace
 
 CHECKPOINT_FILE = "model.pt"
+STOP = threading.Event()  # set by the CLI's SIGTERM handler: training checkpoints and stops
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training was asked to stop; its work folder holds a checkpoint to resume from."""
 
 
 def train_key(model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainConfig, data_key: str) -> str:
@@ -62,7 +68,10 @@ def train_lm(ws_root: str, model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainCon
         publish_checkpoint(ws, key, step, Path(path), train_cfg.tokens_per_step)
 
     def compute(tmp: Path) -> dict:
-        done = train(model_cfg, train_cfg, data_dir(dataset), work, on_checkpoint=publish, progress=progress)
+        done = train(model_cfg, train_cfg, data_dir(dataset), work, on_checkpoint=publish, progress=progress,
+                     should_stop=STOP.is_set)
+        if STOP.is_set():  # never let a stopped run look finished
+            raise TrainingInterrupted(f"training {key} stopped at step {done[-1][0]}; rerun to resume")
         published = []
         for step, path in done:
             if step in set(mcfg.checkpoint_steps(train_cfg)):

@@ -126,11 +126,16 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "training finished before it could be interrupted; make it longer"
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        os.kill(proc.pid, signal.SIGTERM)  # as a scheduler stops a job
+        assert proc.wait(timeout=60) != 0
+        time.sleep(1)
+        leftovers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert not leftovers, f"processes left behind by the killed run: {leftovers}"
     finally:
-        if proc.poll() is None:
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     kept = {p: p.stat().st_mtime_ns for p in sorted(work.glob("*/step-*.pt")) if p.suffix != ".tmp"}
     assert kept, "no checkpoint survived the kill"
     semprobe(tmp_path, "run", "--preset", "smoke", "--quiet", *overrides)
