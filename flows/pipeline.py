@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
+from model.config import checkpoint_steps
 from tasks import record
 from tasks.activations import dump_activations
 from tasks.dataset import generate_dataset
@@ -26,6 +27,7 @@ from tasks.phases import phase_metrics
 from tasks.probing import train_probes
 from tasks.report import build_report
 from tasks.results import ResultsDB
+from tasks.stage_configs import probed_steps
 from tasks.tracking import finish_run, init_tracking, start_parent_run
 from tasks.training import STOP, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace
@@ -70,11 +72,13 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         training = train_lm.submit(root, cfg.model, cfg.train, ds, progress=progress)
         per_ckpt: dict[str, tuple] = {}
 
+        probed = probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)
+
         def submit_new():
             for c in published_checkpoints(root, tkey):
                 if c["key"] not in per_ckpt:
-                    per_ckpt[c["key"]] = (c, evaluate.submit(root, cfg.eval, ds, c),
-                                          dump_activations.submit(root, cfg.activations, ds, c))
+                    acts = dump_activations.submit(root, cfg.activations, ds, c) if c["step"] in probed else None
+                    per_ckpt[c["key"]] = (c, evaluate.submit(root, cfg.eval, ds, c), acts)
 
         while overlap and not training.state.is_final():
             submit_new()
@@ -86,6 +90,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         probe_futures = []
         for key, (c, ev, acts) in sorted(per_ckpt.items(), key=lambda kv: kv[1][0]["step"]):
             rec.checkpoint(c, ev.result())
+            if acts is None:
+                continue
             a = acts.result()
             rec.stage(a)
             probe_futures += [train_probes.submit(root, cfg.probe, a, sem) for sem in cfg.probe.semantics]

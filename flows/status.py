@@ -12,6 +12,7 @@ from tasks.activations import activations_key
 from tasks.dataset import dataset_key
 from tasks.evaluation import evaluate_key
 from tasks.probing import probe_key
+from tasks.stage_configs import probed_steps
 from tasks.training import checkpoint_key, train_key
 from tasks.workspace import Workspace
 
@@ -29,10 +30,13 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
     ds = dataset_key(cfg.data)
     tk = train_key(cfg.model, cfg.train, ds)
     rows = [row("dataset", ds), row("train", tk, f"{cfg.train.steps} steps")]
+    probed = probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)
     for step in checkpoint_steps(cfg.train):
         ck = checkpoint_key(tk, step)
         rows.append(row("checkpoint", ck, f"step {step}"))
         rows.append(row("evaluate", evaluate_key(cfg.eval, ds, ck), f"step {step}"))
+        if step not in probed:
+            continue
         ak = activations_key(cfg.activations, ds, ck)
         rows.append(row("activations", ak, f"step {step}"))
         for sem in cfg.probe.semantics:

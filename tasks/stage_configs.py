@@ -27,6 +27,7 @@ class ActivationConfig:
     n_test_specs: int = 500  # test-split specs, held out from every probe's training
     per_layer: bool = True  # keep every layer (for per-layer curves), not only the layer mean
     batch_size: int = 128
+    checkpoints: int = 0  # how many checkpoints to dump and probe, spread over the schedule (0 = all)
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,19 @@ class ProbeConfig:
     drop_last: bool = True
     per_layer: bool = True  # also probe each layer (linear, offset 0) for per-layer curves
     controls: bool = True  # majority, control task and selectivity
+
+
+def probed_steps(schedule: list[int], n: int) -> set[int]:
+    """The ``n`` checkpoint steps to probe (all when ``n`` is 0 or covers the schedule).
+
+    Always step 0 (the random-init baseline) and the last; the rest are the scheduled steps
+    nearest to evenly spaced points of training (the phases fill its later part, not the
+    log-spaced start)."""
+    steps = sorted(schedule)
+    if n <= 0 or n >= len(steps):
+        return set(steps)
+    chosen = {steps[0], steps[-1]}
+    for i in range(1, n - 1):
+        target = steps[-1] * i / (n - 1)
+        chosen.add(min((s for s in steps if s not in chosen), key=lambda s: abs(s - target)))
+    return chosen

@@ -1,0 +1,52 @@
+import pytest
+
+from flows.presets import PRESETS, apply_overrides, load_preset
+from model.config import checkpoint_steps
+from tasks.stage_configs import probed_steps
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds(name):
+    cfg = load_preset(name)
+    assert cfg.preset == name
+    assert cfg.train.block_len <= cfg.model.context
+    assert 0 in checkpoint_steps(cfg.train)
+
+
+def test_paper_preset_carries_the_reference_values():
+    cfg = load_preset("paper")
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.rotary_dim) == (20, 1024, 16, 32)
+    assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.steps) == (5e-6, 6000, 80_000)
+    assert cfg.train.batch_size * cfg.train.block_len == 16 * 2048 and cfg.train.weight_decay == 0
+    assert (cfg.data.n_train_generated, cfg.data.n_val, cfg.data.n_test, cfg.data.n_train) == (1_000_000, 10_000, 10_000, 500_000)
+
+
+def test_overrides_parse_by_field_type():
+    cfg = load_preset("smoke", ["train.lr=3e-4", "probe.offsets=0,1", "data.remove_train_overlap=true",
+                                "probe.semantics=original,flip", "model.n_layer=3"])
+    assert cfg.train.lr == 3e-4 and cfg.probe.offsets == (0, 1) and cfg.data.remove_train_overlap is True
+    assert cfg.probe.semantics == ("original", "flip") and cfg.model.n_layer == 3
+    assert apply_overrides(cfg, {"train.steps": 7}).train.steps == 7
+
+
+@pytest.mark.parametrize("bad, named", [
+    ("trian.lr=1", "trian"), ("train.lrr=1", "lrr"), ("train.lr=fast", "train.lr"),
+    ("data.remove_train_overlap=perhaps", "remove_train_overlap"), ("train.lr", "section.field=value"),
+    ("model.d_model=30", "d_model"),
+])
+def test_bad_overrides_are_named(bad, named):
+    with pytest.raises(ValueError, match=named):
+        load_preset("smoke", [bad])
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="huge"):
+        load_preset("huge")
+
+
+def test_probed_steps_spread_over_training():
+    schedule = checkpoint_steps(load_preset("cpu").train)
+    chosen = probed_steps(schedule, 10)
+    assert len(chosen) == 10 and {0, schedule[-1]} <= chosen and chosen <= set(schedule)
+    assert probed_steps(schedule, 0) == set(schedule) == probed_steps(schedule, 999)
+    assert probed_steps([0, 6, 12], 2) == {0, 12}
