@@ -1,0 +1,175 @@
+"""This run's rows in ``results.duckdb``, and the slicing and formatting shared by the report
+page (``tasks.report``) and its figures (``tasks.figures``).
+
+Which rows belong to the run: ``runs.run_id -> runs.train_key``; checkpoint metrics and phases
+by ``train_key``; probe rows by ``checkpoint_key`` among that training run's checkpoints, and,
+when ``stage_runs`` names probe keys for this run, only those probe keys. Rows of one checkpoint
+left from several probe configurations are averaged (the page notes it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from tasks.results import ResultsDB
+
+MEAN_LAYER = -1
+MAIN_FEATURES = ("direction", "rel_start", "facing_wall")
+PROBE_KINDS = ("linear", "mlp1", "mlp2")
+PREFERRED_KIND = "mlp1"
+PLOT_SPLIT = "test"
+ORIGINAL = "original"
+PHASE_ORDER = ("babbling", "syntax", "semantics")
+FEATURE_NAMES = {"direction": "facing direction", "rel_start": "position rel. to start",
+                 "facing_wall": "facing a wall"}
+
+
+class RunData:
+    """This run's rows, read once from DuckDB."""
+
+    def __init__(self, db: ResultsDB, run_id: str, preset: str, notes: list[str]):
+        self.notes = notes
+        self.run_id = run_id
+        self.preset = preset
+        runs = db.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if runs.empty:
+            notes.append(f"run {run_id!r} is not in the runs table; nothing to report.")
+            self.run = None
+            self.train_key = None
+        else:
+            self.run = runs.iloc[0].to_dict()
+            self.train_key = self.run.get("train_key")
+            if self.run.get("preset") and preset and self.run["preset"] != preset:
+                notes.append(f"run {run_id!r} was recorded with preset {self.run['preset']!r}, "
+                             f"the report was asked for preset {preset!r}.")
+            if not isinstance(self.train_key, str) or not self.train_key:
+                notes.append(f"run {run_id!r} has no training key (status "
+                             f"{self.run.get('status')!r}); no checkpoints to report.")
+                self.train_key = None
+        tk = self.train_key
+        empty = lambda t: db.query(f'SELECT * FROM "{t}" WHERE false')  # noqa: E731
+        if tk is None:
+            self.checkpoints = empty("checkpoints")
+            self.metrics = empty("checkpoint_metrics")
+            self.phases = empty("phases")
+            self.summary = empty("probe_summary")
+            self.controls = empty("controls")
+            self.interventions = empty("interventions")
+            return
+        self.checkpoints = db.query(
+            "SELECT * FROM checkpoints WHERE train_key = ? ORDER BY step", [tk])
+        self.metrics = db.query(
+            "SELECT * FROM checkpoint_metrics WHERE train_key = ? ORDER BY step, metric", [tk])
+        self.phases = db.query("SELECT * FROM phases WHERE train_key = ?", [tk])
+        run_keys = set(db.query("SELECT DISTINCT key FROM stage_runs WHERE run_id = ?",
+                                [run_id])["key"])
+        self.summary = self._probe_rows(db, "probe_summary", tk, run_keys)
+        self.controls = self._probe_rows(db, "controls", tk, run_keys)
+        self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
+
+    def _probe_rows(self, db: ResultsDB, table: str, tk: str, run_keys: set) -> pd.DataFrame:
+        df = db.query(f'SELECT t.* FROM "{table}" t JOIN checkpoints c ON t.checkpoint_key = c.key '
+                      "WHERE c.train_key = ?", [tk])
+        if df.empty:
+            return df
+        mine = df["probe_key"].isin(run_keys)
+        if mine.any():
+            df = df[mine]
+        return df.reset_index(drop=True)
+
+    # -- helpers
+    def metric_frame(self) -> pd.DataFrame:
+        """step x metric (wide), one row per checkpoint."""
+        if self.metrics.empty:
+            return pd.DataFrame()
+        wide = self.metrics.pivot_table(index="step", columns="metric", values="value",
+                                        aggfunc="mean")
+        return wide.sort_index()
+
+    def last_step(self) -> int | None:
+        steps = []
+        if not self.checkpoints.empty:
+            steps.append(int(self.checkpoints["step"].max()))
+        if not self.metrics.empty:
+            steps.append(int(self.metrics["step"].max()))
+        return max(steps) if steps else None
+
+    def probe_curve(self, *, semantics=ORIGINAL, offset=0, layer=MEAN_LAYER, split=PLOT_SPLIT):
+        """probe_summary rows for one slice, duplicates (several probe keys) averaged."""
+        s = self.summary
+        if s.empty:
+            return s
+        s = s[(s["semantics"] == semantics) & (s["split"] == split) & (s["layer"] == layer)]
+        if offset is not None:
+            s = s[s["offset"] == offset]
+        return dedupe(s, ["step", "feature", "offset", "probe", "layer"],
+                      ["mean", "ci_low", "ci_high"], self.notes, "probe_summary")
+
+
+def dedupe(df, keys, values, notes, what):
+    """``df`` sorted by ``keys``; rows sharing ``keys`` (several probe configurations) averaged
+    over ``values``, with a note saying so."""
+    if df.empty:
+        return df
+    if df.duplicated(keys).any():
+        msg = (f"{what}: some checkpoints have rows from several probe configurations; "
+               "their values are averaged.")
+        if msg not in notes:
+            notes.append(msg)
+        df = df.groupby(keys, as_index=False)[values].mean()
+    return df.sort_values(keys).reset_index(drop=True)
+
+
+def r_squared(x, y) -> float | None:
+    """R^2 of the least-squares line y ~ a x + b; None with fewer than 3 points or no spread."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    a, b = np.polyfit(x, y, 1)
+    ss_res = float(np.sum((y - (a * x + b)) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - ss_res / ss_tot
+
+
+def content_points(d: RunData) -> pd.DataFrame:
+    """(step, acc_spec, semantic_content) of the checkpoints that have both."""
+    m = d.metric_frame()
+    if m.empty or "acc_spec" not in m or "semantic_content" not in m:
+        return pd.DataFrame(columns=["step", "acc_spec", "semantic_content"])
+    pts = m[["acc_spec", "semantic_content"]].dropna().reset_index()
+    return pts
+
+
+def pick_kind(kinds) -> str | None:
+    """The probe kind to show when a figure shows one: mlp1, else the largest known kind."""
+    kinds = [k for k in kinds if isinstance(k, str)]
+    if not kinds:
+        return None
+    if PREFERRED_KIND in kinds:
+        return PREFERRED_KIND
+    known = [k for k in PROBE_KINDS if k in kinds]
+    return known[-1] if known else sorted(kinds)[0]
+
+
+def ordered_features(df) -> list[str]:
+    """The features present in ``df``: the main ones in their order, then the rest sorted."""
+    present = list(dict.fromkeys(df["feature"])) if not df.empty else []
+    main = [f for f in MAIN_FEATURES if f in present]
+    return main + sorted(f for f in present if f not in MAIN_FEATURES)
+
+
+def pct(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def pp(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:+.1f} pp"
+
+
+def num(v, fmt="{:.3f}") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
