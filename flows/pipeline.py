@@ -6,6 +6,10 @@ dataset -> train (publishing checkpoints as it goes) -> per checkpoint: evaluate
 Evaluation and activation dumps of early checkpoints start while training continues
 (``overlap=True``): the flow polls the store for newly published checkpoints. Only this flow
 process writes DuckDB; tasks hand back manifests whose artifacts hold the rows.
+
+With ``record_results=False`` (a sweep point on a worker) the flow writes neither DuckDB nor
+MLflow: it keeps a journal of what it would have recorded (``tasks.record.Journal``) on the
+shared storage, and the sweep flow, the single writer, replays it.
 """
 
 from __future__ import annotations
@@ -46,20 +50,25 @@ def _run_id() -> str:
 
 @flow(name="semprobe-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=3))
 def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace: str | None = None,
-             overlap: bool = True, progress: bool = True) -> dict:
-    """Run (or finish, or find cached) the whole study for ``preset`` with ``overrides``."""
+             overlap: bool = True, progress: bool = True, record_results: bool = True) -> dict:
+    """Run (or finish, or find cached) the whole study for ``preset`` with ``overrides``.
+
+    ``record_results=False``: write no DuckDB or MLflow, only the journal (see module doc).
+    """
     log = get_run_logger()
     ws = Workspace.at(workspace)
     root = str(ws.root)
     cfg = load_preset(preset, overrides or [])
-    db = ResultsDB(ws.db_path)
     run_id = _run_id()
-    experiment = f"semprobe-{preset}"
-    init_tracking(ws.root, experiment)
-    parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(), tags={"prefect_flow_run": run_id})
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    rec = record.Recorder(db, run_id, parent)
+    if record_results:
+        experiment = f"semprobe-{preset}"
+        init_tracking(ws.root, experiment)
+        parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(), tags={"prefect_flow_run": run_id})
+        rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent)
+    else:
+        rec = record.Journal(run_id)
     training = None
     STOP.clear()
     try:
@@ -101,13 +110,17 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
 
         phases = phase_metrics(root, cfg.probe, [o for o in probe_outs], rec.checkpoint_rows())
         rec.phases(phases, tkey)
-        report = build_report(root, run_id, preset)
-        rec.report(report)
         rec.run(preset, cfg, ds["key"], tkey, started, status="finished")
-        finish_run(parent, "FINISHED")
-        log.info("finished in %.0fs; report: %s", time.perf_counter() - t0, report["html"])
-        return {"run_id": run_id, "dataset": ds["key"], "train": tkey, "report": report["html"],
-                "checkpoints": len(per_ckpt), "seconds": time.perf_counter() - t0}
+        out = {"run_id": run_id, "dataset": ds["key"], "train": tkey, "checkpoints": len(per_ckpt)}
+        if record_results:
+            report = build_report(root, run_id, preset)
+            rec.report(report)
+            finish_run(parent, "FINISHED")
+            out["report"] = report["html"]
+        else:
+            out["journal"] = str(rec.write(root))
+        log.info("finished in %.0fs", time.perf_counter() - t0)
+        return {**out, "seconds": time.perf_counter() - t0}
     except BaseException:
         # SIGTERM (Prefect raises it here as TerminationSignal) or Ctrl-C: training checkpoints
         # at its next step and stops, so a rerun resumes from there rather than from scratch.
@@ -115,5 +128,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         if training is not None:
             training.wait(timeout=120)
         rec.run(preset, cfg, None, None, started, status="failed")
-        finish_run(parent, "FAILED")
+        if record_results:
+            finish_run(parent, "FAILED")
+        else:
+            rec.write(root)
         raise

@@ -2,11 +2,18 @@
 
 Only the flow process uses this module: it is the single DuckDB writer. Every row comes from a
 stage artifact, so a cached rerun writes identical rows again (upserts are idempotent).
+
+A process that must not write (a sweep point on a worker) records into a :class:`Journal`
+instead: the same calls, as JSON, written to ``<workspace>/journals/<run_id>.json`` on the
+shared storage. The sweep flow, the single writer, :func:`replay`\ s a journal into a Recorder;
+the rows still come from the artifacts the journal points to.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,9 +27,27 @@ MEAN_LAYER = -1  # the layer column's value for the layer-mean representation
 
 
 class Recorder:
-    def __init__(self, db: ResultsDB, run_id: str, mlflow_parent: str):
+    """Writes DuckDB rows and, when ``mlflow_parent`` is a run id, MLflow runs (``None``: DuckDB
+    only, e.g. when a sweep re-records a point that MLflow already holds)."""
+
+    def __init__(self, db: ResultsDB, run_id: str, mlflow_parent: str | None):
         self.db, self.run_id, self.parent = db, run_id, mlflow_parent
         self._metrics: dict[int, dict] = {}
+
+    def _log(self, metrics: dict, step: int, run: str | None = None) -> None:
+        if self.parent:
+            tracking.log_metrics_by_step(run or self.parent, metrics, step)
+
+    def _child(self, name: str, params: dict, metrics: dict, step: int) -> None:
+        if self.parent:
+            child = tracking.nested_run(self.parent, name, params)
+            tracking.log_metrics_by_step(child, metrics, step)
+            tracking.finish_run(child)
+
+    def _remember(self, ckpt: dict, ev: dict) -> None:
+        step = int(ckpt["step"])
+        self._metrics[step] = {"step": step, "checkpoint_key": ckpt["key"], "eval_key": ev["key"],
+                               "tokens_seen": ckpt["tokens_seen"], **ev["metrics"]}
 
     def stage(self, out: dict) -> None:
         self.db.upsert("stage_runs", [{
@@ -30,19 +55,21 @@ class Recorder:
             "seconds": out["seconds"], "finished_at": datetime.now(timezone.utc),
         }])
 
-    def run(self, preset, cfg, data_key, train_key, started, status) -> None:
-        row = {"run_id": self.run_id, "preset": preset, "config": cfg.as_dict(), "data_key": data_key,
+    def run(self, preset, cfg, data_key, train_key, started, status, finished_at=None) -> None:
+        config = cfg if isinstance(cfg, dict) else cfg.as_dict()
+        row = {"run_id": self.run_id, "preset": preset, "config": config, "data_key": data_key,
                "train_key": train_key, "started_at": started, "status": status}
         if status != "running":
-            row["finished_at"] = datetime.now(timezone.utc)
+            row["finished_at"] = finished_at or datetime.now(timezone.utc)
         self.db.upsert("runs", [row])
 
     def dataset(self, ds: dict, cfg) -> None:
         self.stage(ds)
-        self.db.upsert("datasets", [{"key": ds["key"], "config": asdict(cfg), "stats": ds["meta"]["stats"]}])
+        config = cfg if isinstance(cfg, dict) else asdict(cfg)
+        self.db.upsert("datasets", [{"key": ds["key"], "config": config, "stats": ds["meta"]["stats"]}])
         stats = {f"data.{s}.{k}": v for s, st in ds["meta"]["stats"].items() for k, v in st.items()
                  if isinstance(v, (int, float))}
-        tracking.log_metrics_by_step(self.parent, stats, 0)
+        self._log(stats, 0)
 
     def checkpoint(self, ckpt: dict, ev: dict) -> None:
         self.stage(ev)
@@ -53,11 +80,9 @@ class Recorder:
         self.db.upsert("checkpoint_metrics", [
             {"checkpoint_key": ckpt["key"], "train_key": ckpt["train_key"], "step": step, "metric": k, "value": v}
             for k, v in metrics.items()])
-        self._metrics[step] = {"step": step, "checkpoint_key": ckpt["key"], "eval_key": ev["key"], "tokens_seen": ckpt["tokens_seen"], **metrics}
-        tracking.log_metrics_by_step(self.parent, metrics, step)
-        child = tracking.nested_run(self.parent, f"checkpoint-{step}", {"step": step, "key": ckpt["key"]})
-        tracking.log_metrics_by_step(child, metrics, step)
-        tracking.finish_run(child)
+        self._remember(ckpt, ev)
+        self._log(metrics, step)
+        self._child(f"checkpoint-{step}", {"step": step, "key": ckpt["key"]}, metrics, step)
 
     def checkpoint_rows(self) -> list[dict]:
         return [self._metrics[s] for s in sorted(self._metrics)]
@@ -74,11 +99,9 @@ class Recorder:
         summary = pd.read_parquet(folder / "probe_summary.parquet")
         test = summary[(summary["split"] == "test") & (summary["layer"] == MEAN_LAYER)]
         metrics = {f"probe.{meta['semantics']}.{r.feature}.o{r.offset}.{r.probe}": r.mean for r in test.itertuples()}
-        child = tracking.nested_run(self.parent, f"probes-{meta['step']}-{meta['semantics']}",
-                                    {"step": meta["step"], "semantics": meta["semantics"], "key": out["key"]})
-        tracking.log_metrics_by_step(child, metrics, int(meta["step"]))
-        tracking.finish_run(child)
-        tracking.log_metrics_by_step(self.parent, metrics, int(meta["step"]))
+        self._child(f"probes-{meta['step']}-{meta['semantics']}",
+                    {"step": meta["step"], "semantics": meta["semantics"], "key": out["key"]}, metrics, int(meta["step"]))
+        self._log(metrics, int(meta["step"]))
 
     def phases(self, out: dict, train_key: str) -> None:
         from tasks.phases import content_rows
@@ -92,12 +115,12 @@ class Recorder:
         rows = content_rows(out, train_key)
         self.db.upsert("checkpoint_metrics", rows)
         for r in rows:
-            tracking.log_metrics_by_step(self.parent, {"semantic_content": r["value"]}, r["step"])
-        tracking.log_metrics_by_step(self.parent, {k: v for k, v in out["meta"].items()
-                                                    if isinstance(v, (int, float)) and v is not None}, 0)
+            self._log({"semantic_content": r["value"]}, r["step"])
+        self._log({k: v for k, v in out["meta"].items() if isinstance(v, (int, float)) and v is not None}, 0)
 
     def report(self, out: dict) -> None:
-        tracking.log_artifact(self.parent, out["folder"], "report")
+        if self.parent:
+            tracking.log_artifact(self.parent, out["folder"], "report")
         try:
             from prefect.artifacts import create_link_artifact, create_table_artifact
 
@@ -107,3 +130,113 @@ class Recorder:
                                  description="Figures and the full report (self-contained HTML)")
         except Exception as e:  # the Prefect artifacts are a convenience: never lose the run for them
             print(f"warning: could not create Prefect artifacts: {e}")
+
+
+class Journal(Recorder):
+    """A Recorder that writes nothing: it keeps each call as JSON for a writer to :func:`replay`.
+
+    ``where`` says which process ran the point (host, pid, Prefect worker, pinned device).
+    """
+
+    def __init__(self, run_id: str):
+        super().__init__(None, run_id, None)
+        self.calls: list[list] = []
+        self.where = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "worker": os.environ.get("PREFECT__WORKER_NAME"),
+                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    def _keep(self, name: str, *args) -> None:
+        # NaN metrics stay NaN (Python's JSON writes and reads them); the replay stores NULL
+        self.calls.append([name, json.loads(json.dumps(list(args), default=str))])
+
+    def stage(self, out):
+        self._keep("stage", out)
+
+    def run(self, preset, cfg, data_key, train_key, started, status, finished_at=None):
+        config = cfg if isinstance(cfg, dict) else cfg.as_dict()
+        finished_at = finished_at or (datetime.now(timezone.utc) if status != "running" else None)
+        self._keep("run", preset, config, data_key, train_key, _iso(started), status, _iso(finished_at))
+
+    def dataset(self, ds, cfg):
+        self._keep("dataset", ds, cfg if isinstance(cfg, dict) else asdict(cfg))
+
+    def checkpoint(self, ckpt, ev):
+        self._remember(ckpt, ev)
+        self._keep("checkpoint", ckpt, ev)
+
+    def probes(self, out):
+        self._keep("probes", out)
+
+    def phases(self, out, train_key):
+        self._keep("phases", out, train_key)
+
+    def report(self, out):  # the report reads DuckDB: the writer builds it after replaying
+        pass
+
+    def status(self) -> str | None:
+        """The last run status recorded ('running', 'finished' or 'failed')."""
+        runs = [args for name, args in self.calls if name == "run"]
+        return runs[-1][5] if runs else None
+
+    def stages(self) -> list[dict]:
+        """Every stage summary the journal mentions (for checking they are still complete)."""
+        out = []
+        for name, args in self.calls:
+            if name == "checkpoint":
+                out.append(args[1])
+            elif name in ("stage", "dataset", "probes", "phases"):
+                out.append(args[0])
+        return out
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "where": self.where, "calls": self.calls}
+
+    def write(self, ws_root: str | os.PathLike) -> Path:
+        """Write atomically to ``<ws_root>/journals/<run_id>.json`` (the shared storage)."""
+        path = journal_path(ws_root, self.run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.as_dict(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, ws_root: str | os.PathLike, run_id: str) -> "Journal":
+        data = json.loads(journal_path(ws_root, run_id).read_text())
+        j = cls(data["run_id"])
+        j.where, j.calls = data.get("where", {}), data["calls"]
+        return j
+
+
+def journal_path(ws_root: str | os.PathLike, run_id: str) -> Path:
+    return Path(ws_root) / "journals" / f"{run_id}.json"
+
+
+def replay(journal: Journal, rec: Recorder) -> None:
+    """Make ``rec`` (a real Recorder) write what ``journal`` recorded, in the same order."""
+    for name, args in journal.calls:
+        getattr(rec, name)(*args)
+
+
+def _iso(t: datetime | str | None) -> str | None:
+    return t.isoformat() if isinstance(t, datetime) else t
+
+
+def find_mlflow_run(experiment: str, tags: dict[str, str], parent: str | None = None,
+                    finished: bool = False) -> str | None:
+    """The id of a run in ``experiment`` carrying all ``tags`` (under ``parent``; FINISHED only
+    when ``finished``), or None. Lets a resubmitted sweep find the runs it logged before."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if parent:
+        clauses.append(f"tags.`mlflow.parentRunId` = '{parent}'")
+    if finished:
+        clauses.append("attributes.status = 'FINISHED'")
+    runs = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
