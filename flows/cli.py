@@ -1,4 +1,4 @@
-"""The ``semprobe`` command line: run, report, status, sql, ui.
+"""The ``semprobe`` command line: run, sweep, report, status, sql, ui.
 
 The workspace (``--workspace``, else $SEMPROBE_WORKSPACE, else ./.semprobe) is configured before
 prefect is imported, because Prefect reads its settings at import time.
@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")
     run.add_argument("--no-overlap", action="store_true", help="evaluate checkpoints only after training ends")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw = sub.add_parser("sweep", help="run a grid/list of points (YAML or TOML spec) on the gpu pool or locally")
+    sw.add_argument("spec", help="sweep spec file (.yaml/.yml/.toml); see flows/sweep.py")
+    sw.add_argument("--local", action="store_true",
+                    help="run the points one after another in this process (no Prefect server or workers)")
+    sw.add_argument("--deployment", default=None, help="deployment a point runs as (default: semprobe-pipeline/point)")
+    sw.add_argument("--max-attempts", type=int, default=3, help="runs per point before it counts as failed")
+    sw.add_argument("--dry-run", action="store_true", help="print the points and their keys, run nothing")
     rep = sub.add_parser("report", help="(re)build the report of a run from DuckDB")
     rep.add_argument("--run-id", default=None, help="default: the latest finished run")
     sql = sub.add_parser("sql", help="read-only SQL on the results database")
@@ -65,6 +72,27 @@ def cmd_run(args, ws) -> int:
 
     out = pipeline(preset=args.preset, overrides=args.overrides, workspace=str(ws.root),
                    overlap=not args.no_overlap, progress=not args.quiet)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_sweep(args, ws) -> int:
+    from flows.sweep import DEPLOYMENT, load_spec
+
+    spec = load_spec(args.spec)  # fail fast on a bad spec or override
+    if args.dry_run:
+        for p in spec.points:
+            print(f"{p.key}  {p.label}")
+        return 0
+    if not args.local and not os.environ.get("PREFECT_API_URL"):
+        raise ValueError("a distributed sweep needs a Prefect server with workers on the gpu pool: export "
+                         "PREFECT_API_URL=http://HOST:4200/api (deployments/README.md), or run with --local")
+    from flows.sweep import sweep
+
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    out = sweep(spec=spec.source, workspace=str(ws.root), mode="local" if args.local else "deployment",
+               deployment=args.deployment or DEPLOYMENT, max_attempts=args.max_attempts,
+               name=spec.name)
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -126,7 +154,7 @@ def cmd_ui(args, ws) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,291 @@
+"""Sweeps: many points (a base preset plus ``section.field=value`` overrides) run as pipelines.
+
+A spec (YAML or TOML) names a base preset, overrides every point shares, and a grid (the
+cartesian product) and/or a list of points::
+
+    name: seeds            # default: the file's stem
+    preset: smoke
+    set: {train.steps: 12}
+    grid: {train.seed: [0, 1, 2, 3], train.lr: [1e-3, 3e-4]}
+    points: [{model.n_layer: 4, train.seed: 9}]
+
+Two ways to run the points, one way to record them:
+
+* ``mode="deployment"``: each point is a run of the ``semprobe-pipeline/point`` deployment
+  (``run_deployment``), picked up by whichever worker of the ``gpu`` pool is free. The
+  idempotency key is the point's cache key (resolved config + library code + workspace), so a
+  resubmitted sweep finds its earlier runs instead of creating new ones. A run that crashed or
+  failed is resubmitted under the next key of its chain (``<key>~2``, ``<key>~3``), so a
+  resubmission walks the same chain and again creates nothing new.
+* ``mode="local"``: the points run one after another as subflows of this process, for one
+  machine with no Prefect server or workers. (Not in threads: a failing point stops training in
+  its whole process, see ``tasks.training.STOP``; Prefect's process-pool task runner broke
+  against the temporary server when tried. For points at once on one machine, run the pool
+  there: a local server and one worker per device.)
+
+Either way a point runs with ``record_results=False``: it writes no DuckDB and no MLflow, only
+a journal on the shared workspace. This flow is the single writer: it replays each finished
+point's journal into DuckDB, builds the point's report, and logs an MLflow parent run for the
+sweep whose children are the points (found again by tag when resubmitted, not duplicated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import StateType
+
+from flows.pipeline import pipeline
+from flows.presets import PRESETS, load_preset
+from tasks import record, tracking
+from tasks.cachekey import cache_key
+from tasks.report import build_report
+from tasks.results import ResultsDB
+from tasks.workspace import Workspace
+
+DEPLOYMENT = "semprobe-pipeline/point"
+LIB_PACKAGES = ["karel", "model", "probes"]  # what every stage key hashes: same key, same artifacts
+SPEC_KEYS = {"name", "preset", "set", "grid", "points"}
+POLL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str                   # the overrides that vary between points, e.g. "train.seed=3"
+    overrides: tuple[str, ...]   # every override, shared ones first
+    key: str                     # hash of the resolved config and the library code
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    preset: str
+    points: tuple[Point, ...]
+    source: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps([self.name, self.preset, [p.key for p in self.points]]).encode()).hexdigest()[:16]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def point_key(preset: str, overrides) -> str:
+    """The point's cache key: its resolved config (so spelling a default out changes nothing)
+    and the code of the libraries and stages it runs."""
+    cfg = load_preset(preset, list(overrides))
+    return cache_key("point", cfg.as_dict(), [], LIB_PACKAGES)
+
+
+def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
+    """A spec from its parsed YAML/TOML; every point is validated against the preset."""
+    if not isinstance(data, dict):
+        raise ValueError("sweep spec: expected a mapping with preset, set, grid and/or points")
+    unknown = set(data) - SPEC_KEYS
+    if unknown:
+        raise ValueError(f"sweep spec: unknown key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+    preset = str(data.get("preset", "cpu"))
+    if preset not in PRESETS:
+        raise ValueError(f"sweep spec: preset {preset!r} is not one of {sorted(PRESETS)}")
+    shared = [f"{k}={_fmt(v)}" for k, v in (data.get("set") or {}).items()]
+    grid = data.get("grid") or {}
+    for k, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"sweep spec: grid {k!r} must be a non-empty list")
+    varying = [[f"{k}={_fmt(v)}" for k, v in zip(grid, combo)] for combo in itertools.product(*grid.values())] \
+        if grid else []
+    for p in data.get("points") or []:
+        if not isinstance(p, dict):
+            raise ValueError(f"sweep spec: each of points must be a mapping, got {p!r}")
+        varying.append([f"{k}={_fmt(v)}" for k, v in p.items()])
+    if not varying:
+        varying = [[]] if shared else []
+    if not varying:
+        raise ValueError("sweep spec: no points (give a grid, points, or set)")
+    points, seen = [], {}
+    for vary in varying:
+        overrides = tuple(shared + vary)
+        key = point_key(preset, overrides)  # raises ValueError naming a bad override
+        label = " ".join(vary) or "base"
+        if key in seen:
+            raise ValueError(f"sweep spec: points {seen[key]!r} and {label!r} are the same config")
+        seen[key] = label
+        points.append(Point(label, overrides, key))
+    return SweepSpec(str(data.get("name") or name), preset, tuple(points), source=data)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    p = Path(path)
+    text = p.read_text()
+    data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    return parse_spec(data, name=p.stem)
+
+
+# ------------------------------------------------------------------ recording (the single writer)
+class SweepRecorder:
+    """DuckDB rows and MLflow runs of a sweep's points, idempotent across resubmissions."""
+
+    def __init__(self, ws: Workspace, spec: SweepSpec, flow_run_id: str):
+        self.ws, self.spec = ws, spec
+        self.db = ResultsDB(ws.db_path)
+        self.experiment = f"semprobe-{spec.preset}"
+        tracking.init_tracking(ws.root, self.experiment)
+        self.parent = record.find_mlflow_run(self.experiment, {"semprobe.sweep": spec.key})
+        if self.parent is None:
+            self.parent = tracking.start_parent_run(
+                self.experiment, f"sweep-{spec.name}", {"sweep": spec.source, "points": len(spec.points)},
+                tags={"semprobe.sweep": spec.key, "prefect_flow_run": flow_run_id})
+
+    def point(self, point: Point, journal: record.Journal) -> dict:
+        """Replay a finished point into DuckDB (always: upserts are idempotent) and MLflow (once)."""
+        logged = record.find_mlflow_run(self.experiment, {"semprobe.point": point.key},
+                                        parent=self.parent, finished=True)
+        child = None
+        if logged is None:
+            cfg = load_preset(self.spec.preset, list(point.overrides))
+            child = tracking.nested_run(self.parent, point.label, cfg.as_dict(), tags={
+                "semprobe.point": point.key, "prefect_flow_run": journal.run_id,
+                **{f"where.{k}": v for k, v in journal.where.items() if v is not None}})
+        rec = record.Recorder(self.db, journal.run_id, child)
+        record.replay(journal, rec)
+        report = build_report(str(self.ws.root), journal.run_id, self.spec.preset)
+        rec.report(report)
+        if child:
+            tracking.finish_run(child)
+        return {"report": report["html"], "mlflow_run": child or logged}
+
+    def finish(self, ok: bool) -> None:
+        tracking.finish_run(self.parent, "FINISHED" if ok else "FAILED")
+
+
+def _journal_if_complete(ws: Workspace, run_id: str) -> record.Journal | None:
+    """The finished point's journal, if it exists and every artifact it names is still complete."""
+    try:
+        journal = record.Journal.read(ws.root, run_id)
+    except (OSError, ValueError, KeyError):
+        return None
+    if journal.status() != "finished":
+        return None
+    store = ws.store
+    if not all(store.is_complete(s["stage"], s["key"], verify="stat") for s in journal.stages()):
+        return None
+    return journal
+
+
+# ------------------------------------------------------------------ deployment mode
+def _idempotency_key(point: Point, ws: Workspace, attempt: int) -> str:
+    # the workspace is part of it: the same point in another workspace is another run
+    where = hashlib.sha256(str(ws.root).encode()).hexdigest()[:8]
+    return f"semprobe-point-{point.key}-{where}" + (f"~{attempt}" if attempt > 1 else "")
+
+
+def _submit(deployment: str, spec: SweepSpec, point: Point, ws: Workspace, attempt: int):
+    from prefect.deployments import run_deployment
+
+    return run_deployment(
+        deployment, timeout=0, idempotency_key=_idempotency_key(point, ws, attempt),
+        flow_run_name=f"{spec.name}-{point.label}".replace(" ", "-")[:100] + (f"-try{attempt}" if attempt > 1 else ""),
+        parameters={"preset": spec.preset, "overrides": list(point.overrides), "workspace": str(ws.root),
+                    "record_results": False, "progress": False},
+        tags=["semprobe-sweep", f"sweep:{spec.name}"])
+
+
+def _run_deployments(spec: SweepSpec, ws: Workspace, rec: SweepRecorder, deployment: str,
+                     max_attempts: int, poll_s: float) -> list[dict]:
+    from prefect import get_client
+
+    log = get_run_logger()
+    status = {p.key: {"point": p.label, "key": p.key, "attempt": 1, "flow_runs": []} for p in spec.points}
+    pending = {p.key: p for p in spec.points}
+    runs = {}
+    for p in spec.points:
+        runs[p.key] = _submit(deployment, spec, p, ws, 1)
+    with get_client(sync_client=True) as client:
+        while pending:
+            for key, p in list(pending.items()):
+                fr = client.read_flow_run(runs[key].id)
+                st = status[key]
+                if str(fr.id) not in st["flow_runs"]:
+                    st["flow_runs"].append(str(fr.id))
+                if not fr.state or not fr.state.is_final():
+                    continue
+                journal = _journal_if_complete(ws, str(fr.id)) if fr.state.type == StateType.COMPLETED else None
+                if journal is not None:
+                    st.update(state="finished", flow_run=str(fr.id), where=journal.where,
+                              **rec.point(p, journal))
+                    del pending[key]
+                    log.info("point %s finished (flow run %s on %s)", p.label, fr.name, journal.where.get("worker"))
+                elif st["attempt"] < max_attempts:
+                    st["attempt"] += 1
+                    log.warning("point %s: flow run %s ended %s; submitting attempt %d",
+                                p.label, fr.name, fr.state.name, st["attempt"])
+                    runs[key] = _submit(deployment, spec, p, ws, st["attempt"])
+                else:
+                    st.update(state="failed", flow_run=str(fr.id), detail=f"{fr.state.name}: {fr.state.message}")
+                    del pending[key]
+            if pending:
+                time.sleep(poll_s)
+    return [status[p.key] for p in spec.points]
+
+
+# ------------------------------------------------------------------ local mode
+def _run_local(spec: SweepSpec, ws: Workspace, rec: SweepRecorder) -> list[dict]:
+    log = get_run_logger()
+    out = []
+    for p in spec.points:
+        st = {"point": p.label, "key": p.key, "attempt": 1}
+        try:
+            res = pipeline(preset=spec.preset, overrides=list(p.overrides), workspace=str(ws.root),
+                           record_results=False, progress=False)
+            journal = _journal_if_complete(ws, res["run_id"])
+        except Exception as e:
+            journal, res = None, e
+        if journal is None:
+            st.update(state="failed", detail=repr(res)[:500])
+            log.error("point %s failed: %r", p.label, res)
+        else:
+            st.update(state="finished", flow_run=journal.run_id, where=journal.where, **rec.point(p, journal))
+            log.info("point %s finished", p.label)
+        out.append(st)
+    return out
+
+
+# ------------------------------------------------------------------ the flow
+@flow(name="semprobe-sweep")
+def sweep(spec: dict, workspace: str | None = None, mode: str = "deployment", deployment: str = DEPLOYMENT,
+          max_attempts: int = 3, poll_s: float = POLL_S, name: str = "sweep") -> dict:
+    """Run every point of ``spec`` (a parsed YAML/TOML sweep spec), record them, return a summary."""
+    if mode not in ("deployment", "local"):
+        raise ValueError(f"sweep mode must be 'deployment' or 'local', not {mode!r}")
+    ws = Workspace.at(workspace)
+    s = parse_spec(spec, name)
+    from prefect.runtime import flow_run
+
+    t0 = time.perf_counter()
+    rec = SweepRecorder(ws, s, str(flow_run.id))
+    if mode == "deployment":
+        points = _run_deployments(s, ws, rec, deployment, max_attempts, poll_s)
+    else:
+        points = _run_local(s, ws, rec)
+    ok = all(p["state"] == "finished" for p in points)
+    rec.finish(ok)
+    out = {"sweep": s.name, "key": s.key, "mlflow_run": rec.parent, "ok": ok, "points": points,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    if not ok:
+        failed = [p["point"] for p in points if p["state"] != "finished"]
+        raise RuntimeError(f"sweep {s.name}: {len(failed)} point(s) did not finish: {failed}; summary: {json.dumps(out, default=str)}")
+    return out
