@@ -38,7 +38,7 @@ def _smoke() -> StudyConfig:
         "smoke",
         DataConfig(n_train_generated=400, n_val=40, n_test=40, shard_size=1000),
         m, t,
-        EvalConfig(n_test_specs=20, n_val_samples=8, n_unconstrained=8, batch_size=16),
+        EvalConfig(n_test_specs=20, n_val_samples=8, batch_size=16),
         ActivationConfig(n_train_specs=60, n_test_specs=20, batch_size=32),
         ProbeConfig(offsets=(-1, 0, 1), kinds=("linear", "mlp1"), seeds=2, epochs=5, max_train_pairs=5000),
     )
@@ -48,7 +48,9 @@ def _cpu() -> StudyConfig:
     m, t = mcfg.cpu()
     return StudyConfig(
         "cpu", DataConfig(n_train_generated=200_000, n_val=2_000, n_test=2_000), m, t,
-        EvalConfig(), ActivationConfig(), ProbeConfig(),
+        EvalConfig(n_test_specs=300, n_val_samples=100, batch_size=100),
+        ActivationConfig(n_train_specs=600, n_test_specs=200, checkpoints=5, batch_size=100),
+        ProbeConfig(seeds=3, epochs=20, max_train_pairs=8000),
     )
 
 
@@ -56,7 +58,7 @@ def _paper() -> StudyConfig:
     m, t = mcfg.paper()
     return StudyConfig(
         "paper", DataConfig.paper(), m, t,
-        EvalConfig(n_test_specs=10_000, n_val_samples=2_000, n_unconstrained=1_000, batch_size=512),
+        EvalConfig(n_test_specs=10_000, n_val_samples=2_000, batch_size=512),
         ActivationConfig(n_train_specs=50_000, n_test_specs=10_000, batch_size=512),
         ProbeConfig(seeds=5, epochs=100),
     )

@@ -15,7 +15,6 @@ class EvalConfig:
 
     n_test_specs: int = 500  # test specs (lengths 1..10) decoded with the grammar
     n_val_samples: int = 200  # val samples for perplexity
-    n_unconstrained: int = 100  # specs decoded without the grammar (does syntax parse?)
     batch_size: int = 128
 
 
