@@ -46,7 +46,9 @@ class TrainConfig:
 
     ``chunk``: most probes trained side by side (memory/cache, not results); ``eval_every``:
     val accuracy (model selection) every that many epochs and at the last epoch;
-    ``bf16``: bfloat16 matmul inputs (float32 accumulation).
+    ``bf16``: bfloat16 matmul inputs (float32 accumulation); ``threads``: intra-op threads while
+    training (1 is the robust choice on a small shared machine: the ops are small and an OpenMP
+    team whose other thread is descheduled waits for it at every op).
     """
 
     epochs: int = 100
@@ -58,6 +60,7 @@ class TrainConfig:
     chunk: int = 16
     eval_every: int = 1
     bf16: bool = True
+    threads: int | None = None  # torch intra-op threads while training (None: leave as is)
 
 
 def head_columns(heads: list[tuple[int, ...]]):
@@ -94,6 +97,22 @@ def head_scores(logits: torch.Tensor, target: torch.Tensor, col_head, col_start)
         nll = nll - torch.where(has, logp, torch.zeros_like(logp))
         correct &= (lg.argmax(-1) == col[..., 0]) | ~has
     return nll, correct
+
+
+def head_nll(logits: torch.Tensor, target: torch.Tensor, col_head, col_start) -> torch.Tensor:
+    """Per-row summed cross-entropy (p, B) (``head_scores`` without the correctness)."""
+    logits = logits.float()
+    nll = None
+    for k in range(col_start.shape[1]):
+        in_head = col_head == k
+        lg = logits if bool(in_head[:, :].all()) else logits.masked_fill(~in_head[:, None, :], _NEG)
+        tgt = target[..., k]
+        has = tgt >= 0
+        col = (col_start[:, k:k + 1] + tgt.clamp_min(0))[..., None]
+        logp = torch.log_softmax(lg, dim=-1).gather(-1, col)[..., 0]
+        term = torch.where(has, -logp, torch.zeros_like(logp))
+        nll = term if nll is None else nll + term
+    return nll
 
 
 def predict_columns(logits: torch.Tensor, col_head, col_start) -> torch.Tensor:
@@ -183,8 +202,7 @@ class ProbeChunk(nn.Module):
         h = self._bn_relu(0, h)
         w0 = self.hidden[0]
         outs = []
-        for p in range(n):
-            hp = h[:, p * w0:(p + 1) * w0]
+        for p, hp in enumerate(h.split(w0, dim=1)):  # split: its backward is one concat
             for k in range(1, len(self.hidden)):
                 width = self.hidden[k]
                 hp = hp @ self._cast(self.layer_weight(k, p))
@@ -329,7 +347,8 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
 
     Returns (best_epoch (p,), best val accuracy (p,) or None, history).
     """
-    opt = torch.optim.AdamW(chunk.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(chunk.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                            fused=True)  # one pass over each tensor (same update rule)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     g = torch.Generator().manual_seed(int(shuffle_seed))
     n, p = xs.shape[0], chunk.n_probes
@@ -343,8 +362,8 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
         order = torch.randperm(n, generator=g)
         for s in range(0, n, config.batch_size):
             idx = order[s:s + config.batch_size]
-            nll, _ = head_scores(chunk.forward_standardised(xs[idx]), target[:, idx],
-                                 chunk.col_head, chunk.col_start)
+            nll = head_nll(chunk.forward_standardised(xs[idx]), target[:, idx],
+                           chunk.col_head, chunk.col_start)
             loss = nll.mean(1).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -408,6 +427,17 @@ def fit_stacked(
     p = target.shape[0]
     if len(seeds) != p or len(heads) != p:
         raise ValueError(f"seeds/heads: expected {p} of each, got {len(seeds)}, {len(heads)}")
+    prev_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    try:
+        return _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val) -> Fitted:
+    p = target.shape[0]
     best_epoch = np.full(p, config.epochs)
     best_acc = np.full(p, np.nan)
     histories = []

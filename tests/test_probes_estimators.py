@@ -70,3 +70,17 @@ def test_bad_shapes_raise():
         MLPProbe(hidden=(), epochs=1).fit(x, y)
     with pytest.raises(ValueError, match="features"):
         LinearProbe(epochs=1).fit(x, y).score(x[:, :3], y)
+
+
+def test_few_steps_start_from_the_majority():
+    # one batch per epoch, 5 epochs: the head bias starts at the log label prior, so a probe
+    # with too few steps to learn anything still predicts the majority class
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 16)) + 3.0
+    y = np.zeros(600, int)
+    for probe in (LinearProbe(seed=0, epochs=5, batch_size=1024),
+                  MLPProbe(hidden=(32,), seed=0, epochs=5, batch_size=1024)):
+        assert probe.fit(x[:400], y[:400]).score(x[400:], y[400:]) == 1.0
+    y = (rng.random(600) < 0.8).astype(int)  # 80% ones, independent of x
+    acc = LinearProbe(seed=0, epochs=5, batch_size=1024).fit(x[:400], y[:400]).score(x[400:], y[400:])
+    assert acc >= (y[400:] == 1).mean() - 0.05
