@@ -19,6 +19,7 @@ import uuid
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
+from tqdm.auto import tqdm
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
@@ -70,6 +71,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     else:
         rec = record.Journal(run_id)
     training = None
+    ds, tkey = {}, None
     STOP.clear()
     try:
         ds = generate_dataset(root, cfg.data)
@@ -97,14 +99,15 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         submit_new()
 
         probe_futures = []
-        for key, (c, ev, acts) in sorted(per_ckpt.items(), key=lambda kv: kv[1][0]["step"]):
+        ordered = sorted(per_ckpt.values(), key=lambda v: v[0]["step"])
+        for c, ev, acts in tqdm(ordered, desc="evaluate checkpoints", unit="ckpt", disable=not progress):
             rec.checkpoint(c, ev.result())
             if acts is None:
                 continue
             a = acts.result()
             rec.stage(a)
             probe_futures += [train_probes.submit(root, cfg.probe, a, sem) for sem in cfg.probe.semantics]
-        probe_outs = [f.result() for f in probe_futures]
+        probe_outs = [f.result() for f in tqdm(probe_futures, desc="probe grids", unit="grid", disable=not progress)]
         for out in probe_outs:
             rec.probes(out)
 
@@ -127,7 +130,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         STOP.set()
         if training is not None:
             training.wait(timeout=120)
-        rec.run(preset, cfg, None, None, started, status="failed")
+        rec.run(preset, cfg, ds.get("key"), tkey, started, status="failed")
         if record_results:
             finish_run(parent, "FAILED")
         else:
