@@ -8,7 +8,11 @@ Batched arm: ``probes.grid.probe_grid`` (one stacked pass per kind). Baseline ar
 each probe's own rows with the same split, epochs and val selection. The baseline is timed on
 ``--sample`` probes per kind and extrapolated to the 45 probes of that kind (stated in output).
 
-Run: .venv/bin/python benchmarks/bench_probes.py [--epochs 1] [--sample 2]
+Both arms run with ``--threads`` torch threads (default 1: on this 2-core machine, shared with
+other work, a 2-thread OpenMP team stalls whenever one of its threads is descheduled).
+
+Run: .venv/bin/python benchmarks/bench_probes.py [--epochs 1] [--sample 2] [--threads 1]
+     [--only grid|baseline]
 """
 
 from __future__ import annotations
@@ -64,7 +68,10 @@ def main():
     ap.add_argument("--sample", type=int, default=2, help="baseline probes timed per kind")
     ap.add_argument("--programs", type=int, default=17800)
     ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", choices=("grid", "baseline"), default=None)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     labels, hidden = make_data(args.programs, args.width)
     config = GridConfig(semantics=SEMANTICS, seeds=(0,), report=("test",),
                         train=TrainConfig(epochs=args.epochs))
@@ -74,20 +81,28 @@ def main():
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"probes: 135, training pairs per probe (offset 0): {n_train}, width {args.width}, "
           f"epochs {args.epochs}")
-    t = time.perf_counter()
-    df = probe_grid(hidden, labels, config)
-    grid_s = time.perf_counter() - t
-    print(f"batched grid: {grid_s:.1f} s ({len(df)} rows)")
+    grid_s = None
+    if args.only != "baseline":
+        t, c = time.perf_counter(), time.process_time()
+        df = probe_grid(hidden, labels, config)
+        grid_s = time.perf_counter() - t
+        print(f"batched grid: {grid_s:.1f} s wall, {time.process_time() - c:.1f} s cpu "
+              f"({len(df)} rows; mean test accuracy by probe: "
+              f"{df.groupby('probe')['accuracy'].mean().round(3).to_dict()})", flush=True)
+    if args.only == "grid":
+        return
     rng = np.random.default_rng(0)
     total = 0.0
+    c = time.process_time()
     for kind in config.probes:
         per = one_at_a_time(labels, hidden, config, kind, args.sample, rng)
         total += per * 45
         print(f"one at a time, {kind}: {per:.2f} s per probe (mean of {args.sample}) -> "
-              f"{per * 45:.1f} s for 45 probes")
-    print(f"one at a time (extrapolated): {total:.1f} s")
-    print(f"ratio one-at-a-time / batched: {total / grid_s:.2f}x")
-    print(f"grid time projected to 100 epochs: {grid_s / args.epochs * 100 / 60:.0f} min")
+              f"{per * 45:.1f} s for 45 probes", flush=True)
+    print(f"one at a time (extrapolated): {total:.1f} s wall "
+          f"(sampled probes: {time.process_time() - c:.1f} s cpu)")
+    if grid_s is not None:
+        print(f"ratio one-at-a-time / batched: {total / grid_s:.2f}x")
 
 
 if __name__ == "__main__":

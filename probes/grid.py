@@ -1,5 +1,7 @@
 """The probe grid: every feature x offset x semantics (x task) probe of one set of hidden states,
-trained in one stacked pass per (seed, probe kind).
+trained in one stacked call per (seed, probe kind). Inside it (``probes.stacked``) the probes
+that share their rows (one offset: all features, semantics and tasks) train side by side on
+exactly those rows, one group after another.
 
 Splits are by **program**: a seed draws a train/val/test assignment of program indices, so no
 program contributes rows to two splits of a probe. The seed also fixes the minibatch order and
@@ -114,7 +116,7 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
                 layer="mean") -> pd.DataFrame:
     """Train every task's probes at once on rows ``x`` (n, d); ``program`` (n,) for the split.
 
-    One stacked pass per (seed, probe kind) holds all tasks.
+    One stacked call per (seed, probe kind) holds all tasks (grouped by shared rows inside).
     """
     config.check()
     x = np.asarray(x)
