@@ -7,6 +7,7 @@ prefect is imported, because Prefect reads its settings at import time.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -57,7 +58,12 @@ def main(argv=None) -> int:
 
 
 def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
+    """Exit now, without waiting for evaluation threads still in flight: their artifacts are
+    written atomically, so an unfinished one simply does not exist yet. Training has already
+    checkpointed (the flow stops it first). atexit handlers still run: they stop Prefect's
+    temporary server, which would otherwise be left behind."""
+    atexit._run_exitfuncs()
+    os._exit(128 + signum)
 
 
 def cmd_run(args, ws) -> int:
@@ -66,8 +72,7 @@ def cmd_run(args, ws) -> int:
     load_preset(args.preset, args.overrides)  # fail fast on a bad preset or override
     from flows.pipeline import pipeline
 
-    # Prefect turns SIGTERM into a flow crash and then re-sends it: exit through SystemExit so
-    # atexit handlers run (they stop Prefect's temporary server, which would otherwise linger).
+    # Prefect turns SIGTERM into a flow crash (the flow stops training) and then re-sends it.
     signal.signal(signal.SIGTERM, _exit_on_signal)
 
     out = pipeline(preset=args.preset, overrides=args.overrides, workspace=str(ws.root),

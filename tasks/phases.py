@@ -56,8 +56,9 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
     train_key = checkpoint_rows[0]["checkpoint_key"].rsplit("-s", 1)[0] if checkpoint_rows else ""
 
     def compute(tmp: Path) -> dict:
-        results = pd.concat([pd.read_parquet(Path(o["path"]) / "probe_results.parquet") for o in probe_outs],
-                            ignore_index=True) if probe_outs else pd.DataFrame()
+        files = [Path(o["path"]) / "probe_results.parquet" for o in probe_outs]
+        frames = [pd.read_parquet(f) for f in files if f.exists()]  # a grid with no pairs has none
+        results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         inter = interventions(results) if not results.empty else pd.DataFrame()
         meta: dict = {}
         if not inter.empty:

@@ -60,6 +60,10 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
     def compute(tmp: Path) -> dict:
         a = _subsample(load_activations(acts), cfg.max_train_pairs)
         labels = make_labels(a["programs"], a["inputs"], (semantics,), cfg.features, cfg.offsets, cfg.drop_last)
+        if not any(labels.valid(o).any() for o in cfg.offsets):
+            # e.g. a babbling model that closes every program at once: nothing to probe, and an
+            # artifact that says so (no result files) rather than a failed run
+            return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": 0}
         hidden = a["hidden"].astype(np.float32)
         grid = grid_config(cfg, semantics)
         controls = []

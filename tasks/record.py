@@ -96,6 +96,8 @@ class Recorder:
             if path.exists():
                 self.db.upsert(table, pd.read_parquet(path))
         meta = out["meta"]
+        if not (folder / "probe_summary.parquet").exists():  # nothing was probed (no action pairs)
+            return
         summary = pd.read_parquet(folder / "probe_summary.parquet")
         test = summary[(summary["split"] == "test") & (summary["layer"] == MEAN_LAYER)]
         metrics = {f"probe.{meta['semantics']}.{r.feature}.o{r.offset}.{r.probe}": r.mean for r in test.itertuples()}

@@ -1,0 +1,31 @@
+"""The probe stage on activations with nothing to probe: an artifact that says so, not a crash."""
+
+import numpy as np
+
+import karel
+from tasks.probing import train_probes
+from tasks.record import Recorder
+from tasks.results import ResultsDB
+from tasks.stage_configs import ProbeConfig
+
+
+def fake_activations(tmp_path, programs):
+    folder = tmp_path / "acts"
+    folder.mkdir()
+    n = len(programs)
+    worlds = karel.random_worlds(np.random.default_rng(0), n * 10)
+    np.savez(folder / "activations.npz", programs=programs, lengths=(programs >= 0).sum(1),
+             hidden=np.zeros((n, programs.shape[1], 8), np.float16), is_test=np.zeros(n, bool),
+             spec_ids=np.arange(n), walls=worlds.walls, markers=worlds.markers, row=worlds.row,
+             col=worlds.col, dir=worlds.dir)
+    return {"key": "actsk", "path": str(folder), "meta": {"step": 3, "checkpoint_key": "t-s0000003"}, "status": "cached"}
+
+
+def test_programs_closed_at_once_give_an_empty_grid(tmp_path):
+    acts = fake_activations(tmp_path, np.full((20, 14), -1, np.int8))
+    cfg = ProbeConfig(offsets=(0,), kinds=("linear",), seeds=2, epochs=1)
+    out = train_probes.fn(str(tmp_path / "ws"), cfg, acts, "original")
+    assert out["status"] == "computed" and out["meta"]["n_pairs"] == 0
+    db = ResultsDB(tmp_path / "r.duckdb")
+    Recorder(db, "run", None).probes(out)  # records the stage, no rows, no error
+    assert db.count("probe_results") == 0 and db.count("stage_runs") == 1
