@@ -7,7 +7,6 @@ prefect is imported, because Prefect reads its settings at import time.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import signal
@@ -58,12 +57,9 @@ def main(argv=None) -> int:
 
 
 def _exit_on_signal(signum, frame):
-    """Exit now, without waiting for evaluation threads still in flight: their artifacts are
-    written atomically, so an unfinished one simply does not exist yet. Training has already
-    checkpointed (the flow stops it first). atexit handlers still run: they stop Prefect's
-    temporary server, which would otherwise be left behind."""
-    atexit._run_exitfuncs()
-    os._exit(128 + signum)
+    from flows.pipeline import exit_now
+
+    exit_now(128 + signum)
 
 
 def cmd_run(args, ws) -> int:

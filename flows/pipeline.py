@@ -14,6 +14,8 @@ shared storage, and the sweep flow, the single writer, replays it.
 
 from __future__ import annotations
 
+import atexit
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -38,6 +40,31 @@ from tasks.training import STOP, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace
 
 POLL_S = 1.0
+
+
+def exit_now(code: int) -> None:
+    """Leave the process at once, without waiting for task threads still in flight (evaluations,
+    probe grids): their artifacts are written atomically, so an unfinished one simply does not
+    exist yet, and training has already checkpointed. atexit handlers still run: they stop
+    Prefect's temporary server, which would otherwise be left behind."""
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def _termination_code(exc: BaseException) -> int | None:
+    """Exit code for a SIGTERM (Prefect's TerminationSignal) or Ctrl-C; None for other errors."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    signum = getattr(exc, "signal", None)
+    return 128 + int(signum) if type(exc).__name__ == "TerminationSignal" and signum else None
+
+
+def _result(future):
+    """A task future's result, waiting in short slices so SIGTERM and Ctrl-C are handled at once
+    (a single blocking wait can hold the signal until the task finishes)."""
+    while not future.state.is_final():
+        future.wait(timeout=POLL_S)
+    return future.result()
 
 
 def _run_id() -> str:
@@ -94,20 +121,20 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         while overlap and not training.state.is_final():
             submit_new()
             time.sleep(POLL_S)
-        trained = training.result()
+        trained = _result(training)
         rec.stage(trained)
         submit_new()
 
         probe_futures = []
         ordered = sorted(per_ckpt.values(), key=lambda v: v[0]["step"])
         for c, ev, acts in tqdm(ordered, desc="evaluate checkpoints", unit="ckpt", disable=not progress):
-            rec.checkpoint(c, ev.result())
+            rec.checkpoint(c, _result(ev))
             if acts is None:
                 continue
-            a = acts.result()
+            a = _result(acts)
             rec.stage(a)
             probe_futures += [train_probes.submit(root, cfg.probe, a, sem) for sem in cfg.probe.semantics]
-        probe_outs = [f.result() for f in tqdm(probe_futures, desc="probe grids", unit="grid", disable=not progress)]
+        probe_outs = [_result(f) for f in tqdm(probe_futures, desc="probe grids", unit="grid", disable=not progress)]
         for out in probe_outs:
             rec.probes(out)
 
@@ -124,7 +151,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             out["journal"] = str(rec.write(root))
         log.info("finished in %.0fs", time.perf_counter() - t0)
         return {**out, "seconds": time.perf_counter() - t0}
-    except BaseException:
+    except BaseException as exc:
         # SIGTERM (Prefect raises it here as TerminationSignal) or Ctrl-C: training checkpoints
         # at its next step and stops, so a rerun resumes from there rather than from scratch.
         STOP.set()
@@ -135,4 +162,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             finish_run(parent, "FAILED")
         else:
             rec.write(root)
+        code = _termination_code(exc)
+        if code is not None:
+            # Prefect's task runner would otherwise wait for every task in flight to finish
+            exit_now(code)
         raise

@@ -49,8 +49,10 @@ def _cpu() -> StudyConfig:
     return StudyConfig(
         "cpu", DataConfig(n_train_generated=200_000, n_val=2_000, n_test=2_000), m, t,
         EvalConfig(n_test_specs=300, n_val_samples=100, batch_size=100),
-        ActivationConfig(n_train_specs=600, n_test_specs=200, checkpoints=5, batch_size=100),
-        ProbeConfig(seeds=3, epochs=20, max_train_pairs=8000),
+        # sized from a run on a loaded machine (eval ~35 s, activations ~50 s per checkpoint,
+        # a probe grid a few minutes at 8,000 pairs x 20 epochs, all when the machine is quiet)
+        ActivationConfig(n_train_specs=400, n_test_specs=100, checkpoints=4, batch_size=100),
+        ProbeConfig(seeds=3, epochs=10, max_train_pairs=4000),
     )
 
 

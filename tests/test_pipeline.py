@@ -69,6 +69,12 @@ def test_first_run_fills_every_table_and_report(ws):
         [mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").get_experiment_by_name("semprobe-smoke").experiment_id])
     names = {r.info.run_name for r in runs}
     assert {"checkpoint-0", "checkpoint-12", "probes-12-original"} <= names
+    # Prefect: the report's key table and a link to it on the flow run page
+    import sqlite3
+
+    with sqlite3.connect(ws / "prefect" / "prefect.db") as con:
+        keys = {k for (k,) in con.execute("SELECT key FROM artifact")}
+    assert {"semprobe-summary", "semprobe-report"} <= keys
 
 
 def test_rerun_recomputes_nothing_and_results_are_identical(ws):
