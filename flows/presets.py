@@ -49,10 +49,11 @@ def _cpu() -> StudyConfig:
     return StudyConfig(
         "cpu", DataConfig(n_train_generated=200_000, n_val=2_000, n_test=2_000), m, t,
         EvalConfig(n_test_specs=300, n_val_samples=100, batch_size=100),
-        # sized from a run on a loaded machine (eval ~35 s, activations ~50 s per checkpoint,
-        # a probe grid a few minutes at 8,000 pairs x 20 epochs, all when the machine is quiet)
-        ActivationConfig(n_train_specs=400, n_test_specs=100, checkpoints=4, batch_size=100),
-        ProbeConfig(seeds=3, epochs=10, max_train_pairs=4000),
+        # sized for ~60 minutes from stage times measured on the quiet 2-core machine (RESULTS.md):
+        # training ~34 min, evaluation ~18 s x 15 checkpoints, activations ~20 s and the three
+        # probe grids ~2 min for each of 5 probed checkpoints
+        ActivationConfig(n_train_specs=600, n_test_specs=150, checkpoints=5, batch_size=100),
+        ProbeConfig(seeds=3, epochs=15, max_train_pairs=6000),
     )
 
 
