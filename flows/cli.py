@@ -141,8 +141,8 @@ def cmd_ui(args, ws) -> int:
     prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200"]
     mlflow = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", "5000",
               "--backend-store-uri", os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ws.root / 'mlflow.db'}")]
-    print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {' '.join(prefect[1:])}  -> http://127.0.0.1:4200")
-    print(f"MLflow UI:  {' '.join(mlflow[1:])}  -> http://127.0.0.1:5000")
+    print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {' '.join(prefect)}  -> http://127.0.0.1:4200")
+    print(f"MLflow UI:  {' '.join(mlflow)}  -> http://127.0.0.1:5000")
     print("Runs made with the temporary server appear in the Prefect UI when both use the same PREFECT_HOME.")
     if args.start:
         procs = [subprocess.Popen(prefect), subprocess.Popen(mlflow)]
