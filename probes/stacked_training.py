@@ -1,0 +1,264 @@
+"""Training many probes at once: grouping by shared rows, chunking, AdamW epochs, per-probe
+selection of the best epoch on val, and evaluation.
+
+Probes whose train and val rows are the same form a *group*: the group trains on exactly its
+rows, with one input standardisation (mean/std over its training rows), one minibatch order
+(seeded by ``shuffle_seed``) and no padding rows. A group is split into *chunks* of at most
+``TrainConfig.chunk`` probes (``stacked_modules.ProbeChunk``), trained one after another (the
+chunk size changes the arithmetic layout, not the estimators: every chunk of a group sees the
+same minibatches). Each head's output bias starts at the log prior of its training labels, so a
+probe starts from the majority prediction (few steps never leave a probe below the majority
+baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .stacked_modules import ProbeChunk, StackedProbes, head_nll, head_scores
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of every probe (PAPER.md, "Probing"; ``lr_decay`` is [inferred]).
+
+    ``chunk``: most probes trained side by side (memory/cache, not results); ``eval_every``:
+    val accuracy (model selection) every that many epochs and at the last epoch;
+    ``bf16``: bfloat16 matmul inputs (float32 accumulation); ``threads``: intra-op threads while
+    training (1 is the robust choice on a small shared machine: the ops are small and an OpenMP
+    team whose other thread is descheduled waits for it at every op).
+    """
+
+    epochs: int = 100
+    lr: float = 0.02
+    weight_decay: float = 0.2
+    lr_decay: float = 0.95  # ExponentialLR gamma, stepped once per epoch
+    batch_size: int = 1024
+    eval_batch: int = 4096
+    chunk: int = 16
+    eval_every: int = 1
+    bf16: bool = True
+    threads: int | None = None  # torch intra-op threads while training (None: leave as is)
+
+
+def _standardise(chunk: ProbeChunk, x: torch.Tensor) -> None:
+    """Mean/std of the training inputs of a group (float64 sums)."""
+    mean = torch.zeros(x.shape[1], dtype=torch.float64)
+    sq = torch.zeros(x.shape[1], dtype=torch.float64)
+    for s in range(0, x.shape[0], 16384):
+        xd = x[s:s + 16384].double()
+        mean += xd.sum(0)
+        sq += xd.square().sum(0)
+    n = max(x.shape[0], 1)
+    mean /= n
+    std = (sq / n - mean.square()).clamp_min(0).sqrt()
+    chunk.mean.copy_(mean.float())
+    chunk.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).float())
+
+
+def _prior_bias(chunk: ProbeChunk, target: torch.Tensor) -> None:
+    """Each head's output bias := log prior of its training labels (``target`` (p, n, H))."""
+    with torch.no_grad():
+        for p, hs in enumerate(chunk.heads):
+            start = 0
+            for k, size in enumerate(hs):
+                counts = torch.bincount(target[p, :, k].clamp_min(0), minlength=size)[:size]
+                prior = counts.double() / max(int(counts.sum()), 1)
+                chunk.out_bias[p, start:start + size] = prior.clamp_min(1e-6).log().float()
+                start += size
+
+
+@torch.no_grad()
+def _chunk_hits(chunk: ProbeChunk, xs: torch.Tensor, target: torch.Tensor, batch: int):
+    """(p,) correct rows of standardised ``xs`` (all rows scored), eval mode."""
+    chunk.eval()
+    hits = torch.zeros(chunk.n_probes, dtype=torch.float64)
+    for s in range(0, xs.shape[0], batch):
+        _, correct = head_scores(chunk.forward_standardised(xs[s:s + batch]),
+                                 target[:, s:s + batch], chunk.col_head, chunk.col_start)
+        hits += correct.sum(1).double()
+    return hits
+
+
+@torch.no_grad()
+def evaluate(model: StackedProbes, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+             batch: int = 4096):
+    """(accuracy (p,), n (p,)) over the rows with weight > 0, in eval mode.
+
+    Each chunk scores only the rows its probes use (their union).
+    """
+    model.eval()
+    hits = torch.zeros(model.n_probes, dtype=torch.float64)
+    for c, idx in zip(model.chunks, model.index):
+        rows = torch.nonzero((weight[idx] > 0).any(0))[:, 0]
+        w, tgt = weight[idx][:, rows] > 0, target[idx][:, rows]
+        xs = c.standardise(x[rows])
+        for s in range(0, len(rows), batch):
+            _, correct = head_scores(c.forward_standardised(xs[s:s + batch]),
+                                     tgt[:, s:s + batch], c.col_head, c.col_start)
+            hits[idx] += (correct & w[:, s:s + batch]).sum(1).double()
+    n = (weight > 0).sum(1).double()
+    acc = torch.where(n > 0, hits / n.clamp_min(1), torch.full_like(hits, float("nan")))
+    return acc.numpy(), n.long().numpy()
+
+
+@dataclass
+class Fitted:
+    model: StackedProbes
+    best_epoch: np.ndarray  # (p,) 1-based epoch chosen on val (last epoch without val)
+    val_accuracy: np.ndarray | None  # (p,) at the chosen epoch
+    history: list  # per-evaluated-epoch val accuracy (p,) arrays
+
+
+def _groups(weight: torch.Tensor, val_weight: torch.Tensor | None) -> list[list[int]]:
+    """Probes with identical train (and val) rows, in first-appearance order."""
+    keys: dict[bytes, list[int]] = {}
+    w = (weight > 0).numpy()
+    vw = None if val_weight is None else (val_weight > 0).numpy()
+    for p in range(w.shape[0]):
+        key = np.packbits(w[p]).tobytes() + (b"" if vw is None else np.packbits(vw[p]).tobytes())
+        keys.setdefault(key, []).append(p)
+    return list(keys.values())
+
+
+def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_seed: int):
+    """Train one chunk on its rows (standardised ``xs``, ``target`` (p, n, H)); val = (xs, target).
+
+    Returns (best_epoch (p,), best val accuracy (p,) or None, history).
+    """
+    opt = torch.optim.AdamW(chunk.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                            fused=True)  # one pass over each tensor (same update rule)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
+    g = torch.Generator().manual_seed(int(shuffle_seed))
+    n, p = xs.shape[0], chunk.n_probes
+    best_acc = np.full(p, -np.inf)
+    best_epoch = np.full(p, config.epochs)
+    best_state = None
+    history = []
+    every = max(1, int(config.eval_every))
+    for epoch in range(1, config.epochs + 1):
+        chunk.train()
+        order = torch.randperm(n, generator=g)
+        for s in range(0, n, config.batch_size):
+            idx = order[s:s + config.batch_size]
+            nll = head_nll(chunk.forward_standardised(xs[idx]), target[:, idx],
+                           chunk.col_head, chunk.col_start)
+            loss = nll.mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        if val is not None and (epoch % every == 0 or epoch == config.epochs):
+            n_val = val[0].shape[0]
+            hits = _chunk_hits(chunk, *val, batch=config.eval_batch)
+            acc = (hits / n_val).numpy() if n_val else np.full(p, np.nan)
+            history.append(acc)
+            better = np.nan_to_num(acc, nan=-1.0) > best_acc
+            if best_state is None or better.any():
+                state = chunk.state_dict()
+                if best_state is None:
+                    best_state = {k: v.clone() for k, v in state.items()}
+                else:
+                    for k, v in state.items():
+                        if k in ("col_head", "col_start", "mean", "scale"):
+                            continue
+                        best_state[k] = _select(k, v, best_state[k], better, p)
+            best_acc = np.where(better, acc, best_acc)
+            best_epoch = np.where(better, epoch, best_epoch)
+    if best_state is not None:
+        chunk.load_state_dict(best_state)
+    chunk.eval()
+    return best_epoch, (None if val is None else best_acc), history
+
+
+def _select(key: str, new: torch.Tensor, old: torch.Tensor, better: np.ndarray, n: int):
+    """Per-probe choice between two states of one chunk tensor (``better`` (n,) bool)."""
+    name, _, sub = key.partition(".")
+    if name in ("w0", "deep"):  # one tensor per probe (deep: layer-major)
+        return new.clone() if better[int(sub) % n] else old
+    # probe-major: out_bias (n, K); BatchNorm vectors (n * width,)
+    m = torch.from_numpy(better).repeat_interleave(new.shape[0] // n)
+    return torch.where(m.view(-1, *([1] * (new.ndim - 1))), new, old)
+
+
+def fit_stacked(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    heads: list[tuple[int, ...]],
+    hidden: tuple[int, ...],
+    seeds,
+    shuffle_seed: int,
+    config: TrainConfig = TrainConfig(),
+    val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> Fitted:
+    """Train probes on rows ``x`` (N, d) with ``target`` (p, N, H), 0/1 ``weight`` (p, N).
+
+    With ``val`` = (x_val, target_val, weight_val) every probe keeps its own best epoch on val
+    (strictly best, so the earliest among ties).
+    """
+    if x.ndim != 2 or target.shape[1] != x.shape[0] or weight.shape != target.shape[:2]:
+        raise ValueError(
+            f"shapes: x {tuple(x.shape)}, target {tuple(target.shape)}, weight {tuple(weight.shape)}"
+        )
+    if not bool(((weight == 0) | (weight == 1)).all()):
+        raise ValueError("weight: expected 0/1 row weights (a probe uses a row or not)")
+    p = target.shape[0]
+    if len(seeds) != p or len(heads) != p:
+        raise ValueError(f"seeds/heads: expected {p} of each, got {len(seeds)}, {len(heads)}")
+    prev_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    try:
+        return _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val) -> Fitted:
+    p = target.shape[0]
+    best_epoch = np.full(p, config.epochs)
+    best_acc = np.full(p, np.nan)
+    histories = []
+    chunks, index = [], []
+    for group in _groups(weight, None if val is None else val[2]):
+        rows = torch.nonzero(weight[group[0]] > 0)[:, 0]
+        vrows = None if val is None else torch.nonzero(val[2][group[0]] > 0)[:, 0]
+        xs = xv = None
+        for s in range(0, len(group), max(1, int(config.chunk))):
+            idx = group[s:s + max(1, int(config.chunk))]
+            chunk = ProbeChunk(x.shape[1], hidden, [heads[i] for i in idx],
+                               [seeds[i] for i in idx], bf16=config.bf16)
+            if xs is None:
+                _standardise(chunk, x[rows])
+                xs = chunk.standardise(x[rows])
+                if val is not None:
+                    xv = chunk.standardise(val[0][vrows])
+                mean, scale = chunk.mean.clone(), chunk.scale.clone()
+            else:
+                chunk.mean.copy_(mean)
+                chunk.scale.copy_(scale)
+            tgt = target[idx][:, rows]
+            _prior_bias(chunk, tgt)
+            v = None if val is None else (xv, val[1][idx][:, vrows])
+            be, ba, hist = _fit_chunk(chunk, xs, tgt, v, config, shuffle_seed)
+            best_epoch[idx] = be
+            if ba is not None:
+                best_acc[idx] = ba
+            histories.append((idx, hist))
+            chunks.append(chunk)
+            index.append(idx)
+    history = []
+    n_eval = max((len(h) for _, h in histories), default=0)
+    for e in range(n_eval):
+        a = np.full(p, np.nan)
+        for idx, h in histories:
+            if e < len(h):
+                a[idx] = h[e]
+        history.append(a)
+    model = StackedProbes(chunks, index, heads)
+    model.eval()
+    return Fitted(model, best_epoch, None if val is None else best_acc, history)
