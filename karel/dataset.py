@@ -118,6 +118,12 @@ def _generate_rows(cfg: DataConfig, split: str, start: int, stop: int) -> dict[s
         rows = _rows(programs, worlds, execute_batch(programs, worlds), chunk * GEN_CHUNK)
         lo, hi = max(start - chunk * GEN_CHUNK, 0), min(stop - chunk * GEN_CHUNK, len(programs))
         parts.append({k: v[lo:hi] for k, v in rows.items()})
+    if not parts:  # an empty range (a split of size 0): the same columns with no rows
+        rng = np.random.default_rng(0)
+        programs = random_programs(rng, np.ones(1, int), cfg.token_weights, width=max(cfg.lengths))
+        worlds = random_worlds(rng, cfg.n_worlds)
+        rows = _rows(programs, worlds, execute_batch(programs, worlds), start)
+        return {k: v[:0] for k, v in rows.items()}
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

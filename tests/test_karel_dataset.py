@@ -112,3 +112,17 @@ def test_bad_config_is_named():
         karel.DataConfig(n_spec=11)
     with pytest.raises(ValueError, match="split"):
         karel.load_split(".", "holdout")
+
+
+def test_empty_split_loads_as_empty_samples(tmp_path):
+    cfg = karel.DataConfig(n_train_generated=40, n_val=7, n_test=0, n_worlds=4, n_spec=2)
+    m = karel.generate_dataset(cfg, tmp_path / "d")
+    assert m["splits"]["test"]["shards"] == []
+    test, val = karel.load_split(tmp_path / "d", "test"), karel.load_split(tmp_path / "d", "val")
+    assert len(test) == 0 and len(val) == 7
+    assert test.ids.shape == (0,) and test.ids.dtype == val.ids.dtype
+    assert test.programs.shape == (0, max(cfg.lengths)) and test.programs.dtype == val.programs.dtype
+    for got, ref in ((test.inputs, val.inputs), (test.outputs, val.outputs)):
+        for name in ("walls", "markers", "row", "col", "dir"):
+            a, b = getattr(got, name), getattr(ref, name)
+            assert a.shape == (0, *b.shape[1:]) and a.dtype == b.dtype, name
