@@ -8,6 +8,8 @@
 #                     (default: unset = unlimited; each worker is limited to WORKER_SLOTS
 #                     runs by worker.sh, one GPU slot per worker by default)
 #   ZOMBIE_WITHIN     seconds without a heartbeat before a run counts as crashed (default 90)
+#   SEMPROBE_RESULTS_URL  remote Prefect result storage (e.g. s3://bucket/semprobe/results):
+#                     saved as the block remote-file-system/semprobe-results (default: unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PREFECT_API_URL:?export PREFECT_API_URL=http://HOST:4200/api (see deployments/README.md)}"
@@ -40,5 +42,9 @@ except ValueError:
     pass
 print(f"automation {spec['name']!r}: {Automation.model_validate(spec).create().id}")
 PYTHON
+
+if [ -n "${SEMPROBE_RESULTS_URL:-}" ]; then  # the block that worker.sh points Prefect at
+  "$PY" -c 'from tasks.result_storage import save_results_block as s; print("result storage:", s() or "a local path")'
+fi
 
 prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml

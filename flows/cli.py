@@ -1,7 +1,9 @@
 """The ``semprobe`` command line: run, sweep, report, status, sql, ui.
 
 The workspace (``--workspace``, else $SEMPROBE_WORKSPACE, else ./.semprobe) is configured before
-prefect is imported, because Prefect reads its settings at import time.
+prefect is imported, because Prefect reads its settings at import time. ``--artifacts`` (else
+$SEMPROBE_ARTIFACTS) and ``--results-url`` (else $SEMPROBE_RESULTS_URL) put the artifact store and
+Prefect's result storage on shared storage (fsspec URLs: a path, s3://, gs://, ...).
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from tasks.workspace import configure_environment
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semprobe", description=__doc__.splitlines()[0])
     p.add_argument("--workspace", default=None, help="folder for artifacts, results, MLflow and Prefect state")
+    p.add_argument("--artifacts", default=None, metavar="URL",
+                   help="artifact store: a path or fsspec URL, e.g. s3://bucket/semprobe/artifacts "
+                        "(default: $SEMPROBE_ARTIFACTS, else WORKSPACE/artifacts)")
+    p.add_argument("--results-url", default=None, metavar="URL",
+                   help="persist Prefect results there (default: $SEMPROBE_RESULTS_URL, else not persisted)")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole study for a preset (cached stages are skipped)")
     for sp in (run, sub.add_parser("status", help="which stages are done or missing for a preset")):
@@ -46,10 +53,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    ws = configure_environment(args.workspace)
+    try:
+        ws = configure_environment(args.workspace, args.artifacts, args.results_url)
+    except (ValueError, ImportError) as e:  # an unknown protocol, or its fsspec package missing
+        print(f"semprobe: error: {e}", file=sys.stderr)
+        return 2
     from tasks.results import DatabaseLockedError
 
     try:
+        if args.command in ("run", "sweep") and not getattr(args, "dry_run", False):
+            from tasks.result_storage import save_results_block
+
+            save_results_block()  # a remote results URL: Prefect's block must exist on the server
         return COMMANDS[args.command](args, ws)
     except (ValueError, FileNotFoundError, PermissionError, DatabaseLockedError) as e:
         print(f"semprobe: error: {e}", file=sys.stderr)

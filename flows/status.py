@@ -23,7 +23,7 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
 
     def row(stage, key, detail=""):
         done = store.is_complete(stage, key, verify="stat")
-        exists = store.path(stage, key).exists()
+        exists = store.exists(stage, key)
         state = "done" if done else ("corrupt" if exists else "missing")
         return {"stage": stage, "key": key, "state": state, "detail": detail}
 

@@ -161,7 +161,7 @@ class SweepRecorder:
                 "semprobe.point": point.key, "prefect_flow_run": journal.run_id,
                 **{f"where.{k}": v for k, v in journal.where.items() if v is not None}})
         rec = record.Recorder(self.db, journal.run_id, child)
-        record.replay(journal, rec)
+        record.replay(journal, rec, store=self.ws.store)
         report = build_report(str(self.ws.root), journal.run_id, self.spec.preset)
         rec.report(report)
         if child:

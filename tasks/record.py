@@ -214,10 +214,22 @@ def journal_path(ws_root: str | os.PathLike, run_id: str) -> Path:
     return Path(ws_root) / "journals" / f"{run_id}.json"
 
 
-def replay(journal: Journal, rec: Recorder) -> None:
-    """Make ``rec`` (a real Recorder) write what ``journal`` recorded, in the same order."""
+def replay(journal: Journal, rec: Recorder, store=None) -> None:
+    """Make ``rec`` (a real Recorder) write what ``journal`` recorded, in the same order.
+
+    With ``store`` (the artifact store), the calls that read artifact files (probes, phases)
+    get their ``path`` resolved again on this machine: a worker recorded its own path, which for
+    a remote store is its local cache (the other artifacts are not downloaded)."""
     for name, args in journal.calls:
+        if store is not None and name in ("probes", "phases"):
+            args = [_localized(a, store) for a in args]
         getattr(rec, name)(*args)
+
+
+def _localized(arg, store):
+    if isinstance(arg, dict) and {"stage", "key", "path"} <= set(arg):
+        return {**arg, "path": str(store.path(arg["stage"], arg["key"]))}
+    return arg
 
 
 def _iso(t: datetime | str | None) -> str | None:

@@ -18,8 +18,11 @@ Typical use (what :meth:`ArtifactStore.ensure` does)::
             ... write files under tmp ...
     return store.manifest(stage, key)
 
-TODO: fsspec URLs (s3://, gs://). Only local paths and ``file://`` URLs are supported; an NFS
-mount works as a local path as long as it supports flock (Linux NFSv4 does).
+``root`` is a path, a ``file://`` URL or any other fsspec URL. Paths and ``file://`` URLs are
+the local store above (an NFS mount works as a local path as long as it supports flock; Linux
+NFSv4 does). Any other protocol (``s3://``, ``gs://``, ``memory://``, ``local://``...) gives a
+:class:`tasks.remote_store.RemoteArtifactStore`: the same layout at the URL, written through a
+local staging folder and read through a verified local cache copy (see that module).
 """
 
 from __future__ import annotations
@@ -87,18 +90,59 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class ArtifactStore:
-    """Local artifact store rooted at ``root`` (a path or a ``file://`` URL)."""
+def is_remote_url(url: str | os.PathLike) -> bool:
+    """True for a URL with a protocol other than ``file`` (``s3://``, ``memory://``, ...)."""
+    s = os.fspath(url)
+    return "://" in s and not s.startswith("file://")
 
-    def __init__(self, root: str | os.PathLike):
+
+@contextlib.contextmanager
+def flock_file(path: Path, timeout: float | None = None, poll_s: float = 0.05,
+               what: str = "another process is computing this artifact") -> Iterator[Path]:
+    """Exclusive fcntl.flock on ``path`` (created if missing, never deleted: deleting it would
+    let two processes lock two different inodes). Released when the block exits or the process
+    dies; each call opens its own file description, so it also excludes threads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(f"could not lock {path} within {timeout}s ({what})") from None
+                    time.sleep(poll_s)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
+        yield path
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+class ArtifactStore:
+    """Artifact store rooted at ``root``: a path or ``file://`` URL is this local store; any
+    other fsspec URL constructs a :class:`tasks.remote_store.RemoteArtifactStore` whose local
+    copies live under ``cache_dir`` (ignored by the local store)."""
+
+    def __new__(cls, root: str | os.PathLike = "", cache_dir: str | os.PathLike | None = None):
+        if cls is ArtifactStore and is_remote_url(root):
+            from tasks.remote_store import RemoteArtifactStore
+
+            return super().__new__(RemoteArtifactStore)
+        return super().__new__(cls)
+
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
         root_s = os.fspath(root)
         if root_s.startswith("file://"):
             root_s = root_s[len("file://"):]
-        elif "://" in root_s:
-            raise NotImplementedError(
-                f"artifact store {root_s!r}: only local paths and file:// URLs are supported "
-                "(fsspec object storage is a TODO)"
-            )
         self.root = Path(root_s).expanduser().absolute()
 
     def __repr__(self) -> str:
@@ -162,6 +206,10 @@ class ArtifactStore:
         if m is None:
             raise FileNotFoundError(f"no valid manifest for artifact {stage}/{key} under {self.root}")
         return m
+
+    def exists(self, stage: str, key: str) -> bool:
+        """Whether anything is stored under the key (complete or not)."""
+        return self.path(stage, key).exists()
 
     def keys(self, stage: str) -> list[str]:
         """Keys that have a folder in ``stage`` (complete or not), sorted."""
@@ -288,33 +336,8 @@ class ArtifactStore:
         The lock is released when the block exits or the process dies; the lock file is kept
         (deleting it would let two processes lock two different inodes).
         """
-        lp = self._lock_path(stage, key)
-        lp.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if timeout is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise LockTimeout(
-                                f"could not lock {lp} within {timeout}s "
-                                "(another process is computing this artifact)"
-                            ) from None
-                        time.sleep(poll_s)
-            try:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-            except OSError:
-                pass
+        with flock_file(self._lock_path(stage, key), timeout, poll_s) as lp:
             yield lp
-        finally:
-            os.close(fd)  # closing the last descriptor releases the flock
 
     # -------------------------------------------------------------- compound
     def ensure(self, stage: str, key: str, compute: Callable[[Path], dict | None],
