@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")
     run.add_argument("--no-overlap", action="store_true", help="evaluate checkpoints only after training ends")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--fanout", action="store_true",
+                     help="run the study's units on the gpu pool: one deployment run trains, one per checkpoint "
+                          "evaluates and probes; this process records (needs PREFECT_API_URL and workers)")
     sw = sub.add_parser("sweep", help="run a grid/list of points (YAML or TOML spec) on the gpu pool or locally")
     sw.add_argument("spec", help="sweep spec file (.yaml/.yml/.toml); see flows/sweep.py")
     sw.add_argument("--local", action="store_true",
@@ -85,7 +88,15 @@ def cmd_run(args, ws) -> int:
 
     # Prefect turns SIGTERM into a flow crash (the flow stops training) and then re-sends it.
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    if args.fanout:
+        if not os.environ.get("PREFECT_API_URL"):
+            raise ValueError("--fanout needs a Prefect server with workers on the gpu pool: export "
+                             "PREFECT_API_URL=http://HOST:4200/api (deployments/README.md)")
+        from flows.fanout import fanout
 
+        out = fanout(preset=args.preset, overrides=args.overrides, workspace=str(ws.root))
+        print(json.dumps(out, indent=2, default=str))
+        return 0
     out = pipeline(preset=args.preset, overrides=args.overrides, workspace=str(ws.root),
                    overlap=not args.no_overlap, progress=not args.quiet)
     print(json.dumps(out, indent=2, default=str))

@@ -3,10 +3,10 @@
 Only the flow process uses this module: it is the single DuckDB writer. Every row comes from a
 stage artifact, so a cached rerun writes identical rows again (upserts are idempotent).
 
-A process that must not write (a sweep point on a worker) records into a :class:`Journal`
-instead: the same calls, as JSON, written to ``<workspace>/journals/<run_id>.json`` on the
-shared storage. The sweep flow, the single writer, :func:`replay`\ s a journal into a Recorder;
-the rows still come from the artifacts the journal points to.
+A process that must not write (a sweep point or a deployment unit on a worker) records into a
+:class:`Journal` instead: the same calls, as JSON, written to ``<workspace>/journals/<run_id>.json``
+on the shared storage. The sweep or fan-out flow, the single writer, replays a journal into a
+Recorder (:func:`replay`); the rows still come from the artifacts the journal points to.
 """
 
 from __future__ import annotations
@@ -120,6 +120,11 @@ class Recorder:
             self._log({"semantic_content": r["value"]}, r["step"])
         self._log({k: v for k, v in out["meta"].items() if isinstance(v, (int, float)) and v is not None}, 0)
 
+    def unit(self, kind: str, status: str, info: dict | None = None) -> None:
+        """A deployment unit (``flows.units``: train one model, evaluate and probe one
+        checkpoint) started, finished or failed. Nothing to write: the study that fanned out
+        records its own ``runs`` row; the :class:`Journal` keeps it as the unit's status."""
+
     def report(self, out: dict) -> None:
         if self.parent:
             tracking.log_artifact(self.parent, out["folder"], "report")
@@ -172,13 +177,16 @@ class Journal(Recorder):
     def phases(self, out, train_key):
         self._keep("phases", out, train_key)
 
+    def unit(self, kind, status, info=None):
+        self._keep("unit", kind, status, info or {})
+
     def report(self, out):  # the report reads DuckDB: the writer builds it after replaying
         pass
 
     def status(self) -> str | None:
-        """The last run status recorded ('running', 'finished' or 'failed')."""
-        runs = [args for name, args in self.calls if name == "run"]
-        return runs[-1][5] if runs else None
+        """The last run or unit status recorded ('running', 'finished' or 'failed')."""
+        marks = [args[5] if name == "run" else args[1] for name, args in self.calls if name in ("run", "unit")]
+        return marks[-1] if marks else None
 
     def stages(self) -> list[dict]:
         """Every stage summary the journal mentions (for checking they are still complete)."""

@@ -84,6 +84,16 @@ def train_lm(ws_root: str, model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainCon
     return run_stage(ws_root, "train", key, compute, force=recomputed(dataset))
 
 
+def published_checkpoint(ws_root: str, train_key_: str, step: int) -> dict | None:
+    """One published checkpoint (its file local: a remote store downloads it), or None."""
+    store = Workspace.at(ws_root).store
+    key = checkpoint_key(train_key_, step)
+    if not store.is_complete("checkpoint", key, verify=False):
+        return None
+    m = store.manifest("checkpoint", key)
+    return {"key": key, "path": str(store.path("checkpoint", key)), **m.get("meta", {})}
+
+
 def published_checkpoints(ws_root: str, train_key_: str) -> list[dict]:
     """Checkpoints of a training run that are already published (training may still run)."""
     store = Workspace.at(ws_root).store

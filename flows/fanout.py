@@ -1,0 +1,201 @@
+"""One study fanned out over the gpu pool: a deployment run to train, one per checkpoint.
+
+``semprobe run --fanout`` (the ``semprobe-fanout`` flow) submits the ``semprobe-train/unit``
+deployment, watches the shared artifact store for the checkpoints that training publishes, and
+submits a ``semprobe-checkpoint/unit`` run for each as soon as it appears, so evaluation and
+probing of early checkpoints run on other workers while training continues (``flows.units``).
+
+Each unit is submitted with ``run_deployment(timeout=0)`` under an idempotency key made of the
+unit's cache key and the workspace, as the sweep does for points: a resubmitted study finds its
+earlier runs instead of creating new ones, and a run that crashed or failed is resubmitted
+under the next key of its chain (``<key>~2``, ``<key>~3``). This flow is the single writer: it
+replays each finished unit's journal into DuckDB and MLflow, then computes the phase metrics and
+the report itself, so the tables hold what an in-process ``semprobe run`` of the config writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.objects import StateType
+
+from flows.pipeline import _run_id, _termination_code, exit_now
+from flows.presets import StudyConfig, load_preset
+from flows.sweep import _journal_if_complete
+from flows.units import checkpoint_unit_key, train_unit_key
+from model.config import checkpoint_steps
+from tasks import record
+from tasks.dataset import dataset_key
+from tasks.phases import phase_metrics
+from tasks.report import build_report
+from tasks.results import ResultsDB
+from tasks.tracking import finish_run, init_tracking, start_parent_run
+from tasks.workspace import Workspace
+
+TRAIN_DEPLOYMENT = "semprobe-train/unit"
+CHECKPOINT_DEPLOYMENT = "semprobe-checkpoint/unit"
+POLL_S = 2.0
+
+
+def idempotency_key(kind: str, key: str, workspace: str, attempt: int = 1) -> str:
+    """``semprobe-<kind>-<unit key>-<workspace hash>``, ``~<attempt>`` after the first: the same
+    unit in another workspace is another run."""
+    where = hashlib.sha256(str(workspace).encode()).hexdigest()[:8]
+    return f"semprobe-{kind}-{key}-{where}" + (f"~{attempt}" if attempt > 1 else "")
+
+
+def published_steps(ws: Workspace, train_key_: str) -> list[int]:
+    """Steps of the checkpoints of ``train_key_`` already in the store (nothing downloaded)."""
+    store, prefix = ws.store, train_key_ + "-s"
+    return sorted(int(k[len(prefix):]) for k in store.keys("checkpoint")
+                  if k.startswith(prefix) and store.is_complete("checkpoint", k, verify=False))
+
+
+@dataclass
+class Unit:
+    """One unit of the study and the flow runs (attempts) it took."""
+
+    kind: str                      # "train" or "checkpoint"
+    label: str                     # "train", "checkpoint-6"
+    key: str                       # the unit's cache key
+    deployment: str
+    parameters: dict
+    attempt: int = 0
+    state: str = "pending"         # submitted, finished, failed
+    flow_run: str | None = None
+    flow_runs: list[str] = field(default_factory=list)
+    journal: record.Journal | None = None
+    detail: str = ""
+
+    def summary(self) -> dict:
+        where = self.journal.where if self.journal else {}
+        return {"unit": self.label, "key": self.key, "state": self.state, "attempt": self.attempt,
+                "flow_run": self.flow_run, "flow_runs": self.flow_runs, "worker": where.get("worker"),
+                **({"detail": self.detail} if self.detail else {})}
+
+
+class UnitRuns:
+    """Submits units as deployment runs and follows them to a finished journal (or failure)."""
+
+    def __init__(self, ws: Workspace, name: str, max_attempts: int):
+        self.ws, self.name, self.max_attempts = ws, name, max_attempts
+        self.units: list[Unit] = []
+
+    def submit(self, unit: Unit) -> Unit:
+        from prefect.deployments import run_deployment
+
+        unit.attempt += 1
+        fr = run_deployment(
+            unit.deployment, timeout=0, parameters=unit.parameters,
+            idempotency_key=idempotency_key(unit.kind, unit.key, str(self.ws.root), unit.attempt),
+            flow_run_name=f"{self.name}-{unit.label}"[:100] + (f"-try{unit.attempt}" if unit.attempt > 1 else ""),
+            tags=["semprobe-fanout", f"study:{self.name}"])
+        unit.flow_run, unit.state = str(fr.id), "submitted"
+        if unit.flow_run not in unit.flow_runs:
+            unit.flow_runs.append(unit.flow_run)
+        if unit not in self.units:
+            self.units.append(unit)
+        return unit
+
+    def poll(self, client) -> list[Unit]:
+        """Units whose run finished since the last poll (their journal read and complete)."""
+        done = []
+        for u in [u for u in self.units if u.state == "submitted"]:
+            fr = client.read_flow_run(u.flow_run)
+            if not fr.state or not fr.state.is_final():
+                continue
+            journal = _journal_if_complete(self.ws, u.flow_run) if fr.state.type == StateType.COMPLETED else None
+            if journal is not None:
+                u.state, u.journal = "finished", journal
+                done.append(u)
+            elif u.attempt < self.max_attempts:
+                get_run_logger().warning("%s: flow run %s ended %s; submitting attempt %d",
+                                         u.label, fr.name, fr.state.name, u.attempt + 1)
+                self.submit(u)
+            else:
+                u.state, u.detail = "failed", f"{fr.state.name}: {fr.state.message}"
+        return done
+
+    def failed(self) -> list[Unit]:
+        return [u for u in self.units if u.state == "failed"]
+
+
+def _probe_grids(journal: record.Journal, ws: Workspace) -> list[dict]:
+    """The probe-grid summaries a checkpoint unit journalled, their paths resolved here."""
+    store = ws.store
+    return [{**args[0], "path": str(store.path(args[0]["stage"], args[0]["key"]))}
+            for name, args in journal.calls if name == "probes"]
+
+
+def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recorder, ws: Workspace,
+               train_deployment: str, checkpoint_deployment: str, poll_s: float) -> list[dict]:
+    """Submit the train unit, then a checkpoint unit per published checkpoint; replay each
+    finished unit into ``rec``. Returns the probe-grid summaries of every checkpoint."""
+    log = get_run_logger()
+    tkey = train_unit_key(cfg)
+    train = runs.submit(Unit("train", "train", tkey, train_deployment, {**params, "progress": False}))
+    expected = set(checkpoint_steps(cfg.train))
+    ckpts: dict[int, Unit] = {}
+    grids: list[dict] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            for step in published_steps(ws, tkey):
+                if step in expected and step not in ckpts:
+                    ckpts[step] = runs.submit(Unit("checkpoint", f"checkpoint-{step}", checkpoint_unit_key(cfg, step),
+                                                   checkpoint_deployment, {**params, "step": step}))
+            for u in runs.poll(client):
+                record.replay(u.journal, rec, store=ws.store)
+                grids += _probe_grids(u.journal, ws)
+                log.info("%s finished (flow run %s on %s)", u.label, u.flow_run, u.journal.where.get("worker"))
+            if runs.failed():
+                raise RuntimeError(f"units did not finish: {[u.summary() for u in runs.failed()]}")
+            if train.state == "finished" and set(ckpts) == expected \
+                    and all(u.state == "finished" for u in ckpts.values()):
+                return grids
+            time.sleep(poll_s)
+
+
+@flow(name="semprobe-fanout")
+def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: str | None = None,
+           train_deployment: str = TRAIN_DEPLOYMENT, checkpoint_deployment: str = CHECKPOINT_DEPLOYMENT,
+           max_attempts: int = 3, poll_s: float = POLL_S) -> dict:
+    """The whole study for ``preset`` with ``overrides``, its units run by the gpu pool's
+    workers; records DuckDB, MLflow and the report like ``pipeline``."""
+    ws = Workspace.at(workspace)
+    root = str(ws.root)
+    cfg = load_preset(preset, overrides or [])
+    run_id, started, t0 = _run_id(), datetime.now(timezone.utc), time.perf_counter()
+    experiment = f"semprobe-{preset}"
+    init_tracking(ws.root, experiment)
+    parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(),
+                              tags={"prefect_flow_run": run_id, "semprobe.fanout": "true"})
+    rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent)
+    dkey, tkey = dataset_key(cfg.data), train_unit_key(cfg)
+    runs = UnitRuns(ws, f"{preset}-{tkey[:8]}", max_attempts)
+    try:
+        rec.run(preset, cfg, dkey, tkey, started, status="running")
+        params = {"preset": preset, "overrides": list(overrides or []), "workspace": root}
+        grids = _run_units(cfg, params, runs, rec, ws, train_deployment, checkpoint_deployment, poll_s)
+        order = {s: i for i, s in enumerate(cfg.probe.semantics)}
+        grids.sort(key=lambda g: (g["meta"]["step"], order[g["meta"]["semantics"]]))  # as the pipeline
+        phases = phase_metrics(root, cfg.probe, grids, rec.checkpoint_rows())
+        rec.phases(phases, tkey)
+        rec.run(preset, cfg, dkey, tkey, started, status="finished")
+        report = build_report(root, run_id, preset)
+        rec.report(report)
+        finish_run(parent, "FINISHED")
+        return {"run_id": run_id, "dataset": dkey, "train": tkey, "checkpoints": len(rec.checkpoint_rows()),
+                "report": report["html"], "mlflow_run": parent, "units": [u.summary() for u in runs.units],
+                "seconds": round(time.perf_counter() - t0, 1)}
+    except BaseException as exc:
+        # the units keep running on their workers: submitting the study again collects them
+        rec.run(preset, cfg, dkey, tkey, started, status="failed")
+        finish_run(parent, "FAILED")
+        code = _termination_code(exc)
+        if code is not None:
+            exit_now(code)
+        raise
