@@ -28,7 +28,7 @@ import torch
 
 import karel
 from model.config import lr_at, preset
-from model.data import PackedBlocks, tokenize
+from model.data import make_stream, tokenize
 from model.decode import generate
 from model.metrics import generation_metrics, perplexity
 from model.train import lm_loss, make_optimizer, resolve_device
@@ -55,7 +55,7 @@ def setup(m, t, train_samples, compile_model):
     model = Transformer(m).to(device).train()
     opt = make_optimizer(model, t)
     ids, lengths = tokenize(train_samples, karel.Vocab())
-    blocks = PackedBlocks(ids, lengths, t.block_len, t.seed)
+    blocks = make_stream(ids, lengths, t)
     fwd = torch.compile(model) if compile_model else model
     return device, model, fwd, opt, blocks
 

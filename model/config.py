@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 LOSS_ON = ("all", "program")
+PACKING = ("blocks", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AUTOCAST = ("auto", "bf16", "off")
 
@@ -61,14 +62,20 @@ class TrainConfig:
     min_lr: float = 0.0  # linear decay ends here (the reference's linear schedule decays to 0)
     warmup_steps: int = 100
     steps: int = 2000
-    batch_size: int = 8  # sequences (blocks) per optimizer step
+    batch_size: int = 8  # sequences (blocks, or sample rows) per optimizer step
     micro_batch: int = 0  # blocks per forward/backward (gradient accumulation); 0 = batch_size
-    block_len: int = 1024  # tokens per packed block
+    block_len: int = 1024  # tokens per packed block (per padded sample row with packing="samples")
+    # "blocks" (paper): samples back to back, cut into block_len blocks, attention across them.
+    # "samples": one whole sample per row, padded to block_len; no block starts mid-sample and
+    # attention spans one sample (~390 tokens), so steps are cheaper and every program token
+    # sees its whole specification. An option, off in the paper preset.
+    packing: str = "blocks"
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     grad_clip: float = 1.0  # 0 disables clipping
     loss_on: str = "all"  # "all" tokens (paper) or "program" tokens only
+    prompt_loss_weight: float = 1.0  # with loss_on="all": weight of spec (grid) tokens; program tokens weigh 1
     cross_sample_attention: bool = True  # the reference packs and attends across samples
     robot_markers: str = "hide"  # karel.Vocab mode: the tokenizer the model reads
     ckpt_every: int = 250  # regular checkpoints every K steps ...
@@ -86,9 +93,11 @@ class TrainConfig:
             raise ValueError(f"lr/min_lr: need lr > 0 and 0 <= min_lr <= lr, got {self.lr}, {self.min_lr}")
         if self.micro_batch and self.batch_size % self.micro_batch:
             raise ValueError(f"micro_batch: {self.micro_batch} does not divide batch_size {self.batch_size}")
+        if not 0 <= self.prompt_loss_weight <= 1:
+            raise ValueError(f"prompt_loss_weight: must be in [0, 1], got {self.prompt_loss_weight}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay/grad_clip: must be >= 0")
-        for name, allowed in (("loss_on", LOSS_ON), ("device", DEVICES), ("autocast", AUTOCAST)):
+        for name, allowed in (("loss_on", LOSS_ON), ("packing", PACKING), ("device", DEVICES), ("autocast", AUTOCAST)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
         if self.robot_markers not in ("hide", "show"):
@@ -198,7 +207,7 @@ def estimate_train_flops(model: ModelConfig, train: TrainConfig) -> float:
 
 
 __all__ = [
-    "AUTOCAST", "DEVICES", "LOSS_ON", "ModelConfig", "PRESETS", "TrainConfig", "checkpoint_steps",
+    "AUTOCAST", "DEVICES", "LOSS_ON", "ModelConfig", "PACKING", "PRESETS", "TrainConfig", "checkpoint_steps",
     "config_from_dict", "config_to_dict", "cpu", "estimate_train_flops", "lr_at", "paper", "preset",
     "replace_fields", "smoke",
 ]

@@ -1,9 +1,10 @@
-"""Training data: Karel samples tokenized and packed back to back into fixed-length blocks.
+"""Training data: Karel samples tokenized and packed into fixed-length rows.
 
-As in the reference, samples are concatenated (each ends with ``<eos>``) and cut into
-``block_len`` blocks, so attention crosses sample boundaries and a block may start mid-sample.
+As in the reference (``packing="blocks"``), samples are concatenated (each ends with ``<eos>``)
+and cut into ``block_len`` blocks, so attention crosses sample boundaries and a block may start
+mid-sample. With ``packing="samples"`` each row holds one whole sample padded to ``block_len``.
 Each epoch visits the samples in a fresh order drawn from ``(seed, epoch)``; the position in the
-stream is two integers (epoch, next block), which is all a checkpoint needs to resume exactly.
+stream is two integers (epoch, next row), which is all a checkpoint needs to resume exactly.
 """
 
 from __future__ import annotations
@@ -71,22 +72,62 @@ class PackedBlocks:
         self.epoch, self.block = int(state["epoch"]), int(state["block"])
 
 
+class SampleRows(PackedBlocks):
+    """One whole sample per row, padded to ``row_len`` + 1 tokens (same stream interface).
+
+    Padding has offset -1, so it gets no loss; it sits after the sample's ``<eos>``, so causal
+    attention never lets a real token see it.
+    """
+
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray, row_len: int, seed: int):
+        self.ids, self.lengths = ids, lengths.astype(np.int64)
+        self.block_len, self.seed = row_len, seed
+        self.epoch, self.block = 0, 0
+        longest = int(self.lengths.max())
+        if longest > row_len + 1:
+            raise ValueError(f"block_len: {row_len} is too short for packing='samples' (longest sample "
+                             f"has {longest} tokens; need block_len >= {longest - 1})")
+        self.blocks_per_epoch = len(self.ids)
+        self._stream_epoch = None
+
+    def _build(self, epoch: int) -> None:
+        self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
+        self._stream_epoch = epoch
+
+    def next_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = self.block_len + 1
+        toks = np.zeros((n, width), np.int64)
+        offs = np.full((n, width), -1, np.int64)
+        for r in range(n):
+            if self.block >= self.blocks_per_epoch:
+                self.epoch, self.block = self.epoch + 1, 0
+            if self._stream_epoch != self.epoch:
+                self._build(self.epoch)
+            i = self._order[self.block]
+            size = self.lengths[i]
+            toks[r, :size] = self.ids[i, :size]
+            offs[r, :size] = np.arange(size)
+            self.block += 1
+        return torch.from_numpy(toks), torch.from_numpy(offs)
+
+
 def batch_inputs(
     tokens: torch.Tensor, offset: torch.Tensor, cfg: TrainConfig, prompt_len: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(inputs, targets, loss_weight, doc)`` from a packed batch.
 
-    ``doc`` numbers the samples inside each block (None when attention crosses samples).
-    Program tokens are those at offset >= the prompt length: the actions, ``}`` and ``<eos>``.
+    ``doc`` numbers the samples inside each block (None when attention crosses samples, or when
+    each row is one sample). Program tokens are those at offset >= the prompt length: the
+    actions, ``}`` and ``<eos>``; spec tokens weigh ``prompt_loss_weight`` (0 with
+    ``loss_on="program"``); padding (offset -1) weighs 0.
     """
     prompt_len = karel.prompt_length() if prompt_len is None else prompt_len
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    if cfg.loss_on == "program":
-        weight = (offset[:, 1:] >= prompt_len).float()
-    else:
-        weight = torch.ones_like(targets, dtype=torch.float32)
+    target_offset = offset[:, 1:]
+    spec_weight = 0.0 if cfg.loss_on == "program" else cfg.prompt_loss_weight
+    weight = torch.where(target_offset >= prompt_len, 1.0, spec_weight) * (target_offset >= 0)
     doc = None
-    if not cfg.cross_sample_attention:
+    if not cfg.cross_sample_attention and cfg.packing == "blocks":
         doc = torch.cumsum((offset[:, :-1] == 0).long(), dim=1)
     return inputs, targets, weight, doc
 
@@ -94,4 +135,10 @@ def batch_inputs(
 def load_train_blocks(data_dir, cfg: TrainConfig, vocab: karel.Vocab, limit: int | None = None) -> PackedBlocks:
     samples = karel.load_split(data_dir, "train", limit=limit)
     ids, lengths = tokenize(samples, vocab)
-    return PackedBlocks(ids, lengths, cfg.block_len, cfg.seed)
+    return make_stream(ids, lengths, cfg)
+
+
+def make_stream(ids: np.ndarray, lengths: np.ndarray, cfg: TrainConfig) -> PackedBlocks:
+    """The training stream ``cfg.packing`` asks for."""
+    kind = SampleRows if cfg.packing == "samples" else PackedBlocks
+    return kind(ids, lengths, cfg.block_len, cfg.seed)

@@ -8,7 +8,7 @@ import karel
 from model.config import (
     ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, lr_at, preset, replace_fields,
 )
-from model.data import PackedBlocks, batch_inputs
+from model.data import PackedBlocks, SampleRows, batch_inputs
 from model.phases import label_phases
 from model.transformer import KVCache, Transformer, sample_mask
 
@@ -133,6 +133,39 @@ def test_loss_weights_and_doc_ids():
     assert doc.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1, 2]]
     _, _, w_all, d_all = batch_inputs(tokens, offset, TrainConfig(), prompt_len=3)
     assert w_all.sum() == 9 and d_all is None
+
+
+def test_sample_rows_hold_whole_samples():
+    _, ids, lengths = _toy_blocks()
+    rows = SampleRows(ids, lengths, row_len=11, seed=0)
+    seen = []
+    for _ in range(10):  # 30 samples, 3 per batch: exactly one epoch
+        tokens, offset = rows.next_batch(3)
+        assert tokens.shape == offset.shape == (3, 12)
+        for tok, off in zip(tokens, offset):
+            n = int((off >= 0).sum())
+            assert off[:n].tolist() == list(range(n)) and (off[n:] == -1).all()
+            seen.append(tok[:n].tolist())
+    assert rows.epoch == 0 and rows.block == 30
+    assert sorted(seen) == sorted(ids[i, :n].tolist() for i, n in enumerate(lengths))  # each sample once
+    again = SampleRows(ids, lengths, row_len=11, seed=0)
+    again.load_state_dict({"epoch": 0, "block": 27})
+    torch.testing.assert_close(again.next_batch(3)[0], tokens)
+    with pytest.raises(ValueError, match="block_len: 8 is too short"):
+        SampleRows(ids, lengths, row_len=8, seed=0)
+
+
+def test_padding_and_prompt_weight():
+    tokens = torch.arange(8)[None]
+    offset = torch.tensor([[0, 1, 2, 3, 4, -1, -1, -1]])
+    w = batch_inputs(tokens, offset, TrainConfig(packing="samples", prompt_loss_weight=0.25), prompt_len=3)[2]
+    assert w.tolist() == [[0.25, 0.25, 1, 1, 0, 0, 0]]
+    w = batch_inputs(tokens, offset, TrainConfig(packing="samples", loss_on="program"), prompt_len=3)[2]
+    assert w.tolist() == [[0, 0, 1, 1, 0, 0, 0]]
+    with pytest.raises(ValueError, match="prompt_loss_weight"):
+        TrainConfig(prompt_loss_weight=2.0)
+    with pytest.raises(ValueError, match="packing"):
+        TrainConfig(packing="rows")
 
 
 def test_phase_rule():
