@@ -266,8 +266,13 @@ def generate_dataset(cfg: DataConfig, out_dir, workers: int = 1, overwrite: bool
 def read_manifest(data_dir) -> dict:
     path = Path(data_dir) / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no dataset manifest (was the dataset generated?)")
-    return json.loads(path.read_text())
+        hint = " (the dataset lives in its data/ subfolder)" if (Path(data_dir) / "data" / "manifest.json").exists() else ""
+        raise FileNotFoundError(f"{path}: no dataset manifest (was the dataset generated?){hint}")
+    manifest = json.loads(path.read_text())
+    if not isinstance(manifest, dict) or not {"config", "splits"} <= set(manifest):
+        hint = " (did you mean its data/ subfolder?)" if (Path(data_dir) / "data" / "manifest.json").exists() else ""
+        raise ValueError(f"{path}: not a karel dataset manifest (no 'config'/'splits'){hint}")
+    return manifest
 
 
 def config_from_manifest(manifest: dict) -> DataConfig:

@@ -126,3 +126,13 @@ def test_empty_split_loads_as_empty_samples(tmp_path):
         for name in ("walls", "markers", "row", "col", "dir"):
             a, b = getattr(got, name), getattr(ref, name)
             assert a.shape == (0, *b.shape[1:]) and a.dtype == b.dtype, name
+
+
+def test_wrong_folder_is_named(tmp_path):
+    """A stage artifact folder (manifest of the artifact, dataset under data/) is not a dataset."""
+    karel.generate_dataset(karel.DataConfig(**SMALL), tmp_path / "art" / "data")
+    (tmp_path / "art" / "manifest.json").write_text('{"files": {}}')
+    with pytest.raises(ValueError, match="not a karel dataset manifest.*data/ subfolder"):
+        karel.load_split(tmp_path / "art", "test")
+    with pytest.raises(FileNotFoundError, match="no dataset manifest"):
+        karel.load_split(tmp_path / "nowhere", "test")
