@@ -64,18 +64,23 @@ def generation_metrics(gen: Generation, samples: karel.Samples, n_spec: int = 5)
 
 @torch.no_grad()
 def perplexity(model: Transformer, samples: karel.Samples, vocab: karel.Vocab, batch_size: int = 64) -> dict[str, float]:
-    """Per-sample (no packing) val perplexity: over all tokens, and over program tokens only.
+    """Per-sample (no packing) val perplexity: over all tokens, over program tokens only, and over
+    the program tokens of programs with 6..10 actions (the training lengths of the paper).
 
-    Program tokens are the targets after the prompt: the actions, ``}`` and ``<eos>``.
+    Program tokens are the targets after the prompt: the actions, ``}`` and ``<eos>``. Val holds
+    lengths 1..10: a model trained on 6..10 puts little mass on an early ``}``, so its program
+    perplexity over all lengths can rise while it learns; ``ppl_program_len6_10`` does not mix
+    that in.
     """
     ids, lengths = karel.encode_samples(samples.inputs, samples.outputs, samples.programs, vocab)
     ids = torch.from_numpy(ids.astype(np.int64))
     lengths = torch.from_numpy(lengths.astype(np.int64))
+    long_program = torch.from_numpy((samples.programs >= 0).sum(1) >= 6)
     device = next(model.parameters()).device
     prompt = karel.prompt_length()
     was_training = model.training
     model.eval()
-    nll_all = nll_prog = n_all = n_prog = 0.0
+    sums = {"all": [0.0, 0.0], "program": [0.0, 0.0], "program_len6_10": [0.0, 0.0]}
     for lo in range(0, len(ids), batch_size):
         x = ids[lo : lo + batch_size, : int(lengths[lo : lo + batch_size].max())].to(device)
         n = lengths[lo : lo + batch_size].to(device)
@@ -84,12 +89,12 @@ def perplexity(model: Transformer, samples: karel.Samples, vocab: karel.Vocab, b
         pos = torch.arange(1, x.shape[1], device=device)[None, :]  # index of each target
         real = pos < n[:, None]
         prog = real & (pos >= prompt)
-        nll_all += float(nll[real].sum())
-        n_all += float(real.sum())
-        nll_prog += float(nll[prog].sum())
-        n_prog += float(prog.sum())
+        for name, sel in (("all", real), ("program", prog),
+                          ("program_len6_10", prog & long_program[lo : lo + batch_size, None].to(device))):
+            sums[name][0] += float(nll[sel].sum())
+            sums[name][1] += float(sel.sum())
     model.train(was_training)
-    return {"ppl_all": math.exp(nll_all / n_all), "ppl_program": math.exp(nll_prog / n_prog)}
+    return {f"ppl_{name}": math.exp(total / count) for name, (total, count) in sums.items() if count}
 
 
 def evaluate_checkpoint(

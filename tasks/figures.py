@@ -92,7 +92,7 @@ def fig_phases(d: RunData, out: Path):
     wanted = [c for c in ("acc_spec", "acc_all", "diversity") if c in m]
     if m.empty or not wanted:
         return None, "phase plot skipped: no checkpoint metrics (acc_spec, acc_all, diversity)."
-    ppl = [c for c in ("ppl_program", "ppl_all") if c in m]
+    ppl = [c for c in ("ppl_program", "ppl_program_len6_10", "ppl_all") if c in m]
     fig, axes = _new_fig(8, 6 if ppl else 3.6, 2 if ppl else 1, 1, sharex=True)
     steps = list(m.index)
     ax = axes[0, 0]
@@ -110,11 +110,13 @@ def fig_phases(d: RunData, out: Path):
     if ppl:
         ax2 = axes[1, 0]
         _shade_phases(ax2, d, steps, label=False)
-        for c, style in zip(ppl, ("-o", "--s")):
+        looks = {"ppl_program": ("-o", "tab:purple", "perplexity (program tokens)"),
+                 "ppl_program_len6_10": (":v", "tab:red", "perplexity (program tokens, 6..10 actions)"),
+                 "ppl_all": ("--s", "tab:gray", "perplexity (all tokens)")}
+        for c in ppl:
             col = m[c].dropna()
-            ax2.plot(col.index, col.values, style, ms=4, color="tab:purple" if c == "ppl_program"
-                     else "tab:gray", label={"ppl_program": "perplexity (program tokens)",
-                                             "ppl_all": "perplexity (all tokens)"}[c])
+            style, color, label = looks[c]
+            ax2.plot(col.index, col.values, style, ms=4, color=color, label=label)
         vals = m[ppl].to_numpy(float)
         vals = vals[np.isfinite(vals)]
         if len(vals) and vals.min() > 0 and vals.max() / vals.min() > 20:

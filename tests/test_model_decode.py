@@ -129,3 +129,13 @@ def test_metrics_on_reference_programs(data):
         assert isinstance(out[key], float), key
     ppl = perplexity(model, val, VOCAB, batch_size=5)
     assert ppl == pytest.approx(perplexity(model, val, VOCAB, batch_size=12))  # padding-independent
+    # The 6..10 figure is the program perplexity of exactly the val samples with >= 6 actions.
+    long = (val.programs >= 0).sum(1) >= 6
+    assert 0 < long.sum() < len(val)
+    rows = (np.flatnonzero(long)[:, None] * val.n_worlds + np.arange(val.n_worlds)).ravel()
+    pick = lambda wb: karel.WorldBatch(wb.walls[rows], wb.markers[rows], wb.row[rows], wb.col[rows], wb.dir[rows])
+    sub = karel.Samples(val.ids[long], val.programs[long], pick(val.inputs), pick(val.outputs))
+    only_long = perplexity(model, sub, VOCAB, batch_size=5)
+    assert only_long["ppl_program"] == pytest.approx(ppl["ppl_program_len6_10"])
+    assert only_long["ppl_program_len6_10"] == pytest.approx(ppl["ppl_program_len6_10"])
+    assert ppl["ppl_program"] != pytest.approx(ppl["ppl_program_len6_10"])
