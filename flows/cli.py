@@ -1,4 +1,4 @@
-"""The ``semprobe`` command line: run, sweep, report, status, sql, ui.
+"""The ``semprobe`` command line: run, sweep, report, status, sql, export, ui.
 
 The workspace (``--workspace``, else $SEMPROBE_WORKSPACE, else ./.semprobe) is configured before
 prefect is imported, because Prefect reads its settings at import time. ``--artifacts`` (else
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="read-only SQL on the results database")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    export = sub.add_parser("export", help="every results table into a folder (CSV; per-seed probe rows as Parquet)")
+    export.add_argument("folder")
     ui = sub.add_parser("ui", help="how to start (or --start) the Prefect and MLflow UIs on 127.0.0.1")
     ui.add_argument("--start", action="store_true", help="start both servers and wait")
     return p
@@ -181,7 +183,15 @@ def cmd_ui(args, ws) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
+def cmd_export(args, ws) -> int:
+    from tasks.results import export_tables
+
+    for path in export_tables(ws.db_path, args.folder):
+        print(path)
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

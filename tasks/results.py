@@ -268,9 +268,34 @@ def read_only_query(path: str | Path, sql: str, params: Any = None,
             raise ReadOnlyViolation(
                 f"{p} is opened read-only: only SELECT-style queries are allowed here "
                 f"(DuckDB: {e})") from None
-        raise
+        raise ValueError(f"query failed: {e}") from None
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as e:
+        raise ValueError(f"query failed: {e}") from None
     finally:
         con.close()
+
+
+def export_tables(path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Every results table into ``out_dir``: CSV with a header, ``probe_results`` (one row per
+    probe seed, the bulk of the data) as zstd Parquet. Read-only; returns the files written."""
+    p = Path(path).expanduser().absolute()
+    if not p.is_file():
+        raise FileNotFoundError(f"no results database at {p} (has a pipeline run yet?)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    con = _connect(p, read_only=True, lock_timeout=DEFAULT_LOCK_TIMEOUT_S)
+    written = []
+    try:
+        for table, (_, key) in TABLES.items():
+            parquet = table == "probe_results"
+            dest = out / f"{table}.{'parquet' if parquet else 'csv'}"
+            fmt = "FORMAT parquet, COMPRESSION zstd" if parquet else "HEADER"
+            order = ", ".join(map(_q, key))
+            con.execute(f"COPY (SELECT * FROM {_q(table)} ORDER BY {order}) TO '{dest.as_posix()}' ({fmt})")
+            written.append(dest)
+    finally:
+        con.close()
+    return written
 
 
 def _to_json_text(v: Any) -> Any:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.results import (TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
-                           read_only_query)
+                           export_tables, read_only_query)
 
 
 def _probe_rows(acc=0.5):
@@ -115,6 +115,21 @@ def test_read_only_query(db):
     assert db.count("probe_results") == 6
     with pytest.raises(FileNotFoundError, match="no results database"):
         read_only_query(db.path.parent / "missing.duckdb", "SELECT 1")
+    with pytest.raises(ValueError, match='query failed.*offset_'):
+        read_only_query(db.path, "SELECT offset_ FROM probe_results")
+    with pytest.raises(ValueError, match="query failed.*nope"):
+        read_only_query(db.path, "SELECT * FROM nope")
+
+
+def test_export_round_trips(db, tmp_path):
+    db.upsert("probe_results", _probe_rows())
+    files = export_tables(db.path, tmp_path / "out")
+    assert sorted(f.name for f in files) == sorted(
+        f"{t}.{'parquet' if t == 'probe_results' else 'csv'}" for t in TABLES)
+    back = pd.read_parquet(tmp_path / "out" / "probe_results.parquet")
+    pd.testing.assert_frame_equal(back.reset_index(drop=True), db.table("probe_results").reset_index(drop=True),
+                                  check_dtype=False)
+    assert pd.read_csv(tmp_path / "out" / "runs.csv").empty
 
 
 @pytest.fixture
