@@ -23,7 +23,8 @@ import pandas as pd
 from tasks.figures import FIGURES
 from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, num,
-                               ordered_features, pct, pick_kind, pp, r_squared)
+                               ordered_features, pct, pick_kind, pp, r_squared,
+                               setup_differences)
 from tasks.results import ResultsDB
 
 # The paper's numbers (shared/PAPER.md); text where the paper gives no number.
@@ -208,6 +209,12 @@ def _write_html(path: Path, d: RunData, preset: str, table, figures, notes) -> N
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(
             f"<li class='note'>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    diffs = setup_differences(run.get("config"))
+    if diffs:
+        parts += ["<h2>Setup differences from the paper</h2>",
+                  "<p>Data, model and training fields of this run that differ from the "
+                  "<code>paper</code> preset (the reference's setup); device, seeds and the "
+                  "checkpoint schedule are left out.</p>", _html_table(diffs)]
     parts += ["<h2>Key numbers next to the paper</h2>", _html_table(table),
               "<p>Probe accuracy is the test-split mean over seeds of probes on the layer-mean "
               "hidden state at the token that emits each action, offset 0 (state after that "

@@ -9,7 +9,9 @@ left from several probe configurations are averaged (the page notes it).
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,39 @@ ORIGINAL = "original"
 PHASE_ORDER = ("babbling", "syntax", "semantics")
 FEATURE_NAMES = {"direction": "facing direction", "rel_start": "position rel. to start",
                  "facing_wall": "facing a wall"}
+
+
+# Fields that change how a run executes or is stored, not what is learned from what.
+OPERATIONAL = {"device", "autocast", "seed", "shard_size", "ckpt_every", "ckpt_log_count", "micro_batch"}
+
+
+def setup_differences(run_config) -> list[dict]:
+    """``[{"field", "this run", "paper"}]`` for every data/model/train field of the run's config
+    that differs from the paper preset (``karel.DataConfig.paper()``, ``model.config.paper()``);
+    operational fields (device, seeds, checkpoint schedule, ...) are left out."""
+    from karel import DataConfig
+    from model.config import paper
+
+    cfg = json.loads(run_config) if isinstance(run_config, str) else (run_config or {})
+    m, t = paper()
+    reference = {"data": asdict(DataConfig.paper()), "model": asdict(m), "train": asdict(t)}
+    rows = []
+    for section, ref in reference.items():
+        mine = cfg.get(section) or {}
+        for name, want in ref.items():
+            if name in OPERATIONAL or name not in mine:
+                continue
+            have = mine[name]
+            if (list(have) if isinstance(have, (list, tuple)) else have) != (
+                    list(want) if isinstance(want, (list, tuple)) else want):
+                rows.append({"field": f"{section}.{name}", "this run": _show(have), "paper": _show(want)})
+    return rows
+
+
+def _show(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) if len(v) < 12 else f"{v[0]}..{v[-1]} ({len(v)} values)"
+    return str(v)
 
 
 class RunData:

@@ -1,5 +1,6 @@
 """tasks.report: figures and HTML from a synthetic results database, numbers traced to DuckDB."""
 
+import json
 import re
 from pathlib import Path
 
@@ -209,3 +210,17 @@ def test_stale_figures_removed_and_html_escaped(ws, monkeypatch):
     html = Path(out["html"]).read_text()
     assert "&lt;b&gt;smoke&lt;/b&gt;" in html and "<b>smoke</b>" not in html
     assert not re.search(r"content\.flip", html)
+
+
+def test_setup_differences_name_what_departs_from_the_paper():
+    from flows.presets import load_preset
+    from tasks.report_data import setup_differences
+
+    assert setup_differences(load_preset("paper").as_dict()) == []
+    cfg = load_preset("cpu", ["train.packing=samples", "train.block_len=386", "data.train_lengths=1,2,3"])
+    rows = {r["field"]: r for r in setup_differences(cfg.as_dict())}
+    assert rows["train.packing"] == {"field": "train.packing", "this run": "samples", "paper": "blocks"}
+    assert rows["data.train_lengths"]["this run"] == "1,2,3" and rows["data.train_lengths"]["paper"] == "6,7,8,9,10"
+    assert {"model.n_layer", "train.lr", "train.steps"} <= set(rows)
+    assert not {"train.seed", "train.device", "train.ckpt_every"} & set(rows)  # operational
+    assert setup_differences(json.dumps(cfg.as_dict())) == list(rows.values())  # runs.config is JSON text
