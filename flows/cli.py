@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole study for a preset (cached stages are skipped)")
     for sp in (run, sub.add_parser("status", help="which stages are done or missing for a preset")):
-        sp.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+        sp.add_argument("--preset", default="cpu", help="smoke | cpu | cpu-long | paper (default: cpu)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")
     run.add_argument("--no-overlap", action="store_true", help="evaluate checkpoints only after training ends")

@@ -1,4 +1,4 @@
-"""Presets (``smoke``, ``cpu``, ``paper``) composed from the stage configs, and overrides.
+"""Presets (``smoke``, ``cpu``, ``cpu-long``, ``paper``) composed from the stage configs, and overrides.
 
 A preset is data: a ``StudyConfig`` holding one frozen config per stage. Any field can be
 overridden as ``section.field=value`` (``train.lr=3e-4``, ``probe.offsets=0,1``); the value is
@@ -57,6 +57,18 @@ def _cpu() -> StudyConfig:
     )
 
 
+def _cpu_long() -> StudyConfig:
+    """Overnight on a CPU (or minutes of training on a GPU): the recipe that reached the semantics
+    phase on a GPU (RESULTS.md), probed at 8 checkpoints with 4x the cpu preset's probe data."""
+    m, t = mcfg.cpu_long()
+    return StudyConfig(
+        "cpu-long", DataConfig(n_train_generated=1_000_000, n_val=2_000, n_test=2_000), m, t,
+        EvalConfig(n_test_specs=500, n_val_samples=200, batch_size=100),
+        ActivationConfig(n_train_specs=2_000, n_test_specs=500, checkpoints=8, batch_size=100),
+        ProbeConfig(seeds=3, epochs=15, max_train_pairs=20_000),
+    )
+
+
 def _paper() -> StudyConfig:
     m, t = mcfg.paper()
     return StudyConfig(
@@ -67,7 +79,7 @@ def _paper() -> StudyConfig:
     )
 
 
-PRESETS = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+PRESETS = {"smoke": _smoke, "cpu": _cpu, "cpu-long": _cpu_long, "paper": _paper}
 
 
 def parse_value(text: str, current):

@@ -50,3 +50,12 @@ def test_probed_steps_spread_over_training():
     assert len(chosen) == 10 and {0, schedule[-1]} <= chosen and chosen <= set(schedule)
     assert probed_steps(schedule, 0) == set(schedule) == probed_steps(schedule, 999)
     assert probed_steps([0, 6, 12], 2) == {0, 12}
+
+
+def test_cpu_long_is_the_recipe_that_emerged_on_a_gpu():
+    """RESULTS.md: batch 64 x 1024, lr 2e-3, 200 warm-up, 6,000 steps (393M tokens), cpu model."""
+    long, cpu = load_preset("cpu-long"), load_preset("cpu")
+    assert long.model == cpu.model
+    t = long.train
+    assert (t.batch_size * t.block_len, t.lr, t.warmup_steps, t.steps) == (64 * 1024, 2e-3, 200, 6000)
+    assert t.batch_size % t.micro_batch == 0 and t.micro_batch * t.block_len <= cpu.train.batch_size * cpu.train.block_len
