@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU session (device tool): paper-shape throughput, then several small-model
-# recipes trained side by side on the one GPU, each logging emergence against tokens seen.
+# One prepared GPU session (device tool): paper-shape throughput, then the issue-7 levers
+# (packing, training lengths, batch) on the cpu-size model, two at a time, each logging
+# emergence against tokens seen. Budget per pair of recipes: BUDGET seconds.
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1
@@ -16,22 +17,29 @@ timeout 240 $PY benchmarks/gpu_check.py --out "$OUT/paper.jsonl" --paper-steps 6
   > "$OUT/paper.log" 2>&1 || echo "paper check failed: $(tail -3 "$OUT/paper.log")"
 tail -2 "$OUT/paper.jsonl" 2>/dev/null
 
-# 2. shared data, then the recipes side by side
-DATA=/tmp/emergence-data
+# 2. shared data (paper lengths 6..10, and all lengths 1..10 for the length lever), then the
+#    lever recipes two at a time (four at once left the evaluations CPU-bound last time).
+#    All at ~64k tokens per step, lr 2e-3, the schedule of the run that emerged (RESULTS.md).
 $PY -c "
-import karel, os, sys
+import karel, os
 tiny = '$TINY_FLAG' != ''
-karel.generate_dataset(karel.DataConfig(n_train_generated=2000 if tiny else 1_000_000, n_val=500, n_test=2000),
-                       '$DATA', workers=min(16, os.cpu_count()), overwrite=True)
+n = 2000 if tiny else 1_000_000
+for name, lengths in (('d610', range(6, 11)), ('d110', range(1, 11))):
+    karel.generate_dataset(karel.DataConfig(n_train_generated=n, n_val=500, n_test=2000, train_lengths=tuple(lengths)),
+                           '/tmp/' + name, workers=min(16, os.cpu_count()), overwrite=True)
 print('data ready')"
-run() {  # tag, then --model/--train overrides
-  local tag=$1; shift
-  $PY benchmarks/gpu_emergence.py --data $DATA --out "$OUT/emergence.jsonl" --tag "$tag" --budget "$BUDGET" \
-    --n-eval 1000 --eval-every-s 25 $TINY_FLAG "$@" > "$OUT/$tag.log" 2>&1 || echo "$tag failed: $(tail -3 "$OUT/$tag.log")"
+run() {  # tag, dataset, then --model/--train overrides
+  local tag=$1 data=$2; shift 2
+  OMP_NUM_THREADS=6 $PY benchmarks/gpu_emergence.py --data "$data" --out "$OUT/emergence.jsonl" --tag "$tag" \
+    --budget "$BUDGET" --n-eval 1000 --eval-every-s 25 --probe-features direction,facing_wall --fixed-steps \
+    --train lr=2e-3 --train steps=6000 --train warmup_steps=200 --train weight_decay=0.1 $TINY_FLAG "$@" \
+    > "$OUT/$tag.log" 2>&1 || echo "$tag failed: $(tail -3 "$OUT/$tag.log")"
 }
-run b64-lr2e-3 --train batch_size=64 --train lr=2e-3 &
-run b64-lr5e-3 --train batch_size=64 --train lr=5e-3 &
-run wide8x512-b64 --model n_layer=8 --model d_model=512 --model d_mlp=2048 --train batch_size=64 --train lr=1e-3 &
-run b16-lr1e-3 --train batch_size=16 --train lr=1e-3 &
+SAMPLES="--train packing=samples --train block_len=386 --train batch_size=166"
+run blocks-b64 /tmp/d610 --train batch_size=64 &
+run samples-b166 /tmp/d610 $SAMPLES &
+wait
+run samples-len1-10 /tmp/d110 $SAMPLES &
+run samples-b42-lr1e-3 /tmp/d610 --train packing=samples --train block_len=386 --train batch_size=42 --train lr=1e-3 &
 wait
 grep '"part": "done"' "$OUT/emergence.jsonl"

@@ -171,12 +171,14 @@ def smoke() -> tuple[ModelConfig, TrainConfig]:
 
 def cpu() -> tuple[ModelConfig, TrainConfig]:
     """Small enough for a laptop CPU: the default preset's model, sized for about 60 minutes end to
-    end on 2 cores (~20M training tokens at ~10k tokens/s with bf16 autocast on AMX). Emergence at this size took a few hundred million
-    tokens on a GPU (RESULTS.md), so this budget shows the start of training, not the semantics
-    phase; issue 7 is the work of closing that gap."""
+    end on 2 cores (~20M training tokens at ~11k tokens/s with bf16 autocast on AMX). One whole
+    sample per row (``packing="samples"``, 21 x 386 tokens a step): 1.6x the program tokens that
+    see their whole spec per second of packed 1,024-token blocks (benchmarks/bench_packing.py).
+    Emergence at this size took a few hundred million tokens on a GPU with the paper's recipe
+    (RESULTS.md); issue 7 is the work of closing that gap."""
     return (
         ModelConfig(vocab_size=64, n_layer=4, d_model=256, n_head=8, rotary_dim=16, d_mlp=1024, context=1024),
-        TrainConfig(lr=1e-3, warmup_steps=100, steps=2500, batch_size=8, block_len=1024,
+        TrainConfig(lr=1e-3, warmup_steps=100, steps=2500, batch_size=21, block_len=386, packing="samples",
                     weight_decay=0.1, ckpt_every=250, ckpt_log_count=4),
     )
 

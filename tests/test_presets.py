@@ -58,4 +58,4 @@ def test_cpu_long_is_the_recipe_that_emerged_on_a_gpu():
     assert long.model == cpu.model
     t = long.train
     assert (t.batch_size * t.block_len, t.lr, t.warmup_steps, t.steps) == (64 * 1024, 2e-3, 200, 6000)
-    assert t.batch_size % t.micro_batch == 0 and t.micro_batch * t.block_len <= cpu.train.batch_size * cpu.train.block_len
+    assert t.batch_size % t.micro_batch == 0 and t.micro_batch * t.block_len <= 8 * 1024  # cpu-preset memory
