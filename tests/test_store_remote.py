@@ -270,8 +270,9 @@ def test_prefect_reads_the_settings_and_its_block_writes_to_the_url(tmp_path, mo
 def test_cli_rejects_a_bad_url_before_any_work(tmp_path, monkeypatch, capsys):
     from flows.cli import main
 
-    for k in ("SEMPROBE_WORKSPACE", "SEMPROBE_ARTIFACTS", "SEMPROBE_RESULTS_URL"):
-        monkeypatch.delenv(k, raising=False)
+    for k in ("SEMPROBE_WORKSPACE", "SEMPROBE_ARTIFACTS", "SEMPROBE_RESULTS_URL", "PREFECT_HOME"):
+        monkeypatch.setenv(k, "")  # recorded, so what main() exports is undone after the test
+        monkeypatch.delenv(k)
     for flag in ("--artifacts", "--results-url"):
         assert main(["--workspace", str(tmp_path / "ws"), flag, "nosuchfs://b/x", "sql", "select 1"]) == 2
         assert "unknown protocol 'nosuchfs'" in capsys.readouterr().err
