@@ -55,7 +55,7 @@ def published_steps(ws: Workspace, train_key_: str) -> list[int]:
                   if k.startswith(prefix) and store.is_complete("checkpoint", k, verify=False))
 
 
-@dataclass
+@dataclass(eq=False)  # a unit is itself, whatever its fields
 class Unit:
     """One unit of the study and the flow runs (attempts) it took."""
 
@@ -97,7 +97,7 @@ class UnitRuns:
         unit.flow_run, unit.state = str(fr.id), "submitted"
         if unit.flow_run not in unit.flow_runs:
             unit.flow_runs.append(unit.flow_run)
-        if unit not in self.units:
+        if not any(u is unit for u in self.units):
             self.units.append(unit)
         return unit
 

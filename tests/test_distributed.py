@@ -1,9 +1,12 @@
-"""A 4-point smoke sweep across two real process workers (``make test-distributed``).
+"""The gpu pool for real (``make test-distributed``): a 4-point smoke sweep across two process
+workers, and one smoke study fanned out to the deployment units.
 
-Everything is real and on 127.0.0.1: a Prefect server, the ``gpu`` pool made by
-``deployments/setup.sh`` (pool, queue, zombie automation, ``prefect deploy``), two workers started
-by ``deployments/worker.sh``, an MLflow tracking server, and ``semprobe sweep``. One worker is
-killed (with its flow-run process, as when a machine is lost) in the middle of its second point.
+Everything is real and on 127.0.0.1 (``distributed_cluster.py``): a Prefect server, the ``gpu``
+pool made by ``deployments/setup.sh`` (pool, queue, zombie automation, ``prefect deploy``), two
+workers started by ``deployments/worker.sh`` and an MLflow tracking server, shared by the tests.
+In the sweep, one worker is killed (with its flow-run process, as when a machine is lost) in the
+middle of its second point. The fanned-out study (``semprobe run --fanout``) runs its train and
+checkpoint units on the workers and must record what an in-process ``semprobe run`` records.
 
 The code runs from a snapshot of the repository taken at the start, so that colleagues editing
 the checkout meanwhile cannot change the points' cache keys under the test. Every process the
@@ -14,171 +17,46 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from distributed_cluster import Cluster, alive, descendants, stop, summary_of, wait_for
 from tasks.results import read_only_query
 
 # Minutes of real servers and workers: run by `make test-distributed`, skipped by `make test`.
 distributed = pytest.mark.skipif(os.environ.get("SEMPROBE_TEST_DISTRIBUTED") != "1",
                                  reason="distributed: run with make test-distributed")
 
-REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 2, 3, 4]  # train.seed=1 of the smoke preset trips a probes bug (all programs empty)
-ZOMBIE_WITHIN_S = 60  # heartbeat every 30 s: one missed heartbeat and a half before "crashed"
+FANOUT_SEED = 5  # a config no sweep point shares: the fanned-out study computes every stage
+RESULT_TABLES = ["datasets", "checkpoints", "checkpoint_metrics", "probe_results", "probe_summary",
+                 "interventions", "controls", "phases"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def alive(pid: int) -> bool:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Servers, pool, deployments and workers a and b, for every distributed test here."""
+    cl = Cluster(tmp_path_factory.mktemp("cluster"))
+    cl.timings = {}
+    t0 = time.perf_counter()
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGINT, grace: float = 15) -> None:
-    """Stop ``proc`` and every descendant, by PID: ``sig``, then SIGKILL after ``grace`` s."""
-    pids = descendants(proc.pid) + [proc.pid]
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + grace
-    while time.time() < deadline and any(alive(p) for p in pids):
-        proc.poll()
-        time.sleep(0.2)
-    for pid in pids:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def wait_for(what: str, check, timeout: float, poll: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-class Cluster:
-    """Processes of the test, and the environment they share."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.repo = root / "repo"
-        self.ws = root / "ws"
-        self.logs = root / "logs"
-        self.logs.mkdir()
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.prefect_port, self.mlflow_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PREFECT_", "MLFLOW_", "SEMPROBE_", "CUDA_VISIBLE"))}
-        env.update(
-            PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-            PYTHONPATH=str(self.repo), PYTHON=sys.executable, SEMPROBE_REPO=str(self.repo),
-            PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_API_URL=f"http://127.0.0.1:{self.prefect_port}/api",
-            PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_LOGGING_LEVEL="INFO", DO_NOT_TRACK="1",
-            MLFLOW_TRACKING_URI=f"http://127.0.0.1:{self.mlflow_port}", MLFLOW_DISABLE_TELEMETRY="true",
-            ZOMBIE_WITHIN=str(ZOMBIE_WITHIN_S),
-        )
-        self.env = env
-
-    def snapshot_code(self) -> None:
-        self.repo.mkdir()
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for d in ("karel", "model", "probes", "tasks", "flows", "deployments"):
-            shutil.copytree(REPO / d, self.repo / d, ignore=ignore)
-
-    def start(self, name: str, cmd: list[str], **env) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "w")
-        proc = subprocess.Popen(cmd, cwd=self.repo, env={**self.env, **env}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def run(self, name: str, cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-        out = subprocess.run(cmd, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=timeout)
-        (self.logs / f"{name}.log").write_text(out.stdout + out.stderr)
-        if out.returncode != 0:
-            raise AssertionError(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-        return out
-
-    def sweep_cmd(self, spec: Path) -> list[str]:
-        return [sys.executable, "-m", "flows.cli", "--workspace", str(self.ws), "sweep", str(spec)]
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text()
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            stop(self.procs[name])
-
-
-    def api(self, path: str, body: dict | None = None):
-        """The Prefect REST API (this process's own Prefect settings may point elsewhere)."""
-        req = urllib.request.Request(self.env["PREFECT_API_URL"] + path, method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
-    def point_runs(self, deployment_id: str) -> list[dict]:
-        return self.api("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}, "limit": 200})
-
-
-def summary_of(log: str) -> dict:
-    """The JSON summary ``semprobe sweep`` prints last (log lines may surround it)."""
-    return json.JSONDecoder().raw_decode(log[log.rindex("\n{\n") + 1:])[0]
+        cl.snapshot_code()
+        cl.start_servers()
+        cl.timings["servers, pool, deployments"] = time.perf_counter() - t0
+        cl.start_workers("a", "b")
+        cl.timings["workers ready"] = time.perf_counter() - t0
+        yield cl
+    finally:
+        cl.stop_all()
+        cl.timings["total"] = time.perf_counter() - t0
+        print("timings (s):", json.dumps({k: round(v, 1) for k, v in cl.timings.items()}))
+        (cl.root / "timings.json").write_text(json.dumps(cl.timings))
+    leftovers = [(n, p.pid) for n, p in cl.procs.items() if alive(p.pid)]
+    assert not leftovers, leftovers
 
 
 def manifests(ws: Path, run_ids) -> dict[tuple[str, str], float]:
@@ -240,34 +118,27 @@ def test_journal_replays_what_a_recorder_would_write(tmp_path):
 
 
 @distributed
-def test_sweep_across_two_workers_survives_a_lost_worker(tmp_path):
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    cl = Cluster(tmp_path)
-    cl.snapshot_code()
-    spec = tmp_path / "seeds.yaml"
-    spec.write_text(f"name: seeds\npreset: smoke\ngrid:\n  train.seed: {SEEDS}\n")
-    try:
-        # --- servers, pool, deployments, workers
-        cl.start("prefect-server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(cl.prefect_port)])
-        cl.start("mlflow-server", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                                   "--port", str(cl.mlflow_port), "--workers", "1",
-                                   "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                   "--artifacts-destination", str(tmp_path / "mlartifacts")])
-        wait_for("the Prefect server", lambda: http_ok(f"http://127.0.0.1:{cl.prefect_port}/api/health"), 120)
-        wait_for("the MLflow server", lambda: http_ok(f"http://127.0.0.1:{cl.mlflow_port}/health"), 120)
-        timings["servers up"] = time.perf_counter() - t0
-        cl.run("setup", ["bash", "deployments/setup.sh"], timeout=300)
-        # run by deployments/setup.sh; checked here: the regression schedule ships inactive
-        regression = cl.api("/deployments/name/semprobe-pipeline/cpu-regression")
-        point = cl.api("/deployments/name/semprobe-pipeline/point")
-        assert [s["active"] for s in regression["schedules"]] == [False]
-        assert point["work_pool_name"] == "gpu" and point["work_queue_name"] == "gpu"
-        workers = {w: cl.start(f"worker-{w}", ["bash", "deployments/worker.sh"], WORKER_NAME=f"w-{w}")
-                   for w in ("a", "b")}
-        wait_for("two workers online", lambda: "started" in cl.log("worker-a") and "started" in cl.log("worker-b"), 120)
-        timings["pool, deployments, workers ready"] = time.perf_counter() - t0
+def test_deployments_on_the_gpu_pool(cluster):
+    """What deployments/setup.sh deployed: every unit on pool and queue gpu, the regression
+    schedule inactive."""
+    regression = cluster.deployment("semprobe-pipeline/cpu-regression")
+    assert [s["active"] for s in regression["schedules"]] == [False]
+    for name, entrypoint in [("semprobe-pipeline/point", "flows/pipeline.py:pipeline"),
+                             ("semprobe-train/unit", "flows/units.py:train_model"),
+                             ("semprobe-checkpoint/unit", "flows/units.py:probe_checkpoint")]:
+        d = cluster.deployment(name)
+        assert (d["work_pool_name"], d["work_queue_name"], d["entrypoint"]) == ("gpu", "gpu", entrypoint), name
 
+
+@distributed
+def test_sweep_across_two_workers_survives_a_lost_worker(cluster):
+    cl, t0 = cluster, time.perf_counter()
+    timings = cl.timings
+    spec = cl.root / "seeds.yaml"
+    spec.write_text(f"name: seeds\npreset: smoke\ngrid:\n  train.seed: {SEEDS}\n")
+    point = cl.deployment("semprobe-pipeline/point")
+    workers = {w: cl.workers[w] for w in ("a", "b")}
+    try:
         # --- the sweep; worker a is lost in the middle of its second point
         t_sweep = time.perf_counter()
         sweep = cl.start("sweep-1", cl.sweep_cmd(spec))
@@ -351,9 +222,83 @@ def test_sweep_across_two_workers_survives_a_lost_worker(tmp_path):
         assert [p["flow_run"] for p in again["points"]] == [p["flow_run"] for p in summary["points"]]
         assert len(ml.search_runs([exp], max_results=1000)) == n_mlflow
     finally:
-        cl.stop_all()
-        timings["total"] = time.perf_counter() - t0
-        print("timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
-        (tmp_path / "timings.json").write_text(json.dumps(timings))
-    leftovers = [(n, p.pid) for n, p in cl.procs.items() if alive(p.pid)]
-    assert not leftovers, leftovers
+        timings["sweep test"] = time.perf_counter() - t0
+
+
+def result_tables(ws: Path) -> dict[str, pd.DataFrame]:
+    """The tables a figure reads, sorted by their key columns; without the columns that name
+    this workspace or this moment (a checkpoint's path, a dataset's created_at)."""
+    out = {}
+    for t in RESULT_TABLES:
+        df = read_only_query(ws / "results.duckdb", f"SELECT * FROM {t}")
+        df = df.drop(columns=[c for c in ("path", "created_at") if c in df.columns])
+        out[t] = df.sort_values(list(df.columns)).reset_index(drop=True)
+    return out
+
+
+def stage_keys(ws: Path) -> list[tuple[str, str, str]]:
+    return sorted(map(tuple, read_only_query(ws / "results.duckdb", "SELECT stage, key, status FROM stage_runs")
+                      .values.tolist()))
+
+
+@distributed
+def test_fanned_out_study_records_what_an_in_process_run_records(cluster):
+    cl, t0 = cluster, time.perf_counter()
+    missing = 2 - len(cl.live_workers())  # the sweep test lost a worker
+    if missing > 0:
+        cl.start_workers(*["c", "d"][:missing])
+    units_of = {n: cl.deployment(n)["id"] for n in ("semprobe-train/unit", "semprobe-checkpoint/unit")}
+    args = ["--preset", "smoke", "--set", f"train.seed={FANOUT_SEED}"]
+    fan_ws, local_ws = cl.root / "ws-fanout", cl.root / "ws-inprocess"
+    try:
+        # --- the fanned-out study, and meanwhile the same config in process (the reference)
+        fan = cl.start("fanout-1", cl.cli(fan_ws, "run", "--fanout", *args))
+        cl.run("in-process", cl.cli(local_ws, "run", "--quiet", *args), timeout=600)
+        cl.timings["in-process smoke run"] = time.perf_counter() - t0
+        assert fan.wait(timeout=600) == 0, cl.log("fanout-1")[-5000:]
+        cl.timings["fanned-out smoke study"] = time.perf_counter() - t0
+        summary = summary_of(cl.log("fanout-1"))
+
+        # --- one train unit and one unit per checkpoint, each one flow run on a worker of the pool
+        units = {u["unit"]: u for u in summary["units"]}
+        assert sorted(units) == ["checkpoint-0", "checkpoint-12", "checkpoint-6", "train"], units
+        assert all(u["state"] == "finished" and u["attempt"] == 1 for u in units.values()), units
+        assert {u["worker"] for u in units.values()} <= set(cl.live_workers()), units
+        flow_runs = {n: cl.point_runs(d) for n, d in units_of.items()}
+        assert [r["id"] for r in flow_runs["semprobe-train/unit"]] == [units["train"]["flow_run"]]
+        assert sorted(r["id"] for r in flow_runs["semprobe-checkpoint/unit"]) == \
+            sorted(u["flow_run"] for n, u in units.items() if n != "train")
+        assert {r["state"]["type"] for rs in flow_runs.values() for r in rs} == {"COMPLETED"}
+
+        # --- DuckDB: the study alone wrote it, and holds what the in-process run holds
+        runs = read_only_query(fan_ws / "results.duckdb", "SELECT run_id, status FROM runs")
+        assert runs.values.tolist() == [[summary["run_id"], "finished"]]
+        stages = stage_keys(fan_ws)  # dataset, train, 3 x evaluate and activations, 9 probes, phases
+        assert stages == stage_keys(local_ws) and len(stages) == 18 and {s[2] for s in stages} == {"computed"}
+        expected, got = result_tables(local_ws), result_tables(fan_ws)
+        for t in RESULT_TABLES:
+            assert len(expected[t]) > 0, t
+            pd.testing.assert_frame_equal(got[t], expected[t], obj=t)
+        assert Path(summary["report"]).exists()
+
+        # --- MLflow: the study's run with nested checkpoint and probe runs, as in process
+        from mlflow.tracking import MlflowClient
+
+        ml = MlflowClient(cl.env["MLFLOW_TRACKING_URI"])
+        parent = ml.get_run(summary["mlflow_run"])
+        assert parent.info.status == "FINISHED" and parent.data.tags["semprobe.fanout"] == "true"
+        children = ml.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert {"checkpoint-0", "checkpoint-12", "probes-12-original"} <= {r.info.run_name for r in children}
+
+        # --- submitting the study again creates no unit flow run and records the same rows
+        t_re = time.perf_counter()
+        cl.run("fanout-2", cl.cli(fan_ws, "run", "--fanout", *args), timeout=300)
+        cl.timings["resubmitted study"] = time.perf_counter() - t_re
+        again = summary_of(cl.log("fanout-2"))
+        assert {u["unit"]: u["flow_run"] for u in again["units"]} == {n: u["flow_run"] for n, u in units.items()}
+        assert {n: len(cl.point_runs(d)) for n, d in units_of.items()} == {n: len(r) for n, r in flow_runs.items()}
+        got = result_tables(fan_ws)
+        for t in RESULT_TABLES:
+            pd.testing.assert_frame_equal(got[t], expected[t], obj=t)
+    finally:
+        cl.timings["fan-out test"] = time.perf_counter() - t0
