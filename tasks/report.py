@@ -74,7 +74,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
     add("acc_all", "generative accuracy incl. 5 held-out pairs, final checkpoint", v, pct(v))
     v = final("acc_spec_len6_10")
     if v is not None:
-        add("acc_spec_len6_10", "generative accuracy, lengths 6-10 (training lengths)", v, pct(v),
+        add("acc_spec_len6_10", "generative accuracy, lengths 6-10 (the paper's training lengths)", v, pct(v),
             paper="not reported")
 
     # probes at the last checkpoint with probe results (original semantics, offset 0, layer mean)
