@@ -55,15 +55,19 @@ class PackedBlocks:
     def next_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         toks, offs = [], []
         for _ in range(n):
-            if self.block >= self.blocks_per_epoch:
-                self.epoch, self.block = self.epoch + 1, 0
-            if self._stream_epoch != self.epoch:
-                self._build(self.epoch)
-            lo = self.block * self.block_len
+            lo = self._advance() * self.block_len
             toks.append(self._tokens[lo : lo + self.block_len + 1])
             offs.append(self._offset[lo : lo + self.block_len + 1])
-            self.block += 1
         return torch.from_numpy(np.stack(toks).astype(np.int64)), torch.from_numpy(np.stack(offs).astype(np.int64))
+
+    def _advance(self) -> int:
+        """The position of the next row in this epoch's stream (rolling into the next epoch)."""
+        if self.block >= self.blocks_per_epoch:
+            self.epoch, self.block = self.epoch + 1, 0
+        if self._stream_epoch != self.epoch:
+            self._build(self.epoch)
+        self.block += 1
+        return self.block - 1
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "block": self.block}
@@ -99,15 +103,11 @@ class SampleRows(PackedBlocks):
         toks = np.zeros((n, width), np.int64)
         offs = np.full((n, width), -1, np.int64)
         for r in range(n):
-            if self.block >= self.blocks_per_epoch:
-                self.epoch, self.block = self.epoch + 1, 0
-            if self._stream_epoch != self.epoch:
-                self._build(self.epoch)
-            i = self._order[self.block]
+            row = self._advance()  # may build this epoch's order, so before reading it
+            i = self._order[row]
             size = self.lengths[i]
             toks[r, :size] = self.ids[i, :size]
             offs[r, :size] = np.arange(size)
-            self.block += 1
         return torch.from_numpy(toks), torch.from_numpy(offs)
 
 
