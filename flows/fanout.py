@@ -15,17 +15,14 @@ the report itself, so the tables hold what an in-process ``semprobe run`` of the
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from prefect import flow, get_client, get_run_logger
-from prefect.client.schemas.objects import StateType
 
+from flows.deployment_runs import Unit, UnitRuns
 from flows.pipeline import _run_id, _termination_code, exit_now
 from flows.presets import StudyConfig, load_preset
-from flows.sweep import _journal_if_complete
 from flows.units import checkpoint_unit_key, train_unit_key
 from model.config import checkpoint_steps
 from tasks import record
@@ -41,87 +38,11 @@ CHECKPOINT_DEPLOYMENT = "semprobe-checkpoint/unit"
 POLL_S = 2.0
 
 
-def idempotency_key(kind: str, key: str, workspace: str, attempt: int = 1) -> str:
-    """``semprobe-<kind>-<unit key>-<workspace hash>``, ``~<attempt>`` after the first: the same
-    unit in another workspace is another run."""
-    where = hashlib.sha256(str(workspace).encode()).hexdigest()[:8]
-    return f"semprobe-{kind}-{key}-{where}" + (f"~{attempt}" if attempt > 1 else "")
-
-
 def published_steps(ws: Workspace, train_key_: str) -> list[int]:
     """Steps of the checkpoints of ``train_key_`` already in the store (nothing downloaded)."""
     store, prefix = ws.store, train_key_ + "-s"
     return sorted(int(k[len(prefix):]) for k in store.keys("checkpoint")
                   if k.startswith(prefix) and store.is_complete("checkpoint", k, verify=False))
-
-
-@dataclass(eq=False)  # a unit is itself, whatever its fields
-class Unit:
-    """One unit of the study and the flow runs (attempts) it took."""
-
-    kind: str                      # "train" or "checkpoint"
-    label: str                     # "train", "checkpoint-6"
-    key: str                       # the unit's cache key
-    deployment: str
-    parameters: dict
-    attempt: int = 0
-    state: str = "pending"         # submitted, finished, failed
-    flow_run: str | None = None
-    flow_runs: list[str] = field(default_factory=list)
-    journal: record.Journal | None = None
-    detail: str = ""
-
-    def summary(self) -> dict:
-        where = self.journal.where if self.journal else {}
-        return {"unit": self.label, "key": self.key, "state": self.state, "attempt": self.attempt,
-                "flow_run": self.flow_run, "flow_runs": self.flow_runs, "worker": where.get("worker"),
-                **({"detail": self.detail} if self.detail else {})}
-
-
-class UnitRuns:
-    """Submits units as deployment runs and follows them to a finished journal (or failure)."""
-
-    def __init__(self, ws: Workspace, name: str, max_attempts: int):
-        self.ws, self.name, self.max_attempts = ws, name, max_attempts
-        self.units: list[Unit] = []
-
-    def submit(self, unit: Unit) -> Unit:
-        from prefect.deployments import run_deployment
-
-        unit.attempt += 1
-        fr = run_deployment(
-            unit.deployment, timeout=0, parameters=unit.parameters,
-            idempotency_key=idempotency_key(unit.kind, unit.key, str(self.ws.root), unit.attempt),
-            flow_run_name=f"{self.name}-{unit.label}"[:100] + (f"-try{unit.attempt}" if unit.attempt > 1 else ""),
-            tags=["semprobe-fanout", f"study:{self.name}"])
-        unit.flow_run, unit.state = str(fr.id), "submitted"
-        if unit.flow_run not in unit.flow_runs:
-            unit.flow_runs.append(unit.flow_run)
-        if not any(u is unit for u in self.units):
-            self.units.append(unit)
-        return unit
-
-    def poll(self, client) -> list[Unit]:
-        """Units whose run finished since the last poll (their journal read and complete)."""
-        done = []
-        for u in [u for u in self.units if u.state == "submitted"]:
-            fr = client.read_flow_run(u.flow_run)
-            if not fr.state or not fr.state.is_final():
-                continue
-            journal = _journal_if_complete(self.ws, u.flow_run) if fr.state.type == StateType.COMPLETED else None
-            if journal is not None:
-                u.state, u.journal = "finished", journal
-                done.append(u)
-            elif u.attempt < self.max_attempts:
-                get_run_logger().warning("%s: flow run %s ended %s; submitting attempt %d",
-                                         u.label, fr.name, fr.state.name, u.attempt + 1)
-                self.submit(u)
-            else:
-                u.state, u.detail = "failed", f"{fr.state.name}: {fr.state.message}"
-        return done
-
-    def failed(self) -> list[Unit]:
-        return [u for u in self.units if u.state == "failed"]
 
 
 def _probe_grids(journal: record.Journal, ws: Workspace) -> list[dict]:
@@ -175,7 +96,7 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
                               tags={"prefect_flow_run": run_id, "semprobe.fanout": "true"})
     rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent)
     dkey, tkey = dataset_key(cfg.data), train_unit_key(cfg)
-    runs = UnitRuns(ws, f"{preset}-{tkey[:8]}", max_attempts)
+    runs = UnitRuns(ws, f"{preset}-{tkey[:8]}", max_attempts, tags=("semprobe-fanout", f"study:{preset}-{tkey[:8]}"))
     try:
         rec.run(preset, cfg, dkey, tkey, started, status="running")
         params = {"preset": preset, "overrides": list(overrides or []), "workspace": root}

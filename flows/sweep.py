@@ -41,8 +41,8 @@ from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger
-from prefect.client.schemas.objects import StateType
 
+from flows.deployment_runs import Unit, UnitRuns, journal_if_complete
 from flows.pipeline import pipeline
 from flows.presets import PRESETS, load_preset
 from tasks import record, tracking
@@ -172,74 +172,28 @@ class SweepRecorder:
         tracking.finish_run(self.parent, "FINISHED" if ok else "FAILED")
 
 
-def _journal_if_complete(ws: Workspace, run_id: str) -> record.Journal | None:
-    """The finished point's journal, if it exists and every artifact it names is still complete."""
-    try:
-        journal = record.Journal.read(ws.root, run_id)
-    except (OSError, ValueError, KeyError):
-        return None
-    if journal.status() != "finished":
-        return None
-    store = ws.store
-    if not all(store.is_complete(s["stage"], s["key"], verify="stat") for s in journal.stages()):
-        return None
-    return journal
-
-
 # ------------------------------------------------------------------ deployment mode
-def _idempotency_key(point: Point, ws: Workspace, attempt: int) -> str:
-    # the workspace is part of it: the same point in another workspace is another run
-    where = hashlib.sha256(str(ws.root).encode()).hexdigest()[:8]
-    return f"semprobe-point-{point.key}-{where}" + (f"~{attempt}" if attempt > 1 else "")
-
-
-def _submit(deployment: str, spec: SweepSpec, point: Point, ws: Workspace, attempt: int):
-    from prefect.deployments import run_deployment
-
-    return run_deployment(
-        deployment, timeout=0, idempotency_key=_idempotency_key(point, ws, attempt),
-        flow_run_name=f"{spec.name}-{point.label}".replace(" ", "-")[:100] + (f"-try{attempt}" if attempt > 1 else ""),
-        parameters={"preset": spec.preset, "overrides": list(point.overrides), "workspace": str(ws.root),
-                    "record_results": False, "progress": False},
-        tags=["semprobe-sweep", f"sweep:{spec.name}"])
-
-
 def _run_deployments(spec: SweepSpec, ws: Workspace, rec: SweepRecorder, deployment: str,
                      max_attempts: int, poll_s: float) -> list[dict]:
     from prefect import get_client
 
     log = get_run_logger()
-    status = {p.key: {"point": p.label, "key": p.key, "attempt": 1, "flow_runs": []} for p in spec.points}
-    pending = {p.key: p for p in spec.points}
-    runs = {}
-    for p in spec.points:
-        runs[p.key] = _submit(deployment, spec, p, ws, 1)
+    runs = UnitRuns(ws, spec.name, max_attempts, tags=("semprobe-sweep", f"sweep:{spec.name}"))
+    units = [runs.submit(Unit("point", p.label, p.key, deployment, {
+        "preset": spec.preset, "overrides": list(p.overrides), "workspace": str(ws.root),
+        "record_results": False, "progress": False})) for p in spec.points]
+    status = {}
     with get_client(sync_client=True) as client:
-        while pending:
-            for key, p in list(pending.items()):
-                fr = client.read_flow_run(runs[key].id)
-                st = status[key]
-                if str(fr.id) not in st["flow_runs"]:
-                    st["flow_runs"].append(str(fr.id))
-                if not fr.state or not fr.state.is_final():
-                    continue
-                journal = _journal_if_complete(ws, str(fr.id)) if fr.state.type == StateType.COMPLETED else None
-                if journal is not None:
-                    st.update(state="finished", flow_run=str(fr.id), where=journal.where,
-                              **rec.point(p, journal))
-                    del pending[key]
-                    log.info("point %s finished (flow run %s on %s)", p.label, fr.name, journal.where.get("worker"))
-                elif st["attempt"] < max_attempts:
-                    st["attempt"] += 1
-                    log.warning("point %s: flow run %s ended %s; submitting attempt %d",
-                                p.label, fr.name, fr.state.name, st["attempt"])
-                    runs[key] = _submit(deployment, spec, p, ws, st["attempt"])
-                else:
-                    st.update(state="failed", flow_run=str(fr.id), detail=f"{fr.state.name}: {fr.state.message}")
-                    del pending[key]
-            if pending:
+        while any(u.state == "submitted" for u in units):
+            for u in runs.poll(client):
+                p = spec.points[units.index(u)]
+                status[p.key] = {"where": u.journal.where, **rec.point(p, u.journal)}
+                log.info("point %s finished (flow run %s on %s)", p.label, u.flow_run, u.journal.where.get("worker"))
+            if any(u.state == "submitted" for u in units):
                 time.sleep(poll_s)
-    return [status[p.key] for p in spec.points]
+    return [{"point": u.label, "key": u.key, "attempt": u.attempt, "flow_runs": u.flow_runs, "state": u.state,
+             "flow_run": u.flow_run, **({"detail": u.detail} if u.detail else {}), **status.get(u.key, {})}
+            for u in units]
 
 
 # ------------------------------------------------------------------ local mode
@@ -251,7 +205,7 @@ def _run_local(spec: SweepSpec, ws: Workspace, rec: SweepRecorder) -> list[dict]
         try:
             res = pipeline(preset=spec.preset, overrides=list(p.overrides), workspace=str(ws.root),
                            record_results=False, progress=False)
-            journal = _journal_if_complete(ws, res["run_id"])
+            journal = journal_if_complete(ws, res["run_id"])
         except Exception as e:
             journal, res = None, e
         if journal is None:

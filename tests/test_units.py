@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.fanout import idempotency_key
+from flows.deployment_runs import idempotency_key
 from flows.presets import load_preset
 from flows.units import checkpoint_unit_key, is_probed, train_unit_key
 from model.config import checkpoint_steps
