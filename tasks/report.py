@@ -25,6 +25,7 @@ from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_O
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, num,
                                ordered_features, pct, pick_kind, pp, r_squared,
                                setup_differences)
+from tasks.report_targets import issue_targets
 from tasks.results import ResultsDB
 
 # The paper's numbers (shared/PAPER.md); text where the paper gives no number.
@@ -194,7 +195,7 @@ font-size:13px;text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1
 """
 
 
-def _write_html(path: Path, d: RunData, preset: str, table, figures, notes) -> None:
+def _write_html(path: Path, d: RunData, preset: str, table, targets, figures, notes) -> None:
     run = d.run or {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>semprobe report "
              f"{html.escape(d.run_id)}</title><style>{_CSS}</style></head><body>",
@@ -215,7 +216,10 @@ def _write_html(path: Path, d: RunData, preset: str, table, figures, notes) -> N
                   "<p>Data, model and training fields of this run that differ from the "
                   "<code>paper</code> preset (the reference's setup); device, seeds and the "
                   "checkpoint schedule are left out.</p>", _html_table(diffs)]
-    parts += ["<h2>Key numbers next to the paper</h2>", _html_table(table),
+    parts += ["<h2>Issue 7 targets</h2>", "<p>What a laptop reproduction must show "
+              "(<code>tasks/report_targets.py</code> states each criterion as checked).</p>",
+              _html_table(targets),
+              "<h2>Key numbers next to the paper</h2>", _html_table(table),
               "<p>Probe accuracy is the test-split mean over seeds of probes on the layer-mean "
               "hidden state at the token that emits each action, offset 0 (state after that "
               "action), original semantics, last probed checkpoint. Paper numbers from "
@@ -246,8 +250,9 @@ def build_report(ws_root: str, run_id: str, preset: str) -> dict:
     """Write the figures and ``report.html`` of ``run_id`` under ``<ws_root>/reports/<run_id>/``.
 
     Returns ``{"folder", "html", "figures": [png paths], "table": [{"metric", "this run",
-    "paper"}], "numbers": {key: float | None}}``; ``table`` is the key-numbers table (strings,
-    for a Prefect table artifact), ``numbers`` the raw values behind it.
+    "paper"}], "numbers": {key: float | None}, "targets": [{"target", "criterion", "measured",
+    "met"}]}``; ``table`` is the key-numbers table (strings, for a Prefect table artifact),
+    ``numbers`` the raw values behind it, ``targets`` issue 7's targets as this run meets them.
     """
     db = ResultsDB(Path(ws_root) / "results.duckdb")
     folder = Path(ws_root) / "reports" / str(run_id)
@@ -255,6 +260,7 @@ def build_report(ws_root: str, run_id: str, preset: str) -> dict:
     notes: list[str] = []
     d = RunData(db, str(run_id), preset, notes)
     table, numbers = key_numbers(d)
+    targets = issue_targets(d)
     drawn, figures = [], []
     for fname, title, fn in FIGURES:
         out = folder / fname
@@ -270,6 +276,6 @@ def build_report(ws_root: str, run_id: str, preset: str) -> dict:
         if path is not None:
             figures.append(str(path))
     html_path = folder / "report.html"
-    _write_html(html_path, d, preset, table, drawn, notes)
+    _write_html(html_path, d, preset, table, targets, drawn, notes)
     return {"folder": str(folder), "html": str(html_path), "figures": figures, "table": table,
-            "numbers": numbers}
+            "numbers": numbers, "targets": targets}
