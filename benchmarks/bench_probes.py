@@ -27,7 +27,7 @@ import torch
 
 import karel
 from probes import LinearProbe, MLPProbe, make_labels
-from probes.grid import PROBE_KINDS, GridConfig, probe_grid, split_programs
+from probes.grid import PROBE_KINDS, GridConfig, probe_grid, row_splits
 from probes.labels import MAIN_FEATURES, OFFSETS, hidden_rows
 from probes.stacked import TrainConfig
 
@@ -47,7 +47,7 @@ def make_data(n_programs: int, d: int, seed: int = 0):
 
 def one_at_a_time(labels, hidden, config, kind, sample, rng):
     x = hidden_rows(hidden, labels).astype(np.float32)
-    split = split_programs(labels.n_programs, 0, config.split)[labels.program]
+    split = row_splits(labels.program, 0, config.split)
     keys = [(s, f, o) for s in SEMANTICS for f in MAIN_FEATURES for o in OFFSETS]
     picked = [keys[i] for i in rng.choice(len(keys), size=sample, replace=False)]
     t = time.perf_counter()
@@ -75,7 +75,7 @@ def main():
     labels, hidden = make_data(args.programs, args.width)
     config = GridConfig(semantics=SEMANTICS, seeds=(0,), report=("test",),
                         train=TrainConfig(epochs=args.epochs))
-    split = split_programs(labels.n_programs, 0, config.split)[labels.program]
+    split = row_splits(labels.program, 0, config.split)
     n_train = int(((split == 0) & labels.valid(0)).sum())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")

@@ -70,6 +70,10 @@ class TrainConfig:
     # attention spans one sample (~390 tokens), so steps are cheaper and every program token
     # sees its whole specification. An option, off in the paper preset.
     packing: str = "blocks"
+    # Length curriculum (packing="samples" only; 0 = off, as in the paper): over the first K steps
+    # each row is drawn from the programs no longer than a bound that rises linearly from the
+    # shortest training length to the longest; after that the usual shuffled order resumes.
+    curriculum_steps: int = 0
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -86,7 +90,7 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size", "block_len", "ckpt_every"):
             _positive_int(self, name)
-        for name in ("warmup_steps", "ckpt_log_count", "seed", "micro_batch"):
+        for name in ("warmup_steps", "ckpt_log_count", "seed", "micro_batch", "curriculum_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be a non-negative int, got {getattr(self, name)!r}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -100,6 +104,9 @@ class TrainConfig:
         for name, allowed in (("loss_on", LOSS_ON), ("packing", PACKING), ("device", DEVICES), ("autocast", AUTOCAST)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+        if self.curriculum_steps and self.packing != "samples":
+            raise ValueError(f"curriculum_steps: needs packing='samples' (one whole sample per row), "
+                             f"not packing={self.packing!r}")
         if self.robot_markers not in ("hide", "show"):
             raise ValueError(f"robot_markers: {self.robot_markers!r} is not 'hide' or 'show'")
 

@@ -5,6 +5,8 @@ and cut into ``block_len`` blocks, so attention crosses sample boundaries and a 
 mid-sample. With ``packing="samples"`` each row holds one whole sample padded to ``block_len``.
 Each epoch visits the samples in a fresh order drawn from ``(seed, epoch)``; the position in the
 stream is two integers (epoch, next row), which is all a checkpoint needs to resume exactly.
+A length curriculum (``SampleRows`` only) draws the first rows of epoch 0 from ``(seed, row)``
+among the samples no longer than a rising bound, so it resumes exactly from the same two integers.
 """
 
 from __future__ import annotations
@@ -83,8 +85,11 @@ class SampleRows(PackedBlocks):
     attention never lets a real token see it.
     """
 
-    def __init__(self, ids: np.ndarray, lengths: np.ndarray, row_len: int, seed: int):
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray, row_len: int, seed: int, curriculum_rows: int = 0):
         self.ids, self.lengths = ids, lengths.astype(np.int64)
+        self.curriculum_rows = curriculum_rows
+        self._by_length = np.argsort(self.lengths, kind="stable")
+        self._sorted_lengths = self.lengths[self._by_length]
         self.block_len, self.seed = row_len, seed
         self.epoch, self.block = 0, 0
         longest = int(self.lengths.max())
@@ -104,11 +109,22 @@ class SampleRows(PackedBlocks):
         offs = np.full((n, width), -1, np.int64)
         for r in range(n):
             row = self._advance()  # may build this epoch's order, so before reading it
-            i = self._order[row]
+            i = self._curriculum_sample(row) if self.epoch == 0 and row < self.curriculum_rows else self._order[row]
             size = self.lengths[i]
             toks[r, :size] = self.ids[i, :size]
             offs[r, :size] = np.arange(size)
         return torch.from_numpy(toks), torch.from_numpy(offs)
+
+
+    def length_bound(self, row: int) -> int:
+        """The longest sample (in tokens) that curriculum row ``row`` may draw: the shortest
+        sample's length at row 0, rising linearly to the longest at the last curriculum row."""
+        lo, hi = int(self._sorted_lengths[0]), int(self._sorted_lengths[-1])
+        return lo + (hi - lo) * (row + 1) // self.curriculum_rows
+
+    def _curriculum_sample(self, row: int) -> int:
+        n = int(np.searchsorted(self._sorted_lengths, self.length_bound(row), side="right"))
+        return int(self._by_length[np.random.default_rng([self.seed, 0, row]).integers(n)])
 
 
 def batch_inputs(
@@ -140,5 +156,6 @@ def load_train_blocks(data_dir, cfg: TrainConfig, vocab: karel.Vocab, limit: int
 
 def make_stream(ids: np.ndarray, lengths: np.ndarray, cfg: TrainConfig) -> PackedBlocks:
     """The training stream ``cfg.packing`` asks for."""
-    kind = SampleRows if cfg.packing == "samples" else PackedBlocks
-    return kind(ids, lengths, cfg.block_len, cfg.seed)
+    if cfg.packing == "samples":
+        return SampleRows(ids, lengths, cfg.block_len, cfg.seed, cfg.curriculum_steps * cfg.batch_size)
+    return PackedBlocks(ids, lengths, cfg.block_len, cfg.seed)

@@ -4,8 +4,9 @@ CodeGen (and GPT-J) compute attention and the MLP in parallel from one LayerNorm
 ``x + attn(ln(x)) + mlp(ln(x))``. Rotary position embeddings act on the first ``rotary_dim``
 dims of each head only; the rest of the head carries content unrotated. The LM head is untied.
 
-Hidden states, TransformerLens-style: ``hidden[0]`` is the embedding output and ``hidden[i]`` the
-output of block ``i`` (1..n_layer), all taken *before* the final LayerNorm; n_layer+1 in all.
+Hidden states as Hugging Face returns them (and the reference averages): ``hidden[0]`` is the
+embedding output, ``hidden[i]`` the output of block ``i`` for i < n_layer, and ``hidden[n_layer]``
+the last block's output *after* the final LayerNorm (what the LM head reads); n_layer+1 in all.
 """
 
 from __future__ import annotations
@@ -154,8 +155,10 @@ class Transformer(nn.Module):
                 hidden.append(pick(x))
         if cache is not None:
             cache.length += t
-        logits = self.lm_head(self.ln_f(pick(x)))
-        return logits, hidden
+        last = self.ln_f(pick(x))
+        if return_hidden:
+            hidden[-1] = last
+        return self.lm_head(last), hidden
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Decay matrices only; LayerNorm, biases and embeddings are not decayed (nanoGPT)."""

@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from .grid import SPLITS, GridConfig, Task, label_tasks, probe_grid, split_programs, train_tasks
+from .grid import SPLITS, GridConfig, Task, label_tasks, probe_grid, row_splits, train_tasks
 from .labels import LabelSet, check_feature, hidden_rows
 from .stats import mean_ci
 
@@ -32,7 +32,7 @@ def majority_baseline(labels: LabelSet, config: GridConfig = GridConfig()) -> pd
     config.check()
     out = []
     for seed in config.seeds:
-        split = split_programs(labels.n_programs, seed, config.split)[labels.program]
+        split = row_splits(labels.program, seed, config.split)
         for t in label_tasks(labels, config):
             y = t.labels
             ok = y[:, 0] >= 0

@@ -86,6 +86,13 @@ def split_programs(n_programs: int, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.
     return out
 
 
+def row_splits(program: np.ndarray, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """(n,) split id of each row, from its program's split. The permutation runs over program ids
+    0..max(program), the same for the probes and for every baseline scored against them."""
+    program = np.asarray(program)
+    return split_programs(int(program.max()) + 1, seed, fractions)[program]
+
+
 def probe_seed(seed: int, kind: str, key: dict) -> int:
     """Initial-weight seed of one probe: stable, independent of the grid it is trained in."""
     name = f"{seed}/{kind}/{key.get('feature')}/{key.get('offset')}"
@@ -131,10 +138,9 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
         raise ValueError("tasks: nothing to train")
     n_head = max(len(t.heads) for t in tasks)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    n_programs = int(program.max()) + 1
     out = []
     for seed in config.seeds:
-        split = split_programs(n_programs, seed, config.split)[program]
+        split = row_splits(program, seed, config.split)
         rows = {name: np.flatnonzero(split == i) for i, name in enumerate(SPLITS)}
         data = {}
         for name, r in rows.items():

@@ -8,15 +8,19 @@ index ``k`` (index 0 = the input world). At **offset** ``o`` the hidden state em
 ``j`` is labelled with the state after action ``j + o``, i.e. trace index ``t = j + 1 + o``:
 
 * offset 0: the state right after the emitted action (the paper's "current" state);
-* offset -1: the state before it (after action ``j - 1``); for ``j = 0`` that is the input
-  world, trace index 0. We keep that pair (the input state is a well-defined past state, and
-  the model sees Input0 in its prompt); offset -2 at ``j = 0`` would be index -1 and is dropped;
-* offsets +1, +2: the states after the next actions ("future"), dropped past the program end.
+* offset -1: the state before it (after action ``j - 1``; for ``j = 0`` the input world,
+  trace index 0);
+* offsets +1, +2: the states after the next actions ("future").
 
-A pair is kept when ``0 <= j + 1 + o <= length`` and, with ``drop_last=True`` (the reference's
-choice, the default), ``j <= length - 2`` (the hidden state emitting the last action is never
-used, whatever the offset). Validity therefore depends on the offset only, never on the
-feature or semantics, so probes of one offset share exactly the same rows.
+With ``drop_last=True`` (the reference's choice, the default) a pair is kept when its label is a
+state strictly between the input and the final state, ``1 <= j + 1 + o <= length - 1``. Both
+ends can be read off the prompt (the input world is Input0, and the final state of a correct
+program is Output0), and the reference never labels with either: it removes the input state
+from the trace and drops the last pair of each offset's list. For a 4-action program this keeps
+j = 0 at +2; 0, 1 at +1; 0, 1, 2 at offset 0; 1, 2, 3 at -1; 2, 3 at -2. With
+``drop_last=False`` every pair with ``0 <= j + 1 + o <= length`` is kept. Validity depends on
+the offset only, never on the feature or semantics, so probes of one offset share exactly the
+same rows.
 
 Features and their encodings
 ----------------------------
@@ -142,10 +146,9 @@ class LabelSet:
     def valid(self, offset: int) -> np.ndarray:
         """(n,) bool rows kept at ``offset`` (independent of feature and semantics)."""
         t = self.position + 1 + offset
-        ok = (t >= 0) & (t <= self.length)
         if self.drop_last:
-            ok &= self.position <= self.length - 2
-        return ok
+            return (t >= 1) & (t <= self.length - 1)
+        return (t >= 0) & (t <= self.length)
 
     def triples(self, semantics: str, feature: str, offset: int):
         """(program index, action index, labels (m, H)) of the kept pairs."""

@@ -22,8 +22,11 @@ class EvalConfig:
 class ActivationConfig:
     """Which specs each checkpoint decodes for probing, and what it keeps of the hidden states."""
 
-    n_train_specs: int = 2000  # train-split specs (paper: 50,000); probes split these by program
-    n_test_specs: int = 500  # test-split specs, held out from every probe's training
+    # Probes pool the programs generated for both kinds of spec and split them by program
+    # (train/val/test), so no program is in two splits; the reference instead tests probes on the
+    # test specs' programs only. ``is_test`` in the dump marks which spec each program came from.
+    n_train_specs: int = 2000  # train-split specs (paper: 50,000)
+    n_test_specs: int = 500  # test-split specs (unseen in LM training)
     per_layer: bool = True  # keep every layer (for per-layer curves), not only the layer mean
     batch_size: int = 128
     checkpoints: int = 0  # how many checkpoints to dump and probe, spread over the schedule (0 = all)

@@ -7,7 +7,7 @@ import pytest
 import karel
 from probes import LinearProbe, make_labels
 from probes.controls import control_labels, layer_curves, majority_baseline, selectivity
-from probes.grid import GridConfig, Task, probe_grid, split_programs, train_tasks
+from probes.grid import GridConfig, Task, probe_grid, row_splits, split_programs, train_tasks
 from probes.interventions import semantic_content
 from probes.labels import hidden_rows
 from probes.stacked import TrainConfig
@@ -66,7 +66,7 @@ def test_batched_equals_one_at_a_time_within_noise(data):
     config = cfg(features=("direction", "facing_wall"), offsets=(-1, 0, 1), seeds=(0,),
                  report=("test",))
     grid = probe_grid(hidden, labels, config).set_index(["feature", "offset"])["accuracy"]
-    split = split_programs(labels.n_programs, 0)[labels.program]
+    split = row_splits(labels.program, 0)
     x = hidden_rows(hidden, labels).astype(np.float32)
     for (feat, off), acc in grid.items():
         y = labels.get("original", feat, off)[:, 0]
@@ -102,7 +102,7 @@ def test_majority_and_independent_states(data):
     grid = probe_grid(noise, labels, config)
     b = base[base.split == "test"]["accuracy"].iloc[0]
     y = labels.get("original", "facing_wall", 0)[:, 0]
-    split = split_programs(labels.n_programs, 0)[labels.program]
+    split = row_splits(labels.program, 0)
     te = (y >= 0) & (split == 2)
     assert b == pytest.approx(max((y[te] == 1).mean(), (y[te] == 0).mean()), abs=1e-9) or b < 0.5
     for acc in grid[grid.split == "test"]["accuracy"]:
@@ -133,3 +133,17 @@ def test_layer_curves_and_bad_names(data):
         probe_grid(hidden, labels, cfg(probes=("mlp9",)))
     with pytest.raises(ValueError, match="hidden"):
         probe_grid(hidden[:10], labels, cfg())
+
+
+def test_majority_baseline_scores_the_probes_test_rows_when_last_programs_are_empty():
+    # a babbling checkpoint can close programs at once: empty programs have no rows, and the last
+    # ones must not shift the split of the baseline away from the probes'
+    rng = np.random.default_rng(3)
+    progs = karel.random_programs(rng, rng.integers(3, 11, 60), width=14)
+    progs[-5:] = -1
+    labels = make_labels(progs, karel.random_worlds(rng, 60), ("original",), ("direction",), (0,))
+    assert labels.n_programs == 60 and labels.program.max() == 54
+    config = cfg(features=("direction",), offsets=(0,), seeds=(0, 1), probes=("linear",), report=("test",))
+    base = majority_baseline(labels, config).set_index("seed")["n"]
+    grid = probe_grid(np.zeros((60, 14, 4), np.float32), labels, config).set_index("seed")["n"]
+    assert base.to_dict() == grid.to_dict()

@@ -32,17 +32,36 @@ def test_turn_right_move_by_hand():
     p, j, y = ls.triples("original", "direction", 0)
     assert list(p) == [0] and list(j) == [0]  # drop_last: only the first action's state
     assert y[0, 0] == 1  # after turn_right: east
-    assert ls.triples("original", "direction", -1)[2][0, 0] == 0  # before it: the input, north
-    assert len(ls.triples("original", "direction", -2)[0]) == 0  # j=0, offset -2: nothing
-    _, _, rel = ls.triples("original", "rel_start", 1)  # after move: one cell east
+    p, j, y = ls.triples("original", "direction", -1)  # j=1 (move) labelled with the state before it
+    assert list(j) == [1] and y[0, 0] == 1
+    for o in (-2, 1, 2):  # would label with the input or the final state: dropped
+        assert len(ls.triples("original", "direction", o)[0]) == 0, o
+    full = make_labels(progs, inputs, ("original",), ("direction", "rel_start", "abs_position"),
+                       (-1, 1), drop_last=False)
+    assert full.triples("original", "direction", -1)[2][0, 0] == 0  # j=0: the input, north
+    _, _, rel = full.triples("original", "rel_start", 1)  # after move: one cell east
     assert tuple(rel[0]) == (6, 7)
-    _, _, pos = ls.triples("original", "abs_position", 1)
+    _, _, pos = full.triples("original", "abs_position", 1)
     assert tuple(pos[0]) == (2, 3)  # row 3, col 4 -> (2, 3)
-    assert len(ls.triples("original", "direction", 2)[0]) == 0  # past the end
     # flip reads turn_right as turn_left: west, then a move west.
-    lf = make_labels(progs, inputs, ("flip",), ("direction", "rel_start"), (0, 1))
+    lf = make_labels(progs, inputs, ("flip",), ("direction", "rel_start"), (0, 1), drop_last=False)
     assert lf.get("flip", "direction", 0)[0, 0] == 3
     assert tuple(lf.get("flip", "rel_start", 1)[0]) == (6, 5)
+
+
+def test_kept_pairs_never_label_with_the_input_or_final_state():
+    # 4 actions from (3, 3) north: east, (3, 4), (3, 5), north. Trace index t = j + 1 + offset.
+    progs, inputs = batch(["turn_right move move turn_left"], [[open_world()]])
+    ls = make_labels(progs, inputs, ("original",), ("rel_start",), (-2, -1, 0, 1, 2))
+    kept = {o: ls.triples("original", "rel_start", o)[1].tolist() for o in (-2, -1, 0, 1, 2)}
+    assert kept == {2: [0], 1: [0, 1], 0: [0, 1, 2], -1: [1, 2, 3], -2: [2, 3]}  # the reference's pairs
+    states = {1: (6, 6), 2: (6, 7), 3: (6, 8)}  # after actions 1..3 (t = 1..3), rel. to start
+    for o, js in kept.items():
+        got = [tuple(r) for r in ls.triples("original", "rel_start", o)[2]]
+        assert got == [states[j + 1 + o] for j in js], o
+    full = make_labels(progs, inputs, ("original",), ("rel_start",), (-2, 2), drop_last=False)
+    assert full.triples("original", "rel_start", 2)[1].tolist() == [0, 1]  # t = 3, 4 (final)
+    assert full.triples("original", "rel_start", -2)[1].tolist() == [1, 2, 3]  # t = 0 (input), 1, 2
 
 
 def test_drop_last_false_keeps_last_action():
@@ -69,7 +88,7 @@ def test_random_programs_match_reference_interpreter(semantics):
                 world = inputs[p * n_worlds]  # Input0
                 prog = [int(a) for a in progs[p] if a >= 0]
                 states = [world] + karel.execute(prog, world, semantics)
-                assert j <= len(prog) - 2 and 0 <= j + 1 + o <= len(prog)
+                assert 1 <= j + 1 + o <= len(prog) - 1 and 0 <= j < len(prog)
                 s, end = states[j + 1 + o], states[-1]
                 d = s.dir_id
                 around = [bool(s.walls[s.row + D_ROW[k], s.col + D_COL[k]]) for k in range(4)]
@@ -92,9 +111,9 @@ def test_validity_counts_and_rows():
     progs = karel.random_programs(rng, lengths, width=14)
     ls = make_labels(progs, karel.random_worlds(rng, 4))
     assert len(ls) == lengths.sum()
-    # kept per offset: j in [max(0, -1-o), min(len-2, len-1-o)]
+    # kept per offset: j in [max(0, -o), min(len-1, len-2-o)]
     for o in (-2, -1, 0, 1, 2):
-        expect = sum(max(0, min(n - 2, n - 1 - o) - max(0, -1 - o) + 1) for n in lengths)
+        expect = sum(max(0, min(n - 1, n - 2 - o) - max(0, -o) + 1) for n in lengths)
         assert ls.valid(o).sum() == expect
         assert ((ls.get("original", "direction", o)[:, 0] >= 0) == ls.valid(o)).all()
 
