@@ -27,7 +27,8 @@ from .stats import mean_ci
 def majority_baseline(labels: LabelSet, config: GridConfig = GridConfig()) -> pd.DataFrame:
     """Most frequent (joint) train label per semantics/feature/offset/seed, scored on test.
 
-    Rows like ``probe_grid``'s with probe="majority", layer="none".
+    Rows like ``probe_grid``'s with probe="majority", layer="none". A task with no training rows
+    (e.g. offset +2 when every generated program is short) scores NaN, as its probes do.
     """
     config.check()
     out = []
@@ -37,13 +38,13 @@ def majority_baseline(labels: LabelSet, config: GridConfig = GridConfig()) -> pd
             y = t.labels
             ok = y[:, 0] >= 0
             train = y[ok & (split == 0)]
-            if len(train) == 0:
-                raise ValueError(f"majority_baseline: no training rows for {t.key}")
-            uniq, counts = np.unique(train, axis=0, return_counts=True)
-            mode = uniq[np.argmax(counts)]  # ties: the smallest label, deterministic
+            mode = None
+            if len(train):
+                uniq, counts = np.unique(train, axis=0, return_counts=True)
+                mode = uniq[np.argmax(counts)]  # ties: the smallest label, deterministic
             for name in config.report:
                 rows = ok & (split == SPLITS.index(name))
-                acc = float((y[rows] == mode).all(1).mean()) if rows.any() else float("nan")
+                acc = float((y[rows] == mode).all(1).mean()) if rows.any() and mode is not None else float("nan")
                 out.append({**t.key, "probe": "majority", "layer": "none", "seed": seed,
                             "split": name, "accuracy": acc, "n": int(rows.sum()),
                             "best_epoch": 0})

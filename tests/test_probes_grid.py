@@ -147,3 +147,16 @@ def test_majority_baseline_scores_the_probes_test_rows_when_last_programs_are_em
     base = majority_baseline(labels, config).set_index("seed")["n"]
     grid = probe_grid(np.zeros((60, 14, 4), np.float32), labels, config).set_index("seed")["n"]
     assert base.to_dict() == grid.to_dict()
+
+
+def test_offset_without_training_rows_scores_nan_not_an_error():
+    # programs of 1..2 actions have no pair at offset +1 (it would label with the final state)
+    rng = np.random.default_rng(4)
+    progs = karel.random_programs(rng, rng.integers(1, 3, 40), width=14)
+    labels = make_labels(progs, karel.random_worlds(rng, 40), ("original",), ("direction",), (0, 1))
+    assert labels.valid(0).any() and not labels.valid(1).any()
+    config = cfg(features=("direction",), offsets=(0, 1), seeds=(0,), probes=("linear",), report=("test",))
+    base = majority_baseline(labels, config).set_index("offset")
+    grid = probe_grid(np.zeros((40, 14, 4), np.float32), labels, config).set_index("offset")
+    assert np.isnan(base.loc[1, "accuracy"]) and base.loc[1, "n"] == 0
+    assert np.isnan(grid.loc[1, "accuracy"]) and not np.isnan(base.loc[0, "accuracy"])
