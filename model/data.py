@@ -88,8 +88,9 @@ class SampleRows(PackedBlocks):
     def __init__(self, ids: np.ndarray, lengths: np.ndarray, row_len: int, seed: int, curriculum_rows: int = 0):
         self.ids, self.lengths = ids, lengths.astype(np.int64)
         self.curriculum_rows = curriculum_rows
-        self._by_length = np.argsort(self.lengths, kind="stable")
-        self._sorted_lengths = self.lengths[self._by_length]
+        if curriculum_rows:  # samples by length, for drawing under the curriculum's bound
+            self._by_length = np.argsort(self.lengths, kind="stable")
+            self._sorted_lengths = self.lengths[self._by_length]
         self.block_len, self.seed = row_len, seed
         self.epoch, self.block = 0, 0
         longest = int(self.lengths.max())
