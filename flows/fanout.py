@@ -96,7 +96,8 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
                               tags={"prefect_flow_run": run_id, "semprobe.fanout": "true"})
     rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent)
     dkey, tkey = dataset_key(cfg.data), train_unit_key(cfg)
-    runs = UnitRuns(ws, f"{preset}-{tkey[:8]}", max_attempts, tags=("semprobe-fanout", f"study:{preset}-{tkey[:8]}"))
+    study = f"{preset}-{tkey[:8]}"
+    runs = UnitRuns(ws, study, max_attempts, tags=("semprobe-fanout", f"study:{study}"))
     try:
         rec.run(preset, cfg, dkey, tkey, started, status="running")
         params = {"preset": preset, "overrides": list(overrides or []), "workspace": root}
