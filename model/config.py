@@ -26,12 +26,18 @@ class ModelConfig:
     rotary_dim: int = 16  # rotary embedding on the first rotary_dim dims of each head
     d_mlp: int = 1024
     context: int = 1024  # longest sequence the rotary table covers
+    # Add learned row, column and side (input/output) embeddings to the spec's grid cells
+    # (model/cells.py): the model is told where each cell is instead of learning it from rotary
+    # offsets. Same text, one token per cell; an option, off in the paper preset.
+    cell_embeddings: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_mlp", "context"):
             _positive_int(self, name)
         if self.d_model % self.n_head:
             raise ValueError(f"d_model: {self.d_model} is not divisible by n_head {self.n_head}")
+        if not isinstance(self.cell_embeddings, bool):
+            raise ValueError(f"cell_embeddings: must be a bool, got {self.cell_embeddings!r}")
         if not (0 <= self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
             raise ValueError(f"rotary_dim: must be even and in 0..head_dim ({self.head_dim}), got {self.rotary_dim}")
 
@@ -43,7 +49,8 @@ class ModelConfig:
         """Parameters (embedding and LM head included)."""
         d, v = self.d_model, self.vocab_size
         block = 2 * d + 3 * d * d + d * d + (d * self.d_mlp + self.d_mlp) + (self.d_mlp * d + d)
-        return v * d + self.n_layer * block + 2 * d + d * v + v
+        cells = (2 * 6 + 2) * d if self.cell_embeddings else 0  # model/cells.py: row, col, side
+        return v * d + cells + self.n_layer * block + 2 * d + d * v + v
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), attention included."""

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cells import CellEmbedding
 from .config import ModelConfig
 
 
@@ -113,6 +114,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.cells = CellEmbedding(cfg.vocab_size, cfg.d_model) if cfg.cell_embeddings else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size)  # untied, as CodeGen
@@ -147,6 +149,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence: {start + t} tokens exceed the model context {self.cfg.context}")
         cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
         x = self.embed(idx)
+        if self.cells is not None:
+            x = x + self.cells(idx)
         pick = (lambda h: h[:, -1:]) if last_only else (lambda h: h)
         hidden = [pick(x)] if return_hidden else None
         for i, block in enumerate(self.blocks):
@@ -164,7 +168,7 @@ class Transformer(nn.Module):
         """Decay matrices only; LayerNorm, biases and embeddings are not decayed (nanoGPT)."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
-            (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
+            (decay if p.dim() >= 2 and not name.startswith(("embed", "cells.")) else no_decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

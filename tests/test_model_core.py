@@ -203,3 +203,47 @@ def test_phase_rule():
     assert label_phases(flat).labels == ["babbling"] * 7
     with pytest.raises(ValueError, match="acc_spec"):
         label_phases([{"step": 0, "diversity": 0.1}])
+
+
+def test_cell_coordinates_follow_the_grids():
+    """Every interior cell gets its own row, column and side; headers and program tokens none."""
+    from model.cells import cell_coordinates, header_kinds
+
+    vocab = karel.Vocab()
+    worlds = karel.random_worlds(np.random.default_rng(0), 5)
+    ids, lengths = karel.encode_samples(worlds, worlds, np.zeros((1, 3), np.int8), vocab)
+    ids = torch.from_numpy(ids.astype(np.int64))
+    row, col, side, valid = cell_coordinates(ids, header_kinds(48))
+    assert int(valid.sum()) == 10 * 36
+    for g in range(10):  # grid g: header at 37 g, cells after it
+        cells = slice(37 * g + 1, 37 * g + 37)
+        assert not valid[0, 37 * g] and valid[0, cells].all()
+        assert row[0, cells].tolist() == [i // 6 for i in range(36)]
+        assert col[0, cells].tolist() == [i % 6 for i in range(36)]
+        assert (side[0, cells] == g % 2).all()  # Input{k} then Output{k}
+    assert not valid[0, 370:].any()  # Code: def run() { move ... } <eos>
+    # A chunk without its header (a cached decoding step, a block cut mid-grid) gets none.
+    assert not cell_coordinates(ids[:, 5:30], header_kinds(48))[3].any()
+
+
+def test_cell_embeddings_change_only_cells_and_decode_with_cache():
+    cfg = ModelConfig(**{**CFG.__dict__, "context": 512, "cell_embeddings": True})
+    assert cfg.n_params() == sum(p.numel() for p in Transformer(cfg).parameters())
+    torch.manual_seed(3)
+    model = Transformer(cfg).eval()
+    vocab = karel.Vocab()
+    worlds = karel.random_worlds(np.random.default_rng(1), 5)
+    ids, _ = karel.encode_samples(worlds, worlds, np.array([[0, 1, 2, -1]], np.int8), vocab)
+    x = torch.from_numpy(ids[:, :376].astype(np.int64))
+    with torch.no_grad():
+        emb = model.cells(x)
+        assert emb[0, 1:37].abs().sum(-1).gt(0).all() and not emb[0, 370:].any()
+        full, hidden = model(x, return_hidden=True)
+        cache = KVCache.empty(cfg, 1, 376, "cpu", torch.float32)
+        out, _ = model(x[:, :374], cache=cache)
+        for t in range(374, 376):
+            o, h = model(x[:, t : t + 1], cache=cache, return_hidden=True)
+            torch.testing.assert_close(o[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h[-1][:, 0], hidden[-1][:, t], atol=1e-5, rtol=1e-5)
+    decayed = {id(p) for p in model.param_groups(0.1)[0]["params"]}
+    assert not any(id(p) in decayed for p in model.cells.parameters())

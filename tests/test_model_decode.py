@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import karel
+from dataclasses import replace
+
 from model.config import ModelConfig
 from model.decode import MAX_ACTIONS, Generation, generate, program_tokens, spec_prompts
 from model.metrics import correct_pairs, evaluate_checkpoint, generation_metrics, perplexity
@@ -21,11 +23,11 @@ def data(tmp_path_factory):
     return karel.load_split(path, "test"), karel.load_split(path, "val")
 
 
-def _model(seed, actions_bias=0.0, sharpen=1.0):
+def _model(seed, actions_bias=0.0, sharpen=1.0, cells=False):
     """A random model; ``sharpen`` scales attention so outputs depend on the spec (a plain
     random init writes the same program for every spec, which would test little)."""
     torch.manual_seed(seed)
-    model = Transformer(CFG).eval()
+    model = Transformer(replace(CFG, cell_embeddings=cells)).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(40.0)  # make greedy choices depend on the context
         for block in model.blocks:
@@ -35,10 +37,12 @@ def _model(seed, actions_bias=0.0, sharpen=1.0):
     return model
 
 
-@pytest.mark.parametrize("mode,seed,sharpen", [("constrained", 2, 15.0), ("greedy", 1, 5.0)])
-def test_hidden_states_align_with_teacher_forcing(data, mode, seed, sharpen):
+@pytest.mark.parametrize(
+    "mode,seed,sharpen,cells", [("constrained", 2, 15.0, False), ("greedy", 1, 5.0, False), ("constrained", 2, 15.0, True)]
+)
+def test_hidden_states_align_with_teacher_forcing(data, mode, seed, sharpen, cells):
     test, _ = data
-    model = _model(seed, sharpen=sharpen)
+    model = _model(seed, sharpen=sharpen, cells=cells)
     gen = generate(model, test, VOCAB, mode, batch_size=7, keep_layers=True)
     assert gen.programs.shape == (24, MAX_ACTIONS) and gen.hidden.shape == (24, MAX_ACTIONS, CFG.d_model)
     assert gen.hidden_layers.shape == (24, MAX_ACTIONS, CFG.n_layer + 1, CFG.d_model)
