@@ -48,7 +48,8 @@ def exit_now(code: int) -> None:
     """Leave the process at once, without waiting for task threads still in flight (evaluations,
     probe grids): their artifacts are written atomically, so an unfinished one simply does not
     exist yet, and training has already checkpointed. atexit handlers still run: they stop
-    Prefect's temporary server, which would otherwise be left behind."""
+    Prefect's temporary server, which would otherwise be left behind; any child process still
+    there after them (a server whose hook was not yet registered) is sent SIGTERM."""
     atexit._run_exitfuncs()
     _stop_children()
     os._exit(code)

@@ -19,8 +19,9 @@ import torch.nn as nn
 
 import karel
 from karel.text import N_SPEC
+from karel.world import SIZE
 
-SIDE = 6  # interior cells per grid row and column
+SIDE = SIZE - 2  # interior cells per grid row and column (the border walls are not shown)
 CELLS = SIDE * SIDE
 
 

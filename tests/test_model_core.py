@@ -211,7 +211,7 @@ def test_cell_coordinates_follow_the_grids():
 
     vocab = karel.Vocab()
     worlds = karel.random_worlds(np.random.default_rng(0), 5)
-    ids, lengths = karel.encode_samples(worlds, worlds, np.zeros((1, 3), np.int8), vocab)
+    ids, _ = karel.encode_samples(worlds, worlds, np.zeros((1, 3), np.int8), vocab)
     ids = torch.from_numpy(ids.astype(np.int64))
     row, col, side, valid = cell_coordinates(ids, header_kinds(48))
     assert int(valid.sum()) == 10 * 36

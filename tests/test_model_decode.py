@@ -1,12 +1,12 @@
 """Decoding: hidden-state alignment, cache agreement, the grammar, and generation metrics."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 import karel
-from dataclasses import replace
-
 from model.config import ModelConfig
 from model.decode import MAX_ACTIONS, Generation, generate, program_tokens, spec_prompts
 from model.metrics import correct_pairs, evaluate_checkpoint, generation_metrics, perplexity
