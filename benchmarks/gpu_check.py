@@ -27,11 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
 import karel
-from model.config import lr_at, preset
+from model.config import preset
 from model.data import make_stream, tokenize
 from model.decode import generate
 from model.metrics import generation_metrics, perplexity
-from model.train import lm_loss, make_optimizer, resolve_device
+from model.optim import make_optimizer, set_lr
+from model.train import lm_loss, resolve_device
 from model.transformer import Transformer
 
 PEAK_BF16 = 989e12
@@ -61,8 +62,7 @@ def setup(m, t, train_samples, compile_model):
 
 
 def train_step(fwd, opt, blocks, t, step, device):
-    for g in opt.param_groups:
-        g["lr"] = lr_at(t, step)
+    set_lr(opt, t, step)
     tokens, offset = blocks.next_batch(t.batch_size)
     micro = t.micro_batch or t.batch_size
     total = 0.0

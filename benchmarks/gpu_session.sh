@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU session (device tool): paper-shape throughput, then the issue-7 levers
-# (packing, training lengths, batch) on the cpu-size model, two at a time, each logging
+# (packing, training lengths, batch, Muon) on the cpu-size model, two at a time, each logging
 # emergence against tokens seen. Budget per pair of recipes: BUDGET seconds.
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
@@ -40,6 +40,6 @@ run blocks-b64 /tmp/d610 --train batch_size=64 &
 run samples-b166 /tmp/d610 $SAMPLES &
 wait
 run samples-len1-10 /tmp/d110 $SAMPLES &
-run samples-b42-lr1e-3 /tmp/d610 --train packing=samples --train block_len=386 --train batch_size=42 --train lr=1e-3 &
+run samples-len1-10-muon /tmp/d110 $SAMPLES --train optimizer=muon &
 wait
 grep '"part": "done"' "$OUT/emergence.jsonl"

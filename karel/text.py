@@ -109,6 +109,19 @@ def prompt_length(n_spec: int = N_SPEC) -> int:
     return n_spec * 2 * (1 + 36) + len(PROGRAM_OPEN)
 
 
+def input_cell_mask(n_spec: int = N_SPEC) -> np.ndarray:
+    """(prompt_length,) bool: True at the offsets of the input grids' cells.
+
+    Input worlds are random draws, so beyond their cell frequencies no model can predict these
+    tokens; the output grids (and the program) are what depends on the hidden program.
+    """
+    mask = np.zeros(prompt_length(n_spec), dtype=bool)
+    for k in range(n_spec):
+        start = k * 2 * (1 + 36) + 1  # after the Input{k} header
+        mask[start : start + 36] = True
+    return mask
+
+
 def grid_ids(worlds: WorldBatch, vocab: Vocab) -> np.ndarray:
     """(n, 36) token ids of the interior cells of each world, row-major."""
     n = len(worlds)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-LOSS_ON = ("all", "program")
+LOSS_ON = ("all", "program", "outputs")
 PACKING = ("blocks", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AUTOCAST = ("auto", "bf16", "off")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,18 @@ class TrainConfig:
     # shortest training length to the longest; after that the usual shuffled order resumes.
     curriculum_steps: int = 0
     weight_decay: float = 0.0
+    # "adamw" (paper) or "muon": Muon for the blocks' weight matrices (model/optim.py), AdamW for
+    # embeddings, LM head, norms and biases. An option, off in the paper preset.
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02  # peak lr of the Muon groups (same warmup and decay as lr)
+    muon_momentum: float = 0.95
     beta1: float = 0.9
     beta2: float = 0.999
     grad_clip: float = 1.0  # 0 disables clipping
-    loss_on: str = "all"  # "all" tokens (paper) or "program" tokens only
+    # "all" tokens (paper), "program" tokens only, or "outputs": the output grids and the program,
+    # no loss on the input grids (random worlds: past their cell frequencies, unpredictable).
+    # "outputs" is an option for learning efficiency (issue 7), off in the paper preset.
+    loss_on: str = "all"
     prompt_loss_weight: float = 1.0  # with loss_on="all": weight of spec (grid) tokens; program tokens weigh 1
     cross_sample_attention: bool = True  # the reference packs and attends across samples
     robot_markers: str = "hide"  # karel.Vocab mode: the tokenizer the model reads
@@ -108,7 +117,10 @@ class TrainConfig:
             raise ValueError(f"prompt_loss_weight: must be in [0, 1], got {self.prompt_loss_weight}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay/grad_clip: must be >= 0")
-        for name, allowed in (("loss_on", LOSS_ON), ("packing", PACKING), ("device", DEVICES), ("autocast", AUTOCAST)):
+        if not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1):
+            raise ValueError(f"muon_lr/muon_momentum: need muon_lr > 0 and momentum in [0, 1), "
+                             f"got {self.muon_lr}, {self.muon_momentum}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("loss_on", LOSS_ON), ("packing", PACKING), ("device", DEVICES), ("autocast", AUTOCAST)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
         if self.curriculum_steps and self.packing != "samples":
@@ -185,15 +197,17 @@ def smoke() -> tuple[ModelConfig, TrainConfig]:
 
 def cpu() -> tuple[ModelConfig, TrainConfig]:
     """Small enough for a laptop CPU: the default preset's model, sized for about 60 minutes end to
-    end on 2 cores (~20M training tokens at ~11k tokens/s with bf16 autocast on AMX). One whole
-    sample per row (``packing="samples"``, 21 x 386 tokens a step): 1.6x the program tokens that
-    see their whole spec per second of packed 1,024-token blocks (benchmarks/bench_packing.py).
+    end on 2 cores (~16M training tokens at ~7.5k tokens/s with bf16 autocast on the 2-core AMD
+    EPYC; ~11k on the Xeon with AMX). One whole sample per row (``packing="samples"``, 21 x 386
+    tokens a step): 1.6x the program tokens that see their whole spec per second of packed
+    1,024-token blocks (benchmarks/bench_packing.py). Muon for the hidden matrices: about 1.7x
+    fewer steps to the same program loss than AdamW (RESULTS.md, lever round 5).
     Emergence at this size took a few hundred million tokens on a GPU with the paper's recipe
     (RESULTS.md); issue 7 is the work of closing that gap."""
     return (
         ModelConfig(vocab_size=64, n_layer=4, d_model=256, n_head=8, rotary_dim=16, d_mlp=1024, context=1024),
-        TrainConfig(lr=1e-3, warmup_steps=100, steps=2500, batch_size=21, block_len=386, packing="samples",
-                    weight_decay=0.1, ckpt_every=250, ckpt_log_count=4),
+        TrainConfig(lr=1e-3, warmup_steps=100, steps=2000, batch_size=21, block_len=386, packing="samples",
+                    optimizer="muon", weight_decay=0.1, ckpt_every=250, ckpt_log_count=4),
     )
 
 
@@ -233,7 +247,7 @@ def estimate_train_flops(model: ModelConfig, train: TrainConfig) -> float:
 
 
 __all__ = [
-    "AUTOCAST", "DEVICES", "LOSS_ON", "ModelConfig", "PACKING", "PRESETS", "TrainConfig", "checkpoint_steps",
+    "AUTOCAST", "DEVICES", "LOSS_ON", "ModelConfig", "OPTIMIZERS", "PACKING", "PRESETS", "TrainConfig", "checkpoint_steps",
     "config_from_dict", "config_to_dict", "cpu", "cpu_long", "estimate_train_flops", "lr_at", "paper", "preset",
     "replace_fields", "smoke",
 ]

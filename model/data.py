@@ -136,13 +136,20 @@ def batch_inputs(
     ``doc`` numbers the samples inside each block (None when attention crosses samples, or when
     each row is one sample). Program tokens are those at offset >= the prompt length: the
     actions, ``}`` and ``<eos>``; spec tokens weigh ``prompt_loss_weight`` (0 with
-    ``loss_on="program"``); padding (offset -1) weighs 0.
+    ``loss_on="program"``, and 0 for the input grids' cells with ``loss_on="outputs"``);
+    padding (offset -1) weighs 0.
     """
     prompt_len = karel.prompt_length() if prompt_len is None else prompt_len
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     target_offset = offset[:, 1:]
     spec_weight = 0.0 if cfg.loss_on == "program" else cfg.prompt_loss_weight
     weight = torch.where(target_offset >= prompt_len, 1.0, spec_weight) * (target_offset >= 0)
+    if cfg.loss_on == "outputs":
+        in_cell = torch.from_numpy(karel.text.input_cell_mask())
+        if len(in_cell) != prompt_len:
+            raise ValueError(f"loss_on='outputs': needs the Karel prompt ({len(in_cell)} tokens), got {prompt_len}")
+        spec = (target_offset >= 0) & (target_offset < prompt_len)
+        weight = weight * ~(spec & in_cell[target_offset.clamp(0, prompt_len - 1)])
     doc = None
     if not cfg.cross_sample_attention and cfg.packing == "blocks":
         doc = torch.cumsum((offset[:, :-1] == 0).long(), dim=1)

@@ -20,13 +20,15 @@ from .checkpoint import (
     RESUMABLE_CHANGES, check_compatible, checkpoint_path, list_checkpoints, load_checkpoint,
     make_payload, save_checkpoint, set_rng_state,
 )
-from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict, lr_at
+from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict
 from .data import PackedBlocks, batch_inputs, load_train_blocks
+from .optim import make_optimizer, set_lr
 from .transformer import Transformer, sample_mask
 
 # Measured by benchmarks/bench_train.py on the 2-core Xeon with AMX (BENCHMARKS.md, ## model):
-# bf16 autocast trains the cpu preset about 2x faster than float32 there (AMX bf16 matmuls).
-# "auto" on CPU follows this measurement; set autocast="off" on CPUs without AMX/avx512_bf16.
+# bf16 autocast trains the cpu preset about 2x faster than float32 there (AMX bf16 matmuls), and
+# 1.6x on the 2-core AMD EPYC (Zen 5, avx512_bf16, no AMX) that replaced it.
+# "auto" on CPU follows these measurements; set autocast="off" on CPUs without AMX/avx512_bf16.
 CPU_BF16_FASTER = True
 
 
@@ -58,13 +60,6 @@ def lm_loss(model, tokens, offset, cfg: TrainConfig, device, prompt_len=None) ->
     nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
     total = weight.sum()
     return (nll * weight.flatten()).sum() / total.clamp(min=1.0), float(total)
-
-
-def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(
-        model.param_groups(cfg.weight_decay), lr=lr_at(cfg, 0), betas=(cfg.beta1, cfg.beta2), fused=fused
-    )
 
 
 def _resume_state(out_dir, model_cfg, train_cfg, vocab):
@@ -147,8 +142,7 @@ def train(
     micro = train_cfg.micro_batch or train_cfg.batch_size
     t0, tokens_since, losses = time.perf_counter(), 0, []
     while step < last:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(train_cfg, step)
+        set_lr(optimizer, train_cfg, step)
         tokens, offset = blocks.next_batch(train_cfg.batch_size)
         # Sum weighted losses over micro-batches, normalised by the whole batch's weight.
         _, _, weight, _ = batch_inputs(tokens, offset, train_cfg)

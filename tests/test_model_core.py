@@ -1,5 +1,7 @@
 """Model configs, the transformer (shapes, causality, KV cache), data packing, phase rule."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ import karel
 from model.config import (
     ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, lr_at, preset, replace_fields,
 )
-from model.data import PackedBlocks, SampleRows, batch_inputs
+from model.data import PackedBlocks, SampleRows, batch_inputs, tokenize
+from model.optim import make_optimizer, set_lr
 from model.phases import label_phases
 from model.transformer import KVCache, Transformer, sample_mask
 
@@ -187,6 +190,47 @@ def test_padding_and_prompt_weight():
         TrainConfig(prompt_loss_weight=2.0)
     with pytest.raises(ValueError, match="packing"):
         TrainConfig(packing="rows")
+
+
+def test_outputs_loss_skips_exactly_the_input_grid_cells(tmp_path):
+    vocab = karel.Vocab()
+    karel.generate_dataset(karel.DataConfig(n_train_generated=20, n_val=2, n_test=2), tmp_path / "d")
+    ids, lengths = tokenize(karel.load_split(tmp_path / "d", "train", limit=1), vocab)
+    n = int(lengths[0])
+    tokens = torch.from_numpy(ids[:, :n].astype(np.int64))
+    offset = torch.arange(n)[None]
+    w = batch_inputs(tokens, offset, TrainConfig(packing="samples", loss_on="outputs"))[2][0]
+    names = vocab.decode(ids[0, 1:n])  # the targets; the first, Input0, is never one
+    in_input = True
+    for name, weight in zip(names, w.tolist()):
+        if name.startswith(("Input", "Output", "Code:")):
+            in_input = name.startswith("Input")
+            assert weight == 1, name
+        else:
+            assert weight == (0 if in_input else 1), (name, weight)
+    assert (w == 0).sum() == 5 * 36
+    with pytest.raises(ValueError, match="needs the Karel prompt"):
+        batch_inputs(tokens, offset, TrainConfig(packing="samples", loss_on="outputs"), prompt_len=3)
+
+
+def test_muon_optimizer_covers_every_parameter_once_and_follows_the_schedule():
+    m, t = preset("smoke", train={"optimizer": "muon", "muon_lr": 0.02, "lr": 1e-3, "warmup_steps": 2})
+    model = Transformer(m)
+    opt = make_optimizer(model, t)
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())
+    muon, adamw = opt.parts[1], opt.parts[0]
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert all(p.dim() == 2 for g in muon.param_groups for p in g["params"])
+    assert not any(p is model.embed.weight or p is model.lm_head.weight for g in muon.param_groups for p in g["params"])
+    set_lr(opt, t, 5)
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.02 * lr_at(t, 5) / 1e-3)
+    assert adamw.param_groups[0]["lr"] == pytest.approx(lr_at(t, 5))
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+    plain = make_optimizer(model, replace(t, optimizer="adamw"))
+    with pytest.raises(ValueError, match="not a Muon\\+AdamW state"):
+        opt.load_state_dict(plain.state_dict())
 
 
 def test_phase_rule():

@@ -32,9 +32,10 @@ def test_smoke_training_lowers_loss_and_follows_schedule(data_dir, tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp files left
 
 
-@pytest.mark.parametrize("packing,curriculum", [("blocks", 0), ("samples", 0), ("samples", 4)])
-def test_resume_equals_straight(data_dir, tmp_path, packing, curriculum):
-    m, t = _cfg(cross_sample_attention=False, packing=packing, curriculum_steps=curriculum)
+@pytest.mark.parametrize("packing,curriculum,optimizer",
+                         [("blocks", 0, "adamw"), ("samples", 0, "adamw"), ("samples", 4, "adamw"), ("samples", 0, "muon")])
+def test_resume_equals_straight(data_dir, tmp_path, packing, curriculum, optimizer):
+    m, t = _cfg(cross_sample_attention=False, packing=packing, curriculum_steps=curriculum, optimizer=optimizer)
     straight = train(m, t, data_dir, tmp_path / "a", progress=False)
     train(m, t, data_dir, tmp_path / "b", progress=False, stop_after=3)
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [0, 2, 3]
