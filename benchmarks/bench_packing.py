@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import karel  # noqa: E402
 from model.config import preset  # noqa: E402
 from model.data import make_stream, tokenize  # noqa: E402
-from model.optim import make_optimizer
+from model.optim import make_optimizer  # noqa: E402
 from model.train import lm_loss, resolve_device  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 

@@ -29,6 +29,8 @@ from .world import DIRECTIONS, SIZE, World, WorldBatch
 
 N_SPEC = 5  # input/output pairs shown to the model
 MAX_MARKERS = 15  # largest count with a token (1 marker + 14 puts)
+GRID_CELLS = (SIZE - 2) ** 2  # interior cells per world, one token each (36)
+PAIR_TOKENS = 2 * (1 + GRID_CELLS)  # Input{k} header + cells, Output{k} header + cells
 ROBOT_GLYPHS = ("^", ">", "v", "<")  # by direction id: north, east, south, west
 WALL, EMPTY = "#", "."
 PROGRAM_OPEN = ("Code:", "def", "run()", "{")
@@ -106,7 +108,7 @@ class Vocab:
 
 def prompt_length(n_spec: int = N_SPEC) -> int:
     """Tokens before the first action: 2 headers + 36 cells per pair, then ``Code: def run() {``."""
-    return n_spec * 2 * (1 + 36) + len(PROGRAM_OPEN)
+    return n_spec * PAIR_TOKENS + len(PROGRAM_OPEN)
 
 
 def input_cell_mask(n_spec: int = N_SPEC) -> np.ndarray:
@@ -117,13 +119,13 @@ def input_cell_mask(n_spec: int = N_SPEC) -> np.ndarray:
     """
     mask = np.zeros(prompt_length(n_spec), dtype=bool)
     for k in range(n_spec):
-        start = k * 2 * (1 + 36) + 1  # after the Input{k} header
-        mask[start : start + 36] = True
+        start = k * PAIR_TOKENS + 1  # after the Input{k} header
+        mask[start : start + GRID_CELLS] = True
     return mask
 
 
 def grid_ids(worlds: WorldBatch, vocab: Vocab) -> np.ndarray:
-    """(n, 36) token ids of the interior cells of each world, row-major."""
+    """(n, GRID_CELLS) token ids of the interior cells of each world, row-major."""
     n = len(worlds)
     markers = worlds.markers.astype(np.intp)
     if markers.max(initial=0) > MAX_MARKERS:
@@ -131,7 +133,7 @@ def grid_ids(worlds: WorldBatch, vocab: Vocab) -> np.ndarray:
     kind = np.zeros((n, SIZE, SIZE), dtype=np.intp)
     kind[np.arange(n), worlds.row, worlds.col] = 1 + worlds.dir.astype(np.intp)
     kind[worlds.walls] = 5
-    return vocab._cell_lut[kind, markers][:, 1:-1, 1:-1].reshape(n, 36)
+    return vocab._cell_lut[kind, markers][:, 1:-1, 1:-1].reshape(n, GRID_CELLS)
 
 
 def encode_samples(
@@ -147,8 +149,8 @@ def encode_samples(
     n_worlds = len(inputs) // n_prog
     if n_worlds < n_spec:
         raise ValueError(f"n_spec: {n_spec} pairs asked for but only {n_worlds} worlds per program")
-    gi = grid_ids(inputs, vocab).reshape(n_prog, n_worlds, 36)[:, :n_spec]
-    go = grid_ids(outputs, vocab).reshape(n_prog, n_worlds, 36)[:, :n_spec]
+    gi = grid_ids(inputs, vocab).reshape(n_prog, n_worlds, GRID_CELLS)[:, :n_spec]
+    go = grid_ids(outputs, vocab).reshape(n_prog, n_worlds, GRID_CELLS)[:, :n_spec]
     heads_in = np.array([vocab.id(f"Input{i}") for i in range(n_spec)], np.int16)
     heads_out = np.array([vocab.id(f"Output{i}") for i in range(n_spec)], np.int16)
     spec = np.concatenate(

@@ -11,6 +11,8 @@ among the samples no longer than a rising bound, so it resumes exactly from the 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -128,6 +130,12 @@ class SampleRows(PackedBlocks):
         return int(self._by_length[np.random.default_rng([self.seed, 0, row]).integers(n)])
 
 
+@functools.lru_cache(maxsize=1)
+def _input_cells() -> torch.Tensor:
+    """The prompt's input-cell mask, built once (``batch_inputs`` runs every step)."""
+    return torch.from_numpy(karel.text.input_cell_mask())
+
+
 def batch_inputs(
     tokens: torch.Tensor, offset: torch.Tensor, cfg: TrainConfig, prompt_len: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -145,7 +153,7 @@ def batch_inputs(
     spec_weight = 0.0 if cfg.loss_on == "program" else cfg.prompt_loss_weight
     weight = torch.where(target_offset >= prompt_len, 1.0, spec_weight) * (target_offset >= 0)
     if cfg.loss_on == "outputs":
-        in_cell = torch.from_numpy(karel.text.input_cell_mask())
+        in_cell = _input_cells()
         if len(in_cell) != prompt_len:
             raise ValueError(f"loss_on='outputs': needs the Karel prompt ({len(in_cell)} tokens), got {prompt_len}")
         spec = (target_offset >= 0) & (target_offset < prompt_len)
