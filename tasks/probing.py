@@ -33,7 +33,8 @@ def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:
 
 def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:
     base = dict(semantics=(semantics,), features=cfg.features, offsets=cfg.offsets, probes=cfg.kinds,
-                seeds=tuple(range(cfg.seeds)), train=TrainConfig(epochs=cfg.epochs))
+                seeds=tuple(range(cfg.seeds)),
+                train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size))
     return GridConfig(**{**base, **changes})
 
 

@@ -42,10 +42,18 @@ class ProbeConfig:
     kinds: tuple[str, ...] = ("linear", "mlp1", "mlp2")
     seeds: int = 3
     epochs: int = 30
+    # the paper's 1,024; with a few thousand pairs that is ~2 optimizer steps an epoch (RESULTS.md)
+    batch_size: int = 1024
     max_train_pairs: int = 100_000
     drop_last: bool = True
     per_layer: bool = True  # also probe each layer (linear, offset 0) for per-layer curves
     controls: bool = True  # majority, control task and selectivity
+
+    def __post_init__(self):
+        for name in ("seeds", "epochs", "batch_size", "max_train_pairs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"probe.{name}: must be a positive int, got {value!r}")
 
 
 def probed_steps(schedule: list[int], n: int) -> set[int]:

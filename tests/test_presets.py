@@ -2,6 +2,7 @@ import pytest
 
 from flows.presets import PRESETS, apply_overrides, load_preset
 from model.config import checkpoint_steps
+from tasks.probing import grid_config
 from tasks.stage_configs import probed_steps
 
 
@@ -27,12 +28,16 @@ def test_overrides_parse_by_field_type():
     assert cfg.train.lr == 3e-4 and cfg.probe.offsets == (0, 1) and cfg.data.remove_train_overlap is True
     assert cfg.probe.semantics == ("original", "flip") and cfg.model.n_layer == 3
     assert apply_overrides(cfg, {"train.steps": 7}).train.steps == 7
+    # the probe batch reaches the probe trainer (a few thousand pairs at 1,024 is ~2 steps an epoch)
+    small = load_preset("smoke", ["probe.batch_size=64"])
+    assert grid_config(small.probe, "original").train.batch_size == 64
+    assert grid_config(cfg.probe, "original").train.batch_size == 1024
 
 
 @pytest.mark.parametrize("bad, named", [
     ("trian.lr=1", "trian"), ("train.lrr=1", "lrr"), ("train.lr=fast", "train.lr"),
     ("data.remove_train_overlap=perhaps", "remove_train_overlap"), ("train.lr", "section.field=value"),
-    ("model.d_model=30", "d_model"),
+    ("model.d_model=30", "d_model"), ("probe.batch_size=0", "probe.batch_size"), ("probe.epochs=-1", "probe.epochs"),
 ])
 def test_bad_overrides_are_named(bad, named):
     with pytest.raises(ValueError, match=named):
