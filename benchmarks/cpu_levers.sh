@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7 levers on a 2-core CPU: two recipes side by side, one torch thread each, the cpu
 # preset's model and schedule, evaluated on the same test specs (RESULTS.md, "Levers on this CPU").
+# The optimizer is the preset's (Muon since session 5): round 1 ran AdamW, so to reproduce its
+# figures add `--train optimizer=adamw` to COMMON.
 # Usage: OUT=/tmp/levers BUDGET=3000 bash benchmarks/cpu_levers.sh
 set -u
 OUT=${OUT:-/tmp/levers}; mkdir -p "$OUT"
