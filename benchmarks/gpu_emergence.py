@@ -55,6 +55,19 @@ def typed(cfg, overrides: dict):
     return out
 
 
+def logistic_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                      max_iter: int = 300) -> tuple[float, float] | None:
+    """(test accuracy, majority baseline) of a logistic regression on standardised ``x`` for the
+    (n, H) labels ``y`` as one joint class; None when either side is too small to score."""
+    cls = (y * np.array([13 ** i for i in range(y.shape[1])])[::-1]).sum(1)  # joint class
+    if train.sum() < 10 or test.sum() < 10 or len(np.unique(cls[train])) < 2:
+        return None
+    scaler = StandardScaler().fit(x[train])
+    clf = LogisticRegression(max_iter=max_iter).fit(scaler.transform(x[train]), cls[train])
+    vals, counts = np.unique(cls[train], return_counts=True)
+    return float(clf.score(scaler.transform(x[test]), cls[test])), float((cls[test] == vals[np.argmax(counts)]).mean())
+
+
 def probe_scores(gen, specs, features=FEATURES, seed=0) -> dict:
     """Logistic-regression probes at offset 0, trained on 80% of programs, scored on the rest.
 
@@ -67,15 +80,9 @@ def probe_scores(gen, specs, features=FEATURES, seed=0) -> dict:
     for feat in features:
         y = labels.get("original", feat, 0)
         ok = y[:, 0] >= 0
-        cls = (y * np.array([13 ** i for i in range(y.shape[1])])[::-1]).sum(1)  # joint class
-        tr, te = ok & ~test_prog[labels.program], ok & test_prog[labels.program]
-        if tr.sum() < 10 or te.sum() < 10 or len(np.unique(cls[tr])) < 2:
-            continue
-        scaler = StandardScaler().fit(x[tr])
-        clf = LogisticRegression(max_iter=300).fit(scaler.transform(x[tr]), cls[tr])
-        out[f"probe_{feat}"] = float(clf.score(scaler.transform(x[te]), cls[te]))
-        vals, counts = np.unique(cls[tr], return_counts=True)
-        out[f"majority_{feat}"] = float((cls[te] == vals[np.argmax(counts)]).mean())
+        scored = logistic_accuracy(x, y, ok & ~test_prog[labels.program], ok & test_prog[labels.program])
+        if scored is not None:
+            out[f"probe_{feat}"], out[f"majority_{feat}"] = scored
     return out
 
 

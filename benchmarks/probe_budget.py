@@ -22,9 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from benchmarks.gpu_emergence import logistic_accuracy  # noqa: E402
 from probes.controls import selectivity  # noqa: E402
 from probes.grid import GridConfig, row_splits  # noqa: E402
 from probes.labels import MAIN_FEATURES, hidden_rows, make_labels  # noqa: E402
@@ -39,11 +38,8 @@ def sklearn_reference(x, labels, grid: GridConfig) -> dict:
     for feat in grid.features:
         y = labels.get("original", feat, 0)
         ok = y[:, 0] >= 0
-        cls = (y * 13 ** np.arange(y.shape[1])[::-1]).sum(1)
-        tr, te = ok & (split == 0), ok & (split == 2)
-        scaler = StandardScaler().fit(x[tr])
-        clf = LogisticRegression(max_iter=1000).fit(scaler.transform(x[tr]), cls[tr])
-        out[feat] = clf.score(scaler.transform(x[te]), cls[te])
+        scored = logistic_accuracy(x, y, ok & (split == 0), ok & (split == 2), max_iter=1000)
+        out[feat] = scored[0] if scored else float("nan")
     return out
 
 
