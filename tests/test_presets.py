@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from flows.presets import PRESETS, apply_overrides, load_preset
@@ -57,10 +59,12 @@ def test_probed_steps_spread_over_training():
     assert probed_steps([0, 6, 12], 2) == {0, 12}
 
 
-def test_cpu_long_is_the_recipe_that_emerged_on_a_gpu():
-    """RESULTS.md: batch 64 x 1024, lr 2e-3, 200 warm-up, 6,000 steps (393M tokens), cpu model."""
+def test_cpu_long_is_the_cpu_recipe_for_longer():
+    """Issue 7: cpu-long is the same recipe as cpu (model, optimiser, rows, data, test specs), longer."""
     long, cpu = load_preset("cpu-long"), load_preset("cpu")
-    assert long.model == cpu.model
-    t = long.train
-    assert (t.batch_size * t.block_len, t.lr, t.warmup_steps, t.steps) == (64 * 1024, 2e-3, 200, 6000)
-    assert t.batch_size % t.micro_batch == 0 and t.micro_batch * t.block_len <= 8 * 1024  # cpu-preset memory
+    assert long.preset == "cpu-long" and long.model == cpu.model and long.data == cpu.data
+    assert long.eval == cpu.eval  # the same 300 test specs, so the curves line up
+    assert replace(long.train, steps=cpu.train.steps, ckpt_every=cpu.train.ckpt_every) == cpu.train
+    assert long.train.steps == 2 * cpu.train.steps
+    assert long.activations.n_train_specs > cpu.activations.n_train_specs
+    assert long.probe.batch_size < cpu.probe.batch_size
