@@ -178,6 +178,43 @@ def generate(
     )
 
 
+@torch.no_grad()
+def forced_hidden(
+    model: Transformer,
+    samples: karel.Samples,
+    programs: np.ndarray,  # (P, 14) action ids, -1 padded (e.g. another model's Generation.programs)
+    vocab: karel.Vocab,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """(P, 14, d_model) float16: ``model``'s layer-mean hidden states reading ``programs`` after
+    their specs (teacher forcing), at the positions that emit each action; 0 past each end.
+
+    The same alignment as ``Generation.hidden``, so the states of one model (the random-init
+    one) on the programs another model wrote line up with those programs' probe labels. For the
+    model that wrote them it reproduces ``generate``'s states (tests check it).
+    """
+    programs = np.asarray(programs)
+    if programs.ndim != 2 or programs.shape[1] != MAX_ACTIONS or len(programs) != len(samples):
+        raise ValueError(f"programs: expected ({len(samples)}, {MAX_ACTIONS}), got {programs.shape}")
+    device = next(model.parameters()).device
+    prompts = spec_prompts(samples, vocab)
+    t0 = prompts.shape[1]
+    # position t0 - 1 + j emits action j and has read actions 0..j-1: 13 action tokens suffice
+    seq = torch.from_numpy(np.concatenate([prompts, program_tokens(programs, vocab)[:, : MAX_ACTIONS - 1]], axis=1))
+    written = torch.from_numpy(programs >= 0)
+    if not len(seq):
+        return np.zeros((0, MAX_ACTIONS, model.cfg.d_model), np.float16)
+    was_training = model.training
+    model.eval()
+    parts = []
+    for lo in range(0, len(seq), batch_size):
+        _, states = model(seq[lo : lo + batch_size].to(device), return_hidden=True)
+        mean = torch.stack([s[:, t0 - 1 :].float() for s in states]).mean(0).cpu()  # (B, 14, d)
+        parts.append(mean * written[lo : lo + batch_size, :, None])
+    model.train(was_training)
+    return torch.cat(parts).numpy().astype(np.float16)
+
+
 def program_tokens(programs: np.ndarray, vocab: karel.Vocab) -> np.ndarray:
     """(P, 15) vocab ids of generated programs followed by ``}``, padded with ``<pad>``."""
     programs = np.asarray(programs)

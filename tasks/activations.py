@@ -5,7 +5,10 @@ The artifact ``activations.npz`` holds, for P specs (train-split specs first, th
 float16 layer mean, optionally ``hidden_layers`` (P, 14, n_layer+1, d), ``is_test`` (P,) and
 the spec input worlds (``walls``, ``markers``, ``row``, ``col``, ``dir``; P*W of them,
 program-major) that the probe labels are computed from. ``hidden[p, j]`` is the state at the
-position that emitted action j (model.decode's alignment convention).
+position that emitted action j (model.decode's alignment convention). With ``random_init``, a
+checkpoint after step 0 also keeps ``hidden_init`` (P, 14, d): the random-init (step-0) model's
+layer-mean states reading the *same* generated programs, the control the probes compare
+against on the same labels (the step-0 model's own programs differ: e.g. one repeated action).
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from prefect.cache_policies import NONE
 
 import karel
 from model.checkpoint import load_model
-from model.decode import generate
+from model.decode import forced_hidden, generate
 from tasks.dataset import data_dir
 from tasks.evaluation import device
 from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import ActivationConfig
-from tasks.training import checkpoint_file
+from tasks.training import checkpoint_file, published_checkpoint
 
 ACTIVATIONS_FILE = "activations.npz"
 
@@ -57,11 +60,24 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
         )
         if gen.hidden_layers is not None:
             arrays["hidden_layers"] = gen.hidden_layers
+        if cfg.random_init and ckpt["step"] > 0:
+            init_model, _ = load_model(checkpoint_file(_initial_checkpoint(ws_root, ckpt)), device=device())
+            arrays["hidden_init"] = forced_hidden(init_model, specs, gen.programs, saved["vocab_obj"], cfg.batch_size)
         np.savez(tmp / ACTIVATIONS_FILE, **arrays)
         return {"step": ckpt["step"], "checkpoint_key": ckpt["key"], "n_specs": len(specs),
                 "n_actions": int(gen.lengths.sum())}
 
     return run_stage(ws_root, "activations", key, compute, force=recomputed(dataset))
+
+
+def _initial_checkpoint(ws_root: str, ckpt: dict) -> dict:
+    """The step-0 checkpoint of ``ckpt``'s training run (published before any other)."""
+    train_key = ckpt["key"].rsplit("-s", 1)[0]
+    init = published_checkpoint(ws_root, train_key, 0)
+    if init is None:
+        raise FileNotFoundError(f"activations.random_init: the step-0 checkpoint of training run {train_key} "
+                                f"is not in the store {ws_root}; rerun training, or set activations.random_init=false")
+    return init
 
 
 def load_activations(acts: dict) -> dict:

@@ -8,7 +8,9 @@ Each row says the target, the criterion as checked, what this run measured, and 
 3. offset-0 probes of direction, position relative to start and facing a wall: the best kind
    rises from the first probed checkpoint to the last; at the last, mlp2 >= mlp1 >= linear; and
    every kind's lower 95% bound is above the majority baseline, its own control task and its
-   own value on the first probed checkpoint (the random-init model when that is step 0);
+   own value on the first probed checkpoint (the random-init model when that is step 0), and,
+   where the run has it, the random-init control (the step-0 model's states over the last
+   checkpoint's own programs and labels);
 4. R^2 of semantic content vs generative accuracy across checkpoints >= 0.8;
 5. at the last checkpoint, for every main feature, the ``flip`` and ``adversarial`` drops
    (original - alternative) have 95% CIs above zero, and ``adversarial`` drops more on average;
@@ -66,7 +68,7 @@ def _baseline(d: RunData, step, feature, offset, kind, probe=None):
 
 def _current_probes(d: RunData) -> dict:
     crit = ("best kind rises; at the end mlp2 >= mlp1 >= linear, each CI above majority, control "
-            "task and first probed checkpoint")
+            "task, first probed checkpoint and the random-init model on the same programs")
     cur = d.probe_curve()
     if cur.empty or cur["step"].nunique() < 2:
         return _row(3, "current-state probes", crit, "", None)
@@ -87,10 +89,14 @@ def _current_probes(d: RunData) -> dict:
         above = True
         for k in kinds:
             floors = [_baseline(d, last, f, 0, "majority"), _baseline(d, last, f, 0, "control_task", k),
-                      start.loc[k, "mean"] if k in start.index else None]
+                      start.loc[k, "mean"] if k in start.index else None,
+                      _baseline(d, last, f, 0, "random_init", k)]
             above &= all(end.loc[k, "ci_low"] > b for b in floors if b is not None)
         ok = ok and bool(rises and ordered and above)
-        parts.append(f"{f}: " + "/".join(pct(m) for m in means)
+        init = [_baseline(d, last, f, 0, "random_init", k) for k in kinds]
+        shown_init = "" if all(v is None for v in init) else \
+            ", random-init " + "/".join("-" if v is None else pct(v) for v in init)
+        parts.append(f"{f}: " + "/".join(pct(m) for m in means) + shown_init
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
                      + f"{'above baselines' if above else 'not above all baselines'})")
     return _row(3, "current-state probes", crit, f"step {first} -> {last}; linear/mlp1/mlp2 " + "; ".join(parts),

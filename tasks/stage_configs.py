@@ -30,6 +30,8 @@ class ActivationConfig:
     per_layer: bool = True  # keep every layer (for per-layer curves), not only the layer mean
     batch_size: int = 128
     checkpoints: int = 0  # how many checkpoints to dump and probe, spread over the schedule (0 = all)
+    # also the random-init model's states on each checkpoint's own generated programs (a control)
+    random_init: bool = True
 
 
 @dataclass(frozen=True)

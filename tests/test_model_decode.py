@@ -8,7 +8,7 @@ import torch
 
 import karel
 from model.config import ModelConfig
-from model.decode import MAX_ACTIONS, Generation, generate, program_tokens, spec_prompts
+from model.decode import MAX_ACTIONS, Generation, forced_hidden, generate, program_tokens, spec_prompts
 from model.metrics import correct_pairs, evaluate_checkpoint, generation_metrics, perplexity
 from model.transformer import Transformer
 
@@ -69,6 +69,27 @@ def test_hidden_states_align_with_teacher_forcing(data, mode, seed, sharpen, cel
             choice = allowed[np.argmax(scores[allowed])] if mode == "constrained" else np.argmax(scores)
             assert choice == VOCAB.action_ids[gen.programs[p, j]]  # these logits emitted action j
         assert not gen.hidden[p, n:].any() and (gen.programs[p, n:] == -1).all()
+
+
+def test_forced_hidden_reproduces_the_writers_states_and_reads_others(data):
+    """Teacher forcing a model on its own programs gives generate's states; another model on the
+    same programs gives its own states at the same positions (the random-init control)."""
+    test, _ = data
+    writer, other = _model(2, sharpen=15.0), _model(3, sharpen=15.0)
+    gen = generate(writer, test, VOCAB, "constrained", batch_size=7)
+    assert len({p.tobytes() for p in gen.programs}) > 5  # varied programs, not one repeated
+    own = forced_hidden(writer, test, gen.programs, VOCAB, batch_size=5)
+    assert own.shape == gen.hidden.shape and own.dtype == np.float16
+    np.testing.assert_allclose(own.astype(np.float32), gen.hidden.astype(np.float32), atol=2e-3, rtol=2e-3)
+    theirs = forced_hidden(other, test, gen.programs, VOCAB)
+    assert not np.allclose(theirs, own, atol=1e-2)
+    short = gen.programs.copy()
+    short[:, 2:] = -1  # two actions each: the rest must be zero, the first two unchanged
+    cut = forced_hidden(other, test, short, VOCAB)
+    np.testing.assert_array_equal(cut[:, :2], theirs[:, :2])
+    assert not cut[:, 2:].any()
+    with pytest.raises(ValueError, match="programs"):
+        forced_hidden(other, test, gen.programs[:, :5], VOCAB)
 
 
 def _biased(token_bias):

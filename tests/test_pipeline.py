@@ -56,7 +56,10 @@ def test_first_run_fills_every_table_and_report(ws):
         assert len(snap[table]) > 0, table
     assert set(snap["checkpoints"]["step"]) == {0, 6, 12}
     assert set(snap["probe_results"]["semantics"]) == {"original", "flip", "adversarial"}
-    assert set(snap["controls"]["kind"]) >= {"majority", "control_task", "selectivity", "embedding"}
+    assert set(snap["controls"]["kind"]) >= {"majority", "control_task", "selectivity", "embedding", "random_init"}
+    init = snap["controls"][snap["controls"]["kind"] == "random_init"]
+    # the random-init model on each later checkpoint's programs, every main feature and kind
+    assert set(init["step"]) == {6, 12} and len(init) == 2 * 3 * 2 and init["value"].between(0, 1).all()
     assert "semantic_content" in set(snap["checkpoint_metrics"]["metric"])
     run = read_only_query(ws / "results.duckdb", "SELECT * FROM runs")
     assert list(run["status"]) == ["finished"]

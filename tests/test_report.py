@@ -49,7 +49,7 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                                    offset=0, kind="control_task", probe=kind, value=base + 0.05))
                 c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
                                    offset=0, kind="selectivity", probe=kind, value=0.1 * i))
-                if step == 0:
+                if step > 0:  # the random-init model on this checkpoint's programs
                     c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
                                        offset=0, kind="random_init", probe=kind, value=base + 0.02))
                 if layers and step == steps[-1] and kind == "linear":
@@ -249,6 +249,17 @@ def test_issue_targets_read_strictly_from_the_db(ws, monkeypatch):
     out = build_report(str(root), RUN, "smoke")
     assert [t["met"] for t in out["targets"]] == ["yes", "no", "no", "yes", "no", "no"], out["targets"]
     assert "semantics never" in out["targets"][1]["measured"]
+
+
+def test_random_init_control_is_a_floor_of_target_3(ws, monkeypatch):
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    assert build_report(str(root), RUN, "smoke")["targets"][2]["met"] == "yes"
+    # the random-init model reads facing_wall on the same programs as well as mlp1 does at the end
+    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, feature="facing_wall",
+                                offset=0, kind="random_init", probe="mlp1", value=0.95)])
+    target = build_report(str(root), RUN, "smoke")["targets"][2]
+    assert target["met"] == "no" and "random-init 63.0%/95.0%/63.0%" in target["measured"], target
 
 
 def test_issue_targets_without_data(tmp_path):
