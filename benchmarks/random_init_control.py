@@ -6,9 +6,13 @@ training cannot be re-keyed without retraining, so this computes the control fro
 artifacts with the pipeline's own functions (``model.decode.forced_hidden``, the same probe
 grid, labels, subsample and splits as ``tasks.probing``) and prints, per probed checkpoint,
 offset 0, layer mean, test split: the run's probe accuracy, the random-init control, the
-majority baseline and the control task. Nothing is written to the workspace.
+majority baseline and the control task. With ``--sklearn`` it also prints a logistic regression
+(scikit-learn, to convergence, the seed-0 split) on the trained and on the random-init states for
+direction and facing wall under every semantics: the pipeline's probes at a few thousand pairs
+are under-trained (BENCHMARKS.md), and an alternative semantics' labels can be easier or harder
+to read from the text itself. Nothing is written to the workspace.
 
-Run: .venv/bin/python benchmarks/random_init_control.py WORKSPACE [--preset cpu] [--set k=v ...]
+Run: .venv/bin/python benchmarks/random_init_control.py WORKSPACE [--preset cpu] [--set k=v ...] [--sklearn]
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import torch  # noqa: E402
 import karel  # noqa: E402
 from flows.presets import load_preset  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
+from benchmarks.gpu_emergence import logistic_accuracy  # noqa: E402
 from model.decode import forced_hidden  # noqa: E402
-from probes.labels import make_labels  # noqa: E402
+from probes.grid import row_splits  # noqa: E402
+from probes.labels import hidden_rows, make_labels  # noqa: E402
 from tasks.activations import concat_samples, load_activations  # noqa: E402
 from tasks.probing import _subsample, random_init_rows  # noqa: E402
 
@@ -47,6 +53,7 @@ def main() -> None:
     ap.add_argument("workspace", type=Path)
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--sklearn", action="store_true", help="also the logistic-regression reference")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     cfg = load_preset(args.preset, args.overrides)
@@ -84,6 +91,25 @@ def main() -> None:
             ct = ctrl[(ctrl["feature"] == r.feature) & (ctrl["kind"] == "control_task") & (ctrl["probe"] == r.probe)]["value"].mean()
             print(f"  {r.feature:12s} {r.probe:6s} probe {acc:.3f}  random-init {r.value:.3f}  "
                   f"majority {maj:.3f}  control task {ct:.3f}  probe - random-init {acc - r.value:+.3f}")
+
+        if args.sklearn:
+            sklearn_reference(a, cfg)
+
+
+def sklearn_reference(a: dict, cfg) -> None:
+    """Logistic regression on the trained vs the random-init states, every semantics."""
+    sems, feats = ("original", "flip", "adversarial"), ("direction", "facing_wall")
+    labels = make_labels(a["programs"], a["inputs"], sems, feats, (0,), cfg.probe.drop_last)
+    split = row_splits(labels.program, 0)
+    states = {"trained": hidden_rows(a["hidden"].astype(np.float32), labels),
+              "random-init": hidden_rows(a["hidden_init"].astype(np.float32), labels)}
+    for feat in feats:
+        for sem in sems:
+            y = labels.get(sem, feat, 0)
+            ok = y[:, 0] >= 0
+            got = {k: logistic_accuracy(x, y, ok & (split == 0), ok & (split == 2), max_iter=500) for k, x in states.items()}
+            print(f"  sklearn {feat:12s} {sem:12s} trained {got['trained'][0]:.3f}  random-init "
+                  f"{got['random-init'][0]:.3f}  majority {got['trained'][1]:.3f}")
 
 
 if __name__ == "__main__":
