@@ -3,6 +3,10 @@
 Unlike Prefect's default cache policy (task source + inputs + run id), a key here changes when
 *any* .py file of the named packages changes (a helper deep inside ``karel/`` included), and
 never depends on the run id, the process, or PYTHONHASHSEED: it is sha256 over canonical JSON.
+
+A package this process has imported is hashed once, from the source as first read: the process
+runs the code it loaded, so editing a file while a long run goes must not file that run's
+results under the edited code's keys (``pin_sources`` at import of ``tasks.stage``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
@@ -51,6 +56,26 @@ def package_files(package: str) -> list[tuple[str, Path]]:
     return sorted(out.items())
 
 
+_PINNED: dict[str, list[tuple[str, bytes]]] = {}
+
+
+def _sources(package: str) -> list[tuple[str, bytes]]:
+    """``(relative path, bytes)`` of a package's .py files; kept once the package is imported."""
+    if package in _PINNED:
+        return _PINNED[package]
+    files = [(rel, path.read_bytes()) for rel, path in package_files(package)]
+    if package in sys.modules:
+        _PINNED[package] = files
+    return files
+
+
+def pin_sources(*packages: str) -> None:
+    """Import ``packages`` and fix their source for this process's cache keys."""
+    for package in packages:
+        importlib.import_module(package)
+        _sources(package)
+
+
 def code_hash(*packages: str) -> str:
     """sha256 (hex) over the source of all .py files of ``packages``, by sorted relative path.
 
@@ -61,10 +86,9 @@ def code_hash(*packages: str) -> str:
         raise ValueError("code_hash needs at least one package name")
     h = hashlib.sha256(f"semprobe-code-v{KEY_FORMAT_VERSION}\0".encode())
     for pkg in sorted(set(packages)):
-        files = package_files(pkg)
+        files = _sources(pkg)
         h.update(f"pkg\0{pkg}\0{len(files)}\0".encode())
-        for rel, path in files:
-            data = path.read_bytes()
+        for rel, data in files:
             h.update(f"file\0{rel}\0{len(data)}\0".encode())
             h.update(data)
     return h.hexdigest()

@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tasks.cachekey import cache_key
+from tasks.cachekey import cache_key, pin_sources
 from tasks.workspace import Workspace
+
+LIBRARIES = ("karel", "model", "probes")
+pin_sources(*LIBRARIES)  # keys describe the code this process loaded, not later edits on disk
 
 
 def stage_key(stage: str, config, upstream: list[str], packages: list[str]) -> str:

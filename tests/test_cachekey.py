@@ -62,6 +62,31 @@ def test_code_hash_changes_with_any_helper(fake_pkg):
     assert code_hash("fakelib_ck") != h3
 
 
+def test_an_imported_package_keeps_the_hash_of_the_code_it_loaded(tmp_path, monkeypatch):
+    """Editing a library while a run goes must not re-key that run's later stages."""
+    from tasks import cachekey
+
+    pkg = tmp_path / "src" / "fakelib_pin"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.setattr(cachekey, "_PINNED", {})
+    before = code_hash("fakelib_pin")  # not imported yet: read fresh each time
+    (pkg / "__init__.py").write_text("X = 2\n")
+    assert code_hash("fakelib_pin") != before
+    monkeypatch.delitem(sys.modules, "fakelib_pin", raising=False)  # unimported again afterwards
+    cachekey.pin_sources("fakelib_pin")  # imports it
+    loaded = code_hash("fakelib_pin")
+    (pkg / "__init__.py").write_text("X = 3\n")
+    assert code_hash("fakelib_pin") == loaded
+    # a new process (the next run) hashes the edited code
+    out = subprocess.run([sys.executable, "-c", "from tasks.cachekey import code_hash, pin_sources; "
+                          "pin_sources('fakelib_pin'); print(code_hash('fakelib_pin'))"],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": f"{tmp_path / 'src'}{os.pathsep}{ROOT}"})
+    assert out.stdout.strip() not in (loaded, before)
+
+
 def test_code_hash_order_insensitive_and_unknown_package(fake_pkg):
     assert code_hash("fakelib_ck", "karel") == code_hash("karel", "fakelib_ck", "karel")
     assert code_hash("fakelib_ck", "karel") != code_hash("karel")
