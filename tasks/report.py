@@ -173,7 +173,7 @@ def _probe_detail(d: RunData) -> pd.DataFrame:
     c = d.controls
     if not c.empty:
         c = c[(c["offset"] == 0) & (c["step"] == step)]
-        for kind in ("majority", "control_task", "selectivity"):
+        for kind in ("majority", "control_task", "random_init", "selectivity"):
             ck = c[c["kind"] == kind]
             if kind == "majority":
                 vals = ck.groupby("feature")["value"].mean()
@@ -182,8 +182,8 @@ def _probe_detail(d: RunData) -> pd.DataFrame:
                 for probe, g in ck.groupby("probe"):
                     vals = g.groupby("feature")["value"].mean()
                     tab[f"{kind} ({probe})"] = tab["feature"].map(
-                        lambda f: pct(vals.get(f)) if kind == "control_task"
-                        else pp(vals.get(f)))
+                        lambda f: pp(vals.get(f)) if kind == "selectivity"
+                        else pct(vals.get(f)))
     return tab
 
 

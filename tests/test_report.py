@@ -109,6 +109,7 @@ def test_full_report(ws):
     html = Path(out["html"]).read_text()
     assert html.count("data:image/png;base64,") == 6
     assert "<table>" in html and "Notes" not in html
+    assert "random_init (mlp1)" in html and "63.0%" in html  # the random-init control, facing_wall
     assert {tuple(r) for r in out["table"]} == {("metric", "this run", "paper")}
 
     # R^2 equals a numpy fit on the same DB rows
