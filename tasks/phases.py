@@ -5,6 +5,12 @@ mean, of (test accuracy of the probe under ``original``) - (under the alternativ
 averaged over the alternatives; the probe kind is ``CONTENT_PROBE``. Per-alternative
 differences with paired 95% CIs (over seeds: same split, same initial weights, only the labels
 differ) form the ``interventions`` rows.
+
+Semantic content beyond the random-init model (``semantic_content_vs_init``) subtracts the same
+difference measured on the random-init model's states over the same programs (the
+``random_init`` controls of each semantics' grid). Some labels are easier to read from the text
+itself, whatever the model learned: for a correct program the original semantics' end state is
+Output0's robot, printed in the prompt, and an alternative semantics has no such copy.
 """
 
 from __future__ import annotations
@@ -49,10 +55,35 @@ def semantic_content(inter: pd.DataFrame, features) -> pd.DataFrame:
     return sel.groupby(["checkpoint_key", "step"], as_index=False)["content"].mean()
 
 
+def init_content(controls: pd.DataFrame, features) -> pd.DataFrame:
+    """Per checkpoint: the random-init model's original-minus-alternative accuracy (offset 0,
+    ``CONTENT_PROBE``), the mean over main features and alternatives: column ``init_content``."""
+    ri = controls[(controls["kind"] == "random_init") & (controls["offset"] == 0)
+                  & (controls["probe"] == CONTENT_PROBE) & controls["feature"].isin(features)] \
+        if not controls.empty else controls
+    if ri.empty or "original" not in set(ri["semantics"]):
+        return pd.DataFrame(columns=["checkpoint_key", "step", "init_content"])
+    wide = ri.pivot_table(index=["checkpoint_key", "step", "feature"], columns="semantics", values="value")
+    alts = [c for c in wide.columns if c != "original"]
+    diff = wide[alts].rsub(wide["original"], axis=0).stack().rename("init_content").reset_index()
+    return diff.groupby(["checkpoint_key", "step"], as_index=False)["init_content"].mean()
+
+
+def _grid_controls(probe_outs: list[dict]) -> pd.DataFrame:
+    """Every grid's controls rows, with the grid's semantics."""
+    frames = []
+    for o in probe_outs:
+        f = Path(o["path"]) / "controls.parquet"
+        if f.exists():
+            frames.append(pd.read_parquet(f).assign(semantics=o["meta"]["semantics"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 @task(name="phase-metrics", cache_policy=NONE)
 def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkpoint_rows: list[dict]) -> dict:
     upstream = sorted(o["key"] for o in probe_outs) + sorted(r["eval_key"] for r in checkpoint_rows)
-    key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE}, upstream, ["model", "probes"])
+    # this module computes the interventions and content itself, so its source keys them too
+    key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE}, upstream, ["model", "probes", __name__])
     train_key = checkpoint_rows[0]["checkpoint_key"].rsplit("-s", 1)[0] if checkpoint_rows else ""
 
     def compute(tmp: Path) -> dict:
@@ -64,6 +95,9 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
         if not inter.empty:
             inter.to_parquet(tmp / "interventions.parquet", index=False)
             content = semantic_content(inter, cfg.features)
+            content = content.merge(init_content(_grid_controls(probe_outs), cfg.features),
+                                    on=["checkpoint_key", "step"], how="left")
+            content["content_vs_init"] = content["content"] - content["init_content"]
             content.to_parquet(tmp / "semantic_content.parquet", index=False)
         ph = label_phases(checkpoint_rows).as_dict() if checkpoint_rows else {}
         starts = {"babbling": ph["steps"][0] if ph else None, "syntax": ph.get("syntax_start"),
@@ -82,5 +116,11 @@ def content_rows(out: dict, train_key: str) -> list[dict]:
     if not path.exists():
         return []
     df = pd.read_parquet(path)
-    return [{"checkpoint_key": r.checkpoint_key, "train_key": train_key, "step": int(r.step),
-             "metric": "semantic_content", "value": float(r.content)} for r in df.itertuples()]
+    rows = []
+    for r in df.itertuples():
+        ids = {"checkpoint_key": r.checkpoint_key, "train_key": train_key, "step": int(r.step)}
+        rows.append({**ids, "metric": "semantic_content", "value": float(r.content)})
+        vs_init = getattr(r, "content_vs_init", float("nan"))
+        if pd.notna(vs_init):
+            rows.append({**ids, "metric": "semantic_content_vs_init", "value": float(vs_init)})
+    return rows

@@ -2,9 +2,10 @@
 
 All features x offsets x probe kinds x seeds on the layer mean train in one batched grid; with
 ``per_layer`` a linear offset-0 grid also runs on every single layer (0 = token embeddings).
-Under ``original`` the controls (majority baseline, control task, selectivity) are added, and
-where the dump has ``hidden_init`` the random-init control: the same offset-0 grid (every kind
-and seed, the same rows and splits) on the random-init model's states over the same programs.
+Under ``original`` the controls (majority baseline, control task, selectivity) are added. Under
+every semantics, where the dump has ``hidden_init``, the random-init control: the same offset-0
+grid (every kind and seed, the same rows and splits) on the random-init model's states over the
+same programs. Controls rows carry the grid's ``probe_key``, which names its semantics.
 The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
 DuckDB tables' columns (layer -1 = the layer mean).
 """
@@ -75,10 +76,10 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
             rows, sel = selectivity(hidden, labels, grid, layer=MEAN_LAYER)
             frames = [rows[rows["task"] == "real"]]
             controls += _control_rows(sel, majority_baseline(labels, grid))
-            if "hidden_init" in a and 0 in cfg.offsets:
-                controls += random_init_rows(a["hidden_init"].astype(np.float32), labels, cfg)
         else:
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
+        if cfg.controls and "hidden_init" in a and 0 in cfg.offsets:
+            controls += random_init_rows(a["hidden_init"].astype(np.float32), labels, cfg, semantics)
         if cfg.per_layer and "hidden_layers" in a:
             per_layer = grid_config(cfg, semantics, offsets=(0,), probes=("linear",))
             for layer in range(a["hidden_layers"].shape[2]):
@@ -100,9 +101,9 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
     return run_stage(ws_root, "probes", key, compute, force=recomputed(acts))
 
 
-def random_init_rows(hidden_init: np.ndarray, labels, cfg: ProbeConfig) -> list[dict]:
+def random_init_rows(hidden_init: np.ndarray, labels, cfg: ProbeConfig, semantics: str = "original") -> list[dict]:
     """``controls`` rows (kind random_init): test accuracy, mean over seeds, per feature and kind."""
-    rows = probe_grid(hidden_init, labels, grid_config(cfg, "original", offsets=(0,)), layer=MEAN_LAYER)
+    rows = probe_grid(hidden_init, labels, grid_config(cfg, semantics, offsets=(0,)), layer=MEAN_LAYER)
     test = rows[rows["split"] == "test"]
     return [{"feature": feat, "offset": 0, "kind": "random_init", "probe": kind, "value": float(g["accuracy"].mean())}
             for (feat, kind), g in test.groupby(["feature", "probe"])]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.figures import FIGURES
+from tasks.phases import CONTENT_PROBE
 from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, num,
                                ordered_features, pct, pick_kind, pp, r_squared,
@@ -95,6 +96,15 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
     r2 = r_squared(pts["acc_spec"], pts["semantic_content"]) if len(pts) else None
     add("r2", f"R^2, semantic content vs generative accuracy ({len(pts)} checkpoints)", r2,
         num(r2))
+    pts = content_points(d, "semantic_content_vs_init")
+    if len(pts):
+        v = float(pts["semantic_content_vs_init"].iloc[-1])
+        add("content_vs_init", "semantic content beyond the random-init model on the same programs "
+            f"({CONTENT_PROBE}, original - alternative, trained minus random-init; step {int(pts['step'].iloc[-1])})",
+            v, pp(v), paper="not measured")
+        r2 = r_squared(pts["acc_spec"], pts["semantic_content_vs_init"])
+        add("r2_vs_init", f"the same content vs generative accuracy: R^2 ({len(pts)} checkpoints)", r2, num(r2),
+            paper="not measured")
 
     # majority baselines (offset 0) at the last checkpoint that has them
     c = d.controls

@@ -102,7 +102,7 @@ class RunData:
         run_keys = set(db.query("SELECT DISTINCT key FROM stage_runs WHERE run_id = ?",
                                 [run_id])["key"])
         self.summary = self._probe_rows(db, "probe_summary", tk, run_keys)
-        self.controls = self._probe_rows(db, "controls", tk, run_keys)
+        self.controls = self._original_controls(self._probe_rows(db, "controls", tk, run_keys))
         self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
 
     def _probe_rows(self, db: ResultsDB, table: str, tk: str, run_keys: set) -> pd.DataFrame:
@@ -114,6 +114,16 @@ class RunData:
         if mine.any():
             df = df[mine]
         return df.reset_index(drop=True)
+
+    def _original_controls(self, controls: pd.DataFrame) -> pd.DataFrame:
+        """The controls of the original semantics' grids (a grid's probe key names its semantics;
+        the alternative semantics' grids hold random-init controls only)."""
+        if controls.empty or self.summary.empty:
+            return controls
+        sem = self.summary[["probe_key", "semantics"]].drop_duplicates("probe_key")
+        tagged = controls.merge(sem, on="probe_key", how="left")
+        keep = tagged["semantics"].isna() | (tagged["semantics"] == ORIGINAL)
+        return tagged[keep].drop(columns="semantics").reset_index(drop=True)
 
     # -- helpers
     def metric_frame(self) -> pd.DataFrame:
@@ -171,12 +181,12 @@ def r_squared(x, y) -> float | None:
     return 1.0 - ss_res / ss_tot
 
 
-def content_points(d: RunData) -> pd.DataFrame:
-    """(step, acc_spec, semantic_content) of the checkpoints that have both."""
+def content_points(d: RunData, metric: str = "semantic_content") -> pd.DataFrame:
+    """(step, acc_spec, ``metric``) of the checkpoints that have both."""
     m = d.metric_frame()
-    if m.empty or "acc_spec" not in m or "semantic_content" not in m:
-        return pd.DataFrame(columns=["step", "acc_spec", "semantic_content"])
-    pts = m[["acc_spec", "semantic_content"]].dropna().reset_index()
+    if m.empty or "acc_spec" not in m or metric not in m:
+        return pd.DataFrame(columns=["step", "acc_spec", metric])
+    pts = m[["acc_spec", metric]].dropna().reset_index()
     return pts
 
 

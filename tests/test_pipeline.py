@@ -58,8 +58,13 @@ def test_first_run_fills_every_table_and_report(ws):
     assert set(snap["probe_results"]["semantics"]) == {"original", "flip", "adversarial"}
     assert set(snap["controls"]["kind"]) >= {"majority", "control_task", "selectivity", "embedding", "random_init"}
     init = snap["controls"][snap["controls"]["kind"] == "random_init"]
-    # the random-init model on each later checkpoint's programs, every main feature and kind
-    assert set(init["step"]) == {6, 12} and len(init) == 2 * 3 * 2 and init["value"].between(0, 1).all()
+    grids = snap["probe_summary"][["probe_key", "semantics"]].drop_duplicates()
+    init = init.merge(grids, on="probe_key")
+    # the random-init model on each later checkpoint's programs: every semantics, main feature and kind
+    assert set(init["step"]) == {6, 12} and len(init) == 2 * 3 * 3 * 2 and init["value"].between(0, 1).all()
+    assert set(init["semantics"]) == {"original", "flip", "adversarial"}
+    vs_init = snap["checkpoint_metrics"][snap["checkpoint_metrics"]["metric"] == "semantic_content_vs_init"]
+    assert set(vs_init["step"]) == {6, 12}
     assert "semantic_content" in set(snap["checkpoint_metrics"]["metric"])
     run = read_only_query(ws / "results.duckdb", "SELECT * FROM runs")
     assert list(run["status"]) == ["finished"]

@@ -33,7 +33,8 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
         metrics = dict(acc_spec=acc[i], acc_all=acc[i] * 0.9, acc_spec_len6_10=acc[i] * 0.8,
                        diversity=min(1.0, 0.1 + 0.3 * i), ppl_all=20.0 / (i + 1),
                        ppl_program=8.0 / (i + 1), parse_rate=min(1.0, 0.3 + 0.2 * i),
-                       semantic_content=0.3 * acc[i] + rng.normal(0, 0.02))
+                       semantic_content=0.3 * acc[i] + rng.normal(0, 0.02),
+                       semantic_content_vs_init=0.2 * acc[i])
         m_rows += [dict(checkpoint_key=ck, train_key=TK, step=step, metric=k, value=float(v))
                    for k, v in metrics.items()]
         for feat, base in (("direction", 0.25), ("rel_start", 0.39), ("facing_wall", 0.61)):
@@ -158,7 +159,7 @@ def test_numbers_follow_the_db(ws, monkeypatch):
     assert row(second["table"], "majority baseline, facing a wall")["this run"] == "70.0%"
     assert second["numbers"]["r2"] != first["numbers"]["r2"]
     changed = [a["metric"] for a, b in zip(first["table"], second["table"]) if a != b]
-    assert len(changed) == 3, changed  # accuracy, majority, R^2
+    assert len(changed) == 4, changed  # accuracy, majority, both R^2 (raw and beyond random-init)
 
 
 def test_empty_db_still_reports(tmp_path):
@@ -261,6 +262,22 @@ def test_random_init_control_is_a_floor_of_target_3(ws, monkeypatch):
                                 offset=0, kind="random_init", probe="mlp1", value=0.95)])
     target = build_report(str(root), RUN, "smoke")["targets"][2]
     assert target["met"] == "no" and "random-init 63.0%/95.0%/63.0%" in target["measured"], target
+
+
+def test_alternative_semantics_controls_stay_out_of_the_original_floors(ws, monkeypatch):
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    # a flip grid of step 800 whose random-init control reads facing_wall perfectly
+    db.upsert("probe_summary", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800,
+                                     semantics="flip", feature="facing_wall", offset=0, probe="mlp1",
+                                     layer=-1, split="test", mean=0.5, ci_low=0.48, ci_high=0.52, n_seeds=3)])
+    db.upsert("controls", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800, feature="facing_wall",
+                                offset=0, kind="random_init", probe="mlp1", value=0.99)])
+    out = build_report(str(root), RUN, "smoke")
+    assert out["targets"][2]["met"] == "yes", out["targets"][2]
+    assert "99.0%" not in out["targets"][2]["measured"]
+    assert out["numbers"]["content_vs_init"] == pytest.approx(0.2 * 0.85)
+    assert out["numbers"]["r2_vs_init"] == pytest.approx(1.0)
 
 
 def test_issue_targets_without_data(tmp_path):
