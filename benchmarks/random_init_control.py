@@ -36,8 +36,9 @@ from benchmarks.gpu_emergence import logistic_accuracy  # noqa: E402
 from model.decode import forced_hidden  # noqa: E402
 from probes.grid import row_splits  # noqa: E402
 from probes.labels import hidden_rows, make_labels  # noqa: E402
-from tasks.activations import concat_samples, load_activations  # noqa: E402
+from tasks.activations import _initial_checkpoint, concat_samples, load_activations  # noqa: E402
 from tasks.probing import _subsample, random_init_rows  # noqa: E402
+from tasks.training import checkpoint_file  # noqa: E402
 
 
 def artifacts(root: Path, stage: str) -> list[tuple[Path, dict]]:
@@ -72,8 +73,8 @@ def main() -> None:
         if not np.array_equal(a["spec_ids"], specs.ids):
             raise ValueError(f"{d}: its specs are not {args.preset}'s first train/test specs; pass --preset/--set")
         if init is None:  # the step-0 checkpoint of the same training run
-            train_key = meta["checkpoint_key"].rsplit("-s", 1)[0]
-            init, saved = load_model(root / "artifacts" / "checkpoint" / f"{train_key}-s{0:07d}" / "model.pt", device="cpu")
+            step0 = _initial_checkpoint(str(root), {"key": meta["checkpoint_key"]})
+            init, saved = load_model(checkpoint_file(step0), device="cpu")
             vocab = saved["vocab_obj"]
         a["hidden_init"] = forced_hidden(init, specs, a["programs"], vocab, cfg.activations.batch_size)
         a = _subsample(a, cfg.probe.max_train_pairs)

@@ -34,7 +34,7 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_mlp", "context"):
-            _positive_int(self, name)
+            check_positive_int(self, name)
         if self.d_model % self.n_head:
             raise ValueError(f"d_model: {self.d_model} is not divisible by n_head {self.n_head}")
         if not isinstance(self.cell_embeddings, bool):
@@ -105,7 +105,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "block_len", "ckpt_every"):
-            _positive_int(self, name)
+            check_positive_int(self, name)
         for name in ("warmup_steps", "ckpt_log_count", "seed", "micro_batch", "curriculum_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be a non-negative int, got {getattr(self, name)!r}")
@@ -134,10 +134,11 @@ class TrainConfig:
         return self.batch_size * self.block_len
 
 
-def _positive_int(cfg, name: str) -> None:
+def check_positive_int(cfg, name: str, prefix: str = "") -> None:
+    """Raise a ValueError naming ``prefix + name`` unless the field is an int >= 1 (not a bool)."""
     value = getattr(cfg, name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: must be a positive int, got {value!r}")
+        raise ValueError(f"{prefix}{name}: must be a positive int, got {value!r}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -247,7 +248,7 @@ def estimate_train_flops(model: ModelConfig, train: TrainConfig) -> float:
 
 
 __all__ = [
-    "AUTOCAST", "DEVICES", "LOSS_ON", "ModelConfig", "OPTIMIZERS", "PACKING", "PRESETS", "TrainConfig", "checkpoint_steps",
+    "AUTOCAST", "DEVICES", "LOSS_ON", "ModelConfig", "OPTIMIZERS", "PACKING", "PRESETS", "TrainConfig", "check_positive_int", "checkpoint_steps",
     "config_from_dict", "config_to_dict", "cpu", "cpu_long", "estimate_train_flops", "lr_at", "paper", "preset",
     "replace_fields", "smoke",
 ]

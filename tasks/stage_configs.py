@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.config import check_positive_int
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -53,9 +55,7 @@ class ProbeConfig:
 
     def __post_init__(self):
         for name in ("seeds", "epochs", "batch_size", "max_train_pairs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"probe.{name}: must be a positive int, got {value!r}")
+            check_positive_int(self, name, "probe.")
 
 
 def probed_steps(schedule: list[int], n: int) -> set[int]:
