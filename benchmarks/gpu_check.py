@@ -118,7 +118,7 @@ def cpu_preset_on_gpu(args, train_samples, test, val):
 
     def evaluate():
         gen = generate(model, test, vocab, "constrained", batch_size=200)
-        g = generation_metrics(gen, test)
+        g = generation_metrics(gen, test, vocab)
         ppl = perplexity(model, val, vocab, batch_size=50)
         model.train()
         emit(args.out, {

@@ -8,14 +8,15 @@ from .config import (
     ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, preset, replace_fields,
 )
 from .decode import MAX_ACTIONS, Generation, generate
-from .metrics import correct_pairs, evaluate_checkpoint, generation_metrics, perplexity
+from .metrics import correct_pairs, correct_states, evaluate_checkpoint, generation_metrics, perplexity
 from .phases import PhaseRule, Phases, label_phases
 from .train import train
 from .transformer import KVCache, Transformer
 
 __all__ = [
     "MAX_ACTIONS", "Generation", "KVCache", "ModelConfig", "PhaseRule", "Phases", "TrainConfig",
-    "Transformer", "checkpoint_steps", "config_from_dict", "correct_pairs", "evaluate_checkpoint",
+    "Transformer", "checkpoint_steps", "config_from_dict", "correct_pairs", "correct_states",
+    "evaluate_checkpoint",
     "generate", "generation_metrics", "label_phases", "list_checkpoints", "load_checkpoint",
     "load_model", "perplexity", "preset", "replace_fields", "train",
 ]

@@ -78,6 +78,11 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
     if v is not None:
         add("acc_spec_len6_10", "generative accuracy, lengths 6-10 (the paper's training lengths)", v, pct(v),
             paper="not reported")
+    v = final("acc_spec_state")
+    if v is not None:
+        add("acc_spec_state", "generative accuracy, 5 spec pairs, comparing whole world states (also the "
+            "markers under the robot, which the text hides; the paper compares the text)", v, pct(v),
+            paper="not reported")
 
     # probes at the last checkpoint with probe results (original semantics, offset 0, layer mean)
     cur = d.probe_curve()

@@ -41,6 +41,9 @@ def _accuracy(d: RunData) -> dict:
     acc = float(col.iloc[-1])
     held = m["acc_all"].dropna() if "acc_all" in m else pd.Series(dtype=float)
     extra = f"; with held-out pairs (all lengths) {pct(float(held.iloc[-1]))}" if not held.empty else ""
+    state = m["acc_spec_len6_10_state"].dropna() if "acc_spec_len6_10_state" in m else pd.Series(dtype=float)
+    if not state.empty:
+        extra += f"; comparing whole world states (markers under the robot too) {pct(float(state.iloc[-1]))}"
     return _row(1, "generative accuracy", "lengths 6..10, 5 spec pairs, last checkpoint >= 70%",
                 f"{pct(acc)} at step {int(col.index[-1])}{extra}", acc >= ACC_TARGET)
 

@@ -9,7 +9,7 @@ import torch
 import karel
 from model.config import ModelConfig
 from model.decode import MAX_ACTIONS, Generation, forced_hidden, generate, program_tokens, spec_prompts
-from model.metrics import correct_pairs, evaluate_checkpoint, generation_metrics, perplexity
+from model.metrics import correct_pairs, correct_states, evaluate_checkpoint, generation_metrics, perplexity
 from model.transformer import Transformer
 
 VOCAB = karel.Vocab()
@@ -129,6 +129,32 @@ def test_decoding_without_cache_agrees(data):
     np.testing.assert_allclose(a.hidden.astype(np.float32), b.hidden.astype(np.float32), atol=2e-3)
 
 
+def test_correct_means_the_text_matches_as_in_the_paper():
+    """A program that differs from the reference only in the markers under the robot's final
+    cell is correct by the paper's check (its code compares the drawn grids, where the robot
+    glyph hides them) and wrong by the whole-state check; anything the text shows counts for both."""
+    rng = np.random.default_rng(3)
+    inputs = karel.random_worlds(rng, 10)
+    put, move = karel.ACTION_ID["put_marker"], karel.ACTION_ID["move"]
+    reference = np.array([[put]], np.int8)  # a marker lands under the robot, which stays put
+    outputs = karel.output_worlds(karel.execute_batch(reference, inputs))
+    spec = karel.Samples(np.array([0]), reference, inputs, outputs)
+    nothing, moved = np.full((1, 1), -1, np.int8), np.array([[move]], np.int8)
+    assert correct_pairs(nothing, spec, VOCAB).all()          # the text cannot tell them apart
+    assert not correct_states(nothing, spec).any()            # the world state can
+    assert not correct_pairs(nothing, spec, karel.Vocab(robot_markers="show")).any()  # nor can that text
+    assert correct_pairs(reference, spec, VOCAB).all() and correct_states(reference, spec).all()
+    after = karel.output_worlds(karel.execute_batch(moved, inputs))
+    blocked = (after.row == inputs.row) & (after.col == inputs.col)
+    assert 0 < blocked.sum() < 10
+    # a move that happens is visible; one into a wall leaves the text as the reference's
+    assert (correct_pairs(moved, spec, VOCAB)[0] == blocked).all()
+    gen = Generation(nothing, np.zeros(1, np.int64), np.ones(1, bool), np.ones(1, bool),
+                     np.zeros((1, MAX_ACTIONS, 4), np.float16))
+    m = generation_metrics(gen, spec, VOCAB)
+    assert m["acc_spec"] == m["acc_all"] == 1.0 and m["acc_spec_state"] == m["acc_all_state"] == 0.0
+
+
 def test_metrics_on_reference_programs(data):
     test, val = data
     programs = np.full((len(test), MAX_ACTIONS), -1, np.int8)
@@ -136,18 +162,18 @@ def test_metrics_on_reference_programs(data):
     lengths = (programs >= 0).sum(1)
     gen = Generation(programs, lengths, np.ones(len(test), bool), np.ones(len(test), bool),
                      np.zeros((len(test), MAX_ACTIONS, 4), np.float16))
-    m = generation_metrics(gen, test)
+    m = generation_metrics(gen, test, VOCAB)
     assert m["acc_spec"] == 1.0 and m["acc_all"] == 1.0
     assert all(m[f"acc_all_len{n}"] == 1.0 for n in set(lengths.tolist()))
     assert m["gen_len_mean"] == m["ref_len_mean"] == lengths.mean()
     assert m["diversity"] == len({p.tobytes() for p in programs}) / len(test)
     # An empty program is right only where output == input.
     empty = Generation(np.full_like(programs, -1), np.zeros_like(lengths), gen.ended, gen.parsed, gen.hidden)
-    ok = correct_pairs(empty.programs, test)
-    assert generation_metrics(empty, test)["acc_all"] == ok.all(1).mean() < 1.0
-    assert generation_metrics(empty, test)["diversity"] == 1 / len(test)
+    ok = correct_pairs(empty.programs, test, VOCAB)
+    assert generation_metrics(empty, test, VOCAB)["acc_all"] == ok.all(1).mean() < 1.0
+    assert generation_metrics(empty, test, VOCAB)["diversity"] == 1 / len(test)
     with pytest.raises(ValueError, match="programs"):
-        correct_pairs(programs[:3], test)
+        correct_pairs(programs[:3], test, VOCAB)
     model = _model(4)
     out = evaluate_checkpoint(model, VOCAB, test, val, batch_size=8)
     for key in ("acc_spec", "acc_all", "ppl_all", "ppl_program", "diversity", "parse_rate", "gen_len_mean"):
