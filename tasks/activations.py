@@ -38,7 +38,7 @@ def concat_samples(a: karel.Samples, b: karel.Samples) -> karel.Samples:
 
 
 def activations_key(cfg: ActivationConfig, dataset_key: str, checkpoint_key: str) -> str:
-    return stage_key("activations", cfg, [dataset_key, checkpoint_key], ["karel", "model"])
+    return stage_key("activations", cfg, [dataset_key, checkpoint_key], ["karel", "model.checkpoint", "model.decode"])
 
 
 @task(name="dump-activations", cache_policy=NONE)

@@ -1,8 +1,11 @@
-"""Cache keys: hash(stage, config, upstream keys, source of the library packages a stage runs).
+"""Cache keys: hash(stage, config, upstream keys, source of the library code a stage runs).
 
 Unlike Prefect's default cache policy (task source + inputs + run id), a key here changes when
 *any* .py file of the named packages changes (a helper deep inside ``karel/`` included), and
 never depends on the run id, the process, or PYTHONHASHSEED: it is sha256 over canonical JSON.
+A dotted name (``model.train``) stands for that module and every module it imports, directly or
+through others, from its own package or from a pinned library (found statically, from the
+source): training is not re-keyed by an edit to ``model/metrics.py``, which it never imports.
 
 A package this process has imported is hashed once, from the source as first read: the process
 runs the code it loaded, so editing a file while a long run goes must not file that run's
@@ -11,6 +14,7 @@ results under the edited code's keys (``pin_sources`` at import of ``tasks.stage
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import hashlib
@@ -76,20 +80,84 @@ def pin_sources(*packages: str) -> None:
         _sources(package)
 
 
-def code_hash(*packages: str) -> str:
-    """sha256 (hex) over the source of all .py files of ``packages``, by sorted relative path.
+def _module_file(module: str) -> str | None:
+    """Relative path of ``module`` among its top-level package's files (None: not a module)."""
+    top, _, rest = module.partition(".")
+    files = {rel for rel, _ in _sources(top)}
+    base = rest.replace(".", "/")
+    for rel in ((f"{base}/__init__.py" if base else "__init__.py"), f"{base}.py"):
+        if rel in files:
+            return rel
+    return None
 
-    Order and duplicates of ``packages`` do not matter. Bytes are hashed as-is (a whitespace
+
+def _imported(source: bytes, module: str, is_package: bool) -> set[str]:
+    """Every module name an import statement of ``source`` may load (anywhere in the file)."""
+    package = module if is_package else module.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            out.add(target)
+            out.update(f"{target}.{a.name}" for a in node.names)  # names that are submodules
+    return out
+
+
+def module_closure(module: str, follow: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``(top-level package, relative path)`` of ``module`` and of every module it imports,
+    transitively, from its own top-level package or from ``follow``, sorted.
+
+    A package import (``import karel``) follows that package's ``__init__``; the ``__init__`` of
+    the modules' own parents is not followed (importing ``model.train`` runs ``model/__init__``,
+    but what it re-exports is not code training calls).
+    """
+    tops = {module.partition(".")[0], *follow}
+    if _module_file(module) is None:
+        raise ValueError(f"cannot hash module {module!r}: no such module")
+    seen: set[tuple[str, str]] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        top = name.partition(".")[0]
+        if top not in tops or (rel := _module_file(name)) is None or (top, rel) in seen:
+            continue
+        seen.add((top, rel))
+        source = dict(_sources(top))[rel]
+        todo.extend(_imported(source, name, rel.endswith("__init__.py")))
+    return sorted(seen)
+
+
+def code_hash(*names: str) -> str:
+    """sha256 (hex) over the source of ``names``: a package name covers all its .py files (by
+    sorted relative path), a dotted module name its ``module_closure`` (following imports into
+    the pinned libraries too).
+
+    Order and duplicates of ``names`` do not matter. Bytes are hashed as-is (a whitespace
     edit changes the hash; being conservative is the point).
     """
-    if not packages:
+    if not names:
         raise ValueError("code_hash needs at least one package name")
     h = hashlib.sha256(f"semprobe-code-v{KEY_FORMAT_VERSION}\0".encode())
-    for pkg in sorted(set(packages)):
+    names = sorted(set(names))
+    for pkg in (n for n in names if "." not in n):
         files = _sources(pkg)
         h.update(f"pkg\0{pkg}\0{len(files)}\0".encode())
         for rel, data in files:
             h.update(f"file\0{rel}\0{len(data)}\0".encode())
+            h.update(data)
+    for module in (n for n in names if "." in n):
+        files = module_closure(module, follow=_PINNED)
+        h.update(f"module\0{module}\0{len(files)}\0".encode())
+        for top, rel in files:
+            data = dict(_sources(top))[rel]
+            h.update(f"file\0{top}/{rel}\0{len(data)}\0".encode())
             h.update(data)
     return h.hexdigest()
 

@@ -26,7 +26,7 @@ def device() -> str:
 
 
 def evaluate_key(cfg: EvalConfig, dataset_key: str, checkpoint_key: str) -> str:
-    return stage_key("evaluate", cfg, [dataset_key, checkpoint_key], ["karel", "model"])
+    return stage_key("evaluate", cfg, [dataset_key, checkpoint_key], ["karel", "model.checkpoint", "model.metrics"])
 
 
 @task(name="evaluate-checkpoint", cache_policy=NONE)

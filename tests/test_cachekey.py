@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cachekey import cache_key, canonical_json, code_hash, package_files
+from tasks.cachekey import cache_key, canonical_json, code_hash, module_closure, package_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,6 +85,46 @@ def test_an_imported_package_keeps_the_hash_of_the_code_it_loaded(tmp_path, monk
                          capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'src'}{os.pathsep}{ROOT}"})
     assert out.stdout.strip() not in (loaded, before)
+
+
+def test_a_module_is_hashed_with_what_it_imports(tmp_path, monkeypatch):
+    """``pkg.mod`` covers the module and its imports from its package, transitively (a helper's
+    helper, an import inside a function): an edit there re-keys, an edit elsewhere does not."""
+    pkg = tmp_path / "src" / "fakelib_mc"
+    (pkg / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "from .a import f\nfrom .unused import g\n",
+        "a.py": "import json\nfrom .b import h\n\ndef f():\n    from .sub import c\n    return h() + c.k\n",
+        "b.py": "def h():\n    return 1\n",
+        "unused.py": "def g():\n    return 2\n",
+        "sub/__init__.py": "",
+        "sub/c.py": "k = 3\n",
+    }
+    for rel, text in files.items():
+        (pkg / rel).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    assert [rel for _, rel in module_closure("fakelib_mc.a")] == ["a.py", "b.py", "sub/__init__.py", "sub/c.py"]
+    key = code_hash("fakelib_mc.a")
+    for rel in ("unused.py", "__init__.py"):  # not imported by the module: no new key
+        (pkg / rel).write_text(files[rel] + "# edited\n")
+        assert code_hash("fakelib_mc.a") == key
+    assert code_hash("fakelib_mc") != code_hash("fakelib_mc.a")  # the package is every file
+    for rel in ("b.py", "sub/c.py"):  # a helper's edit re-keys, however deep the import
+        (pkg / rel).write_text(files[rel] + "# edited\n")
+        assert code_hash("fakelib_mc.a") != key
+        key = code_hash("fakelib_mc.a")
+    with pytest.raises(ValueError, match="fakelib_mc.nope"):
+        code_hash("fakelib_mc.nope")
+
+
+def test_training_is_not_keyed_by_the_metrics_it_never_imports():
+    import tasks.stage  # noqa: F401  (pins the libraries, as in a run)
+    from tasks.cachekey import _PINNED
+
+    train = {f"{t}/{r}" for t, r in module_closure("model.train", follow=_PINNED)}
+    assert {"model/train.py", "model/transformer.py", "model/optim.py", "karel/semantics.py"} <= train
+    assert not {"model/metrics.py", "model/decode.py", "model/phases.py"} & train
+    assert "model/decode.py" in {f"{t}/{r}" for t, r in module_closure("model.metrics", follow=_PINNED)}
 
 
 def test_code_hash_order_insensitive_and_unknown_package(fake_pkg):
