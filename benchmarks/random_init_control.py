@@ -49,17 +49,24 @@ def artifacts(root: Path, stage: str) -> list[tuple[Path, dict]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def finished_run(doc: str, extra=lambda ap: None):
+    """Command line of a script over a finished run's workspace: (args, config, dataset folder).
+    ``extra(parser)`` adds the script's own options."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("workspace", type=Path)
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--sklearn", action="store_true", help="also the logistic-regression reference")
+    extra(ap)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    cfg = load_preset(args.preset, args.overrides)
+    (data,) = [d / "data" for d, _ in artifacts(args.workspace, "dataset")]
+    return args, load_preset(args.preset, args.overrides), data
+
+
+def main() -> None:
+    args, cfg, data = finished_run(__doc__, lambda ap: ap.add_argument(
+        "--sklearn", action="store_true", help="also the logistic-regression reference"))
     root = args.workspace
-    (data,) = [d / "data" for d, _ in artifacts(root, "dataset")]
     train = karel.load_split(data, "train", limit=cfg.activations.n_train_specs)
     test = karel.load_split(data, "test", limit=cfg.activations.n_test_specs)
     specs = concat_samples(train, test)

@@ -13,19 +13,14 @@ Run: .venv/bin/python benchmarks/rescore_accuracy.py WORKSPACE [--preset cpu] [-
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
 import karel  # noqa: E402
-from benchmarks.random_init_control import artifacts  # noqa: E402
-from flows.presets import load_preset  # noqa: E402
+from benchmarks.random_init_control import artifacts, finished_run  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.decode import generate  # noqa: E402
 from model.metrics import correct_pairs, correct_states  # noqa: E402
@@ -33,16 +28,9 @@ from tasks.evaluation import MIN_TRAIN_LENGTH  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("workspace", type=Path)
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--steps", default="", help="comma-separated checkpoint steps (default: all evaluated)")
-    args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    cfg = load_preset(args.preset, args.overrides)
+    args, cfg, data = finished_run(__doc__, lambda ap: ap.add_argument(
+        "--steps", default="", help="comma-separated checkpoint steps (default: all evaluated)"))
     root = args.workspace
-    (data,) = [d / "data" for d, _ in artifacts(root, "dataset")]
     test = karel.load_split(data, "test", limit=cfg.eval.n_test_specs)
     long = (test.programs >= 0).sum(axis=1) >= MIN_TRAIN_LENGTH
     stored = {m["checkpoint_key"]: d for d, m in artifacts(root, "evaluate")}
