@@ -96,8 +96,10 @@ def _imported(source: bytes, module: str, is_package: bool) -> set[str]:
     package = module if is_package else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
+        if isinstance(node, ast.Import):  # ``import a.b`` binds ``a``: its __init__ counts too
+            for a in node.names:
+                parts = a.name.split(".")
+                out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".")
@@ -105,7 +107,7 @@ def _imported(source: bytes, module: str, is_package: bool) -> set[str]:
                 target = f"{base}.{node.module}" if node.module else base
             else:
                 target = node.module or ""
-            out.add(target)
+            out.add(target)  # with ``from . import x`` too: x may be a name its __init__ defines
             out.update(f"{target}.{a.name}" for a in node.names)  # names that are submodules
     return out
 
