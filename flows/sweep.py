@@ -49,10 +49,10 @@ from tasks import record, tracking
 from tasks.cachekey import cache_key
 from tasks.report import build_report
 from tasks.results import ResultsDB
+from tasks.stage import LIBRARIES  # what a point key hashes: same key, same artifacts
 from tasks.workspace import Workspace
 
 DEPLOYMENT = "semprobe-pipeline/point"
-LIB_PACKAGES = ["karel", "model", "probes"]  # what every stage key hashes: same key, same artifacts
 SPEC_KEYS = {"name", "preset", "set", "grid", "points"}
 POLL_S = 5.0
 
@@ -88,7 +88,7 @@ def point_key(preset: str, overrides) -> str:
     """The point's cache key: its resolved config (so spelling a default out changes nothing)
     and the code of the libraries and stages it runs."""
     cfg = load_preset(preset, list(overrides))
-    return cache_key("point", cfg.as_dict(), [], LIB_PACKAGES)
+    return cache_key("point", cfg.as_dict(), [], LIBRARIES)
 
 
 def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:

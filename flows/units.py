@@ -29,11 +29,10 @@ from tasks.cachekey import cache_key
 from tasks.dataset import dataset_key, generate_dataset
 from tasks.evaluation import evaluate
 from tasks.probing import train_probes
+from tasks.stage import LIBRARIES
 from tasks.stage_configs import probed_steps
 from tasks.training import STOP, checkpoint_key, published_checkpoint, train_key, train_lm
 from tasks.workspace import Workspace
-
-LIB_PACKAGES = ["karel", "model", "probes"]
 
 
 def train_unit_key(cfg: StudyConfig) -> str:
@@ -53,7 +52,7 @@ def checkpoint_unit_key(cfg: StudyConfig, step: int) -> str:
     config = {"eval": cfg.eval, "activations": cfg.activations if probed else None,
               "probe": cfg.probe if probed else None}
     ckpt = checkpoint_key(train_unit_key(cfg), step)
-    return cache_key("checkpoint-unit", config, [dataset_key(cfg.data), ckpt], LIB_PACKAGES)
+    return cache_key("checkpoint-unit", config, [dataset_key(cfg.data), ckpt], LIBRARIES)
 
 
 def _failed(rec: record.Journal, kind: str, root: str, exc: BaseException) -> None:
