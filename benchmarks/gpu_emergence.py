@@ -32,7 +32,7 @@ import karel  # noqa: E402
 from benchmarks.gpu_check import setup, sync, train_step  # noqa: E402
 from model.config import preset  # noqa: E402
 from model.decode import generate  # noqa: E402
-from model.metrics import correct_pairs, correct_states, generation_metrics, perplexity  # noqa: E402
+from model.metrics import generation_metrics, perplexity  # noqa: E402
 from probes.labels import make_labels  # noqa: E402
 
 FEATURES = ("direction", "rel_start", "facing_wall")
@@ -114,7 +114,6 @@ def main():
     train_samples = karel.load_split(args.data, "train")
     test = karel.load_split(args.data, "test", limit=args.n_eval)
     val = karel.load_split(args.data, "val", limit=200)
-    long = (test.programs >= 0).sum(1) >= 6
     vocab = karel.Vocab()
     device, model, fwd, opt, blocks = setup(m, t, train_samples, compile_model=False)
 
@@ -133,13 +132,11 @@ def main():
         e0 = time.perf_counter()
         gen = generate(model, test, vocab, "constrained", batch_size=250)
         g = generation_metrics(gen, test, vocab)
-        ok = correct_pairs(gen.programs, test, vocab)
         ppl = perplexity(model, val, vocab, batch_size=50)
         rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
                "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],
-               "acc_all": g["acc_all"], "acc_spec_len6_10": float(ok[long, :5].all(1).mean()),
-               "acc_spec_state": g["acc_spec_state"],
-               "acc_spec_len6_10_state": float(correct_states(gen.programs, test)[long, :5].all(1).mean()),
+               "acc_all": g["acc_all"], "acc_spec_len6_10": g["acc_spec_len6_10"],
+               "acc_spec_state": g["acc_spec_state"], "acc_spec_len6_10_state": g["acc_spec_len6_10_state"],
                "diversity": g["diversity"], "gen_len_mean": g["gen_len_mean"],
                "program_loss": math.log(ppl["ppl_program"]), "all_loss": math.log(ppl["ppl_all"]),
                **probe_scores(gen, test, tuple(f for f in args.probe_features.split(",") if f)), "lr": opt.param_groups[0]["lr"]}

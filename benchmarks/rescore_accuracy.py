@@ -23,8 +23,7 @@ import karel  # noqa: E402
 from benchmarks.random_init_control import artifacts, finished_run  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.decode import generate  # noqa: E402
-from model.metrics import correct_pairs, correct_states  # noqa: E402
-from tasks.evaluation import MIN_TRAIN_LENGTH  # noqa: E402
+from model.metrics import generation_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +31,6 @@ def main() -> None:
         "--steps", default="", help="comma-separated checkpoint steps (default: all evaluated)"))
     root = args.workspace
     test = karel.load_split(data, "test", limit=cfg.eval.n_test_specs)
-    long = (test.programs >= 0).sum(axis=1) >= MIN_TRAIN_LENGTH
     stored = {m["checkpoint_key"]: d for d, m in artifacts(root, "evaluate")}
     wanted = {int(s) for s in args.steps.split(",") if s}
     print("step  text: all  6..10 | state: all  6..10 | stored acc_spec (whole state)")
@@ -42,12 +40,10 @@ def main() -> None:
             continue
         model, saved = load_model(d / "model.pt", device="cpu")
         vocab = saved["vocab_obj"]
-        gen = generate(model, test, vocab, "constrained", batch_size=cfg.eval.batch_size)
-        text = correct_pairs(gen.programs, test, vocab)[:, :5].all(axis=1)
-        state = correct_states(gen.programs, test)[:, :5].all(axis=1)
+        g = generation_metrics(generate(model, test, vocab, "constrained", batch_size=cfg.eval.batch_size), test, vocab)
         old = json.loads((stored[d.name] / "metrics.json").read_text())["acc_spec"]
-        print(f"{step:5d}  {text.mean():9.3f}  {text[long].mean():5.3f} | {state.mean():10.3f}  "
-              f"{state[long].mean():5.3f} | {old:.3f}", flush=True)
+        print(f"{step:5d}  {g['acc_spec']:9.3f}  {g['acc_spec_len6_10']:5.3f} | {g['acc_spec_state']:10.3f}  "
+              f"{g['acc_spec_len6_10_state']:5.3f} | {old:.3f}", flush=True)
 
 
 if __name__ == "__main__":
