@@ -80,11 +80,9 @@ def pin_sources(*packages: str) -> None:
         _sources(package)
 
 
-def _module_file(module: str) -> str | None:
-    """Relative path of ``module`` among its top-level package's files (None: not a module)."""
-    top, _, rest = module.partition(".")
-    files = {rel for rel, _ in _sources(top)}
-    base = rest.replace(".", "/")
+def _module_file(module: str, files: dict[str, bytes]) -> str | None:
+    """Relative path of ``module`` among its top-level package's ``files`` (None: not a module)."""
+    base = module.partition(".")[2].replace(".", "/")
     for rel in ((f"{base}/__init__.py" if base else "__init__.py"), f"{base}.py"):
         if rel in files:
             return rel
@@ -112,6 +110,36 @@ def _imported(source: bytes, module: str, is_package: bool) -> set[str]:
     return out
 
 
+def _closure_sources(module: str, follow: Iterable[str]) -> list[tuple[str, str, bytes]]:
+    """``(top-level package, relative path, source)`` of ``module_closure``, sorted."""
+    tops = {module.partition(".")[0], *follow}
+    files: dict[str, dict[str, bytes]] = {}  # read once per package
+
+    def source_of(name: str):
+        top = name.partition(".")[0]
+        if top not in tops:
+            return None
+        if top not in files:
+            files[top] = dict(_sources(top))
+        pkg = files[top]
+        rel = _module_file(name, pkg)
+        return None if rel is None else (top, rel, pkg[rel])
+
+    if source_of(module) is None:
+        raise ValueError(f"cannot hash module {module!r}: no such module")
+    seen: dict[tuple[str, str], bytes] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        found = source_of(name)
+        if found is None or found[:2] in seen:
+            continue
+        top, rel, source = found
+        seen[(top, rel)] = source
+        todo.extend(_imported(source, name, rel.endswith("__init__.py")))
+    return [(top, rel, source) for (top, rel), source in sorted(seen.items())]
+
+
 def module_closure(module: str, follow: Iterable[str] = ()) -> list[tuple[str, str]]:
     """``(top-level package, relative path)`` of ``module`` and of every module it imports,
     transitively, from its own top-level package or from ``follow``, sorted.
@@ -120,20 +148,7 @@ def module_closure(module: str, follow: Iterable[str] = ()) -> list[tuple[str, s
     the modules' own parents is not followed (importing ``model.train`` runs ``model/__init__``,
     but what it re-exports is not code training calls).
     """
-    tops = {module.partition(".")[0], *follow}
-    if _module_file(module) is None:
-        raise ValueError(f"cannot hash module {module!r}: no such module")
-    seen: set[tuple[str, str]] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        top = name.partition(".")[0]
-        if top not in tops or (rel := _module_file(name)) is None or (top, rel) in seen:
-            continue
-        seen.add((top, rel))
-        source = dict(_sources(top))[rel]
-        todo.extend(_imported(source, name, rel.endswith("__init__.py")))
-    return sorted(seen)
+    return [(top, rel) for top, rel, _ in _closure_sources(module, follow)]
 
 
 def code_hash(*names: str) -> str:
@@ -155,10 +170,9 @@ def code_hash(*names: str) -> str:
             h.update(f"file\0{rel}\0{len(data)}\0".encode())
             h.update(data)
     for module in (n for n in names if "." in n):
-        files = module_closure(module, follow=_PINNED)
+        files = _closure_sources(module, follow=_PINNED)
         h.update(f"module\0{module}\0{len(files)}\0".encode())
-        for top, rel in files:
-            data = dict(_sources(top))[rel]
+        for top, rel, data in files:
             h.update(f"file\0{top}/{rel}\0{len(data)}\0".encode())
             h.update(data)
     return h.hexdigest()
