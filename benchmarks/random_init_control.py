@@ -36,8 +36,8 @@ from benchmarks.gpu_emergence import logistic_accuracy  # noqa: E402
 from model.decode import forced_hidden  # noqa: E402
 from probes.grid import row_splits  # noqa: E402
 from probes.labels import hidden_rows, make_labels  # noqa: E402
-from tasks.activations import _initial_checkpoint, concat_samples, load_activations  # noqa: E402
-from tasks.probing import _subsample, random_init_rows  # noqa: E402
+from tasks.activations import concat_samples, initial_checkpoint, load_activations  # noqa: E402
+from tasks.probing import subsample, random_init_rows  # noqa: E402
 from tasks.training import checkpoint_file  # noqa: E402
 
 
@@ -80,11 +80,11 @@ def main() -> None:
         if not np.array_equal(a["spec_ids"], specs.ids):
             raise ValueError(f"{d}: its specs are not {args.preset}'s first train/test specs; pass --preset/--set")
         if init is None:  # the step-0 checkpoint of the same training run
-            step0 = _initial_checkpoint(str(root), {"key": meta["checkpoint_key"]})
+            step0 = initial_checkpoint(str(root), {"key": meta["checkpoint_key"]})
             init, saved = load_model(checkpoint_file(step0), device="cpu")
             vocab = saved["vocab_obj"]
         a["hidden_init"] = forced_hidden(init, specs, a["programs"], vocab, cfg.activations.batch_size)
-        a = _subsample(a, cfg.probe.max_train_pairs)
+        a = subsample(a, cfg.probe.max_train_pairs)
         labels = make_labels(a["programs"], a["inputs"], ("original",), cfg.probe.features, (0,), cfg.probe.drop_last)
         ri = pd.DataFrame(random_init_rows(a["hidden_init"].astype(np.float32), labels, cfg.probe))
         pdir = probes[(meta["checkpoint_key"], "original")]

@@ -61,7 +61,7 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
         if gen.hidden_layers is not None:
             arrays["hidden_layers"] = gen.hidden_layers
         if cfg.random_init and ckpt["step"] > 0:
-            init_model, _ = load_model(checkpoint_file(_initial_checkpoint(ws_root, ckpt)), device=device())
+            init_model, _ = load_model(checkpoint_file(initial_checkpoint(ws_root, ckpt)), device=device())
             arrays["hidden_init"] = forced_hidden(init_model, specs, gen.programs, saved["vocab_obj"], cfg.batch_size)
         np.savez(tmp / ACTIVATIONS_FILE, **arrays)
         return {"step": ckpt["step"], "checkpoint_key": ckpt["key"], "n_specs": len(specs),
@@ -70,7 +70,7 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
     return run_stage(ws_root, "activations", key, compute, force=recomputed(dataset))
 
 
-def _initial_checkpoint(ws_root: str, ckpt: dict) -> dict:
+def initial_checkpoint(ws_root: str, ckpt: dict) -> dict:
     """The step-0 checkpoint of ``ckpt``'s training run (published before any other)."""
     train_key = ckpt["key"].rsplit("-s", 1)[0]
     init = published_checkpoint(ws_root, train_key, 0)

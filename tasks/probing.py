@@ -41,7 +41,7 @@ def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:
     return GridConfig(**{**base, **changes})
 
 
-def _subsample(acts: dict, max_pairs: int, seed: int = 0) -> dict:
+def subsample(acts: dict, max_pairs: int, seed: int = 0) -> dict:
     """Keep whole programs (never split one) until about ``max_pairs`` action positions."""
     lengths = acts["lengths"]
     if lengths.sum() <= max_pairs:
@@ -62,7 +62,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
     step, ckpt_key = acts["meta"]["step"], acts["meta"]["checkpoint_key"]
 
     def compute(tmp: Path) -> dict:
-        a = _subsample(load_activations(acts), cfg.max_train_pairs)
+        a = subsample(load_activations(acts), cfg.max_train_pairs)
         labels = make_labels(a["programs"], a["inputs"], (semantics,), cfg.features, cfg.offsets, cfg.drop_last)
         if not any(labels.valid(o).any() for o in cfg.offsets):
             # e.g. a babbling model that closes every program at once: nothing to probe, and an
