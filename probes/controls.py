@@ -10,6 +10,12 @@ paired, with a 95% t-interval). Not i.i.d. random labels per instance (which no 
 
 The random-init model is not a separate function: probe the hidden states of checkpoint step 0
 with ``probe_grid`` like any other checkpoint.
+
+Emitted action (a positive control of the alignment, on real states): the state at row (p, j)
+is the one whose logits chose action j, so a probe reads token j from a trained model's states
+(the model decided it there), while a model that has not learned, or a state taken one position
+late (it has *read* token j), reads it from a random-init model too. ``emitted_action`` trains
+the grid's kinds and seeds to read it on the offset-0 rows.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import zlib
 
 import numpy as np
 import pandas as pd
+
+import karel
 
 from .grid import SPLITS, GridConfig, Task, label_tasks, probe_grid, row_splits, train_tasks
 from .labels import LabelSet, check_feature, hidden_rows
@@ -30,11 +38,16 @@ def majority_baseline(labels: LabelSet, config: GridConfig = GridConfig()) -> pd
     Rows like ``probe_grid``'s with probe="majority", layer="none". A task with no training rows
     (e.g. offset +2 when every generated program is short) scores NaN, as its probes do.
     """
+    return task_majority(labels.program, label_tasks(labels, config), config)
+
+
+def task_majority(program: np.ndarray, tasks: list[Task], config: GridConfig) -> pd.DataFrame:
+    """``majority_baseline`` of any tasks whose rows belong to ``program`` (n,)."""
     config.check()
     out = []
     for seed in config.seeds:
-        split = row_splits(labels.program, seed, config.split)
-        for t in label_tasks(labels, config):
+        split = row_splits(program, seed, config.split)
+        for t in tasks:
             y = t.labels
             ok = y[:, 0] >= 0
             train = y[ok & (split == 0)]
@@ -125,3 +138,25 @@ def embedding_probes(hidden_layers: np.ndarray, labels: LabelSet,
                      config: GridConfig = GridConfig()) -> pd.DataFrame:
     """Probes on the token-embedding output alone (layer 0): what the surface form gives."""
     return layer_curves(hidden_layers, labels, config, layers=[0])
+
+
+EMITTED_ACTION = "emitted_action"
+
+
+def emitted_action_task(labels: LabelSet) -> Task:
+    """The action each kept offset-0 state emits (5 classes); -1 on the other rows."""
+    y = np.where(labels.valid(0), labels.token, -1)[:, None]
+    return Task(dict(semantics="original", feature=EMITTED_ACTION, offset=0, task="real"),
+                (len(karel.ACTIONS),), y)
+
+
+def emitted_action(hidden: np.ndarray, labels: LabelSet, config: GridConfig,
+                   hidden_init: np.ndarray | None = None) -> pd.DataFrame:
+    """Grid rows (``states``: trained, random_init, majority) of reading the emitted action."""
+    task = emitted_action_task(labels)
+    frames = [task_majority(labels.program, [task], config).assign(states="majority")]
+    for name, h in (("trained", hidden), ("random_init", hidden_init)):
+        if h is not None:
+            rows = train_tasks(hidden_rows(h, labels), labels.program, [task], config)
+            frames.append(rows.assign(states=name))
+    return pd.concat(frames, ignore_index=True)

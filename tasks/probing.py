@@ -5,7 +5,9 @@ All features x offsets x probe kinds x seeds on the layer mean train in one batc
 Under ``original`` the controls (majority baseline, control task, selectivity) are added. Under
 every semantics, where the dump has ``hidden_init``, the random-init control: the same offset-0
 grid (every kind and seed, the same rows and splits) on the random-init model's states over the
-same programs. Controls rows carry the grid's ``probe_key``, which names its semantics.
+same programs. Under ``original`` also the alignment check: probes that read the action each
+offset-0 state emits, on the trained and the random-init states (``emitted_action_rows``).
+Controls rows carry the grid's ``probe_key``, which names its semantics.
 The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
 DuckDB tables' columns (layer -1 = the layer mean).
 """
@@ -19,7 +21,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
-from probes.controls import majority_baseline, selectivity
+from probes.controls import EMITTED_ACTION, emitted_action, majority_baseline, selectivity
 from probes.grid import GridConfig, probe_grid
 from probes.labels import make_labels
 from probes.stacked import TrainConfig
@@ -80,6 +82,9 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
         if cfg.controls and "hidden_init" in a and 0 in cfg.offsets:
             controls += random_init_rows(a["hidden_init"].astype(np.float32), labels, cfg, semantics)
+        if semantics == "original" and cfg.controls and 0 in cfg.offsets:
+            init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
+            controls += emitted_action_rows(hidden, init, labels, grid_config(cfg, semantics, offsets=(0,)))
         if cfg.per_layer and "hidden_layers" in a:
             per_layer = grid_config(cfg, semantics, offsets=(0,), probes=("linear",))
             for layer in range(a["hidden_layers"].shape[2]):
@@ -107,6 +112,21 @@ def random_init_rows(hidden_init: np.ndarray, labels, cfg: ProbeConfig, semantic
     test = rows[rows["split"] == "test"]
     return [{"feature": feat, "offset": 0, "kind": "random_init", "probe": kind, "value": float(g["accuracy"].mean())}
             for (feat, kind), g in test.groupby(["feature", "probe"])]
+
+
+EMITTED_KINDS = {"trained": "emitted_action", "random_init": "emitted_action_init",
+                 "majority": "emitted_action_majority"}
+
+
+def emitted_action_rows(hidden: np.ndarray, hidden_init, labels, grid) -> list[dict]:
+    """``controls`` rows (feature ``emitted_action``, offset 0) of the alignment check: test
+    accuracy, mean over seeds, of reading the action each state emits, from the trained states
+    (kind ``emitted_action``), the random-init states over the same programs
+    (``emitted_action_init``) and the majority (``emitted_action_majority``)."""
+    rows = emitted_action(hidden, labels, grid, hidden_init)
+    test = rows[rows["split"] == "test"]
+    return [{"feature": EMITTED_ACTION, "offset": 0, "kind": EMITTED_KINDS[states], "probe": probe,
+             "value": float(g["accuracy"].mean())} for (states, probe), g in test.groupby(["states", "probe"])]
 
 
 def _control_rows(sel: pd.DataFrame, majority: pd.DataFrame) -> list[dict]:

@@ -119,6 +119,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
         sel = maj[(maj["step"] == mstep) & (maj["feature"] == f)] if mstep is not None else maj
         v = float(sel["value"].mean()) if not sel.empty else None
         add(f"majority.{f}", f"majority baseline, {FEATURE_NAMES[f]} (offset 0)", v, pct(v))
+    _alignment_check(c, add)
 
     # phases
     ph = d.phases
@@ -173,6 +174,29 @@ def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def _alignment_check(c: pd.DataFrame, add) -> None:
+    """Key number: probes read the action each state emits (tasks.probing.emitted_action_rows)
+    from the trained states, at the last step that has it, next to the random-init states and
+    the majority. Near the majority for the trained model means the states are misaligned (or
+    the model has learned nothing); high for the random-init model means they are taken late."""
+    em = c[c["feature"] == "emitted_action"] if not c.empty else c
+    if em.empty:
+        return
+    step = int(em["step"].max())
+    em = em[em["step"] == step].sort_values("probe")
+
+    def shown(kind):
+        return " / ".join(pct(v) for v in em[em["kind"] == kind]["value"])
+
+    trained = em[em["kind"] == "emitted_action"]["value"]
+    text = f"{shown('emitted_action')} ({'/'.join(em[em['kind'] == 'emitted_action']['probe'])})"
+    if (em["kind"] == "emitted_action_init").any():
+        text += f"; random-init states {shown('emitted_action_init')}"
+    text += f"; majority {shown('emitted_action_majority')}"
+    add("alignment", f"alignment check: probes read the action each state emits (offset-0 rows, step {step})",
+        float(trained.mean()) if len(trained) else None, text, paper="not measured")
 
 
 def _probe_detail(d: RunData) -> pd.DataFrame:

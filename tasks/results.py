@@ -38,7 +38,9 @@ from typing import Any, Iterable, Iterator
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: controls kinds of the alignment check (emitted_action*); 1 is migrated
+CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
+                 "emitted_action", "emitted_action_init", "emitted_action_majority")
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 
 # table -> (columns [(name, type)], primary key columns)
@@ -68,8 +70,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
                                    ("ci_high", "DOUBLE")], _PROBE_PK),
     "controls": ([("probe_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("step", "BIGINT"),
                   ("feature", "VARCHAR"), ("offset", "INTEGER"),
-                  ("kind", "VARCHAR CHECK (kind IN ('majority', 'control_task', 'selectivity', "
-                           "'random_init', 'embedding'))"),
+                  ("kind", f"VARCHAR CHECK (kind IN ({', '.join(repr(k) for k in CONTROL_KINDS)}))"),
                   ("probe", "VARCHAR"), ("value", "DOUBLE")],
                  ["probe_key", "feature", "offset", "kind", "probe"]),
     "phases": ([("train_key", "VARCHAR"), ("phase", "VARCHAR"), ("start_step", "BIGINT")],
@@ -119,6 +120,22 @@ def _ddl(table: str) -> str:
     cols, pk = TABLES[table]
     body = ", ".join(f"{_q(c)} {t}" for c, t in cols)
     return f"CREATE TABLE IF NOT EXISTS {_q(table)} ({body}, PRIMARY KEY ({', '.join(map(_q, pk))}))"
+
+
+def _migrate_from_1(con) -> None:
+    """Version 1 -> 2: the controls table's kind CHECK admits the alignment check's kinds. DuckDB
+    cannot alter a CHECK, so the table is rebuilt with its rows, in one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("ALTER TABLE controls RENAME TO controls_v1")
+        con.execute(_ddl("controls"))
+        con.execute("INSERT INTO controls SELECT * FROM controls_v1")
+        con.execute("DROP TABLE controls_v1")
+        con.execute("UPDATE schema_info SET version = 2")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -179,6 +196,8 @@ class ResultsDB:
             row = con.execute("SELECT max(version) FROM schema_info").fetchone()
             if row[0] is None:
                 con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
+            elif row[0] == 1:
+                _migrate_from_1(con)
             elif row[0] != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has results schema version {row[0]}, this code expects "

@@ -63,6 +63,11 @@ def test_first_run_fills_every_table_and_report(ws):
     # the random-init model on each later checkpoint's programs: every semantics, main feature and kind
     assert set(init["step"]) == {6, 12} and len(init) == 2 * 3 * 3 * 2 and init["value"].between(0, 1).all()
     assert set(init["semantics"]) == {"original", "flip", "adversarial"}
+    # the alignment check: the emitted action read from the trained, random-init (after step 0) states
+    em = snap["controls"][snap["controls"]["feature"] == "emitted_action"]
+    assert set(em["kind"]) == {"emitted_action", "emitted_action_init", "emitted_action_majority"}
+    assert set(em[em["kind"] == "emitted_action_init"]["step"]) == {6, 12}
+    assert set(em[em["kind"] == "emitted_action"]["step"]) == {0, 6, 12} and em["value"].between(0, 1).all()
     vs_init = snap["checkpoint_metrics"][snap["checkpoint_metrics"]["metric"] == "semantic_content_vs_init"]
     assert set(vs_init["step"]) == {6, 12}
     assert "semantic_content" in set(snap["checkpoint_metrics"]["metric"])
@@ -70,6 +75,7 @@ def test_first_run_fills_every_table_and_report(ws):
     assert list(run["status"]) == ["finished"]
     html = ws / "reports" / run["run_id"][0] / "report.html"
     assert html.exists() and "data:image/png;base64" in html.read_text()
+    assert "alignment check: probes read the action each state emits" in html.read_text()
     # MLflow: a parent run with nested checkpoint and probe runs
     import mlflow
 

@@ -6,7 +6,8 @@ import pytest
 
 import karel
 from probes import LinearProbe, make_labels
-from probes.controls import control_labels, layer_curves, majority_baseline, selectivity
+from probes.controls import (control_labels, emitted_action, emitted_action_task, layer_curves,
+                             majority_baseline, selectivity)
 from probes.grid import GridConfig, Task, probe_grid, row_splits, split_programs, train_tasks
 from probes.interventions import semantic_content
 from probes.labels import hidden_rows
@@ -160,3 +161,28 @@ def test_offset_without_training_rows_scores_nan_not_an_error():
     grid = probe_grid(np.zeros((40, 14, 4), np.float32), labels, config).set_index("offset")
     assert np.isnan(base.loc[1, "accuracy"]) and base.loc[1, "n"] == 0
     assert np.isnan(grid.loc[1, "accuracy"]) and not np.isnan(base.loc[0, "accuracy"])
+
+
+def test_emitted_action_control_tells_aligned_from_late_states(data):
+    """The alignment check reads the emitted action from states that decided it, and tells them
+    from states taken one position late (which have read it, as a random-init model's do)."""
+    progs, _, labels, _ = data
+    rng = np.random.default_rng(1)
+    d = 24
+    emitted = np.where(progs >= 0, progs, 0)  # hidden[p, j] chose action j: it encodes token j
+    read = np.concatenate([np.full((len(progs), 1), 5), emitted[:, :-1]], 1)  # token j-1 (5: "{")
+    aligned = rng.normal(size=(len(progs), 14, d)) + 5.0 * np.eye(d)[emitted]
+    early_only = rng.normal(size=(len(progs), 14, d)) + 5.0 * np.eye(d)[read]
+    rows = emitted_action(aligned, labels, cfg(), hidden_init=early_only)
+    test = rows[rows.split == "test"].groupby("states")["accuracy"].mean()
+    assert test["trained"] > 0.97
+    assert test["random_init"] < test["majority"] + 0.1  # token j-1 says little of token j
+    assert 0.2 < test["majority"] < 0.6
+    # one position late: the state has read token j, so even the "untrained" states give it away
+    late = rng.normal(size=(len(progs), 14, d)) + 5.0 * np.eye(d)[emitted]
+    late_rows = emitted_action(aligned, labels, cfg(), hidden_init=late)
+    assert late_rows[(late_rows.split == "test") & (late_rows.states == "random_init")]["accuracy"].mean() > 0.97
+    # the rows are the offset-0 rows of the main probes
+    task = emitted_action_task(labels)
+    assert ((task.labels[:, 0] >= 0) == labels.valid(0)).all()
+    assert (task.labels[labels.valid(0), 0] == progs[labels.program, labels.position][labels.valid(0)]).all()

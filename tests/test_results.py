@@ -176,3 +176,28 @@ def test_nan_stored_as_null_and_numpy_scalars(db):
     got = db.query("SELECT metric, value, step FROM checkpoint_metrics ORDER BY metric")
     assert got["value"].isna().tolist() == [True, False]
     assert got["step"].tolist() == [3, 3]
+
+
+def test_version_1_controls_are_migrated_with_their_rows(tmp_path):
+    """A results file of schema 1 (before the alignment check's kinds) opens, keeps its controls
+    and accepts the new kinds; a kind outside the list is still refused."""
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (1)")
+    con.execute("""CREATE TABLE controls (probe_key VARCHAR, checkpoint_key VARCHAR, step BIGINT,
+        feature VARCHAR, "offset" INTEGER, kind VARCHAR CHECK (kind IN ('majority', 'control_task',
+        'selectivity', 'random_init', 'embedding')), probe VARCHAR, value DOUBLE,
+        PRIMARY KEY (probe_key, feature, "offset", kind, probe))""")
+    con.execute("INSERT INTO controls VALUES ('pk', 'ck', 5, 'direction', 0, 'random_init', 'mlp1', 0.4)")
+    con.close()
+    db = ResultsDB(path)
+    row = dict(probe_key="pk", checkpoint_key="ck", step=5, feature="emitted_action", offset=0,
+               kind="emitted_action_init", probe="linear", value=0.5)
+    db.upsert("controls", [row])
+    got = db.query("SELECT kind, value FROM controls ORDER BY kind")
+    assert list(got["kind"]) == ["emitted_action_init", "random_init"] and list(got["value"]) == [0.5, 0.4]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [2]
+    with pytest.raises(Exception, match="CHECK"):
+        db.upsert("controls", [{**row, "kind": "made_up"}])
+    assert ResultsDB(path).count("controls") == 2  # opening it again: nothing to migrate
