@@ -12,10 +12,10 @@ The random-init model is not a separate function: probe the hidden states of che
 with ``probe_grid`` like any other checkpoint.
 
 Emitted action (a positive control of the alignment, on real states): the state at row (p, j)
-is the one whose logits chose action j, so a probe reads token j from a trained model's states
-(the model decided it there), while a model that has not learned, or a state taken one position
-late (it has *read* token j), reads it from a random-init model too. ``emitted_action`` trains
-the grid's kinds and seeds to read it on the offset-0 rows.
+is the one whose logits chose action j. A probe reads token j from a trained model's state there
+(the model decided it) but not from a random-init model's state over the same text (it has not
+seen token j). A state taken one position late has read token j and gives it away under either
+model. ``emitted_action`` trains the grid's kinds and seeds to read it on the offset-0 rows.
 """
 
 from __future__ import annotations

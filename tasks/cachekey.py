@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import threading
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
@@ -89,8 +90,23 @@ def _module_file(module: str, files: dict[str, bytes]) -> str | None:
     return None
 
 
-def _imported(source: bytes, module: str, is_package: bool) -> set[str]:
+# CPython 3.11's ast.parse is not safe from several threads at once ("AST constructor recursion
+# depth mismatch"), and Prefect runs stage tasks, which compute keys, on threads: parse under a
+# lock, once per module source.
+_PARSE_LOCK = threading.Lock()
+_IMPORTS: dict[tuple[str, bool, bytes], frozenset[str]] = {}
+
+
+def _imported(source: bytes, module: str, is_package: bool) -> frozenset[str]:
     """Every module name an import statement of ``source`` may load (anywhere in the file)."""
+    key = (module, is_package, hashlib.sha256(source).digest())
+    with _PARSE_LOCK:
+        if key not in _IMPORTS:
+            _IMPORTS[key] = frozenset(_parse_imports(source, module, is_package))
+        return _IMPORTS[key]
+
+
+def _parse_imports(source: bytes, module: str, is_package: bool) -> set[str]:
     package = module if is_package else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(source)):

@@ -188,3 +188,14 @@ def test_stable_across_processes_and_hash_seeds(fake_pkg):
     from tasks.cachekey import cache_key as ck
     assert ck("st", {"a": 1, "b": {"z": [1, 2], "y": "s"}, "s": {"p", "q", "r"}},
               ["k1", "k2"], ["fakelib_ck"]) in outs
+
+
+def test_code_hash_from_several_threads_at_once():
+    """Prefect computes stage keys on task threads; CPython 3.11's parser is not thread-safe
+    (a SystemError once in make test), so the closures parse under a lock, once per source."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = ["model.train", "model.metrics", "model.decode", "probes", "karel", "tasks.phases"] * 4
+    serial = [code_hash(n) for n in names]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(code_hash, names)) == serial
