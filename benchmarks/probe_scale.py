@@ -40,7 +40,7 @@ from model.checkpoint import load_model  # noqa: E402
 from model.decode import forced_hidden, generate  # noqa: E402
 from probes.controls import majority_baseline  # noqa: E402
 from probes.grid import GridConfig, probe_grid, row_splits  # noqa: E402
-from probes.labels import make_labels  # noqa: E402
+from probes.labels import hidden_rows, make_labels  # noqa: E402
 from probes.stacked import TrainConfig  # noqa: E402
 from tasks.activations import initial_checkpoint  # noqa: E402
 from tasks.training import checkpoint_file  # noqa: E402
@@ -110,18 +110,20 @@ def first_programs(acts: dict, specs: karel.Samples, n: int) -> dict:
     return a
 
 
-def emitted_action(a: dict) -> None:
-    """Positive control of the alignment on real states: from the state at row (p, j), the action
-    it emits (token j) and the action it has just read (token j-1, or ``{``). The trained model's
-    state decides token j, so a probe reads it there; the random-init model's state has not seen
-    it, so its probe stays near the majority. Both states have read token j-1. A state taken one
-    position late would read token j from both."""
-    p, j = np.nonzero(np.arange(a["programs"].shape[1])[None, :] < a["lengths"][:, None])
+def emitted_action_lr(a: dict) -> None:
+    """Positive control of the alignment on real states, by logistic regression on every action
+    row (the pipeline's ``probes.controls.emitted_action`` uses its grid on the offset-0 rows):
+    from the state at row (p, j), the action it emits (token j) and the action it has just read
+    (token j-1, or ``{``). The trained model's state decides token j, so a probe reads it there;
+    the random-init model's state has not seen it, so its probe stays near the majority. Both
+    states have read token j-1. A state taken one position late would read token j from both."""
+    labels = make_labels(a["programs"], a["inputs"], ("original",), ("direction",), (0,))
+    p, j = labels.program, labels.position
     split = row_splits(p, 0)
-    emitted = a["programs"][p, j].astype(np.int64)[:, None]
+    emitted = labels.token[:, None]
     read = np.where(j > 0, a["programs"][p, np.maximum(j - 1, 0)], 5).astype(np.int64)[:, None]
     for name, y in (("emitted action j", emitted), ("read action j-1", read)):
-        got = {k: logistic_accuracy(a[k][p, j].astype(np.float32), y, split == 0, split == 2)
+        got = {k: logistic_accuracy(hidden_rows(a[k], labels).astype(np.float32), y, split == 0, split == 2)
                for k in ("hidden", "hidden_init")}
         if got["hidden"] is None:  # e.g. a babbling model that writes one action everywhere
             print(f"  positive control: {name}: too few rows or classes to score")
@@ -166,7 +168,7 @@ def main() -> None:
         a = first_programs(acts, specs, n)
         if args.sklearn:
             print(f"\n== {n} programs, logistic regression (scikit-learn, seed-0 split), test accuracy")
-            emitted_action(a)
+            emitted_action_lr(a)
             sklearn_reference(a, cfg, args.sklearn_features, args.offsets)
         if args.no_grid:
             continue

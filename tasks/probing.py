@@ -80,10 +80,10 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
             controls += _control_rows(sel, majority_baseline(labels, grid))
         else:
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
-        if cfg.controls and "hidden_init" in a and 0 in cfg.offsets:
-            controls += random_init_rows(a["hidden_init"].astype(np.float32), labels, cfg, semantics)
+        init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
+        if cfg.controls and init is not None and 0 in cfg.offsets:
+            controls += random_init_rows(init, labels, cfg, semantics)
         if semantics == "original" and cfg.controls and 0 in cfg.offsets:
-            init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
             controls += emitted_action_rows(hidden, init, labels, grid_config(cfg, semantics, offsets=(0,)))
         if cfg.per_layer and "hidden_layers" in a:
             per_layer = grid_config(cfg, semantics, offsets=(0,), probes=("linear",))

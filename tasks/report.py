@@ -190,13 +190,13 @@ def _alignment_check(c: pd.DataFrame, add) -> None:
     def shown(kind):
         return " / ".join(pct(v) for v in em[em["kind"] == kind]["value"])
 
-    trained = em[em["kind"] == "emitted_action"]["value"]
-    text = f"{shown('emitted_action')} ({'/'.join(em[em['kind'] == 'emitted_action']['probe'])})"
+    trained = em[em["kind"] == "emitted_action"]
+    text = f"{shown('emitted_action')} ({'/'.join(trained['probe'])})"
     if (em["kind"] == "emitted_action_init").any():
         text += f"; random-init states {shown('emitted_action_init')}"
     text += f"; majority {shown('emitted_action_majority')}"
     add("alignment", f"alignment check: probes read the action each state emits (offset-0 rows, step {step})",
-        float(trained.mean()) if len(trained) else None, text, paper="not measured")
+        float(trained["value"].mean()) if len(trained) else None, text, paper="not measured")
 
 
 def _probe_detail(d: RunData) -> pd.DataFrame:
