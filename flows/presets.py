@@ -51,24 +51,26 @@ def _cpu() -> StudyConfig:
         # (RESULTS.md, levers) where 6..10 alone did not; the report names the difference
         "cpu", DataConfig(n_train_generated=200_000, n_val=2_000, n_test=2_000, train_lengths=tuple(range(1, 11))), m, t,
         EvalConfig(n_test_specs=300, n_val_samples=100, batch_size=100),
-        # sized for ~60 minutes from stage times measured on the quiet 2-core machine (RESULTS.md):
-        # training ~34 min, evaluation ~18 s x 15 checkpoints, activations ~20 s and the three
-        # probe grids ~2 min for each of 5 probed checkpoints
-        ActivationConfig(n_train_specs=600, n_test_specs=150, checkpoints=5, batch_size=100),
-        ProbeConfig(seeds=3, epochs=15, max_train_pairs=6000),
+        # Probing sized to see what the model holds within ~60 minutes (RESULTS.md, "A cpu preset
+        # whose probes see"): 3,150 probed specs (~11k action positions) and 30 epochs at batch
+        # 256 at 3 checkpoints (steps 0, 1,000, 2,000). Fewer programs or epochs leave the MLPs
+        # under-trained (direction, mlp2, step 2,000: 32.6% at 15 epochs, 51.7% at 30, 56.1% at
+        # 60; the random-init states 27-35%). Alternative semantics at offset 0 only (what every
+        # intervention measure reads); bf16 decoding (1.5x) and random-init pass (2x).
+        ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=3, batch_size=100, bf16=True),
+        ProbeConfig(seeds=3, epochs=30, batch_size=256, max_train_pairs=12_000, alternative_offsets=(0,)),
     )
 
 
 def _cpu_long() -> StudyConfig:
-    """The ``cpu`` recipe and data for twice the steps, probed at 5 checkpoints with 2.4x the
-    probed specs and a smaller probe batch (the ``cpu`` preset's ~2,000 probe pairs got ~30
-    optimizer steps at batch 1,024: RESULTS.md, BENCHMARKS.md)."""
+    """The ``cpu`` recipe and data for twice the steps, probed at 5 checkpoints with twice the
+    probed specs, 60 probe epochs and every offset under every semantics."""
     cpu = _cpu()
     m, t = mcfg.cpu_long()
     return replace(
         cpu, preset="cpu-long", model=m, train=t,
-        activations=replace(cpu.activations, n_train_specs=1_500, n_test_specs=300),
-        probe=replace(cpu.probe, batch_size=256, max_train_pairs=20_000),
+        activations=replace(cpu.activations, n_train_specs=6_000, n_test_specs=300, checkpoints=5),
+        probe=replace(cpu.probe, epochs=60, max_train_pairs=24_000, alternative_offsets=()),
     )
 
 
@@ -85,8 +87,9 @@ def _paper() -> StudyConfig:
 PRESETS = {"smoke": _smoke, "cpu": _cpu, "cpu-long": _cpu_long, "paper": _paper}
 
 
-def parse_value(text: str, current):
-    """Parse ``text`` as the type of ``current`` (bool, int, float, str or a tuple of those)."""
+def parse_value(text: str, current, item_type: type | None = None):
+    """Parse ``text`` as the type of ``current`` (bool, int, float, str or a tuple of those);
+    ``item_type``: a tuple's item type when ``current`` is an empty tuple (else str)."""
     if isinstance(current, bool):
         low = text.strip().lower()
         if low not in ("true", "false", "1", "0", "yes", "no"):
@@ -94,7 +97,7 @@ def parse_value(text: str, current):
         return low in ("true", "1", "yes")
     if isinstance(current, tuple):
         items = [s for s in text.split(",") if s.strip()]
-        kind = type(current[0]) if current else str
+        kind = type(current[0]) if current else (item_type or str)
         return tuple(parse_value(s.strip(), kind()) if kind is not str else s.strip() for s in items)
     if isinstance(current, int):
         return int(text)
@@ -112,17 +115,26 @@ def apply_overrides(cfg: StudyConfig, overrides: list[str] | dict) -> StudyConfi
         if section not in SECTIONS:
             raise ValueError(f"override {path!r}: unknown section {section!r}; known: {SECTIONS}")
         sub = getattr(cfg, section)
-        known = {f.name for f in fields(sub)}
+        known = {f.name: f for f in fields(sub)}
         if name not in known:
             raise ValueError(f"override {path!r}: {section} has no field {name!r}; known: {sorted(known)}")
         if isinstance(value, str):
             try:
-                value = parse_value(value, getattr(sub, name))
+                value = parse_value(value, getattr(sub, name), _item_type(known[name]))
             except ValueError as e:
                 raise ValueError(f"override {path!r}: {e}") from None
         changes.setdefault(section, {})[name] = value
     new = {s: replace(getattr(cfg, s), **c) for s, c in changes.items()}
     return replace(cfg, **new)
+
+
+def _item_type(field) -> type | None:
+    """The item type of a ``tuple[X, ...]`` field (annotations are strings here), else None."""
+    ann = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    for name, kind in (("int", int), ("float", float), ("bool", bool), ("str", str)):
+        if ann.startswith(f"tuple[{name},"):
+            return kind
+    return None
 
 
 def _split(text: str) -> tuple[str, str]:

@@ -185,9 +185,11 @@ def forced_hidden(
     programs: np.ndarray,  # (P, 14) action ids, -1 padded (e.g. another model's Generation.programs)
     vocab: karel.Vocab,
     batch_size: int = 256,
+    autocast: bool | None = None,
 ) -> np.ndarray:
     """(P, 14, d_model) float16: ``model``'s layer-mean hidden states reading ``programs`` after
     their specs (teacher forcing), at the positions that emit each action; 0 past each end.
+    ``autocast``: bf16, as in ``generate`` (``None``: on CUDA only).
 
     The same alignment as ``Generation.hidden``, so the states of one model (the random-init
     one) on the programs another model wrote line up with those programs' probe labels. For the
@@ -204,11 +206,13 @@ def forced_hidden(
     written = torch.from_numpy(programs >= 0)
     if not len(seq):
         return np.zeros((0, MAX_ACTIONS, model.cfg.d_model), np.float16)
+    autocast = device.type == "cuda" if autocast is None else autocast
     was_training = model.training
     model.eval()
     parts = []
     for lo in range(0, len(seq), batch_size):
-        _, states = model(seq[lo : lo + batch_size].to(device), return_hidden=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            _, states = model(seq[lo : lo + batch_size].to(device), return_hidden=True)
         mean = torch.stack([s[:, t0 - 1 :].float() for s in states]).mean(0).cpu()  # (B, 14, d)
         parts.append(mean * written[lo : lo + batch_size, :, None])
     model.train(was_training)

@@ -50,8 +50,9 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
         train = karel.load_split(data_dir(dataset), "train", limit=cfg.n_train_specs)
         test = karel.load_split(data_dir(dataset), "test", limit=cfg.n_test_specs)
         specs = concat_samples(train, test)
+        autocast = True if cfg.bf16 else None
         gen = generate(model, specs, saved["vocab_obj"], "constrained", batch_size=cfg.batch_size,
-                       keep_layers=cfg.per_layer)
+                       keep_layers=cfg.per_layer, autocast=autocast)
         arrays = dict(
             programs=gen.programs, lengths=gen.lengths, hidden=gen.hidden,
             is_test=np.arange(len(specs)) >= len(train), spec_ids=specs.ids,
@@ -62,7 +63,8 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
             arrays["hidden_layers"] = gen.hidden_layers
         if cfg.random_init and ckpt["step"] > 0:
             init_model, _ = load_model(checkpoint_file(initial_checkpoint(ws_root, ckpt)), device=device())
-            arrays["hidden_init"] = forced_hidden(init_model, specs, gen.programs, saved["vocab_obj"], cfg.batch_size)
+            arrays["hidden_init"] = forced_hidden(init_model, specs, gen.programs, saved["vocab_obj"], cfg.batch_size,
+                                                autocast)
         np.savez(tmp / ACTIVATIONS_FILE, **arrays)
         return {"step": ckpt["step"], "checkpoint_key": ckpt["key"], "n_specs": len(specs),
                 "n_actions": int(gen.lengths.sum())}

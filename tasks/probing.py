@@ -37,9 +37,12 @@ def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:
 
 
 def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:
-    base = dict(semantics=(semantics,), features=cfg.features, offsets=cfg.offsets, probes=cfg.kinds,
-                seeds=tuple(range(cfg.seeds)),
-                train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size))
+    """The grid of ``semantics``; one torch thread per grid: the flow trains up to three grids at
+    once on threads of one process, and three 2-thread OpenMP teams on 2 cores took 1.46x the
+    time of three 1-thread ones (BENCHMARKS.md)."""
+    base = dict(semantics=(semantics,), features=cfg.features, offsets=cfg.offsets_for(semantics),
+                probes=cfg.kinds, seeds=tuple(range(cfg.seeds)),
+                train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, threads=1))
     return GridConfig(**{**base, **changes})
 
 
@@ -65,8 +68,9 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
 
     def compute(tmp: Path) -> dict:
         a = subsample(load_activations(acts), cfg.max_train_pairs)
-        labels = make_labels(a["programs"], a["inputs"], (semantics,), cfg.features, cfg.offsets, cfg.drop_last)
-        if not any(labels.valid(o).any() for o in cfg.offsets):
+        offsets = cfg.offsets_for(semantics)
+        labels = make_labels(a["programs"], a["inputs"], (semantics,), cfg.features, offsets, cfg.drop_last)
+        if not any(labels.valid(o).any() for o in offsets):
             # e.g. a babbling model that closes every program at once: nothing to probe, and an
             # artifact that says so (no result files) rather than a failed run
             return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": 0}
@@ -81,7 +85,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
         else:
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
         init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
-        if cfg.controls and init is not None and 0 in cfg.offsets:
+        if cfg.controls and init is not None and 0 in offsets:
             controls += random_init_rows(init, labels, cfg, semantics)
         if semantics == "original" and cfg.controls and 0 in cfg.offsets:
             controls += emitted_action_rows(hidden, init, labels, grid_config(cfg, semantics, offsets=(0,)))

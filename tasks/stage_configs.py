@@ -34,6 +34,10 @@ class ActivationConfig:
     checkpoints: int = 0  # how many checkpoints to dump and probe, spread over the schedule (0 = all)
     # also the random-init model's states on each checkpoint's own generated programs (a control)
     random_init: bool = True
+    # bf16 autocast for decoding and the random-init pass on CPU too (always on CUDA): 1.5x / 2x
+    # faster on avx512_bf16 (BENCHMARKS.md); ~4% of greedy programs differ from float32 decoding
+    # (near-ties), so the dumped programs can differ from the evaluate stage's float32 ones
+    bf16: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class ProbeConfig:
     semantics: tuple[str, ...] = ("original", "flip", "adversarial")
     features: tuple[str, ...] = ("direction", "rel_start", "facing_wall")
     offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)
+    # the offsets probed under the alternative semantics (empty: all of ``offsets``); every
+    # intervention measure (semantic content, its R^2, the report's drops) reads offset 0
+    alternative_offsets: tuple[int, ...] = ()
     kinds: tuple[str, ...] = ("linear", "mlp1", "mlp2")
     seeds: int = 3
     epochs: int = 30
@@ -56,6 +63,13 @@ class ProbeConfig:
     def __post_init__(self):
         for name in ("seeds", "epochs", "batch_size", "max_train_pairs"):
             check_positive_int(self, name, "probe.")
+        extra = sorted(set(self.alternative_offsets) - set(self.offsets))
+        if extra:
+            raise ValueError(f"probe.alternative_offsets: {extra} not in probe.offsets {self.offsets}")
+
+    def offsets_for(self, semantics: str) -> tuple[int, ...]:
+        """The offsets probed under ``semantics``."""
+        return self.offsets if semantics == "original" or not self.alternative_offsets else self.alternative_offsets
 
 
 def probed_steps(schedule: list[int], n: int) -> set[int]:

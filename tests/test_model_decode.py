@@ -92,6 +92,20 @@ def test_forced_hidden_reproduces_the_writers_states_and_reads_others(data):
         forced_hidden(other, test, gen.programs[:, :5], VOCAB)
 
 
+def test_bf16_forced_hidden_matches_bf16_decoding(data):
+    """The activations stage's ``bf16`` option: under bf16 autocast the teacher-forced states
+    still line up with the decoded ones (to bf16 rounding), and autocast really is applied."""
+    test, _ = data
+    writer = _model(2, sharpen=15.0)
+    gen = generate(writer, test, VOCAB, "constrained", batch_size=7, autocast=True)
+    own = forced_hidden(writer, test, gen.programs, VOCAB, batch_size=5, autocast=True)
+    exact = forced_hidden(writer, test, gen.programs, VOCAB, batch_size=5, autocast=False)
+    scale = np.abs(exact.astype(np.float32)).max()
+    np.testing.assert_allclose(own.astype(np.float32), gen.hidden.astype(np.float32), atol=0.02 * scale)
+    assert not np.array_equal(own, exact)  # bf16 rounding shows: autocast was on
+    np.testing.assert_allclose(own.astype(np.float32), exact.astype(np.float32), atol=0.05 * scale)
+
+
 def _biased(token_bias):
     model = _model(1)
     with torch.no_grad():

@@ -30,6 +30,8 @@ def test_overrides_parse_by_field_type():
     assert cfg.train.lr == 3e-4 and cfg.probe.offsets == (0, 1) and cfg.data.remove_train_overlap is True
     assert cfg.probe.semantics == ("original", "flip") and cfg.model.n_layer == 3
     assert apply_overrides(cfg, {"train.steps": 7}).train.steps == 7
+    # an empty tuple default takes its item type from the annotation: ints, not strings
+    assert load_preset("smoke", ["probe.alternative_offsets=0,1"]).probe.alternative_offsets == (0, 1)
     # the probe batch reaches the probe trainer (a few thousand pairs at 1,024 is ~2 steps an epoch)
     small = load_preset("smoke", ["probe.batch_size=64"])
     assert grid_config(small.probe, "original").train.batch_size == 64
@@ -67,4 +69,6 @@ def test_cpu_long_is_the_cpu_recipe_for_longer():
     assert replace(long.train, steps=cpu.train.steps, ckpt_every=cpu.train.ckpt_every) == cpu.train
     assert long.train.steps == 2 * cpu.train.steps
     assert long.activations.n_train_specs > cpu.activations.n_train_specs
-    assert long.probe.batch_size < cpu.probe.batch_size
+    assert long.probe.epochs > cpu.probe.epochs and long.probe.max_train_pairs > cpu.probe.max_train_pairs
+    # the cpu preset probes the alternative semantics at offset 0 only; cpu-long at every offset
+    assert cpu.probe.alternative_offsets == (0,) and long.probe.offsets_for("flip") == long.probe.offsets

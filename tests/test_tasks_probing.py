@@ -29,3 +29,23 @@ def test_programs_closed_at_once_give_an_empty_grid(tmp_path):
     db = ResultsDB(tmp_path / "r.duckdb")
     Recorder(db, "run", None).probes(out)  # records the stage, no rows, no error
     assert db.count("probe_results") == 0 and db.count("stage_runs") == 1
+
+
+def test_alternative_offsets_limit_the_alternative_semantics_only(tmp_path):
+    """``probe.alternative_offsets``: flip is probed at those offsets, original at all of them."""
+    import pandas as pd
+    import pytest
+
+    rng = np.random.default_rng(1)
+    programs = rng.integers(0, 5, size=(60, 14)).astype(np.int8)
+    programs[:, 6:] = -1
+    acts = fake_activations(tmp_path, programs)
+    cfg = ProbeConfig(offsets=(-1, 0, 1), alternative_offsets=(0,), kinds=("linear",), seeds=1, epochs=1,
+                      per_layer=False)
+    seen = {}
+    for sem in ("original", "flip"):
+        out = train_probes.fn(str(tmp_path / f"ws-{sem}"), cfg, acts, sem)
+        seen[sem] = set(pd.read_parquet(f"{out['path']}/probe_results.parquet")["offset"])
+    assert seen == {"original": {-1, 0, 1}, "flip": {0}}
+    with pytest.raises(ValueError, match="alternative_offsets.*\\[2\\]"):
+        ProbeConfig(offsets=(0, 1), alternative_offsets=(0, 2))
