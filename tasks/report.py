@@ -23,9 +23,9 @@ import pandas as pd
 from tasks.figures import FIGURES
 from tasks.phases import CONTENT_PROBE
 from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
-                               PLOT_SPLIT, PROBE_KINDS, RunData, content_points, num,
+                               PLOT_SPLIT, PROBE_KINDS, RunData, content_points, line_fit, num,
                                ordered_features, pct, pick_kind, pp, r_squared,
-                               setup_differences)
+                               setup_differences, trend)
 from tasks.report_targets import issue_targets
 from tasks.results import ResultsDB
 
@@ -98,8 +98,10 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
             f"{PLOT_SPLIT}; {what}){'' if pstep is None else f', step {pstep}'}", v, pct(v))
 
     pts = content_points(d)
-    r2 = r_squared(pts["acc_spec"], pts["semantic_content"]) if len(pts) else None
-    add("r2", f"R^2, semantic content vs generative accuracy ({len(pts)} checkpoints)", r2,
+    fit = line_fit(pts["acc_spec"], pts["semantic_content"]) if len(pts) else None
+    r2 = None if fit is None else fit[0]
+    how = "" if fit is None else f"; {trend(fit[1])}"
+    add("r2", f"R^2, semantic content vs generative accuracy ({len(pts)} checkpoints{how})", r2,
         num(r2))
     pts = content_points(d, "semantic_content_vs_init")
     if len(pts):

@@ -168,8 +168,9 @@ def dedupe(df, keys, values, notes, what):
     return df.sort_values(keys).reset_index(drop=True)
 
 
-def r_squared(x, y) -> float | None:
-    """R^2 of the least-squares line y ~ a x + b; None with fewer than 3 points or no spread."""
+def line_fit(x, y) -> tuple[float, float] | None:
+    """(R^2, slope) of the least-squares line y ~ a x + b; None with fewer than 3 points or no
+    spread. R^2 alone cannot tell content that rises with accuracy from content that falls."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -178,7 +179,17 @@ def r_squared(x, y) -> float | None:
     a, b = np.polyfit(x, y, 1)
     ss_res = float(np.sum((y - (a * x + b)) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return 1.0 - ss_res / ss_tot
+    return 1.0 - ss_res / ss_tot, float(a)
+
+
+def r_squared(x, y) -> float | None:
+    """R^2 of the least-squares line y ~ a x + b (see ``line_fit``)."""
+    fit = line_fit(x, y)
+    return None if fit is None else fit[0]
+
+
+def trend(slope: float) -> str:
+    return "content rises with accuracy" if slope > 0 else "content falls as accuracy rises"
 
 
 def content_points(d: RunData, metric: str = "semantic_content") -> pd.DataFrame:

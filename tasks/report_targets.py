@@ -11,7 +11,8 @@ Each row says the target, the criterion as checked, what this run measured, and 
    own value on the first probed checkpoint (the random-init model when that is step 0), and,
    where the run has it, the random-init control (the step-0 model's states over the last
    checkpoint's own programs and labels);
-4. R^2 of semantic content vs generative accuracy across checkpoints >= 0.8;
+4. R^2 of semantic content vs generative accuracy across checkpoints >= 0.8, with a positive
+   slope (the paper's finding is that content rises with accuracy; R^2 alone also fits a fall);
 5. at the last checkpoint, for every main feature, the ``flip`` and ``adversarial`` drops
    (original - alternative) have 95% CIs above zero, and ``adversarial`` drops more on average;
 6. future-state probes (offsets +1, +2) at the last checkpoint: lower 95% bound above the
@@ -23,7 +24,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tasks.report_data import (MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER, PROBE_KINDS, RunData,
-                               content_points, pct, pick_kind, r_squared)
+                               content_points, line_fit, pct, pick_kind, trend)
 
 ACC_TARGET, R2_TARGET = 0.70, 0.80
 
@@ -108,12 +109,14 @@ def _current_probes(d: RunData) -> dict:
 
 def _r2(d: RunData) -> dict:
     pts = content_points(d)
-    r2 = r_squared(pts["acc_spec"], pts["semantic_content"]) if len(pts) else None
-    crit = "R^2 of semantic content vs accuracy across checkpoints >= 0.8"
-    if r2 is None:
+    fit = line_fit(pts["acc_spec"], pts["semantic_content"]) if len(pts) else None
+    crit = "R^2 of semantic content vs accuracy across checkpoints >= 0.8, content rising with accuracy"
+    if fit is None:
         return _row(4, "semantic content tracks accuracy", crit, f"{len(pts)} checkpoints, no fit", None)
-    return _row(4, "semantic content tracks accuracy", crit, f"R^2 = {r2:.3f} over {len(pts)} checkpoints",
-                r2 >= R2_TARGET)
+    r2, slope = fit
+    return _row(4, "semantic content tracks accuracy", crit,
+                f"R^2 = {r2:.3f} over {len(pts)} checkpoints, slope {slope:+.3f} ({trend(slope)})",
+                r2 >= R2_TARGET and slope > 0)
 
 
 def _interventions(d: RunData) -> dict:

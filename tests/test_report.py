@@ -251,6 +251,11 @@ def test_issue_targets_read_strictly_from_the_db(ws, monkeypatch):
     out = build_report(str(root), RUN, "smoke")
     assert [t["met"] for t in out["targets"]] == ["yes", "no", "no", "yes", "no", "no"], out["targets"]
     assert "semantics never" in out["targets"][1]["measured"]
+    # content that falls as accuracy rises fits a line as well (the same R^2) but is not the finding
+    r2 = out["targets"][3]["measured"].split(",")[0]
+    db.query("UPDATE checkpoint_metrics SET value = -value WHERE metric = 'semantic_content'")
+    target = build_report(str(root), RUN, "smoke")["targets"][3]
+    assert target["met"] == "no" and target["measured"].startswith(r2) and "falls" in target["measured"], target
 
 
 def test_random_init_control_is_a_floor_of_target_3(ws, monkeypatch):
