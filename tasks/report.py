@@ -22,7 +22,7 @@ import pandas as pd
 
 from tasks.figures import FIGURES
 from tasks.phases import CONTENT_PROBE
-from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
+from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, ORIGINAL, PHASE_ORDER,
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, line_fit, num,
                                ordered_features, pct, pick_kind, pp, r_squared,
                                setup_differences, trend)
@@ -154,7 +154,26 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
                 f"{int(sel['step'].iloc[0])}") if not sel.empty else "no data"
         add(f"content.{alt}", f"accuracy drop under {alt} semantics (original - {alt}; {what})",
             v, pp(v))
+        init = _init_drop(d.init_controls, sel, alt, kind) if v is not None else None
+        if init is not None:
+            add(f"content_vs_init.{alt}", f"the {alt} drop beyond the random-init model's states on the same "
+                f"programs (trained drop minus their drop, which holds the labels' base rates; {what})",
+                v - init, pp(v - init), paper="not measured")
     return rows, values
+
+
+def _init_drop(init: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> float | None:
+    """The random-init states' original-minus-``alt`` accuracy (offset 0, ``kind``), the mean over
+    the features and step of the trained drop's rows ``sel``; None where a side is missing."""
+    if init.empty:
+        return None
+    ri = init[(init["offset"] == 0) & (init["probe"] == kind) & (init["step"] == int(sel["step"].iloc[0]))
+              & init["feature"].isin(set(sel["feature"]))]
+    wide = ri.pivot_table(index="feature", columns="semantics", values="value")
+    if ORIGINAL not in wide or alt not in wide or wide[[ORIGINAL, alt]].isna().any().any() \
+            or len(wide) != sel["feature"].nunique():
+        return None
+    return float((wide[ORIGINAL] - wide[alt]).mean())
 
 
 # ---------------------------------------------------------------------------- html

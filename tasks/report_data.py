@@ -92,6 +92,7 @@ class RunData:
             self.phases = empty("phases")
             self.summary = empty("probe_summary")
             self.controls = empty("controls")
+            self.init_controls = self.controls
             self.interventions = empty("interventions")
             return
         self.checkpoints = db.query(
@@ -102,7 +103,12 @@ class RunData:
         run_keys = set(db.query("SELECT DISTINCT key FROM stage_runs WHERE run_id = ?",
                                 [run_id])["key"])
         self.summary = self._probe_rows(db, "probe_summary", tk, run_keys)
-        self.controls = self._original_controls(self._probe_rows(db, "controls", tk, run_keys))
+        tagged = self._tag_semantics(self._probe_rows(db, "controls", tk, run_keys))
+        keep = tagged["semantics"].isna() | (tagged["semantics"] == ORIGINAL) if "semantics" in tagged else None
+        # the original grids' controls; and every grid's random-init rows, with their semantics
+        self.controls = tagged if keep is None else tagged[keep].drop(columns="semantics").reset_index(drop=True)
+        self.init_controls = tagged[tagged["kind"] == "random_init"].reset_index(drop=True) \
+            if keep is not None else tagged.iloc[:0]
         self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
 
     def _probe_rows(self, db: ResultsDB, table: str, tk: str, run_keys: set) -> pd.DataFrame:
@@ -115,15 +121,13 @@ class RunData:
             df = df[mine]
         return df.reset_index(drop=True)
 
-    def _original_controls(self, controls: pd.DataFrame) -> pd.DataFrame:
-        """The controls of the original semantics' grids (a grid's probe key names its semantics;
-        the alternative semantics' grids hold random-init controls only)."""
+    def _tag_semantics(self, controls: pd.DataFrame) -> pd.DataFrame:
+        """``controls`` with the semantics of each row's grid (a grid's probe key names it; the
+        alternative semantics' grids hold random-init controls only)."""
         if controls.empty or self.summary.empty:
             return controls
         sem = self.summary[["probe_key", "semantics"]].drop_duplicates("probe_key")
-        tagged = controls.merge(sem, on="probe_key", how="left")
-        keep = tagged["semantics"].isna() | (tagged["semantics"] == ORIGINAL)
-        return tagged[keep].drop(columns="semantics").reset_index(drop=True)
+        return controls.merge(sem, on="probe_key", how="left")
 
     # -- helpers
     def metric_frame(self) -> pd.DataFrame:

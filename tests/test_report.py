@@ -285,6 +285,27 @@ def test_alternative_semantics_controls_stay_out_of_the_original_floors(ws, monk
     assert out["numbers"]["r2_vs_init"] == pytest.approx(1.0)
 
 
+def test_drop_beyond_the_random_init_states(ws, monkeypatch):
+    """The report subtracts the random-init states' own original-minus-flip accuracy (the labels'
+    base rates) from the trained drop; without an adversarial random-init control, no such row."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    assert "content_vs_init.flip" not in build_report(str(root), RUN, "smoke")["numbers"]
+    rows = []
+    for feat, base in (("direction", 0.25), ("rel_start", 0.39), ("facing_wall", 0.61)):
+        db.upsert("probe_summary", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800,
+                                         semantics="flip", feature=feat, offset=0, probe="mlp1", layer=-1,
+                                         split="test", mean=0.5, ci_low=0.48, ci_high=0.52, n_seeds=3)])
+        # the random-init states read flip 5 pp worse than original (original: base + 0.02)
+        rows.append(dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800, feature=feat,
+                         offset=0, kind="random_init", probe="mlp1", value=base + 0.02 - 0.05))
+    db.upsert("controls", rows)
+    out = build_report(str(root), RUN, "smoke")
+    # trained flip drop at step 800: 0.1 x accuracy 0.85 for every feature
+    assert out["numbers"]["content_vs_init.flip"] == pytest.approx(0.1 * 0.85 - 0.05)
+    assert "content_vs_init.adversarial" not in out["numbers"]
+
+
 def test_issue_targets_without_data(tmp_path):
     out = build_report(str(tmp_path / "ws"), "nope", "cpu")
     assert [t["met"] for t in out["targets"]] == ["no data"] * 6
