@@ -51,8 +51,8 @@ def _cpu() -> StudyConfig:
         # (RESULTS.md, levers) where 6..10 alone did not; the report names the difference
         "cpu", DataConfig(n_train_generated=200_000, n_val=2_000, n_test=2_000, train_lengths=tuple(range(1, 11))), m, t,
         EvalConfig(n_test_specs=300, n_val_samples=100, batch_size=100),
-        # Probing sized to see what the model holds within ~60 minutes (RESULTS.md, "A cpu preset
-        # whose probes see"): 3,150 probed specs (~11k action positions) and 30 epochs at batch
+        # Probing sized to see what the model holds within ~60 minutes (RESULTS.md, "The `cpu`
+        # preset now probes enough to see"): 3,150 probed specs (~11k action positions) and 30 epochs at batch
         # 256 at 3 checkpoints (steps 0, 1,000, 2,000). Fewer programs or epochs leave the MLPs
         # under-trained (direction, mlp2, step 2,000: 32.6% at 15 epochs, 51.7% at 30, 56.1% at
         # 60; the random-init states 27-35%). Alternative semantics at offset 0 only (what every
