@@ -52,9 +52,9 @@ def _cpu() -> StudyConfig:
         "cpu", DataConfig(n_train_generated=200_000, n_val=2_000, n_test=2_000, train_lengths=tuple(range(1, 11))), m, t,
         EvalConfig(n_test_specs=300, n_val_samples=100, batch_size=100),
         # Probing sized to see what the model holds within ~60 minutes (RESULTS.md, "The `cpu`
-        # preset now probes enough to see"): 3,150 probed specs (~11k action positions) and 30 epochs at batch
-        # 256 at 3 checkpoints (steps 0, 1,000, 2,000). Fewer programs or epochs leave the MLPs
-        # under-trained (direction, mlp2, step 2,000: 32.6% at 15 epochs, 51.7% at 30, 56.1% at
+        # preset now probes enough to see"; 54:45 end to end): 3,150 probed specs (~11k action
+        # positions) and 30 epochs at batch 256 at 3 checkpoints (steps 0, 1,000, 2,000). Fewer
+        # programs or epochs leave the MLPs under-trained (direction, mlp2, step 2,000: 32.6% at 15 epochs, 51.7% at 30, 56.1% at
         # 60; the random-init states 27-35%). Alternative semantics at offset 0 only (what every
         # intervention measure reads); bf16 decoding (1.5x) and random-init pass (2x).
         ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=3, batch_size=100, bf16=True),
