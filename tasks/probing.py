@@ -38,7 +38,7 @@ def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:
 
 def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:
     """The grid of ``semantics``; one torch thread per grid: the flow trains up to three grids at
-    once on threads of one process, and three 2-thread OpenMP teams on 2 cores took 1.46x the
+    once on threads of one process, and three 2-thread OpenMP teams on 2 cores took 1.26x the
     time of three 1-thread ones (BENCHMARKS.md)."""
     base = dict(semantics=(semantics,), features=cfg.features, offsets=cfg.offsets_for(semantics),
                 probes=cfg.kinds, seeds=tuple(range(cfg.seeds)),

@@ -34,7 +34,7 @@ class ActivationConfig:
     checkpoints: int = 0  # how many checkpoints to dump and probe, spread over the schedule (0 = all)
     # also the random-init model's states on each checkpoint's own generated programs (a control)
     random_init: bool = True
-    # bf16 autocast for decoding and the random-init pass on CPU too (always on CUDA): 1.5x / 2x
+    # bf16 autocast for decoding and the random-init pass on CPU too (always on CUDA): 2.1x / 1.75x
     # faster on avx512_bf16 (BENCHMARKS.md); ~4% of greedy programs differ from float32 decoding
     # (near-ties), so the dumped programs can differ from the evaluate stage's float32 ones
     bf16: bool = False
