@@ -54,9 +54,10 @@ def _cpu() -> StudyConfig:
         # Probing sized to see what the model holds within ~60 minutes (RESULTS.md, "The `cpu`
         # preset now probes enough to see"; 54:45 end to end): 3,150 probed specs (~11k action
         # positions) and 30 epochs at batch 256 at 3 checkpoints (steps 0, 1,000, 2,000). Fewer
-        # programs or epochs leave the MLPs under-trained (direction, mlp2, step 2,000: 38.5% at 15 epochs, 50.2% at 30, 57.5% at
-        # 60 by benchmarks/probe_budget.py; the random-init states 27-35%). Alternative semantics at offset 0 only (what every
-        # intervention measure reads); bf16 decoding (2.1x) and random-init pass (1.75x).
+        # programs or epochs leave the MLPs under-trained (direction, mlp2, step 2,000: 38.5% at
+        # 15 epochs, 50.2% at 30, 57.5% at 60 by benchmarks/probe_budget.py; the random-init
+        # states 27-35%). Alternative semantics at offset 0 only (what every intervention measure
+        # reads); bf16 decoding (2.1x) and random-init pass (1.75x).
         ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=3, batch_size=100, bf16=True),
         ProbeConfig(seeds=3, epochs=30, batch_size=256, max_train_pairs=12_000, alternative_offsets=(0,)),
     )

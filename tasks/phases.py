@@ -55,18 +55,26 @@ def semantic_content(inter: pd.DataFrame, features) -> pd.DataFrame:
     return sel.groupby(["checkpoint_key", "step"], as_index=False)["content"].mean()
 
 
-def init_content(controls: pd.DataFrame, features) -> pd.DataFrame:
-    """Per checkpoint: the random-init model's original-minus-alternative accuracy (offset 0,
-    ``CONTENT_PROBE``), the mean over main features and alternatives: column ``init_content``."""
+def init_drops(controls: pd.DataFrame, features, probe: str = CONTENT_PROBE) -> pd.DataFrame:
+    """Per checkpoint, feature and alternative semantics: the random-init model's
+    original-minus-alternative accuracy (offset 0, ``probe``), column ``init_drop``; ``controls``
+    carries each row's grid ``semantics``."""
     ri = controls[(controls["kind"] == "random_init") & (controls["offset"] == 0)
-                  & (controls["probe"] == CONTENT_PROBE) & controls["feature"].isin(features)] \
+                  & (controls["probe"] == probe) & controls["feature"].isin(features)] \
         if not controls.empty else controls
     if ri.empty or "original" not in set(ri["semantics"]):
-        return pd.DataFrame(columns=["checkpoint_key", "step", "init_content"])
+        return pd.DataFrame(columns=["checkpoint_key", "step", "feature", "semantics", "init_drop"])
     wide = ri.pivot_table(index=["checkpoint_key", "step", "feature"], columns="semantics", values="value")
     alts = [c for c in wide.columns if c != "original"]
-    diff = wide[alts].rsub(wide["original"], axis=0).stack().rename("init_content").reset_index()
-    return diff.groupby(["checkpoint_key", "step"], as_index=False)["init_content"].mean()
+    return wide[alts].rsub(wide["original"], axis=0).stack().rename("init_drop").reset_index()
+
+
+def init_content(controls: pd.DataFrame, features) -> pd.DataFrame:
+    """Per checkpoint: ``init_drops`` of ``CONTENT_PROBE``, the mean over main features and
+    alternatives: column ``init_content``."""
+    drops = init_drops(controls, features)
+    return drops.groupby(["checkpoint_key", "step"], as_index=False)["init_drop"].mean() \
+        .rename(columns={"init_drop": "init_content"})
 
 
 def _grid_controls(probe_outs: list[dict]) -> pd.DataFrame:

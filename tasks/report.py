@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.figures import FIGURES
-from tasks.phases import CONTENT_PROBE
-from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, ORIGINAL, PHASE_ORDER,
+from tasks.phases import CONTENT_PROBE, init_drops
+from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, line_fit, num,
                                ordered_features, pct, pick_kind, pp, r_squared,
                                setup_differences, trend)
@@ -163,17 +163,13 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
 
 
 def _init_drop(init: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> float | None:
-    """The random-init states' original-minus-``alt`` accuracy (offset 0, ``kind``), the mean over
-    the features and step of the trained drop's rows ``sel``; None where a side is missing."""
-    if init.empty:
+    """The random-init states' original-minus-``alt`` accuracy (``tasks.phases.init_drops``), the
+    mean over the features and step of the trained drop's rows ``sel``; None where one is missing."""
+    drops = init_drops(init, set(sel["feature"]), kind)
+    drops = drops[(drops["step"] == int(sel["step"].iloc[0])) & (drops["semantics"] == alt)]
+    if drops.empty or drops["feature"].nunique() != sel["feature"].nunique():
         return None
-    ri = init[(init["offset"] == 0) & (init["probe"] == kind) & (init["step"] == int(sel["step"].iloc[0]))
-              & init["feature"].isin(set(sel["feature"]))]
-    wide = ri.pivot_table(index="feature", columns="semantics", values="value")
-    if ORIGINAL not in wide or alt not in wide or wide[[ORIGINAL, alt]].isna().any().any() \
-            or len(wide) != sel["feature"].nunique():
-        return None
-    return float((wide[ORIGINAL] - wide[alt]).mean())
+    return float(drops["init_drop"].mean())
 
 
 # ---------------------------------------------------------------------------- html

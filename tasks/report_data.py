@@ -104,11 +104,10 @@ class RunData:
                                 [run_id])["key"])
         self.summary = self._probe_rows(db, "probe_summary", tk, run_keys)
         tagged = self._tag_semantics(self._probe_rows(db, "controls", tk, run_keys))
-        keep = tagged["semantics"].isna() | (tagged["semantics"] == ORIGINAL) if "semantics" in tagged else None
+        original = tagged["semantics"].isna() | (tagged["semantics"] == ORIGINAL)
         # the original grids' controls; and every grid's random-init rows, with their semantics
-        self.controls = tagged if keep is None else tagged[keep].drop(columns="semantics").reset_index(drop=True)
-        self.init_controls = tagged[tagged["kind"] == "random_init"].reset_index(drop=True) \
-            if keep is not None else tagged.iloc[:0]
+        self.controls = tagged[original].drop(columns="semantics").reset_index(drop=True)
+        self.init_controls = tagged[tagged["kind"] == "random_init"].reset_index(drop=True)
         self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
 
     def _probe_rows(self, db: ResultsDB, table: str, tk: str, run_keys: set) -> pd.DataFrame:
@@ -124,8 +123,8 @@ class RunData:
     def _tag_semantics(self, controls: pd.DataFrame) -> pd.DataFrame:
         """``controls`` with the semantics of each row's grid (a grid's probe key names it; the
         alternative semantics' grids hold random-init controls only)."""
-        if controls.empty or self.summary.empty:
-            return controls
+        if self.summary.empty:
+            return controls.assign(semantics=None)
         sem = self.summary[["probe_key", "semantics"]].drop_duplicates("probe_key")
         return controls.merge(sem, on="probe_key", how="left")
 
