@@ -82,6 +82,11 @@ class TrainConfig:
     # each row is drawn from the programs no longer than a bound that rises linearly from the
     # shortest training length to the longest; after that the usual shuffled order resumes.
     curriculum_steps: int = 0
+    # Length anneal (packing="samples" only; 0 = off, as in the paper): over the last K steps each
+    # row is drawn from the training programs of at least ``anneal_min_actions`` actions (the
+    # paper's test lengths are 6..10), so the decay phase trains on the lengths that are scored.
+    anneal_steps: int = 0
+    anneal_min_actions: int = 6
     weight_decay: float = 0.0
     # "adamw" (paper) or "muon": Muon for the blocks' weight matrices (model/optim.py), AdamW for
     # embeddings, LM head, norms and biases. An option, off in the paper preset.
@@ -106,7 +111,7 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size", "block_len", "ckpt_every"):
             check_positive_int(self, name)
-        for name in ("warmup_steps", "ckpt_log_count", "seed", "micro_batch", "curriculum_steps"):
+        for name in ("warmup_steps", "ckpt_log_count", "seed", "micro_batch", "curriculum_steps", "anneal_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be a non-negative int, got {getattr(self, name)!r}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -123,9 +128,13 @@ class TrainConfig:
         for name, allowed in (("optimizer", OPTIMIZERS), ("loss_on", LOSS_ON), ("packing", PACKING), ("device", DEVICES), ("autocast", AUTOCAST)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
-        if self.curriculum_steps and self.packing != "samples":
-            raise ValueError(f"curriculum_steps: needs packing='samples' (one whole sample per row), "
-                             f"not packing={self.packing!r}")
+        for name in ("curriculum_steps", "anneal_steps"):
+            if getattr(self, name) and self.packing != "samples":
+                raise ValueError(f"{name}: needs packing='samples' (one whole sample per row), "
+                                 f"not packing={self.packing!r}")
+        if self.anneal_steps > self.steps:
+            raise ValueError(f"anneal_steps: {self.anneal_steps} is more than steps ({self.steps})")
+        check_positive_int(self, "anneal_min_actions")
         if self.robot_markers not in ("hide", "show"):
             raise ValueError(f"robot_markers: {self.robot_markers!r} is not 'hide' or 'show'")
 

@@ -7,6 +7,8 @@ Each epoch visits the samples in a fresh order drawn from ``(seed, epoch)``; the
 stream is two integers (epoch, next row), which is all a checkpoint needs to resume exactly.
 A length curriculum (``SampleRows`` only) draws the first rows of epoch 0 from ``(seed, row)``
 among the samples no longer than a rising bound, so it resumes exactly from the same two integers.
+A length anneal draws every row from ``anneal_rows`` on (counted from the start of training) from
+``(seed, 1, row)`` among the eligible samples (``anneal_pool``), resumable the same way.
 """
 
 from __future__ import annotations
@@ -87,9 +89,13 @@ class SampleRows(PackedBlocks):
     attention never lets a real token see it.
     """
 
-    def __init__(self, ids: np.ndarray, lengths: np.ndarray, row_len: int, seed: int, curriculum_rows: int = 0):
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray, row_len: int, seed: int, curriculum_rows: int = 0,
+                 anneal_rows: int | None = None, anneal_pool: np.ndarray | None = None):
         self.ids, self.lengths = ids, lengths.astype(np.int64)
         self.curriculum_rows = curriculum_rows
+        if anneal_rows is not None and (anneal_pool is None or len(anneal_pool) == 0):
+            raise ValueError("anneal: no training sample is eligible for the length anneal")
+        self.anneal_rows, self.anneal_pool = anneal_rows, anneal_pool
         if curriculum_rows:  # samples by length, for drawing under the curriculum's bound
             self._by_length = np.argsort(self.lengths, kind="stable")
             self._sorted_lengths = self.lengths[self._by_length]
@@ -112,7 +118,14 @@ class SampleRows(PackedBlocks):
         offs = np.full((n, width), -1, np.int64)
         for r in range(n):
             row = self._advance()  # may build this epoch's order, so before reading it
-            i = self._curriculum_sample(row) if self.epoch == 0 and row < self.curriculum_rows else self._order[row]
+            overall = self.epoch * self.blocks_per_epoch + row
+            if self.anneal_rows is not None and overall >= self.anneal_rows:
+                pick = np.random.default_rng([self.seed, 1, overall]).integers(len(self.anneal_pool))
+                i = int(self.anneal_pool[pick])
+            elif self.epoch == 0 and row < self.curriculum_rows:
+                i = self._curriculum_sample(row)
+            else:
+                i = self._order[row]
             size = self.lengths[i]
             toks[r, :size] = self.ids[i, :size]
             offs[r, :size] = np.arange(size)
@@ -134,6 +147,11 @@ class SampleRows(PackedBlocks):
 def _input_cells() -> torch.Tensor:
     """The prompt's input-cell mask, built once (``batch_inputs`` runs every step)."""
     return torch.from_numpy(karel.text.input_cell_mask())
+
+
+def program_actions(lengths: np.ndarray) -> np.ndarray:
+    """Actions in each sample's program, from its token length (prompt, actions, ``}``, ``<eos>``)."""
+    return np.asarray(lengths) - karel.prompt_length() - 2
 
 
 def batch_inputs(
@@ -173,5 +191,9 @@ def load_train_blocks(data_dir, cfg: TrainConfig, vocab: karel.Vocab, limit: int
 def make_stream(ids: np.ndarray, lengths: np.ndarray, cfg: TrainConfig) -> PackedBlocks:
     """The training stream ``cfg.packing`` asks for."""
     if cfg.packing == "samples":
-        return SampleRows(ids, lengths, cfg.block_len, cfg.seed, cfg.curriculum_steps * cfg.batch_size)
+        anneal_rows = pool = None
+        if cfg.anneal_steps:
+            anneal_rows = (cfg.steps - cfg.anneal_steps) * cfg.batch_size
+            pool = np.flatnonzero(program_actions(lengths) >= cfg.anneal_min_actions)
+        return SampleRows(ids, lengths, cfg.block_len, cfg.seed, cfg.curriculum_steps * cfg.batch_size, anneal_rows, pool)
     return PackedBlocks(ids, lengths, cfg.block_len, cfg.seed)

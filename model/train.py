@@ -70,7 +70,9 @@ def _resume_state(out_dir, model_cfg, train_cfg, vocab):
     step, path = found[-1]
     ckpt = load_checkpoint(path)
     check_compatible(ckpt, model_cfg, vocab, path)
-    saved, want = ckpt["train_config"], config_to_dict(train_cfg)
+    # a field added after the checkpoint was written counts as its default there
+    saved = {**config_to_dict(TrainConfig()), **ckpt["train_config"]}
+    want = config_to_dict(train_cfg)
     diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         raise ValueError(f"{path}: train config differs from the run being resumed in {diff}")

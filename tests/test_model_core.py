@@ -10,7 +10,7 @@ import karel
 from model.config import (
     ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, lr_at, preset, replace_fields,
 )
-from model.data import PackedBlocks, SampleRows, batch_inputs, tokenize
+from model.data import PackedBlocks, SampleRows, batch_inputs, make_stream, program_actions, tokenize
 from model.optim import make_optimizer, set_lr
 from model.phases import label_phases
 from model.transformer import KVCache, Transformer, sample_mask
@@ -177,6 +177,33 @@ def test_length_curriculum_rows_stay_under_a_rising_bound():
     torch.testing.assert_close(resumed.next_batch(3)[0], straight[2])
     with pytest.raises(ValueError, match="curriculum_steps: needs packing='samples'"):
         TrainConfig(curriculum_steps=10)
+
+
+def test_length_anneal_draws_the_last_steps_from_long_programs(tmp_path):
+    karel.generate_dataset(karel.DataConfig(n_train_generated=200, n_val=2, n_test=2, train_lengths=tuple(range(1, 11))),
+                           tmp_path / "d")
+    ids, lengths = tokenize(karel.load_split(tmp_path / "d", "train"), karel.Vocab())
+    actions = program_actions(lengths)
+    assert actions.min() == 1 and actions.max() == 10
+    cfg = TrainConfig(packing="samples", block_len=386, batch_size=4, steps=10, anneal_steps=4, anneal_min_actions=8)
+    rows, plain = make_stream(ids, lengths, cfg), make_stream(ids, lengths, replace(cfg, anneal_steps=0))
+    batches = [rows.next_batch(4) for _ in range(10)]
+    for step, (tokens, offset) in enumerate(batches):
+        got = program_actions((offset >= 0).sum(1).numpy())
+        if step < 6:  # before the anneal: the usual order
+            torch.testing.assert_close(tokens, plain.next_batch(4)[0])
+        else:
+            assert (got >= 8).all(), (step, got)
+    assert min(program_actions((o >= 0).sum(1).numpy()).min() for _, o in batches[:6]) < 8
+    resumed = make_stream(ids, lengths, cfg)
+    resumed.load_state_dict({"epoch": 0, "block": 28})
+    torch.testing.assert_close(resumed.next_batch(4)[0], batches[7][0])
+    with pytest.raises(ValueError, match="no training sample is eligible"):
+        make_stream(ids, lengths, replace(cfg, anneal_min_actions=11))
+    with pytest.raises(ValueError, match="anneal_steps: needs packing='samples'"):
+        TrainConfig(anneal_steps=10)
+    with pytest.raises(ValueError, match="anneal_steps: 20 is more than steps"):
+        TrainConfig(packing="samples", steps=10, anneal_steps=20)
 
 
 def test_padding_and_prompt_weight():

@@ -32,10 +32,12 @@ def test_smoke_training_lowers_loss_and_follows_schedule(data_dir, tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp files left
 
 
-@pytest.mark.parametrize("packing,curriculum,optimizer",
-                         [("blocks", 0, "adamw"), ("samples", 0, "adamw"), ("samples", 4, "adamw"), ("samples", 0, "muon")])
-def test_resume_equals_straight(data_dir, tmp_path, packing, curriculum, optimizer):
-    m, t = _cfg(cross_sample_attention=False, packing=packing, curriculum_steps=curriculum, optimizer=optimizer)
+@pytest.mark.parametrize("packing,extra,optimizer", [
+    ("blocks", {}, "adamw"), ("samples", {}, "adamw"), ("samples", {"curriculum_steps": 4}, "adamw"),
+    ("samples", {"anneal_steps": 2, "anneal_min_actions": 8}, "adamw"), ("samples", {}, "muon"),
+])
+def test_resume_equals_straight(data_dir, tmp_path, packing, extra, optimizer):
+    m, t = _cfg(cross_sample_attention=False, packing=packing, optimizer=optimizer, **extra)
     straight = train(m, t, data_dir, tmp_path / "a", progress=False)
     train(m, t, data_dir, tmp_path / "b", progress=False, stop_after=3)
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [0, 2, 3]
@@ -48,6 +50,18 @@ def test_resume_equals_straight(data_dir, tmp_path, packing, curriculum, optimiz
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     # A finished run called again does nothing and returns the same checkpoints.
     assert train(m, t, data_dir, tmp_path / "b", progress=False) == resumed
+
+
+def test_checkpoint_from_before_a_new_field_resumes_at_its_default(data_dir, tmp_path):
+    m, t = _cfg(packing="samples")
+    train(m, t, data_dir, tmp_path, progress=False, stop_after=3)
+    path = list_checkpoints(tmp_path)[-1][1]
+    old = torch.load(path, weights_only=True)
+    del old["train_config"]["anneal_steps"]  # as written before the field existed
+    torch.save(old, path)
+    with pytest.raises(ValueError, match=r"differs.*\['anneal_steps'\]"):
+        train(m, _cfg(packing="samples", anneal_steps=2)[1], data_dir, tmp_path, progress=False)
+    assert train(m, t, data_dir, tmp_path, progress=False)[-1][0] == 4
 
 
 def test_bad_checkpoints_raise(data_dir, tmp_path):
