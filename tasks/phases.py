@@ -77,6 +77,30 @@ def init_content(controls: pd.DataFrame, features) -> pd.DataFrame:
         .rename(columns={"init_drop": "init_content"})
 
 
+def content_frame(inter: pd.DataFrame, controls: pd.DataFrame, features) -> pd.DataFrame:
+    """Per checkpoint: ``content`` (``semantic_content``), ``init_content`` and
+    ``content_vs_init`` (content minus init_content, NaN without the random-init controls)."""
+    content = semantic_content(inter, features)
+    content = content.merge(init_content(controls, features), on=["checkpoint_key", "step"], how="left")
+    content["content_vs_init"] = content["content"] - content["init_content"]
+    return content
+
+
+CONTENT_METRICS = {"content": "semantic_content", "content_vs_init": "semantic_content_vs_init"}
+
+
+def content_metric_rows(content: pd.DataFrame, train_key: str) -> list[dict]:
+    """``checkpoint_metrics`` rows of a ``content_frame`` (NaN values left out)."""
+    rows = []
+    for r in content.itertuples():
+        ids = {"checkpoint_key": r.checkpoint_key, "train_key": train_key, "step": int(r.step)}
+        for column, metric in CONTENT_METRICS.items():
+            value = getattr(r, column, float("nan"))
+            if pd.notna(value):
+                rows.append({**ids, "metric": metric, "value": float(value)})
+    return rows
+
+
 def _grid_controls(probe_outs: list[dict]) -> pd.DataFrame:
     """Every grid's controls rows, with the grid's semantics."""
     frames = []
@@ -102,10 +126,7 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
         meta: dict = {}
         if not inter.empty:
             inter.to_parquet(tmp / "interventions.parquet", index=False)
-            content = semantic_content(inter, cfg.features)
-            content = content.merge(init_content(_grid_controls(probe_outs), cfg.features),
-                                    on=["checkpoint_key", "step"], how="left")
-            content["content_vs_init"] = content["content"] - content["init_content"]
+            content = content_frame(inter, _grid_controls(probe_outs), cfg.features)
             content.to_parquet(tmp / "semantic_content.parquet", index=False)
         ph = label_phases(checkpoint_rows).as_dict() if checkpoint_rows else {}
         starts = {"babbling": ph["steps"][0] if ph else None, "syntax": ph.get("syntax_start"),
@@ -123,12 +144,4 @@ def content_rows(out: dict, train_key: str) -> list[dict]:
     path = Path(out["path"]) / "semantic_content.parquet"
     if not path.exists():
         return []
-    df = pd.read_parquet(path)
-    rows = []
-    for r in df.itertuples():
-        ids = {"checkpoint_key": r.checkpoint_key, "train_key": train_key, "step": int(r.step)}
-        rows.append({**ids, "metric": "semantic_content", "value": float(r.content)})
-        vs_init = getattr(r, "content_vs_init", float("nan"))
-        if pd.notna(vs_init):
-            rows.append({**ids, "metric": "semantic_content_vs_init", "value": float(vs_init)})
-    return rows
+    return content_metric_rows(pd.read_parquet(path), train_key)

@@ -117,7 +117,7 @@ class Recorder:
         rows = content_rows(out, train_key)
         self.db.upsert("checkpoint_metrics", rows)
         for r in rows:
-            self._log({"semantic_content": r["value"]}, r["step"])
+            self._log({r["metric"]: r["value"]}, r["step"])
         self._log({k: v for k, v in out["meta"].items() if isinstance(v, (int, float)) and v is not None}, 0)
 
     def unit(self, kind: str, status: str, info: dict | None = None) -> None:

@@ -4,7 +4,10 @@ page (``tasks.report``) and its figures (``tasks.figures``).
 Which rows belong to the run: ``runs.run_id -> runs.train_key``; checkpoint metrics and phases
 by ``train_key``; probe rows by ``checkpoint_key`` among that training run's checkpoints, and,
 when ``stage_runs`` names probe keys for this run, only those probe keys. Rows of one checkpoint
-left from several probe configurations are averaged (the page notes it).
+left from several probe configurations are averaged (the page notes it). The semantic content
+measures are recomputed from the run's own interventions and random-init controls: their
+``checkpoint_metrics`` rows are keyed by checkpoint, so another probe configuration's run on
+the same checkpoints overwrites them.
 """
 
 from __future__ import annotations
@@ -109,6 +112,27 @@ class RunData:
         self.controls = tagged[original].drop(columns="semantics").reset_index(drop=True)
         self.init_controls = tagged[tagged["kind"] == "random_init"].reset_index(drop=True)
         self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
+        self.metrics = self._own_content(self.metrics, tk)
+
+    def _own_content(self, metrics: pd.DataFrame, tk: str) -> pd.DataFrame:
+        """``metrics`` with the semantic content rows replaced by this run's own (see the module)."""
+        from tasks.phases import CONTENT_METRICS, content_frame, content_metric_rows
+
+        kept = metrics[~metrics["metric"].isin(list(CONTENT_METRICS.values()))]
+        if self.interventions.empty:
+            return kept.reset_index(drop=True)
+        content = content_frame(self.interventions, self.init_controls, self.probe_features())
+        own = pd.DataFrame(content_metric_rows(content, tk))
+        return pd.concat([kept, own], ignore_index=True).sort_values(["step", "metric"]).reset_index(drop=True)
+
+    def probe_features(self) -> tuple:
+        """The run's ``probe.features`` (its config), else the main features."""
+        cfg = self.run.get("config") if self.run else None
+        try:
+            cfg = json.loads(cfg) if isinstance(cfg, str) else (cfg or {})
+            return tuple(cfg["probe"]["features"])
+        except (KeyError, TypeError, ValueError):
+            return MAIN_FEATURES
 
     def _probe_rows(self, db: ResultsDB, table: str, tk: str, run_keys: set) -> pd.DataFrame:
         df = db.query(f'SELECT t.* FROM "{table}" t JOIN checkpoints c ON t.checkpoint_key = c.key '

@@ -83,6 +83,13 @@ def test_first_run_fills_every_table_and_report(ws):
         [mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").get_experiment_by_name("semprobe-smoke").experiment_id])
     names = {r.info.run_name for r in runs}
     assert {"checkpoint-0", "checkpoint-12", "probes-12-original"} <= names
+    # the parent run logs each content measure under its own name, one point per checkpoint
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    for metric in ("semantic_content", "semantic_content_vs_init"):
+        db_rows = snap["checkpoint_metrics"][snap["checkpoint_metrics"]["metric"] == metric]
+        logged = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, metric)}
+        assert logged == pytest.approx(dict(zip(db_rows["step"], db_rows["value"]))), metric
     # Prefect: the report's key table and a link to it on the flow run page
     import sqlite3
 

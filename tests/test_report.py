@@ -33,6 +33,8 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
         metrics = dict(acc_spec=acc[i], acc_all=acc[i] * 0.9, acc_spec_len6_10=acc[i] * 0.8,
                        diversity=min(1.0, 0.1 + 0.3 * i), ppl_all=20.0 / (i + 1),
                        ppl_program=8.0 / (i + 1), parse_rate=min(1.0, 0.3 + 0.2 * i),
+                       # left by another probe configuration's run on these checkpoints: the
+                       # report computes this run's content from its own interventions instead
                        semantic_content=0.3 * acc[i] + rng.normal(0, 0.02),
                        semantic_content_vs_init=0.2 * acc[i])
         m_rows += [dict(checkpoint_key=ck, train_key=TK, step=step, metric=k, value=float(v))
@@ -63,7 +65,7 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                 if interventions:
                     orig = base + (1 - base) * acc[i] * (0.6 + bonus)
                     for alt, drop in (("flip", 0.1), ("adversarial", 0.2)):
-                        content = drop * acc[i]
+                        content = drop * acc[i] ** 2
                         i_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
                                            semantics=alt, feature=feat, offset=0, probe=kind,
                                            layer=-1, original=orig, alternative=orig - content,
@@ -114,9 +116,11 @@ def test_full_report(ws):
     assert {tuple(r) for r in out["table"]} == {("metric", "this run", "paper")}
 
     # R^2 equals a numpy fit on the same DB rows
-    pts = db.query("SELECT a.value AS x, s.value AS y FROM checkpoint_metrics a JOIN "
-                   "checkpoint_metrics s USING (checkpoint_key) WHERE a.train_key = ? AND "
-                   "a.metric = 'acc_spec' AND s.metric = 'semantic_content'", [TK])
+    # (semantic content: mlp1, offset 0, layer mean, mean over features and alternatives)
+    pts = db.query("SELECT a.value AS x, avg(i.content) AS y FROM checkpoint_metrics a JOIN "
+                   "interventions i USING (checkpoint_key) WHERE a.train_key = ? AND "
+                   "a.metric = 'acc_spec' AND i.probe = 'mlp1' AND i.\"offset\" = 0 AND i.layer = -1 "
+                   "GROUP BY a.checkpoint_key, a.value", [TK])
     x, y = pts["x"].to_numpy(), pts["y"].to_numpy()
     assert len(x) == len(STEPS)
     yhat = np.polyval(np.polyfit(x, y, 1), x)
@@ -138,8 +142,8 @@ def test_full_report(ws):
                       "semantics = 'original'")["m"][0]
     assert out["numbers"]["probe.mlp1"] == pytest.approx(expect)
     assert "direction, rel_start, facing_wall" in row(t, "mlp1 probe")["metric"]
-    assert out["numbers"]["content.flip"] == pytest.approx(0.1 * 0.85)
-    assert out["numbers"]["content.adversarial"] == pytest.approx(0.2 * 0.85)
+    assert out["numbers"]["content.flip"] == pytest.approx(0.1 * 0.85 ** 2)
+    assert out["numbers"]["content.adversarial"] == pytest.approx(0.2 * 0.85 ** 2)
     adv = row(t, "accuracy drop under adv")["metric"]
     assert "mlp1, mean of direction, rel_start, facing_wall, step 800" in adv
     assert "the other training run" not in html
@@ -159,7 +163,7 @@ def test_numbers_follow_the_db(ws, monkeypatch):
     assert row(second["table"], "majority baseline, facing a wall")["this run"] == "70.0%"
     assert second["numbers"]["r2"] != first["numbers"]["r2"]
     changed = [a["metric"] for a, b in zip(first["table"], second["table"]) if a != b]
-    assert len(changed) == 4, changed  # accuracy, majority, both R^2 (raw and beyond random-init)
+    assert len(changed) == 3, changed  # accuracy, majority, R^2
 
 
 def test_empty_db_still_reports(tmp_path):
@@ -182,7 +186,8 @@ def test_partial_db_notes_missing_parts(tmp_path, monkeypatch):
     assert "interventions.png" not in names and "layers.png" not in names
     html = Path(out["html"]).read_text()
     assert "intervention bars skipped" in html and "per-layer curves skipped" in html
-    assert "R^2 not computed" in html  # two points only
+    # no interventions: no semantic content of this run (another run's stored values do not count)
+    assert "semantic content vs accuracy skipped" in html
     assert row(out["table"], "R^2")["this run"] == "n/a"
     assert row(out["table"], "syntax phase")["this run"] == "no data"
     # a phase that never started: NULL start_step
@@ -253,7 +258,7 @@ def test_issue_targets_read_strictly_from_the_db(ws, monkeypatch):
     assert "semantics never" in out["targets"][1]["measured"]
     # content that falls as accuracy rises fits a line as well (the same R^2) but is not the finding
     r2 = out["targets"][3]["measured"].split(",")[0]
-    db.query("UPDATE checkpoint_metrics SET value = -value WHERE metric = 'semantic_content'")
+    db.query("UPDATE interventions SET content = -content")
     target = build_report(str(root), RUN, "smoke")["targets"][3]
     assert target["met"] == "no" and target["measured"].startswith(r2) and "falls" in target["measured"], target
 
@@ -281,8 +286,6 @@ def test_alternative_semantics_controls_stay_out_of_the_original_floors(ws, monk
     out = build_report(str(root), RUN, "smoke")
     assert out["targets"][2]["met"] == "yes", out["targets"][2]
     assert "99.0%" not in out["targets"][2]["measured"]
-    assert out["numbers"]["content_vs_init"] == pytest.approx(0.2 * 0.85)
-    assert out["numbers"]["r2_vs_init"] == pytest.approx(1.0)
 
 
 def test_drop_beyond_the_random_init_states(ws, monkeypatch):
@@ -302,8 +305,45 @@ def test_drop_beyond_the_random_init_states(ws, monkeypatch):
     db.upsert("controls", rows)
     out = build_report(str(root), RUN, "smoke")
     # trained flip drop at step 800: 0.1 x accuracy 0.85 for every feature
-    assert out["numbers"]["content_vs_init.flip"] == pytest.approx(0.1 * 0.85 - 0.05)
+    assert out["numbers"]["content_vs_init.flip"] == pytest.approx(0.1 * 0.85 ** 2 - 0.05)
     assert "content_vs_init.adversarial" not in out["numbers"]
+
+
+def test_semantic_content_is_the_runs_own(ws, monkeypatch):
+    """Two runs probe the same checkpoints with different probe configurations: each report's
+    content comes from its own grids, not from the last value written per checkpoint."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    other = "run-2"
+    db.upsert("runs", [dict(run_id=other, preset="smoke", config={"probe": {"features": ["direction"]}},
+                            data_key="d", train_key=TK, status="finished")])
+    stage, inter, ctrl = [], [], []
+    for run, prefix in ((RUN, "pk"), (other, "qk")):
+        stage += [dict(run_id=run, stage="probes", key=f"{prefix}{step}", status="computed", seconds=1.0)
+                  for step in STEPS]
+    for i, r in db.query("SELECT * FROM interventions").iterrows():
+        # run-2's grids read direction with a constant 0.3 drop under both alternatives
+        inter.append(dict(r, probe_key="q" + r["probe_key"][1:], content=0.3))
+    for step in STEPS[1:]:
+        for sem, value in (("original", 0.5), ("flip", 0.45), ("adversarial", 0.35)):
+            key = f"qk{step}" + ("" if sem == "original" else f"-{sem}")
+            stage.append(dict(run_id=other, stage="probes", key=key, status="computed", seconds=1.0))
+            db.upsert("probe_summary", [dict(probe_key=key, checkpoint_key=f"ck{step}", step=step, semantics=sem,
+                                             feature="direction", offset=0, probe="mlp1", layer=-1, split="test",
+                                             mean=0.6, ci_low=0.5, ci_high=0.7, n_seeds=3)])
+            ctrl.append(dict(probe_key=key, checkpoint_key=f"ck{step}", step=step, feature="direction",
+                             offset=0, kind="random_init", probe="mlp1", value=value))
+    db.upsert("stage_runs", stage)
+    db.upsert("interventions", inter)
+    db.upsert("controls", ctrl)
+    mine, theirs = (build_report(str(root), r, "smoke")["numbers"] for r in (RUN, other))
+    # this run: content 0.15 acc^2 at each checkpoint (no random-init rows of the alternatives)
+    assert mine["r2"] == pytest.approx(report.line_fit([0, .05, .2, .6, .85], [.15 * a * a for a in
+                                                      (0, .05, .2, .6, .85)])[0])
+    assert "content_vs_init" not in mine
+    # run-2: 0.3 trained, minus the random-init drop (0.05 flip, 0.15 adversarial: 0.1), at step 800
+    assert theirs["content_vs_init"] == pytest.approx(0.3 - 0.1)
+    assert theirs["content.flip"] == pytest.approx(0.3)
 
 
 def test_issue_targets_without_data(tmp_path):
