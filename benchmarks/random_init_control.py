@@ -39,7 +39,7 @@ from model.decode import forced_hidden  # noqa: E402
 from probes.grid import row_splits  # noqa: E402
 from probes.labels import hidden_rows, make_labels  # noqa: E402
 from tasks.activations import concat_samples, initial_checkpoint, load_activations  # noqa: E402
-from tasks.probing import subsample, random_init_rows  # noqa: E402
+from tasks.probing import random_init_results, random_init_rows, subsample  # noqa: E402
 from tasks.training import checkpoint_file  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def main() -> None:
         a["hidden_init"] = forced_hidden(init, specs, a["programs"], vocab, cfg.activations.batch_size)
         a = subsample(a, cfg.probe.max_train_pairs)
         labels = make_labels(a["programs"], a["inputs"], ("original",), cfg.probe.features, (0,), cfg.probe.drop_last)
-        ri = pd.DataFrame(random_init_rows(a["hidden_init"].astype(np.float32), labels, cfg.probe))
+        ri = pd.DataFrame(random_init_rows(random_init_results(a["hidden_init"].astype(np.float32), labels, cfg.probe)))
         pdir = probes[(meta["checkpoint_key"], "original")]
         summ = pd.read_parquet(pdir / "probe_summary.parquet")
         real = summ[(summ["offset"] == 0) & (summ["layer"] == -1) & (summ["split"] == "test")]

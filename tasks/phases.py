@@ -10,7 +10,9 @@ Semantic content beyond the random-init model (``semantic_content_vs_init``) sub
 difference measured on the random-init model's states over the same programs (the
 ``random_init`` controls of each semantics' grid). Some labels are easier to read from the text
 itself, whatever the model learned: for a correct program the original semantics' end state is
-Output0's robot, printed in the prompt, and an alternative semantics has no such copy.
+Output0's robot, printed in the prompt, and an alternative semantics has no such copy. Per
+feature and probe kind the same difference has paired 95% CIs over seeds (each seed's grids share
+their split and initial weights on both states): the ``interventions_vs_init`` rows.
 """
 
 from __future__ import annotations
@@ -44,6 +46,35 @@ def interventions(results: pd.DataFrame) -> pd.DataFrame:
             content, lo, hi = mean_ci((grp["original"] - grp["alternative"]).to_numpy())
             rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[key], "semantics": alt,
                          "original": grp["original"].mean(), "alternative": grp["alternative"].mean(),
+                         "content": content, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def _seed_drops(test: pd.DataFrame) -> pd.DataFrame:
+    """Original minus each alternative's test accuracy, per ``KEYS`` and seed (a column per
+    alternative), over the offset-0 layer-mean rows of ``test``."""
+    sel = test[(test["offset"] == 0) & (test["layer"] == MEAN_LAYER)]
+    wide = sel.pivot_table(index=KEYS + ["seed"], columns="semantics", values="accuracy")
+    if "original" not in wide.columns:
+        return wide.iloc[:, :0]
+    return wide.drop(columns="original").rsub(wide["original"], axis=0)
+
+
+def interventions_vs_init(results: pd.DataFrame, init_results: pd.DataFrame) -> pd.DataFrame:
+    """Per alternative, checkpoint, feature and kind (offset 0, layer mean): the trained drop
+    minus the random-init states' drop, paired by seed, with a 95% CI; ``probe_key`` is the
+    alternative's grid, as in ``interventions``."""
+    test = results[results["split"] == "test"]
+    trained, init = _seed_drops(test), _seed_drops(init_results[init_results["split"] == "test"])
+    pk = test[test["semantics"] != "original"].drop_duplicates(KEYS + ["semantics"]) \
+        .set_index(KEYS + ["semantics"])["probe_key"]
+    rows = []
+    for alt in [a for a in trained.columns if a in init.columns]:
+        both = pd.concat({"trained": trained[alt], "init": init[alt]}, axis=1, join="inner").dropna().reset_index()
+        for key, grp in both.groupby(KEYS):
+            content, lo, hi = mean_ci((grp["trained"] - grp["init"]).to_numpy())
+            rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[(*key, alt)], "semantics": alt,
+                         "trained_drop": grp["trained"].mean(), "init_drop": grp["init"].mean(),
                          "content": content, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
 
@@ -101,11 +132,11 @@ def content_metric_rows(content: pd.DataFrame, train_key: str) -> list[dict]:
     return rows
 
 
-def _grid_controls(probe_outs: list[dict]) -> pd.DataFrame:
-    """Every grid's controls rows, with the grid's semantics."""
+def _grid_files(probe_outs: list[dict], name: str) -> pd.DataFrame:
+    """Every grid's ``name`` Parquet file, with the grid's semantics (a grid with no pairs has none)."""
     frames = []
     for o in probe_outs:
-        f = Path(o["path"]) / "controls.parquet"
+        f = Path(o["path"]) / name
         if f.exists():
             frames.append(pd.read_parquet(f).assign(semantics=o["meta"]["semantics"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -119,14 +150,17 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
     train_key = checkpoint_rows[0]["checkpoint_key"].rsplit("-s", 1)[0] if checkpoint_rows else ""
 
     def compute(tmp: Path) -> dict:
-        files = [Path(o["path"]) / "probe_results.parquet" for o in probe_outs]
-        frames = [pd.read_parquet(f) for f in files if f.exists()]  # a grid with no pairs has none
-        results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        results = _grid_files(probe_outs, "probe_results.parquet")
         inter = interventions(results) if not results.empty else pd.DataFrame()
         meta: dict = {}
         if not inter.empty:
             inter.to_parquet(tmp / "interventions.parquet", index=False)
-            content = content_frame(inter, _grid_controls(probe_outs), cfg.features)
+            init_results = _grid_files(probe_outs, "random_init_results.parquet")
+            if not init_results.empty:
+                vs_init = interventions_vs_init(results, init_results)
+                if not vs_init.empty:
+                    vs_init.to_parquet(tmp / "interventions_vs_init.parquet", index=False)
+            content = content_frame(inter, _grid_files(probe_outs, "controls.parquet"), cfg.features)
             content.to_parquet(tmp / "semantic_content.parquet", index=False)
         ph = label_phases(checkpoint_rows).as_dict() if checkpoint_rows else {}
         starts = {"babbling": ph["steps"][0] if ph else None, "syntax": ph.get("syntax_start"),

@@ -110,7 +110,7 @@ class Recorder:
 
         self.stage(out)
         folder = Path(out["path"])
-        for table in ("interventions", "phases"):
+        for table in ("interventions", "interventions_vs_init", "phases"):
             path = folder / f"{table}.parquet"
             if path.exists():
                 self.db.upsert(table, pd.read_parquet(path))

@@ -243,6 +243,22 @@ def _probe_detail(d: RunData) -> pd.DataFrame:
     return tab
 
 
+def _beyond_init_detail(d: RunData) -> pd.DataFrame:
+    """One row per alternative and feature at the last step of ``interventions_vs_init``, a
+    column per probe kind: ``+x pp [lo, hi]``."""
+    v = d.interventions_vs_init
+    if v.empty:
+        return v
+    v = v[v["step"] == v["step"].max()]
+    rows = []
+    for (alt, feat), g in v.groupby(["semantics", "feature"]):
+        row = {"alternative": alt, "feature": feat, "step": int(g["step"].iloc[0])}
+        for r in g.sort_values("probe").itertuples():
+            row[r.probe] = f"{pp(r.content)} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -284,6 +300,12 @@ def _write_html(path: Path, d: RunData, preset: str, table, targets, figures, no
     if not detail.empty:
         parts += ["<h2>Probe accuracy per feature (last checkpoint, offset 0)</h2>",
                   _html_table(detail)]
+    beyond = _beyond_init_detail(d)
+    if not beyond.empty:
+        parts += ["<h2>Accuracy drops beyond the random-init states (last checkpoint, offset 0)</h2>",
+                  "<p>Original minus alternative test accuracy on the trained states, minus the same "
+                  "difference on the random-init model's states over the same programs (which holds "
+                  "the labels' base rates), paired by seed: mean [95% CI].</p>", _html_table(beyond)]
     for name, title, path_or_none in figures:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if path_or_none is None:

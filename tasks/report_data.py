@@ -97,6 +97,7 @@ class RunData:
             self.controls = empty("controls")
             self.init_controls = self.controls
             self.interventions = empty("interventions")
+            self.interventions_vs_init = empty("interventions_vs_init")
             return
         self.checkpoints = db.query(
             "SELECT * FROM checkpoints WHERE train_key = ? ORDER BY step", [tk])
@@ -112,6 +113,7 @@ class RunData:
         self.controls = tagged[original].drop(columns="semantics").reset_index(drop=True)
         self.init_controls = tagged[tagged["kind"] == "random_init"].reset_index(drop=True)
         self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
+        self.interventions_vs_init = self._probe_rows(db, "interventions_vs_init", tk, run_keys)
         self.metrics = self._own_content(self.metrics, tk)
 
     def _own_content(self, metrics: pd.DataFrame, tk: str) -> pd.DataFrame:

@@ -17,7 +17,9 @@ Rules this module enforces or assumes:
 Column meanings not obvious from names: ``interventions.semantics`` is the alternative
 semantics (e.g. 'flip', 'adversarial'); ``original``/``alternative`` are the probe accuracies
 against the original and the alternative semantics' features, ``content`` their difference
-(semantic content), ``ci_low``/``ci_high`` a CI of ``content``. ``probe`` is the probe kind
+(semantic content), ``ci_low``/``ci_high`` a CI of ``content``. ``interventions_vs_init``: the
+same drop on the trained states (``trained_drop``) minus the random-init states' drop over the same
+programs (``init_drop``), paired by seed: ``content`` with its CI (offset 0, layer mean). ``probe`` is the probe kind
 (e.g. 'linear', 'mlp'); ``split`` is 'train'/'val'/'test'.
 ``phases.start_step`` is the first training step of the phase (babbling, syntax, semantics), NULL
 for a phase that never started.
@@ -68,6 +70,9 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     "interventions": (_PROBE_ID + [("original", "DOUBLE"), ("alternative", "DOUBLE"),
                                    ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
                                    ("ci_high", "DOUBLE")], _PROBE_PK),
+    "interventions_vs_init": (_PROBE_ID + [("trained_drop", "DOUBLE"), ("init_drop", "DOUBLE"),
+                                           ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
+                                           ("ci_high", "DOUBLE")], _PROBE_PK),
     "controls": ([("probe_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("step", "BIGINT"),
                   ("feature", "VARCHAR"), ("offset", "INTEGER"),
                   ("kind", f"VARCHAR CHECK (kind IN ({', '.join(repr(k) for k in CONTROL_KINDS)}))"),

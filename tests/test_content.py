@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from tasks.phases import CONTENT_PROBE, init_content
+from tasks.phases import CONTENT_PROBE, init_content, interventions, interventions_vs_init
 
 
 def _rows(step, semantics, values, probe=CONTENT_PROBE, kind="random_init", offset=0):
@@ -32,3 +32,28 @@ def test_init_content_needs_the_original_semantics():
     c = pd.DataFrame(_rows(6, "flip", {"direction": 0.3}))
     assert init_content(c, ("direction",)).empty
     assert init_content(pd.DataFrame(), ("direction",)).empty
+
+
+def _grid(semantics, accs, feature="direction", probe=CONTENT_PROBE, offset=0, split="test"):
+    """Per-seed grid rows of one checkpoint (step 6) and grid."""
+    return [dict(probe_key=f"pk-{semantics}", checkpoint_key="ck6", step=6, semantics=semantics, feature=feature,
+                 offset=offset, probe=probe, layer=-1, seed=s, split=split, accuracy=a) for s, a in enumerate(accs)]
+
+
+def test_drops_beyond_random_init_pair_the_seeds():
+    trained = pd.DataFrame(_grid("original", [0.60, 0.62, 0.64]) + _grid("flip", [0.50, 0.51, 0.52])
+                           + _grid("adversarial", [0.40, 0.40, 0.40])
+                           + _grid("flip", [0.0, 0.0, 0.0], offset=1) + _grid("flip", [0.0, 0.0, 0.0], split="val"))
+    init = pd.DataFrame(_grid("original", [0.30, 0.32, 0.34]) + _grid("flip", [0.30, 0.30, 0.30]))
+    out = interventions_vs_init(trained, init).set_index("semantics")
+    # no random-init grid under adversarial: no row for it
+    assert list(out.index) == ["flip"]
+    flip = out.loc["flip"]
+    # per seed: (0.10, 0.11, 0.12) trained minus (0.00, 0.02, 0.04) random-init = (0.10, 0.09, 0.08)
+    assert flip["trained_drop"] == pytest.approx(0.11) and flip["init_drop"] == pytest.approx(0.02)
+    assert flip["content"] == pytest.approx(0.09)
+    assert flip["ci_low"] == pytest.approx(0.09 - 4.303 * 0.01 / 3 ** 0.5, abs=1e-3) and flip["ci_high"] > 0.09
+    assert flip["probe_key"] == "pk-flip" and flip["offset"] == 0 and flip["layer"] == -1
+    # seed means alone (what the controls table keeps) would give the same value and no CI
+    m = interventions(trained).set_index(["semantics", "offset"]).loc[("flip", 0)]
+    assert m["content"] - 0.02 == pytest.approx(flip["content"])

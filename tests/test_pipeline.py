@@ -16,7 +16,8 @@ import pytest
 
 from tasks.results import read_only_query
 
-RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "controls", "phases", "checkpoints"]
+RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
+                 "controls", "phases", "checkpoints"]
 
 
 def semprobe(ws: Path, *args, check=True, **kw) -> subprocess.CompletedProcess:
@@ -71,6 +72,15 @@ def test_first_run_fills_every_table_and_report(ws):
     vs_init = snap["checkpoint_metrics"][snap["checkpoint_metrics"]["metric"] == "semantic_content_vs_init"]
     assert set(vs_init["step"]) == {6, 12}
     assert "semantic_content" in set(snap["checkpoint_metrics"]["metric"])
+    # drops beyond the random-init states, paired by seed: the trained drop is the interventions row's
+    beyond = snap["interventions_vs_init"]
+    assert set(beyond["step"]) == {6, 12} and set(beyond["semantics"]) == {"flip", "adversarial"}
+    both = beyond.merge(snap["interventions"], on=["probe_key", "semantics", "feature", "offset", "probe", "layer"],
+                        suffixes=("", "_raw"))
+    assert len(both) == len(beyond) == 2 * 2 * 3 * 2  # steps x alternatives x features x kinds
+    assert (both["trained_drop"] - both["content_raw"]).abs().max() < 1e-9
+    assert (both["content"] - (both["trained_drop"] - both["init_drop"])).abs().max() < 1e-9
+    assert ((both["ci_low"] <= both["content"] + 1e-12) & (both["content"] <= both["ci_high"] + 1e-12)).all()
     run = read_only_query(ws / "results.duckdb", "SELECT * FROM runs")
     assert list(run["status"]) == ["finished"]
     html = ws / "reports" / run["run_id"][0] / "report.html"

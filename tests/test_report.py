@@ -307,6 +307,15 @@ def test_drop_beyond_the_random_init_states(ws, monkeypatch):
     # trained flip drop at step 800: 0.1 x accuracy 0.85 for every feature
     assert out["numbers"]["content_vs_init.flip"] == pytest.approx(0.1 * 0.85 ** 2 - 0.05)
     assert "content_vs_init.adversarial" not in out["numbers"]
+    # the per-feature drops with their CIs over seeds (interventions_vs_init), last step only
+    assert "Accuracy drops beyond the random-init states" not in Path(out["html"]).read_text()
+    db.upsert("interventions_vs_init", [dict(probe_key=f"pk{step}-flip", checkpoint_key=f"ck{step}", step=step,
+                                             semantics="flip", feature="direction", offset=0, probe="mlp2", layer=-1,
+                                             trained_drop=0.1, init_drop=0.02, content=0.08 + step / 1e4,
+                                             ci_low=0.061, ci_high=0.099) for step in (600, 800)])
+    html = Path(build_report(str(root), RUN, "smoke")["html"]).read_text()
+    assert "Accuracy drops beyond the random-init states" in html
+    assert "+16.0 pp [+6.1, +9.9]" in html and "+14.0 pp" not in html
 
 
 def test_semantic_content_is_the_runs_own(ws, monkeypatch):
