@@ -124,6 +124,15 @@ def _groups(weight: torch.Tensor, val_weight: torch.Tensor | None) -> list[list[
     return list(keys.values())
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each training batch over ``n`` rows; a last batch of one row joins the
+    one before it (BatchNorm cannot train on a single row: n % batch_size == 1 used to fail)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_seed: int):
     """Train one chunk on its rows (standardised ``xs``, ``target`` (p, n, H)); val = (xs, target).
 
@@ -142,8 +151,8 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
     for epoch in range(1, config.epochs + 1):
         chunk.train()
         order = torch.randperm(n, generator=g)
-        for s in range(0, n, config.batch_size):
-            idx = order[s:s + config.batch_size]
+        for s, e in batch_bounds(n, config.batch_size):
+            idx = order[s:e]
             nll = head_nll(chunk.forward_standardised(xs[idx]), target[:, idx],
                            chunk.col_head, chunk.col_start)
             loss = nll.mean(1).sum()

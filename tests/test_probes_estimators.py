@@ -84,3 +84,14 @@ def test_few_steps_start_from_the_majority():
     y = (rng.random(600) < 0.8).astype(int)  # 80% ones, independent of x
     acc = LinearProbe(seed=0, epochs=5, batch_size=1024).fit(x[:400], y[:400]).score(x[400:], y[400:])
     assert acc >= (y[400:] == 1).mean() - 0.05
+
+
+def test_a_last_batch_of_one_row_trains():
+    """n = 2 batches + 1 row: BatchNorm cannot train on one row, so it joins the batch before."""
+    from probes.stacked_training import batch_bounds
+
+    assert batch_bounds(513, 256) == [(0, 256), (256, 513)]
+    assert batch_bounds(512, 256) == [(0, 256), (256, 512)] and batch_bounds(1, 256) == [(0, 1)]
+    x, y = linear_data(n=513 + 200)
+    acc = MLPProbe(hidden=(16, 32), seed=0, epochs=3, batch_size=256).fit(x[:513], y[:513]).score(x[513:], y[513:])
+    assert acc > 0.5
