@@ -173,6 +173,12 @@ def encode_samples(
     return ids, spec.shape[1] + len(PROGRAM_OPEN) + lengths + 2
 
 
+def program_actions(sample_lengths, n_spec: int = N_SPEC) -> np.ndarray:
+    """Actions in each program, from the token lengths ``encode_samples`` returns (its inverse:
+    the prompt, the actions, ``}`` and ``<eos>``)."""
+    return np.asarray(sample_lengths) - prompt_length(n_spec) - 2
+
+
 # ---- readable text, one sample at a time ------------------------------------------------
 
 

@@ -149,11 +149,6 @@ def _input_cells() -> torch.Tensor:
     return torch.from_numpy(karel.text.input_cell_mask())
 
 
-def program_actions(lengths: np.ndarray) -> np.ndarray:
-    """Actions in each sample's program, from its token length (prompt, actions, ``}``, ``<eos>``)."""
-    return np.asarray(lengths) - karel.prompt_length() - 2
-
-
 def batch_inputs(
     tokens: torch.Tensor, offset: torch.Tensor, cfg: TrainConfig, prompt_len: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -194,6 +189,6 @@ def make_stream(ids: np.ndarray, lengths: np.ndarray, cfg: TrainConfig) -> Packe
         anneal_rows = pool = None
         if cfg.anneal_steps:
             anneal_rows = (cfg.steps - cfg.anneal_steps) * cfg.batch_size
-            pool = np.flatnonzero(program_actions(lengths) >= cfg.anneal_min_actions)
+            pool = np.flatnonzero(karel.text.program_actions(lengths) >= cfg.anneal_min_actions)
         return SampleRows(ids, lengths, cfg.block_len, cfg.seed, cfg.curriculum_steps * cfg.batch_size, anneal_rows, pool)
     return PackedBlocks(ids, lengths, cfg.block_len, cfg.seed)

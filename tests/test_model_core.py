@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import karel
+from karel.text import program_actions
 from model.config import (
     ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, lr_at, preset, replace_fields,
 )
-from model.data import PackedBlocks, SampleRows, batch_inputs, make_stream, program_actions, tokenize
+from model.data import PackedBlocks, SampleRows, batch_inputs, make_stream, tokenize
 from model.optim import make_optimizer, set_lr
 from model.phases import label_phases
 from model.transformer import KVCache, Transformer, sample_mask
