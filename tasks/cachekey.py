@@ -10,6 +10,10 @@ source): training is not re-keyed by an edit to ``model/metrics.py``, which it n
 A package this process has imported is hashed once, from the source as first read: the process
 runs the code it loaded, so editing a file while a long run goes must not file that run's
 results under the edited code's keys (``pin_sources`` at import of ``tasks.stage``).
+
+What is hashed is the code, not its text: each file's syntax tree without docstrings (comments
+and layout are not in the tree), so editing a comment or a docstring does not re-train a model.
+A file that does not parse is hashed as raw bytes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import threading
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
-KEY_FORMAT_VERSION = 1
+KEY_FORMAT_VERSION = 2  # 2: code hashed as syntax trees without docstrings
 
 
 def package_files(package: str) -> list[tuple[str, Path]]:
@@ -126,6 +130,36 @@ def _parse_imports(source: bytes, module: str, is_package: bool) -> set[str]:
     return out
 
 
+_CODE: dict[bytes, bytes] = {}
+
+
+def code_text(source: bytes) -> bytes:
+    """What ``code_hash`` hashes of one file: ``ast.dump`` of its tree with the docstrings of the
+    module, classes and functions removed (no positions), so comments, docstrings, blank lines
+    and line breaks inside brackets do not count; anything else that changes the tree does.
+    Source that does not parse is returned as is."""
+    digest = hashlib.sha256(source).digest()
+    with _PARSE_LOCK:
+        if digest not in _CODE:
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                _CODE[digest] = source
+            else:
+                _CODE[digest] = ast.dump(_strip_docstrings(tree)).encode()
+        return _CODE[digest]
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:]
+    return tree
+
+
 def _closure_sources(module: str, follow: Iterable[str]) -> list[tuple[str, str, bytes]]:
     """``(top-level package, relative path, source)`` of ``module_closure``, sorted."""
     tops = {module.partition(".")[0], *follow}
@@ -172,8 +206,8 @@ def code_hash(*names: str) -> str:
     sorted relative path), a dotted module name its ``module_closure`` (following imports into
     the pinned libraries too).
 
-    Order and duplicates of ``names`` do not matter. Bytes are hashed as-is (a whitespace
-    edit changes the hash; being conservative is the point).
+    Order and duplicates of ``names`` do not matter. Each file counts by ``code_text``: an edit
+    to a comment or docstring leaves the hash alone, any edit to the code changes it.
     """
     if not names:
         raise ValueError("code_hash needs at least one package name")
@@ -183,15 +217,19 @@ def code_hash(*names: str) -> str:
         files = _sources(pkg)
         h.update(f"pkg\0{pkg}\0{len(files)}\0".encode())
         for rel, data in files:
-            h.update(f"file\0{rel}\0{len(data)}\0".encode())
-            h.update(data)
+            _hash_file(h, rel, data)
     for module in (n for n in names if "." in n):
         files = _closure_sources(module, follow=_PINNED)
         h.update(f"module\0{module}\0{len(files)}\0".encode())
         for top, rel, data in files:
-            h.update(f"file\0{top}/{rel}\0{len(data)}\0".encode())
-            h.update(data)
+            _hash_file(h, f"{top}/{rel}", data)
     return h.hexdigest()
+
+
+def _hash_file(h, name: str, source: bytes) -> None:
+    code = code_text(source)
+    h.update(f"file\0{name}\0{len(code)}\0".encode())
+    h.update(code)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -62,6 +62,27 @@ def test_code_hash_changes_with_any_helper(fake_pkg):
     assert code_hash("fakelib_ck") != h3
 
 
+def test_code_hash_ignores_comments_and_docstrings_not_code(fake_pkg):
+    """A comment or docstring edit must not re-train a model; any code edit must re-key."""
+    helper = fake_pkg / "sub" / "helper.py"
+    helper.write_text('"""Module doc."""\n\ndef f():\n    """Doc."""\n    return 1  # one\n')
+    h = code_hash("fakelib_ck")
+    helper.write_text('"""Module doc, reworded."""\n# a new comment\n\ndef f():\n'
+                      '    """Another doc."""\n\n    return 1  # still one\n')
+    assert code_hash("fakelib_ck") == h
+    helper.write_text("def f():\n    return 1\n")  # docstrings gone altogether
+    assert code_hash("fakelib_ck") == h
+    for code in ("def f():\n    return 2\n", "def f():\n    return '1'\n",
+                 "def f():\n    'not a docstring' if 0 else None\n    return 1\n",
+                 "def g():\n    return 1\n", "def f(x=1):\n    return 1\n"):
+        helper.write_text(code)
+        assert code_hash("fakelib_ck") != h, code
+    helper.write_text("def f(:\n")  # does not parse: hashed as bytes, still keyed
+    broken = code_hash("fakelib_ck")
+    helper.write_text("def f(: \n")
+    assert code_hash("fakelib_ck") != broken
+
+
 def test_an_imported_package_keeps_the_hash_of_the_code_it_loaded(tmp_path, monkeypatch):
     """Editing a library while a run goes must not re-key that run's later stages."""
     from tasks import cachekey
@@ -106,11 +127,11 @@ def test_a_module_is_hashed_with_what_it_imports(tmp_path, monkeypatch):
     assert [rel for _, rel in module_closure("fakelib_mc.a")] == ["a.py", "b.py", "sub/__init__.py", "sub/c.py"]
     key = code_hash("fakelib_mc.a")
     for rel in ("unused.py", "__init__.py"):  # not imported by the module: no new key
-        (pkg / rel).write_text(files[rel] + "# edited\n")
+        (pkg / rel).write_text(files[rel] + "edited = 1\n")
         assert code_hash("fakelib_mc.a") == key
     assert code_hash("fakelib_mc") != code_hash("fakelib_mc.a")  # the package is every file
     for rel in ("b.py", "sub/c.py"):  # a helper's edit re-keys, however deep the import
-        (pkg / rel).write_text(files[rel] + "# edited\n")
+        (pkg / rel).write_text(files[rel] + "edited = 1\n")
         assert code_hash("fakelib_mc.a") != key
         key = code_hash("fakelib_mc.a")
     with pytest.raises(ValueError, match="fakelib_mc.nope"):
