@@ -16,7 +16,9 @@ from tasks.cachekey import cache_key, pin_sources
 from tasks.workspace import Workspace
 
 LIBRARIES = ("karel", "model", "probes")
-pin_sources(*LIBRARIES)  # keys describe the code this process loaded, not later edits on disk
+# Keys describe the code this process loaded, not later edits on disk: the libraries, and the
+# task modules whose own code a key names (the phases stage keys on ``tasks.phases``).
+pin_sources(*LIBRARIES, "tasks")
 
 
 def stage_key(stage: str, config, upstream: list[str], packages: list[str]) -> str:

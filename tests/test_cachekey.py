@@ -138,6 +138,15 @@ def test_a_module_is_hashed_with_what_it_imports(tmp_path, monkeypatch):
         code_hash("fakelib_mc.nope")
 
 
+def test_a_run_keys_its_task_modules_by_the_code_it_loaded():
+    """The phases stage keys on ``tasks.phases``: an edit to it while a run goes must not file the
+    running (old) code's results under the new code's key."""
+    out = subprocess.run([sys.executable, "-c", "import tasks.stage; from tasks.cachekey import _PINNED; "
+                          "print(sorted(_PINNED)); print('phases.py' in dict(_PINNED['tasks']))"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split("\n")[:2] == ["['karel', 'model', 'probes', 'tasks']", "True"]
+
+
 def test_training_is_not_keyed_by_the_metrics_it_never_imports():
     import tasks.stage  # noqa: F401  (pins the libraries, as in a run)
     from tasks.cachekey import _PINNED
