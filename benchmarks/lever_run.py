@@ -1,0 +1,61 @@
+"""One lever arm trained from step 0, scored like the evaluate stage, without the probes.
+
+Trains a preset's model with ``--set`` overrides (e.g. ``model.n_layer=6``) into OUT (resuming
+what is there), then evaluates the checkpoints of ``--eval-steps`` on the preset's test and val
+specs exactly as the evaluate stage does, one JSON line per step. The baseline arm is a pipeline
+run of the same preset and seed on the same machine: its ``checkpoint_metrics`` rows come from
+the same code (a different CPU trains a different trajectory from the same seed, so never compare
+across machines). ``--data`` reuses that run's dataset folder; without it the preset's dataset is
+generated into OUT (the same bytes: generation is deterministic).
+
+Run: .venv/bin/python benchmarks/lever_run.py OUT [--preset cpu] [--data DIR]
+     [--eval-steps 1000,1500,2000] [--set section.field=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import karel  # noqa: E402
+from benchmarks.anneal_lever import SHOWN  # noqa: E402
+from flows.presets import load_preset  # noqa: E402
+from model.checkpoint import checkpoint_path, load_model  # noqa: E402
+from model.metrics import evaluate_checkpoint  # noqa: E402
+from model.train import train  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--data", type=Path, default=None, help="the preset's dataset folder (default: OUT/data)")
+    ap.add_argument("--eval-steps", default="", help="comma-separated checkpoint steps (default: the last)")
+    ap.add_argument("--set", action="append", default=[], help="a preset override, as semprobe run takes")
+    args = ap.parse_args()
+    cfg = load_preset(args.preset, args.set)
+    t = cfg.train
+    data = args.data or args.out / "data"
+    if args.data is None and not data.exists():
+        karel.generate_dataset(cfg.data, data, workers=2)
+    steps = [int(s) for s in args.eval_steps.split(",") if s.strip()] or [t.steps]
+    t0 = time.perf_counter()
+    train(cfg.model, t, data, args.out / "train", progress=False)
+    print(json.dumps({"part": "trained", "steps": t.steps, "seconds": round(time.perf_counter() - t0, 1),
+                      "overrides": args.set}), flush=True)
+    test = karel.load_split(data, "test", limit=cfg.eval.n_test_specs)
+    val = karel.load_split(data, "val", limit=cfg.eval.n_val_samples)
+    for step in steps:
+        model, saved = load_model(checkpoint_path(args.out / "train", step))
+        m = evaluate_checkpoint(model, saved["vocab_obj"], test, val, batch_size=cfg.eval.batch_size)
+        print(json.dumps({"step": step, **{k: round(float(m[k]), 4) for k in SHOWN}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
