@@ -12,7 +12,9 @@ difference measured on the random-init model's states over the same programs (th
 itself, whatever the model learned: for a correct program the original semantics' end state is
 Output0's robot, printed in the prompt, and an alternative semantics has no such copy. Per
 feature and probe kind the same difference has paired 95% CIs over seeds (each seed's grids share
-their split and initial weights on both states): the ``interventions_vs_init`` rows.
+their split and initial weights on both states): the ``interventions_vs_init`` rows, plus one
+row per checkpoint and kind for the mean over the main features (feature ``main_mean``; per seed
+the mean of the features' drops, then the CI over seeds), which the report's key number reads.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from model.phases import label_phases
+from probes.labels import MAIN_FEATURES
 from probes.stats import mean_ci
 from tasks.record import MEAN_LAYER
 from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import ProbeConfig
 
 CONTENT_PROBE = "mlp1"
+MEAN_FEATURE = "main_mean"  # interventions_vs_init rows over the mean of the main features
 KEYS = ["checkpoint_key", "step", "feature", "offset", "probe", "layer"]
 
 
@@ -71,12 +75,26 @@ def interventions_vs_init(results: pd.DataFrame, init_results: pd.DataFrame) -> 
     rows = []
     for alt in [a for a in trained.columns if a in init.columns]:
         both = pd.concat({"trained": trained[alt], "init": init[alt]}, axis=1, join="inner").dropna().reset_index()
-        for key, grp in both.groupby(KEYS):
+        for key, grp in [*both.groupby(KEYS), *_main_mean(both).groupby(KEYS)]:
             content, lo, hi = mean_ci((grp["trained"] - grp["init"]).to_numpy())
-            rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[(*key, alt)], "semantics": alt,
+            rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[(*key[:2], MAIN_FEATURES[0], *key[3:], alt)]
+                         if key[2] == MEAN_FEATURE else pk.loc[(*key, alt)], "semantics": alt,
                          "trained_drop": grp["trained"].mean(), "init_drop": grp["init"].mean(),
                          "content": content, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
+
+
+def _main_mean(both: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint, kind and seed, the mean over every main feature of the trained and the
+    random-init drops (feature ``MEAN_FEATURE``); seeds missing a main feature are left out, and
+    so is a checkpoint and kind without all of them. Averaging within a seed before the CI keeps
+    the pairing: the main features' probes of one seed share its split and initial weights."""
+    main = both[both["feature"].isin(MAIN_FEATURES)]
+    group = [k for k in KEYS if k != "feature"] + ["seed"]
+    agg = main.groupby(group).agg(trained=("trained", "mean"), init=("init", "mean"),
+                                  n=("feature", "nunique")).reset_index()
+    agg = agg[agg["n"] == len(MAIN_FEATURES)].drop(columns="n")
+    return agg.assign(feature=MEAN_FEATURE)
 
 
 def semantic_content(inter: pd.DataFrame, features) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.figures import FIGURES
-from tasks.phases import CONTENT_PROBE, init_drops
+from tasks.phases import CONTENT_PROBE, MEAN_FEATURE, init_drops
 from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, line_fit, num,
                                ordered_features, pct, pick_kind, pp, r_squared,
@@ -158,8 +158,23 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
         if init is not None:
             add(f"content_vs_init.{alt}", f"the {alt} drop beyond the random-init model's states on the same "
                 f"programs (trained drop minus their drop, which holds the labels' base rates; {what})",
-                v - init, pp(v - init), paper="not measured")
+                v - init, pp(v - init) + _mean_ci_text(d.interventions_vs_init, sel, alt, kind),
+                paper="not measured")
     return rows, values
+
+
+def _mean_ci_text(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> str:
+    """`` [lo, hi]``: the 95% CI over seeds of the drop beyond random-init averaged over the main
+    features (``interventions_vs_init``'s ``main_mean`` row at ``sel``'s step), when ``sel`` holds
+    every main feature and the row exists; else empty."""
+    if beyond.empty or set(sel["feature"]) != set(MAIN_FEATURES):
+        return ""
+    row = beyond[(beyond["feature"] == MEAN_FEATURE) & (beyond["semantics"] == alt) & (beyond["probe"] == kind)
+                 & (beyond["step"] == int(sel["step"].iloc[0]))]
+    if row.empty:
+        return ""
+    r = row.iloc[0]
+    return f" (95% CI [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] over seeds)"
 
 
 def _init_drop(init: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> float | None:
@@ -251,8 +266,10 @@ def _beyond_init_detail(d: RunData) -> pd.DataFrame:
         return v
     v = v[v["step"] == v["step"].max()]
     rows = []
-    for (alt, feat), g in v.groupby(["semantics", "feature"]):
-        row = {"alternative": alt, "feature": feat, "step": int(g["step"].iloc[0])}
+    last = lambda k: (k[0], k[1] == MEAN_FEATURE, k[1])  # noqa: E731  (the mean after its features)
+    for (alt, feat), g in sorted(v.groupby(["semantics", "feature"]), key=lambda kg: last(kg[0])):
+        shown = "mean of the main features" if feat == MEAN_FEATURE else feat
+        row = {"alternative": alt, "feature": shown, "step": int(g["step"].iloc[0])}
         for r in g.sort_values("probe").itertuples():
             row[r.probe] = f"{pp(r.content)} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
         rows.append(row)

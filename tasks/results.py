@@ -19,7 +19,8 @@ semantics (e.g. 'flip', 'adversarial'); ``original``/``alternative`` are the pro
 against the original and the alternative semantics' features, ``content`` their difference
 (semantic content), ``ci_low``/``ci_high`` a CI of ``content``. ``interventions_vs_init``: the
 same drop on the trained states (``trained_drop``) minus the random-init states' drop over the same
-programs (``init_drop``), paired by seed: ``content`` with its CI (offset 0, layer mean). ``probe`` is the probe kind
+programs (``init_drop``), paired by seed: ``content`` with its CI (offset 0, layer mean); its rows
+with ``feature = 'main_mean'`` average the main features within each seed first. ``probe`` is the probe kind
 (e.g. 'linear', 'mlp'); ``split`` is 'train'/'val'/'test'.
 ``phases.start_step`` is the first training step of the phase (babbling, syntax, semantics), NULL
 for a phase that never started.

@@ -1,9 +1,10 @@
 """Semantic content per checkpoint (tasks.phases): raw, and beyond the random-init model."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.phases import CONTENT_PROBE, init_content, interventions, interventions_vs_init
+from tasks.phases import CONTENT_PROBE, MEAN_FEATURE, init_content, interventions, interventions_vs_init
 
 
 def _rows(step, semantics, values, probe=CONTENT_PROBE, kind="random_init", offset=0):
@@ -57,3 +58,31 @@ def test_drops_beyond_random_init_pair_the_seeds():
     # seed means alone (what the controls table keeps) would give the same value and no CI
     m = interventions(trained).set_index(["semantics", "offset"]).loc[("flip", 0)]
     assert m["content"] - 0.02 == pytest.approx(flip["content"])
+
+
+def test_the_mean_over_main_features_pairs_each_seed_before_its_ci():
+    """The ``main_mean`` row averages the features' drops within each seed, then takes the CI over
+    seeds; a seed without every main feature is left out."""
+    trained, init = [], []
+    per_feature = {"direction": [0.10, 0.20, 0.30], "rel_start": [0.00, 0.05, 0.10], "facing_wall": [0.02, 0.02, 0.02]}
+    for f, drops in per_feature.items():
+        trained += _grid("original", [0.6, 0.6, 0.6], feature=f) + _grid("flip", [0.6 - x for x in drops], feature=f)
+        init += _grid("original", [0.5, 0.5, 0.5], feature=f) + _grid("flip", [0.5, 0.5, 0.5], feature=f)
+    # a fourth seed read for direction only: not part of the mean
+    trained += [dict(r, seed=3) for r in _grid("original", [0.9], feature="direction") + _grid("flip", [0.0], feature="direction")]
+    init += [dict(r, seed=3) for r in _grid("original", [0.5], feature="direction") + _grid("flip", [0.5], feature="direction")]
+    out = interventions_vs_init(pd.DataFrame(trained), pd.DataFrame(init)).set_index("feature")
+    assert set(out.index) == {"direction", "rel_start", "facing_wall", MEAN_FEATURE}
+    mean = out.loc[MEAN_FEATURE]
+    seeds = np.array([0.04, 0.09, 0.14])  # per seed: mean of (0.10, 0.00, 0.02), (0.20, 0.05, 0.02), ...
+    assert mean["content"] == pytest.approx(seeds.mean())
+    half = 4.3027 * seeds.std(ddof=1) / 3 ** 0.5  # t(0.975, 2 df)
+    assert mean["ci_low"] == pytest.approx(seeds.mean() - half, abs=1e-5)
+    assert mean["ci_high"] == pytest.approx(seeds.mean() + half, abs=1e-5)
+    assert mean["probe_key"] == "pk-flip" and mean["semantics"] == "flip" and mean["offset"] == 0
+    # the direction row keeps its fourth seed (0.9 drop): the mean row does not
+    assert out.loc["direction", "content"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.9) / 4)
+    # without one main feature there is no mean row
+    no_wall = interventions_vs_init(pd.DataFrame([r for r in trained if r["feature"] != "facing_wall"]),
+                                    pd.DataFrame(init))
+    assert MEAN_FEATURE not in set(no_wall["feature"])

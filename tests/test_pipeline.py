@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasks.phases import MEAN_FEATURE
 from tasks.results import read_only_query
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
@@ -75,9 +76,14 @@ def test_first_run_fills_every_table_and_report(ws):
     # drops beyond the random-init states, paired by seed: the trained drop is the interventions row's
     beyond = snap["interventions_vs_init"]
     assert set(beyond["step"]) == {6, 12} and set(beyond["semantics"]) == {"flip", "adversarial"}
+    means, beyond = beyond[beyond["feature"] == MEAN_FEATURE], beyond[beyond["feature"] != MEAN_FEATURE]
     both = beyond.merge(snap["interventions"], on=["probe_key", "semantics", "feature", "offset", "probe", "layer"],
                         suffixes=("", "_raw"))
     assert len(both) == len(beyond) == 2 * 2 * 3 * 2  # steps x alternatives x features x kinds
+    # one mean-of-features row per step, alternative and kind: the features' mean (every seed has all three)
+    assert len(means) == 2 * 2 * 2
+    per_feature = beyond.groupby(["step", "semantics", "probe"])["content"].mean()
+    assert (means.set_index(["step", "semantics", "probe"])["content"] - per_feature).abs().max() < 1e-9
     assert (both["trained_drop"] - both["content_raw"]).abs().max() < 1e-9
     assert (both["content"] - (both["trained_drop"] - both["init_drop"])).abs().max() < 1e-9
     assert ((both["ci_low"] <= both["content"] + 1e-12) & (both["content"] <= both["ci_high"] + 1e-12)).all()

@@ -9,6 +9,7 @@ import pytest
 
 from tasks import report
 from tasks.report import build_report
+from tasks.phases import MEAN_FEATURE
 from tasks.results import ResultsDB
 
 STEPS = [0, 200, 400, 600, 800]
@@ -316,6 +317,18 @@ def test_drop_beyond_the_random_init_states(ws, monkeypatch):
     html = Path(build_report(str(root), RUN, "smoke")["html"]).read_text()
     assert "Accuracy drops beyond the random-init states" in html
     assert "+16.0 pp [+6.1, +9.9]" in html and "+14.0 pp" not in html
+    assert "over seeds)" not in html  # the key number has no CI without the mean-of-features row
+    # the mean over the main features, paired by seed (main_mean): the key number shows its CI,
+    # the table lists it after the features
+    db.upsert("interventions_vs_init", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800,
+                                             semantics="flip", feature=MEAN_FEATURE, offset=0, probe=kind, layer=-1,
+                                             trained_drop=0.07, init_drop=-0.05, content=0.1 * 0.85 ** 2 - 0.05,
+                                             ci_low=0.0123, ci_high=0.0321) for kind in ("mlp1", "mlp2")])
+    html = Path(build_report(str(root), RUN, "smoke")["html"]).read_text()
+    assert "(95% CI [+1.2, +3.2] over seeds)" in html
+    table = html[html.index("Accuracy drops beyond the random-init states"):]
+    assert "<td>direction</td>" in table and \
+        table.index("<td>direction</td>") < table.index("<td>mean of the main features</td>")
 
 
 def test_semantic_content_is_the_runs_own(ws, monkeypatch):
