@@ -178,7 +178,6 @@ def generate(
     )
 
 
-@torch.no_grad()
 def forced_hidden(
     model: Transformer,
     samples: karel.Samples,
@@ -195,6 +194,15 @@ def forced_hidden(
     one) on the programs another model wrote line up with those programs' probe labels. For the
     model that wrote them it reproduces ``generate``'s states (tests check it).
     """
+    return forced_states(model, samples, programs, vocab, batch_size, autocast)[0]
+
+
+@torch.no_grad()
+def forced_states(model: Transformer, samples: karel.Samples, programs: np.ndarray, vocab: karel.Vocab,
+                  batch_size: int = 256, autocast: bool | None = None,
+                  keep_layers: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``forced_hidden``'s layer mean and, with ``keep_layers``, every layer's state too:
+    (P, 14, n_layer+1, d_model) float16, as ``Generation.hidden_layers``."""
     programs = np.asarray(programs)
     if programs.ndim != 2 or programs.shape[1] != MAX_ACTIONS or len(programs) != len(samples):
         raise ValueError(f"programs: expected ({len(samples)}, {MAX_ACTIONS}), got {programs.shape}")
@@ -204,19 +212,25 @@ def forced_hidden(
     # position t0 - 1 + j emits action j and has read actions 0..j-1: 13 action tokens suffice
     seq = torch.from_numpy(np.concatenate([prompts, program_tokens(programs, vocab)[:, : MAX_ACTIONS - 1]], axis=1))
     written = torch.from_numpy(programs >= 0)
+    n_states, d = model.cfg.n_layer + 1, model.cfg.d_model
     if not len(seq):
-        return np.zeros((0, MAX_ACTIONS, model.cfg.d_model), np.float16)
+        return np.zeros((0, MAX_ACTIONS, d), np.float16), \
+            (np.zeros((0, MAX_ACTIONS, n_states, d), np.float16) if keep_layers else None)
     autocast = device.type == "cuda" if autocast is None else autocast
     was_training = model.training
     model.eval()
-    parts = []
+    means, layers = [], []
     for lo in range(0, len(seq), batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             _, states = model(seq[lo : lo + batch_size].to(device), return_hidden=True)
-        mean = torch.stack([s[:, t0 - 1 :].float() for s in states]).mean(0).cpu()  # (B, 14, d)
-        parts.append(mean * written[lo : lo + batch_size, :, None])
+        stacked = torch.stack([s[:, t0 - 1 :].float() for s in states]).cpu()  # (L+1, B, 14, d)
+        keep = written[lo : lo + batch_size, :, None]
+        means.append(stacked.mean(0) * keep)
+        if keep_layers:
+            layers.append((stacked * keep).permute(1, 2, 0, 3).to(torch.float16))
     model.train(was_training)
-    return torch.cat(parts).numpy().astype(np.float16)
+    mean = torch.cat(means).numpy().astype(np.float16)
+    return mean, (torch.cat(layers).numpy() if keep_layers else None)
 
 
 def program_tokens(programs: np.ndarray, vocab: karel.Vocab) -> np.ndarray:

@@ -21,7 +21,7 @@ from prefect.cache_policies import NONE
 
 import karel
 from model.checkpoint import load_model
-from model.decode import forced_hidden, generate
+from model.decode import MAX_ACTIONS, forced_hidden, forced_states, generate
 from tasks.dataset import data_dir
 from tasks.evaluation import device
 from tasks.stage import recomputed, run_stage, stage_key
@@ -51,25 +51,39 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
         test = karel.load_split(data_dir(dataset), "test", limit=cfg.n_test_specs)
         specs = concat_samples(train, test)
         autocast = True if cfg.bf16 else None
-        gen = generate(model, specs, saved["vocab_obj"], "constrained", batch_size=cfg.batch_size,
-                       keep_layers=cfg.per_layer, autocast=autocast)
+        if cfg.programs == "reference":
+            programs = reference_programs(specs)
+            hidden, layers = forced_states(model, specs, programs, saved["vocab_obj"], cfg.batch_size, autocast,
+                                           keep_layers=cfg.per_layer)
+        else:
+            gen = generate(model, specs, saved["vocab_obj"], "constrained", batch_size=cfg.batch_size,
+                           keep_layers=cfg.per_layer, autocast=autocast)
+            programs, hidden, layers = gen.programs, gen.hidden, gen.hidden_layers
         arrays = dict(
-            programs=gen.programs, lengths=gen.lengths, hidden=gen.hidden,
+            programs=programs, lengths=(programs >= 0).sum(1), hidden=hidden,
             is_test=np.arange(len(specs)) >= len(train), spec_ids=specs.ids,
             walls=specs.inputs.walls, markers=specs.inputs.markers,
             row=specs.inputs.row, col=specs.inputs.col, dir=specs.inputs.dir,
         )
-        if gen.hidden_layers is not None:
-            arrays["hidden_layers"] = gen.hidden_layers
+        if layers is not None:
+            arrays["hidden_layers"] = layers
         if cfg.random_init and ckpt["step"] > 0:
             init_model, _ = load_model(checkpoint_file(initial_checkpoint(ws_root, ckpt)), device=device())
-            arrays["hidden_init"] = forced_hidden(init_model, specs, gen.programs, saved["vocab_obj"], cfg.batch_size,
+            arrays["hidden_init"] = forced_hidden(init_model, specs, programs, saved["vocab_obj"], cfg.batch_size,
                                                 autocast)
         np.savez(tmp / ACTIVATIONS_FILE, **arrays)
         return {"step": ckpt["step"], "checkpoint_key": ckpt["key"], "n_specs": len(specs),
-                "n_actions": int(gen.lengths.sum())}
+                "n_actions": int(arrays["lengths"].sum())}
 
     return run_stage(ws_root, "activations", key, compute, force=recomputed(dataset))
+
+
+def reference_programs(specs: karel.Samples) -> np.ndarray:
+    """(P, 14) the specs' reference action ids, -1 padded, in ``generate``'s layout."""
+    out = np.full((len(specs), MAX_ACTIONS), -1, dtype=np.int64)
+    width = min(specs.programs.shape[1], MAX_ACTIONS)
+    out[:, :width] = specs.programs[:, :width]
+    return out
 
 
 def initial_checkpoint(ws_root: str, ckpt: dict) -> dict:

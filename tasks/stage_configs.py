@@ -38,6 +38,18 @@ class ActivationConfig:
     # faster on avx512_bf16 (BENCHMARKS.md); ~4% of greedy programs differ from float32 decoding
     # (near-ties), so the dumped programs can differ from the evaluate stage's float32 ones
     bf16: bool = False
+    # Which programs the states read: "generated" (the paper: each checkpoint's own greedy
+    # programs, so the probed programs and their labels change from checkpoint to checkpoint) or
+    # "reference" (the specs' reference programs, teacher-forced: the same programs and labels at
+    # every checkpoint, so a probe curve measures the states alone). An option, off in the presets.
+    programs: str = "generated"
+
+    def __post_init__(self):
+        if self.programs not in PROGRAM_SOURCES:
+            raise ValueError(f"activations.programs: {self.programs!r} is not one of {PROGRAM_SOURCES}")
+
+
+PROGRAM_SOURCES = ("generated", "reference")
 
 
 @dataclass(frozen=True)

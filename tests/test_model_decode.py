@@ -8,7 +8,8 @@ import torch
 
 import karel
 from model.config import ModelConfig
-from model.decode import MAX_ACTIONS, Generation, forced_hidden, generate, program_tokens, spec_prompts
+from model.decode import (MAX_ACTIONS, Generation, forced_hidden, forced_states, generate, program_tokens,
+                          spec_prompts)
 from model.metrics import correct_pairs, correct_states, evaluate_checkpoint, generation_metrics, perplexity
 from model.transformer import Transformer
 
@@ -90,6 +91,23 @@ def test_forced_hidden_reproduces_the_writers_states_and_reads_others(data):
     assert not cut[:, 2:].any()
     with pytest.raises(ValueError, match="programs"):
         forced_hidden(other, test, gen.programs[:, :5], VOCAB)
+
+
+def test_forced_states_keep_every_layer_as_decoding_does(data):
+    """The per-layer states of teacher forcing line up with ``generate``'s ``hidden_layers`` (the
+    activations stage's ``programs="reference"`` keeps them for per-layer curves)."""
+    test, _ = data
+    writer = _model(2, sharpen=15.0)
+    gen = generate(writer, test, VOCAB, "constrained", batch_size=7, keep_layers=True)
+    mean, layers = forced_states(writer, test, gen.programs, VOCAB, batch_size=5, keep_layers=True)
+    assert layers.shape == gen.hidden_layers.shape and layers.dtype == np.float16
+    np.testing.assert_allclose(layers.astype(np.float32), gen.hidden_layers.astype(np.float32), atol=3e-3, rtol=3e-3)
+    np.testing.assert_array_equal(mean, forced_hidden(writer, test, gen.programs, VOCAB, batch_size=5))
+    assert forced_states(writer, test, gen.programs, VOCAB)[1] is None
+    empty = gen.programs.copy()
+    empty[:4] = -1  # programs of no action: nothing kept, in the mean or in any layer
+    _, cut = forced_states(writer, test, empty, VOCAB, keep_layers=True)
+    assert not cut[:4].any() and cut[4:].any()
 
 
 def test_bf16_forced_hidden_matches_bf16_decoding(data):

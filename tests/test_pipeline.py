@@ -4,6 +4,7 @@ and a run killed in the middle of training resumes from its last checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+import karel
+from flows.presets import load_preset
+from tasks.activations import concat_samples, reference_programs
 from tasks.phases import MEAN_FEATURE
 from tasks.results import read_only_query
 
@@ -152,6 +157,36 @@ def test_cli_status_sql_and_bad_input(ws):
     assert bad.returncode == 2 and "lrr" in bad.stderr
     bad = semprobe(ws, "run", "--preset", "huge", check=False)
     assert bad.returncode == 2 and "huge" in bad.stderr
+
+
+def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
+    """``activations.programs=reference``: every checkpoint's states read the specs' reference
+    programs (teacher-forced), so the probed programs and labels do not move with the model;
+    training and evaluation are reused."""
+    semprobe(ws, "run", "--preset", "smoke", "--quiet", "--set", "activations.programs=reference")
+    runs = stage_runs(ws, latest_run(ws))
+    computed = runs[runs["status"] == "computed"]
+    assert set(computed["stage"]) == {"activations", "probes", "phases"}, computed
+    cfg = load_preset("smoke").activations
+    data = next((ws / "artifacts" / "dataset").iterdir()) / "data"
+    specs = concat_samples(karel.load_split(data, "train", limit=cfg.n_train_specs),
+                           karel.load_split(data, "test", limit=cfg.n_test_specs))
+    dumps = {}
+    for key in computed[computed["stage"] == "activations"]["key"]:
+        folder = ws / "artifacts" / "activations" / key
+        dumps[json.loads((folder / "manifest.json").read_text())["meta"]["step"]] = dict(np.load(folder / "activations.npz"))
+    assert sorted(dumps) == [0, 6, 12]
+    for d in dumps.values():
+        np.testing.assert_array_equal(d["programs"], reference_programs(specs))
+        np.testing.assert_array_equal(d["spec_ids"], specs.ids)
+        assert ((np.abs(d["hidden"].astype(np.float32)).sum(-1) > 0).sum(1) == d["lengths"]).all()
+        assert d["hidden_layers"].shape[:2] == d["hidden"].shape[:2]
+    # the random-init control over the same programs is the step-0 dump's own states
+    for step in (6, 12):
+        np.testing.assert_array_equal(dumps[step]["hidden_init"], dumps[0]["hidden"])
+        assert not np.array_equal(dumps[step]["hidden"], dumps[0]["hidden"])
+    bad = semprobe(ws, "run", "--preset", "smoke", "--set", "activations.programs=teacher", check=False)
+    assert bad.returncode == 2 and "activations.programs" in bad.stderr and "teacher" in bad.stderr
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path):
