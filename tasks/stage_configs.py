@@ -42,6 +42,9 @@ class ActivationConfig:
     # programs, so the probed programs and their labels change from checkpoint to checkpoint) or
     # "reference" (the specs' reference programs, teacher-forced: the same programs and labels at
     # every checkpoint, so a probe curve measures the states alone). An option, off in the presets.
+    # With "reference" the state that emits action j has not read action j and did not choose it
+    # (the model might have written another), so offset 0's label (the state after action j) is
+    # not in it; offset -1 (after the last action it read) is what it can hold (RESULTS.md).
     programs: str = "generated"
 
     def __post_init__(self):
