@@ -223,11 +223,11 @@ def forced_states(model: Transformer, samples: karel.Samples, programs: np.ndarr
     for lo in range(0, len(seq), batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             _, states = model(seq[lo : lo + batch_size].to(device), return_hidden=True)
-        stacked = torch.stack([s[:, t0 - 1 :].float() for s in states]).cpu()  # (L+1, B, 14, d)
+        stacked = torch.stack([s[:, t0 - 1 :].float() for s in states])  # (L+1, B, 14, d), on the device
         keep = written[lo : lo + batch_size, :, None]
-        means.append(stacked.mean(0) * keep)
+        means.append(stacked.mean(0).cpu() * keep)
         if keep_layers:
-            layers.append((stacked * keep).permute(1, 2, 0, 3).to(torch.float16))
+            layers.append((stacked.cpu() * keep).permute(1, 2, 0, 3).to(torch.float16))
     model.train(was_training)
     mean = torch.cat(means).numpy().astype(np.float16)
     return mean, (torch.cat(layers).numpy() if keep_layers else None)

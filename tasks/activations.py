@@ -9,6 +9,8 @@ position that emitted action j (model.decode's alignment convention). With ``ran
 checkpoint after step 0 also keeps ``hidden_init`` (P, 14, d): the random-init (step-0) model's
 layer-mean states reading the *same* generated programs, the control the probes compare
 against on the same labels (the step-0 model's own programs differ: e.g. one repeated action).
+With ``programs="reference"`` the states read the specs' reference programs (teacher-forced)
+instead of generated ones: the same programs and labels at every checkpoint.
 """
 
 from __future__ import annotations

@@ -77,8 +77,9 @@ def interventions_vs_init(results: pd.DataFrame, init_results: pd.DataFrame) -> 
         both = pd.concat({"trained": trained[alt], "init": init[alt]}, axis=1, join="inner").dropna().reset_index()
         for key, grp in [*both.groupby(KEYS), *_main_mean(both).groupby(KEYS)]:
             content, lo, hi = mean_ci((grp["trained"] - grp["init"]).to_numpy())
-            rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[(*key[:2], MAIN_FEATURES[0], *key[3:], alt)]
-                         if key[2] == MEAN_FEATURE else pk.loc[(*key, alt)], "semantics": alt,
+            feature = MAIN_FEATURES[0] if key[2] == MEAN_FEATURE else key[2]  # any feature names the grid
+            rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[(*key[:2], feature, *key[3:], alt)],
+                         "semantics": alt,
                          "trained_drop": grp["trained"].mean(), "init_drop": grp["init"].mean(),
                          "content": content, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)

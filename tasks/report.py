@@ -164,7 +164,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
 
 
 def _mean_ci_text(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> str:
-    """`` [lo, hi]``: the 95% CI over seeds of the drop beyond random-init averaged over the main
+    """`` (95% CI [lo, hi] over seeds)``: the CI of the drop beyond random-init averaged over the main
     features (``interventions_vs_init``'s ``main_mean`` row at ``sel``'s step), when ``sel`` holds
     every main feature and the row exists; else empty."""
     if beyond.empty or set(sel["feature"]) != set(MAIN_FEATURES):
