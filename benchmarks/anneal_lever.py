@@ -25,14 +25,11 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import karel  # noqa: E402
+from benchmarks.lever_run import score  # noqa: E402
 from flows.presets import load_preset  # noqa: E402
-from model.checkpoint import checkpoint_path, load_model  # noqa: E402
+from model.checkpoint import checkpoint_path  # noqa: E402
 from model.data import make_stream, tokenize  # noqa: E402
-from model.metrics import evaluate_checkpoint  # noqa: E402
 from model.train import train  # noqa: E402
-
-SHOWN = ("acc_spec", "acc_spec_len6_10", "acc_all_len6_10", "diversity", "ppl_program",
-         "ppl_program_len6_10", "gen_len_mean", "ref_len_mean")
 
 
 def main() -> None:
@@ -59,12 +56,9 @@ def main() -> None:
                                              anneal_min_actions=args.min_actions))
     train(cfg.model, t, None, anneal, blocks=rows, progress=False)
     train(cfg.model, t, data, base, progress=False)  # the preset's own last steps
-    test = karel.load_split(data, "test", limit=cfg.eval.n_test_specs)
-    val = karel.load_split(data, "val", limit=cfg.eval.n_val_samples)
-    for arm in (base, anneal):
-        model, saved = load_model(checkpoint_path(arm, t.steps))
-        m = evaluate_checkpoint(model, saved["vocab_obj"], test, val, batch_size=cfg.eval.batch_size)
-        print(json.dumps({"arm": arm.name, "step": t.steps, **{k: round(float(m[k]), 4) for k in SHOWN}}))
+    arms = (base, anneal)
+    for arm, row in zip(arms, score(cfg, data, [(arm, t.steps) for arm in arms])):
+        print(json.dumps({"arm": arm.name, **row}))
 
 
 if __name__ == "__main__":

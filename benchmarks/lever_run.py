@@ -24,11 +24,24 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import karel  # noqa: E402
-from benchmarks.anneal_lever import SHOWN  # noqa: E402
-from flows.presets import load_preset  # noqa: E402
+from flows.presets import StudyConfig, load_preset  # noqa: E402
 from model.checkpoint import checkpoint_path, load_model  # noqa: E402
 from model.metrics import evaluate_checkpoint  # noqa: E402
 from model.train import train  # noqa: E402
+
+SHOWN = ("acc_spec", "acc_spec_len6_10", "acc_all_len6_10", "diversity", "ppl_program",
+         "ppl_program_len6_10", "gen_len_mean", "ref_len_mean")
+
+
+def score(cfg: StudyConfig, data: Path, checkpoints: list[tuple[Path, int]]):
+    """Yield ``{"step", SHOWN...}`` for each ``(training folder, step)`` checkpoint, scored on the
+    preset's test and val specs as the evaluate stage does."""
+    test = karel.load_split(data, "test", limit=cfg.eval.n_test_specs)
+    val = karel.load_split(data, "val", limit=cfg.eval.n_val_samples)
+    for folder, step in checkpoints:
+        model, saved = load_model(checkpoint_path(folder, step))
+        m = evaluate_checkpoint(model, saved["vocab_obj"], test, val, batch_size=cfg.eval.batch_size)
+        yield {"step": step, **{k: round(float(m[k]), 4) for k in SHOWN}}
 
 
 def main() -> None:
@@ -49,12 +62,8 @@ def main() -> None:
     train(cfg.model, t, data, args.out / "train", progress=False)
     print(json.dumps({"part": "trained", "steps": t.steps, "seconds": round(time.perf_counter() - t0, 1),
                       "overrides": args.set}), flush=True)
-    test = karel.load_split(data, "test", limit=cfg.eval.n_test_specs)
-    val = karel.load_split(data, "val", limit=cfg.eval.n_val_samples)
-    for step in steps:
-        model, saved = load_model(checkpoint_path(args.out / "train", step))
-        m = evaluate_checkpoint(model, saved["vocab_obj"], test, val, batch_size=cfg.eval.batch_size)
-        print(json.dumps({"step": step, **{k: round(float(m[k]), 4) for k in SHOWN}}), flush=True)
+    for row in score(cfg, data, [(args.out / "train", step) for step in steps]):
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,9 @@ def interventions_vs_init(results: pd.DataFrame, init_results: pd.DataFrame) -> 
         both = pd.concat({"trained": trained[alt], "init": init[alt]}, axis=1, join="inner").dropna().reset_index()
         for key, grp in [*both.groupby(KEYS), *_main_mean(both).groupby(KEYS)]:
             content, lo, hi = mean_ci((grp["trained"] - grp["init"]).to_numpy())
-            feature = MAIN_FEATURES[0] if key[2] == MEAN_FEATURE else key[2]  # any feature names the grid
-            rows.append({**dict(zip(KEYS, key)), "probe_key": pk.loc[(*key[:2], feature, *key[3:], alt)],
-                         "semantics": alt,
+            ids = dict(zip(KEYS, key))
+            grid = {**ids, "feature": MAIN_FEATURES[0]} if ids["feature"] == MEAN_FEATURE else ids  # any feature names it
+            rows.append({**ids, "probe_key": pk.loc[(*(grid[k] for k in KEYS), alt)], "semantics": alt,
                          "trained_drop": grp["trained"].mean(), "init_drop": grp["init"].mean(),
                          "content": content, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
