@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="read-only SQL on the results database")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    export = sub.add_parser("export", help="every results table into a folder (CSV; per-seed probe rows as Parquet)")
+    export = sub.add_parser("export", help="every results table into a folder (CSV; per-seed probe rows as Parquet) "
+                                                  "and each run's report.html")
     export.add_argument("folder")
     ui = sub.add_parser("ui", help="how to start (or --start) the Prefect and MLflow UIs on 127.0.0.1")
     ui.add_argument("--start", action="store_true", help="start both servers and wait")
@@ -184,9 +185,10 @@ def cmd_ui(args, ws) -> int:
 
 
 def cmd_export(args, ws) -> int:
+    from tasks.report import export_reports
     from tasks.results import export_tables
 
-    for path in export_tables(ws.db_path, args.folder):
+    for path in [*export_tables(ws.db_path, args.folder), *export_reports(ws.reports_dir, args.folder)]:
         print(path)
     return 0
 

@@ -156,25 +156,25 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
             v, pp(v))
         init = _init_drop(d.init_controls, sel, alt, kind) if v is not None else None
         if init is not None:
+            mean = _main_mean_row(d.interventions_vs_init, sel, alt, kind)
+            beyond = v - init if mean is None else float(mean.content)
+            ci = "" if mean is None else f" (95% CI [{100 * mean.ci_low:+.1f}, {100 * mean.ci_high:+.1f}] over seeds)"
             add(f"content_vs_init.{alt}", f"the {alt} drop beyond the random-init model's states on the same "
                 f"programs (trained drop minus their drop, which holds the labels' base rates; {what})",
-                v - init, pp(v - init) + _mean_ci_text(d.interventions_vs_init, sel, alt, kind),
-                paper="not measured")
+                beyond, pp(beyond) + ci, paper="not measured")
     return rows, values
 
 
-def _mean_ci_text(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> str:
-    """`` (95% CI [lo, hi] over seeds)``: the CI of the drop beyond random-init averaged over the main
-    features (``interventions_vs_init``'s ``main_mean`` row at ``sel``'s step), when ``sel`` holds
-    every main feature and the row exists; else empty."""
+def _main_mean_row(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str):
+    """``interventions_vs_init``'s ``main_mean`` row at ``sel``'s step (the drop beyond random-init
+    averaged over the main features within each seed, with its CI over seeds), when ``sel`` holds
+    every main feature and the row exists; else None (then the value is the mean of the features'
+    seed means, which equals the row's when every seed has every feature)."""
     if beyond.empty or set(sel["feature"]) != set(MAIN_FEATURES):
-        return ""
+        return None
     row = beyond[(beyond["feature"] == MEAN_FEATURE) & (beyond["semantics"] == alt) & (beyond["probe"] == kind)
                  & (beyond["step"] == int(sel["step"].iloc[0]))]
-    if row.empty:
-        return ""
-    r = row.iloc[0]
-    return f" (95% CI [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] over seeds)"
+    return None if row.empty else row.iloc[0]
 
 
 def _init_drop(init: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> float | None:
@@ -374,3 +374,16 @@ def build_report(ws_root: str, run_id: str, preset: str) -> dict:
     _write_html(html_path, d, preset, table, targets, drawn, notes)
     return {"folder": str(folder), "html": str(html_path), "figures": figures, "table": table,
             "numbers": numbers, "targets": targets}
+
+
+def export_reports(reports_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Copy each run's ``report.html`` (self-contained: figures inlined) under ``reports_dir`` into
+    ``out_dir`` as ``report-<first 8 characters of the run id>.html``; returns the files written."""
+    out = Path(out_dir)
+    written = []
+    for html_path in sorted(Path(reports_dir).glob("*/report.html")):
+        dest = out / f"report-{html_path.parent.name[:8]}.html"
+        out.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(html_path.read_bytes())
+        written.append(dest)
+    return written

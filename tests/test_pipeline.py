@@ -20,7 +20,7 @@ import karel
 from flows.presets import load_preset
 from tasks.activations import concat_samples, reference_programs
 from tasks.phases import MEAN_FEATURE
-from tasks.results import read_only_query
+from tasks.results import TABLES, read_only_query
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
                  "controls", "phases", "checkpoints"]
@@ -157,6 +157,18 @@ def test_cli_status_sql_and_bad_input(ws):
     assert bad.returncode == 2 and "lrr" in bad.stderr
     bad = semprobe(ws, "run", "--preset", "huge", check=False)
     assert bad.returncode == 2 and "huge" in bad.stderr
+
+
+def test_export_writes_tables_and_each_report(ws, tmp_path):
+    out = tmp_path / "export"
+    written = semprobe(ws, "export", str(out)).stdout.split()
+    reports = sorted((ws / "reports").glob("*/report.html"))
+    assert reports and len(written) == len(TABLES) + len(reports)
+    for html_path in reports:
+        copy = out / f"report-{html_path.parent.name[:8]}.html"
+        assert str(copy) in written and copy.read_bytes() == html_path.read_bytes()
+    assert pd.read_csv(out / "runs.csv")["run_id"].nunique() >= len(reports)
+    assert (out / "probe_results.parquet").is_file()
 
 
 def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):

@@ -322,10 +322,14 @@ def test_drop_beyond_the_random_init_states(ws, monkeypatch):
     # the table lists it after the features
     db.upsert("interventions_vs_init", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800,
                                              semantics="flip", feature=MEAN_FEATURE, offset=0, probe=kind, layer=-1,
-                                             trained_drop=0.07, init_drop=-0.05, content=0.1 * 0.85 ** 2 - 0.05,
+                                             trained_drop=0.07, init_drop=-0.05, content=0.0234,
                                              ci_low=0.0123, ci_high=0.0321) for kind in ("mlp1", "mlp2")])
-    html = Path(build_report(str(root), RUN, "smoke")["html"]).read_text()
-    assert "(95% CI [+1.2, +3.2] over seeds)" in html
+    out = build_report(str(root), RUN, "smoke")
+    html = Path(out["html"]).read_text()
+    # value and CI both come from that row (a seed lacking a feature makes it differ from the
+    # mean of the features' seed means, 0.1 x 0.85^2 - 0.05 here)
+    assert out["numbers"]["content_vs_init.flip"] == pytest.approx(0.0234)
+    assert "+2.3 pp (95% CI [+1.2, +3.2] over seeds)" in html
     table = html[html.index("Accuracy drops beyond the random-init states"):]
     assert "<td>direction</td>" in table and \
         table.index("<td>direction</td>") < table.index("<td>mean of the main features</td>")
