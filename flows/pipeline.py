@@ -150,7 +150,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                 continue
             a = _result(acts)
             rec.stage(a)
-            probe_futures += [train_probes.submit(root, cfg.probe, a, sem) for sem in cfg.probe.semantics]
+            probe_futures += [train_probes.submit(root, cfg.probe, a, sem, cfg.activations.programs) for sem in cfg.probe.semantics]
         probe_outs = [_result(f) for f in tqdm(probe_futures, desc="probe grids", unit="grid", disable=not progress)]
         for out in probe_outs:
             rec.probes(out)

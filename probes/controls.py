@@ -5,7 +5,12 @@ Control task (Hewitt & Liang, 2019): each surface *type* — the pair (action to
 in the program) — gets one fixed random label, drawn once from the feature's empirical label
 distribution (joint over heads, over the rows kept at that offset). Every occurrence of a type
 carries the same label, so the control task is learnable exactly as far as the hidden state
-records the surface form. Selectivity = real-task accuracy - control-task accuracy (per seed,
+records the surface form. Which token is the state's surface form depends on who wrote the
+program (``SURFACES``): on the model's own programs the state at row (p, j) chose action j
+(``"emitted"``: the type is (action j, j)); on a program it is fed (teacher-forced reference
+programs) that state has read only actions before j, so its type is (action j-1, or the start of
+the program, j) (``"read"``). Keyed on a token the state has not seen, the control would be
+unlearnable and the selectivity inflated. Selectivity = real-task accuracy - control-task accuracy (per seed,
 paired, with a 95% t-interval). Not i.i.d. random labels per instance (which no probe can learn).
 
 The random-init model is not a separate function: probe the hidden states of checkpoint step 0
@@ -64,17 +69,37 @@ def task_majority(program: np.ndarray, tasks: list[Task], config: GridConfig) ->
     return pd.DataFrame(out)
 
 
+SURFACES = ("emitted", "read")
+PROGRAM_START = -1  # the "read" token of the first action's row: nothing read yet
+
+
+def surface_types(labels: LabelSet, surface: str = "emitted") -> np.ndarray:
+    """(n, 2) surface type of each row: (action j, j) for ``"emitted"``, (action j-1 or
+    ``PROGRAM_START``, j) for ``"read"`` (see the module docstring)."""
+    if surface not in SURFACES:
+        raise ValueError(f"surface: {surface!r} is not one of {SURFACES}")
+    token = labels.token
+    if surface == "read":
+        first = labels.position == 0
+        prog, pos = labels.program, labels.position
+        follows = np.r_[False, (prog[1:] == prog[:-1]) & (pos[1:] == pos[:-1] + 1)]
+        if not (first | follows).all():
+            raise ValueError("labels: rows are not program-major with consecutive actions")
+        token = np.where(first, PROGRAM_START, np.r_[PROGRAM_START, token[:-1]])
+    return np.stack([token, labels.position], 1)
+
+
 def control_labels(labels: LabelSet, semantics: str, feature: str, offset: int,
-                   seed: int = 0) -> np.ndarray:
-    """(n, H) control-task labels: one fixed draw per (token, position) type; -1 where unkept."""
+                   seed: int = 0, surface: str = "emitted") -> np.ndarray:
+    """(n, H) control-task labels: one fixed draw per surface type (``surface_types``); -1 where
+    unkept."""
     y = labels.get(semantics, feature, offset)
     ok = y[:, 0] >= 0
     out = np.full_like(y, -1)
+    types, inverse = np.unique(surface_types(labels, surface), axis=0, return_inverse=True)
     if not ok.any():
         return out
     uniq, counts = np.unique(y[ok], axis=0, return_counts=True)
-    types, inverse = np.unique(np.stack([labels.token, labels.position], 1), axis=0,
-                               return_inverse=True)
     name = f"control/{seed}/{semantics}/{feature}/{offset}"
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     draw = rng.choice(len(uniq), size=len(types), p=counts / counts.sum())
@@ -82,27 +107,27 @@ def control_labels(labels: LabelSet, semantics: str, feature: str, offset: int,
     return out
 
 
-def control_tasks(labels: LabelSet, config: GridConfig, seed: int = 0) -> list[Task]:
+def control_tasks(labels: LabelSet, config: GridConfig, seed: int = 0, surface: str = "emitted") -> list[Task]:
     tasks = []
     for sem in config.semantics:
         for feat in config.features:
             for off in config.offsets:
                 key = dict(semantics=sem, feature=feat, offset=int(off), task="control")
                 tasks.append(Task(key, check_feature(feat),
-                                  control_labels(labels, sem, feat, int(off), seed)))
+                                  control_labels(labels, sem, feat, int(off), seed, surface)))
     return tasks
 
 
 def selectivity(hidden: np.ndarray, labels: LabelSet, config: GridConfig = GridConfig(),
-                layer="mean", control_seed: int = 0):
-    """Real and control tasks trained in one pass; (grid rows, selectivity table).
+                layer="mean", control_seed: int = 0, surface: str = "emitted"):
+    """Real and control tasks (types by ``surface``) trained in one pass; (grid rows, selectivity table).
 
     The table has one row per semantics/feature/offset/probe/layer with ``acc_real``,
     ``acc_control``, ``selectivity`` (mean paired difference over seeds), ``ci_low``,
     ``ci_high``, ``n_seeds`` (test split).
     """
     x = hidden_rows(hidden, labels)
-    tasks = label_tasks(labels, config) + control_tasks(labels, config, control_seed)
+    tasks = label_tasks(labels, config) + control_tasks(labels, config, control_seed, surface)
     rows = train_tasks(x, labels.program, tasks, config, layer)
     keys = ["semantics", "feature", "offset", "probe", "layer", "seed"]
     test = rows[rows["split"] == "test"]

@@ -63,8 +63,11 @@ def subsample(acts: dict, max_pairs: int, seed: int = 0) -> dict:
 
 
 @task(name="train-probes", cache_policy=NONE)
-def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> dict:
+def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, programs: str = "generated") -> dict:
+    """One semantics' probe grid on one checkpoint's dump; ``programs`` is the dump's
+    ``activations.programs`` (fed reference programs key the control task on the read token)."""
     key = probe_key(cfg, acts["key"], semantics)
+    surface = "read" if programs == "reference" else "emitted"
     step, ckpt_key = acts["meta"]["step"], acts["meta"]["checkpoint_key"]
 
     def compute(tmp: Path) -> dict:
@@ -80,7 +83,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
         controls = []
         if semantics == "original" and cfg.controls:
             # real and control tasks share one stacked pass; its real rows are the probe results
-            rows, sel = selectivity(hidden, labels, grid, layer=MEAN_LAYER)
+            rows, sel = selectivity(hidden, labels, grid, layer=MEAN_LAYER, surface=surface)
             frames = [rows[rows["task"] == "real"]]
             controls += _control_rows(sel, majority_baseline(labels, grid))
         else:

@@ -6,8 +6,8 @@ import pytest
 
 import karel
 from probes import LinearProbe, make_labels
-from probes.controls import (control_labels, emitted_action, emitted_action_task, layer_curves,
-                             majority_baseline, selectivity)
+from probes.controls import (PROGRAM_START, SURFACES, control_labels, emitted_action, emitted_action_task,
+                             layer_curves, majority_baseline, selectivity, surface_types)
 from probes.grid import GridConfig, Task, probe_grid, row_splits, split_programs, train_tasks
 from probes.interventions import semantic_content
 from probes.labels import hidden_rows
@@ -120,6 +120,35 @@ def test_control_task_and_selectivity(data):
     rows, sel = selectivity(hidden, labels, cfg())
     assert set(rows["task"]) == {"real", "control"}
     assert (sel["acc_real"] > 0.97).all() and (sel["selectivity"] > 0.2).all()
+
+
+def read_type_states(labels, n_prog):
+    """States that hold only the read surface type (one-hot of (action j-1 or start, j))."""
+    types, inverse = np.unique(surface_types(labels, "read"), axis=0, return_inverse=True)
+    x = np.zeros((n_prog, 14, len(types)), np.float32)
+    x[labels.program, labels.position] = np.eye(len(types))[inverse.reshape(-1)]
+    return x
+
+
+def test_control_task_on_fed_programs_keys_on_the_read_token(data):
+    """On a teacher-forced program the state at (p, j) has read actions < j only: the "read"
+    control task types rows by (action j-1, j), which such a state can learn; typed by the action
+    it has not read ("emitted") the control would be unlearnable and selectivity inflated."""
+    progs, _, labels, _ = data
+    read = surface_types(labels, "read")
+    first = labels.position == 0
+    assert (read[first, 0] == PROGRAM_START).all() and (read[:, 1] == labels.position).all()
+    later = np.flatnonzero(~first)
+    np.testing.assert_array_equal(read[later, 0], progs[labels.program[later], labels.position[later] - 1])
+    np.testing.assert_array_equal(surface_types(labels, "emitted")[:, 0], labels.token)
+    x = read_type_states(labels, len(progs))
+    control = {s: selectivity(x, labels, cfg(), surface=s)[1]["acc_control"].iloc[0] for s in SURFACES}
+    assert control["read"] > 0.95 and control["emitted"] < control["read"] - 0.2, control
+    with pytest.raises(ValueError, match="surface.*'typed'"):
+        surface_types(labels, "typed")
+    shuffled = type(labels)(labels.program[::-1], labels.position[::-1], labels.token[::-1], labels.length[::-1])
+    with pytest.raises(ValueError, match="program-major"):
+        surface_types(shuffled, "read")
 
 
 def test_layer_curves_and_bad_names(data):

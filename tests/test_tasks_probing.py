@@ -49,3 +49,32 @@ def test_alternative_offsets_limit_the_alternative_semantics_only(tmp_path):
     assert seen == {"original": {-1, 0, 1}, "flip": {0}}
     with pytest.raises(ValueError, match="alternative_offsets.*\\[2\\]"):
         ProbeConfig(offsets=(0, 1), alternative_offsets=(0, 2))
+
+
+def test_fed_programs_key_the_control_task_on_the_read_token(tmp_path):
+    """``programs="reference"`` (the dump's ``activations.programs``) reaches the control task:
+    states holding only the read surface type learn its control labels, not the emitted ones."""
+    import pandas as pd
+
+    from probes import make_labels
+    from probes.controls import surface_types
+
+    rng = np.random.default_rng(2)
+    programs = rng.integers(0, 5, size=(150, 14)).astype(np.int8)
+    programs[:, 8:] = -1
+    acts = fake_activations(tmp_path, programs)
+    data = np.load(f"{acts['path']}/activations.npz")
+    labels = make_labels(programs, karel.WorldBatch(data["walls"], data["markers"], data["row"], data["col"],
+                                                    data["dir"]), ("original",), ("direction",), (0,))
+    types, inverse = np.unique(surface_types(labels, "read"), axis=0, return_inverse=True)
+    hidden = np.zeros((len(programs), 14, len(types)), np.float16)
+    hidden[labels.program, labels.position] = np.eye(len(types))[inverse.reshape(-1)]
+    np.savez(f"{acts['path']}/activations.npz", **{**dict(data), "hidden": hidden})
+    cfg = ProbeConfig(offsets=(0,), features=("direction",), kinds=("linear",), seeds=2, epochs=30,
+                      per_layer=False)
+    control = {}
+    for programs_from in ("reference", "generated"):
+        out = train_probes.fn(str(tmp_path / f"ws-{programs_from}"), cfg, acts, "original", programs_from)
+        c = pd.read_parquet(f"{out['path']}/controls.parquet")
+        control[programs_from] = float(c[c["kind"] == "control_task"]["value"].iloc[0])
+    assert control["reference"] > 0.9 and control["generated"] < control["reference"] - 0.2, control
