@@ -40,7 +40,8 @@ def concat_samples(a: karel.Samples, b: karel.Samples) -> karel.Samples:
 
 
 def activations_key(cfg: ActivationConfig, dataset_key: str, checkpoint_key: str) -> str:
-    return stage_key("activations", cfg, [dataset_key, checkpoint_key], ["karel", "model.checkpoint", "model.decode"])
+    return stage_key("activations", cfg, [dataset_key, checkpoint_key],
+                     ["karel", "model.checkpoint", "model.decode"], __name__)
 
 
 @task(name="dump-activations", cache_policy=NONE)

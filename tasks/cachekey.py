@@ -270,13 +270,27 @@ def canonical_json(obj: Any) -> str:
                       ensure_ascii=True, allow_nan=False)
 
 
+def own_code_hash(module: str) -> str:
+    """sha256 (hex) of one module's own file by ``code_text``, without what it imports: a task
+    module's wiring (what it asks of the libraries) without the plumbing every task shares."""
+    top = module.partition(".")[0]
+    files = dict(_sources(top))
+    rel = _module_file(module, files)
+    if rel is None:
+        raise ValueError(f"cannot hash module {module!r}: no such module")
+    h = hashlib.sha256(f"semprobe-own-v{KEY_FORMAT_VERSION}\0{module}\0".encode())
+    _hash_file(h, rel, files[rel])
+    return h.hexdigest()
+
+
 def cache_key(stage: str, config: Any, upstream: Iterable[str] | Mapping[str, str] = (),
-              packages: Iterable[str] = (), length: int = 16) -> str:
+              packages: Iterable[str] = (), length: int = 16, own: str | None = None) -> str:
     """Short hex key of sha256 over canonical JSON of {stage, config, upstream, code}.
 
     ``config``: a dataclass instance or a dict (nested dataclasses/tuples fine).
     ``upstream``: the upstream stages' keys, in the order given (or a name -> key dict).
     ``packages``: library packages whose source the stage runs, e.g. ``["karel", "model"]``.
+    ``own``: the task module that runs the stage; its own file's code (``own_code_hash``) counts.
     """
     if not isinstance(stage, str) or not stage:
         raise ValueError("cache_key: stage must be a non-empty string")
@@ -293,4 +307,6 @@ def cache_key(stage: str, config: Any, upstream: Iterable[str] | Mapping[str, st
         "packages": pkgs,
         "code": code_hash(*pkgs) if pkgs else None,
     }
+    if own is not None:
+        payload["own"] = [own, own_code_hash(own)]
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:length]

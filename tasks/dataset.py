@@ -13,7 +13,7 @@ from tasks.stage import run_stage, stage_key
 
 
 def dataset_key(cfg: karel.DataConfig) -> str:
-    return stage_key("dataset", cfg, [], ["karel"])
+    return stage_key("dataset", cfg, [], ["karel"], __name__)
 
 
 @task(name="generate-dataset", cache_policy=NONE)

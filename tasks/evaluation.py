@@ -23,7 +23,8 @@ def device() -> str:
 
 
 def evaluate_key(cfg: EvalConfig, dataset_key: str, checkpoint_key: str) -> str:
-    return stage_key("evaluate", cfg, [dataset_key, checkpoint_key], ["karel", "model.checkpoint", "model.metrics"])
+    return stage_key("evaluate", cfg, [dataset_key, checkpoint_key],
+                     ["karel", "model.checkpoint", "model.metrics"], __name__)
 
 
 @task(name="evaluate-checkpoint", cache_policy=NONE)

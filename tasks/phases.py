@@ -165,7 +165,7 @@ def _grid_files(probe_outs: list[dict], name: str) -> pd.DataFrame:
 def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkpoint_rows: list[dict]) -> dict:
     upstream = sorted(o["key"] for o in probe_outs) + sorted(r["eval_key"] for r in checkpoint_rows)
     # this module computes the interventions and content itself, so its source keys them too
-    key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE}, upstream, ["model.phases", "probes.stats", __name__])
+    key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE}, upstream, ["model.phases", "probes.stats"], __name__)
     train_key = checkpoint_rows[0]["checkpoint_key"].rsplit("-s", 1)[0] if checkpoint_rows else ""
 
     def compute(tmp: Path) -> dict:

@@ -34,7 +34,7 @@ from tasks.stage_configs import ProbeConfig
 
 
 def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:
-    return stage_key("probes", {"probe": cfg, "semantics": semantics}, [acts_key], ["karel", "probes"])
+    return stage_key("probes", {"probe": cfg, "semantics": semantics}, [acts_key], ["karel", "probes"], __name__)
 
 
 def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:

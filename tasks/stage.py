@@ -21,8 +21,11 @@ LIBRARIES = ("karel", "model", "probes")
 pin_sources(*LIBRARIES, "tasks")
 
 
-def stage_key(stage: str, config, upstream: list[str], packages: list[str]) -> str:
-    return cache_key(stage, config, upstream, packages)
+def stage_key(stage: str, config, upstream: list[str], packages: list[str], own: str) -> str:
+    """The stage's cache key: config, upstream keys, the libraries it runs (``packages``) and its
+    task module's own code (``own``, pass ``__name__``): a task module holds the wiring (which
+    programs, splits and controls a stage asks for), so an edit there must re-key it too."""
+    return cache_key(stage, config, upstream, packages, own=own)
 
 
 def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None],

@@ -32,7 +32,7 @@ class TrainingInterrupted(RuntimeError):
 
 
 def train_key(model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainConfig, data_key: str) -> str:
-    return stage_key("train", {"model": model_cfg, "train": train_cfg}, [data_key], ["karel", "model.train"])
+    return stage_key("train", {"model": model_cfg, "train": train_cfg}, [data_key], ["karel", "model.train"], __name__)
 
 
 def checkpoint_key(train_key_: str, step: int) -> str:

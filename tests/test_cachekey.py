@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cachekey import cache_key, canonical_json, code_hash, module_closure, package_files
+from tasks.cachekey import cache_key, canonical_json, code_hash, module_closure, own_code_hash, package_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,6 +179,24 @@ def test_cache_key_sensitivity(fake_pkg):
     # library file
     (fake_pkg / "sub" / "helper.py").write_text("def f():\n    return 3\n")
     assert cache_key("train", Cfg(), ["abc"], ["fakelib_ck"]) != base
+
+
+def test_a_task_modules_own_code_keys_its_stage(fake_pkg):
+    """``own``: the task module's own file counts (its code, not its docstrings), what it imports
+    does not (that is ``packages``)."""
+    (fake_pkg / "task.py").write_text('"""Doc."""\nfrom .sub.helper import f\n\ndef run():\n    return f() + 1\n')
+    base = cache_key("s", Cfg(), [], ["fakelib_ck.sub.helper"], own="fakelib_ck.task")
+    assert base != cache_key("s", Cfg(), [], ["fakelib_ck.sub.helper"])
+    own = own_code_hash("fakelib_ck.task")
+    (fake_pkg / "task.py").write_text('"""Other doc."""\nfrom .sub.helper import f\n\ndef run():\n    return f() + 1\n')
+    assert own_code_hash("fakelib_ck.task") == own
+    (fake_pkg / "sub" / "helper.py").write_text("def f():\n    return 5\n")
+    assert own_code_hash("fakelib_ck.task") == own
+    assert cache_key("s", Cfg(), [], ["fakelib_ck.sub.helper"], own="fakelib_ck.task") != base  # via packages
+    (fake_pkg / "task.py").write_text('from .sub.helper import f\n\ndef run():\n    return f() + 2\n')
+    assert own_code_hash("fakelib_ck.task") != own
+    with pytest.raises(ValueError, match="fakelib_ck.nope"):
+        own_code_hash("fakelib_ck.nope")
 
 
 def test_dataclass_and_dict_equivalent():
