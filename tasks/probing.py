@@ -95,7 +95,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
             controls += random_init_rows(init_results)
         if semantics == "original" and cfg.controls and 0 in cfg.offsets:
             controls += emitted_action_rows(hidden, init, labels, grid_config(cfg, semantics, offsets=(0,)))
-        if cfg.per_layer and "hidden_layers" in a:
+        if cfg.per_layer and 0 in offsets and "hidden_layers" in a:
             per_layer = grid_config(cfg, semantics, offsets=(0,), probes=("linear",))
             for layer in range(a["hidden_layers"].shape[2]):
                 x = a["hidden_layers"][:, :, layer].astype(np.float32)

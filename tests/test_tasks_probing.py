@@ -9,15 +9,16 @@ from tasks.results import ResultsDB
 from tasks.stage_configs import ProbeConfig
 
 
-def fake_activations(tmp_path, programs):
+def fake_activations(tmp_path, programs, layers=0):
     folder = tmp_path / "acts"
     folder.mkdir()
     n = len(programs)
     worlds = karel.random_worlds(np.random.default_rng(0), n * 10)
+    extra = {"hidden_layers": np.zeros((n, programs.shape[1], layers, 8), np.float16)} if layers else {}
     np.savez(folder / "activations.npz", programs=programs, lengths=(programs >= 0).sum(1),
              hidden=np.zeros((n, programs.shape[1], 8), np.float16), is_test=np.zeros(n, bool),
              spec_ids=np.arange(n), walls=worlds.walls, markers=worlds.markers, row=worlds.row,
-             col=worlds.col, dir=worlds.dir)
+             col=worlds.col, dir=worlds.dir, **extra)
     return {"key": "actsk", "path": str(folder), "meta": {"step": 3, "checkpoint_key": "t-s0000003"}, "status": "cached"}
 
 
@@ -39,14 +40,16 @@ def test_alternative_offsets_limit_the_alternative_semantics_only(tmp_path):
     rng = np.random.default_rng(1)
     programs = rng.integers(0, 5, size=(60, 14)).astype(np.int8)
     programs[:, 6:] = -1
-    acts = fake_activations(tmp_path, programs)
-    cfg = ProbeConfig(offsets=(-1, 0, 1), alternative_offsets=(0,), kinds=("linear",), seeds=1, epochs=1,
-                      per_layer=False)
+    acts = fake_activations(tmp_path, programs, layers=2)
     seen = {}
-    for sem in ("original", "flip"):
-        out = train_probes.fn(str(tmp_path / f"ws-{sem}"), cfg, acts, sem)
-        seen[sem] = set(pd.read_parquet(f"{out['path']}/probe_results.parquet")["offset"])
-    assert seen == {"original": {-1, 0, 1}, "flip": {0}}
+    for alt in (0, -1):  # without offset 0 the alternatives get no per-layer grid (it is offset 0's)
+        cfg = ProbeConfig(offsets=(-1, 0, 1), alternative_offsets=(alt,), kinds=("linear",), seeds=1, epochs=1)
+        for sem in ("original", "flip"):
+            out = train_probes.fn(str(tmp_path / f"ws-{sem}{alt}"), cfg, acts, sem)
+            res = pd.read_parquet(f"{out['path']}/probe_results.parquet")
+            seen[sem, alt] = set(res["offset"]), set(res.loc[res["layer"] >= 0, "offset"])
+    assert seen == {("original", 0): ({-1, 0, 1}, {0}), ("flip", 0): ({0}, {0}),
+                    ("original", -1): ({-1, 0, 1}, {0}), ("flip", -1): ({-1}, set())}, seen
     with pytest.raises(ValueError, match="alternative_offsets.*\\[2\\]"):
         ProbeConfig(offsets=(0, 1), alternative_offsets=(0, 2))
 
