@@ -56,8 +56,8 @@ def interventions(results: pd.DataFrame) -> pd.DataFrame:
 
 def _seed_drops(test: pd.DataFrame) -> pd.DataFrame:
     """Original minus each alternative's test accuracy, per ``KEYS`` and seed (a column per
-    alternative), over the offset-0 layer-mean rows of ``test``."""
-    sel = test[(test["offset"] == 0) & (test["layer"] == MEAN_LAYER)]
+    alternative), over the layer-mean rows of ``test``."""
+    sel = test[test["layer"] == MEAN_LAYER]
     wide = sel.pivot_table(index=KEYS + ["seed"], columns="semantics", values="accuracy")
     if "original" not in wide.columns:
         return wide.iloc[:, :0]
@@ -65,9 +65,10 @@ def _seed_drops(test: pd.DataFrame) -> pd.DataFrame:
 
 
 def interventions_vs_init(results: pd.DataFrame, init_results: pd.DataFrame) -> pd.DataFrame:
-    """Per alternative, checkpoint, feature and kind (offset 0, layer mean): the trained drop
-    minus the random-init states' drop, paired by seed, with a 95% CI; ``probe_key`` is the
-    alternative's grid, as in ``interventions``."""
+    """Per alternative, checkpoint, feature, offset and kind (layer mean; the offsets of the
+    random-init grid, ``ProbeConfig.init_offsets``): the trained drop minus the random-init
+    states' drop, paired by seed, with a 95% CI; ``probe_key`` is the alternative's grid, as in
+    ``interventions``."""
     test = results[results["split"] == "test"]
     trained, init = _seed_drops(test), _seed_drops(init_results[init_results["split"] == "test"])
     pk = test[test["semantics"] != "original"].drop_duplicates(KEYS + ["semantics"]) \

@@ -3,10 +3,11 @@
 All features x offsets x probe kinds x seeds on the layer mean train in one batched grid; with
 ``per_layer`` a linear offset-0 grid also runs on every single layer (0 = token embeddings).
 Under ``original`` the controls (majority baseline, control task, selectivity) are added. Under
-every semantics, where the dump has ``hidden_init``, the random-init control: the same offset-0
-grid (every kind and seed, the same rows and splits) on the random-init model's states over the
-same programs: seed means in ``controls``, per-seed test rows in ``random_init_results`` (for the
-paired drops beyond random-init of ``tasks.phases``). Under ``original`` also the alignment check: probes that read the action each
+every semantics, where the dump has ``hidden_init``, the random-init control: the same grid at
+``ProbeConfig.init_offsets`` (offset 0, or -1 on fed reference programs; every kind and seed, the
+same rows and splits) on the random-init model's states over the same programs: seed means in
+``controls``, per-seed test rows in ``random_init_results`` (for the paired drops beyond
+random-init of ``tasks.phases``). Under ``original`` also the alignment check: probes that read the action each
 offset-0 state emits, on the trained and the random-init states (``emitted_action_rows``).
 Controls rows carry the grid's ``probe_key``, which names its semantics.
 The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
@@ -90,7 +91,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
         init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
         init_results = None
-        if cfg.controls and init is not None and 0 in offsets:
+        if cfg.controls and init is not None and cfg.init_offsets():
             init_results = random_init_results(init, labels, cfg, semantics)
             controls += random_init_rows(init_results)
         if semantics == "original" and cfg.controls and 0 in cfg.offsets:
@@ -119,15 +120,16 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
 
 
 def random_init_results(hidden_init: np.ndarray, labels, cfg: ProbeConfig, semantics: str = "original") -> pd.DataFrame:
-    """Test rows (one per feature, kind and seed) of the offset-0 grid on the random-init states."""
-    rows = probe_grid(hidden_init, labels, grid_config(cfg, semantics, offsets=(0,)), layer=MEAN_LAYER)
+    """Test rows (one per feature, offset, kind and seed) of the grid at ``cfg.init_offsets()``
+    on the random-init states."""
+    rows = probe_grid(hidden_init, labels, grid_config(cfg, semantics, offsets=cfg.init_offsets()), layer=MEAN_LAYER)
     return rows[rows["split"] == "test"].drop(columns=["task", "best_epoch"], errors="ignore").reset_index(drop=True)
 
 
 def random_init_rows(init_results: pd.DataFrame) -> list[dict]:
-    """``controls`` rows (kind random_init): test accuracy, mean over seeds, per feature and kind."""
-    return [{"feature": feat, "offset": 0, "kind": "random_init", "probe": kind, "value": float(g["accuracy"].mean())}
-            for (feat, kind), g in init_results.groupby(["feature", "probe"])]
+    """``controls`` rows (kind random_init): test accuracy, mean over seeds, per feature, offset and kind."""
+    return [{"feature": feat, "offset": int(off), "kind": "random_init", "probe": kind, "value": float(g["accuracy"].mean())}
+            for (feat, off, kind), g in init_results.groupby(["feature", "offset", "probe"])]
 
 
 EMITTED_KINDS = {"trained": "emitted_action", "random_init": "emitted_action_init",

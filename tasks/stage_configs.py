@@ -86,6 +86,12 @@ class ProbeConfig:
         """The offsets probed under ``semantics``."""
         return self.offsets if semantics == "original" or not self.alternative_offsets else self.alternative_offsets
 
+    def init_offsets(self) -> tuple[int, ...]:
+        """The offsets of the random-init control grid, so of the drops beyond it: the
+        alternatives' offsets when they are limited (-1 on fed reference programs, whose state at
+        action j has read only up to action j-1), else 0."""
+        return self.alternative_offsets or tuple(o for o in self.offsets if o == 0)
+
 
 def probed_steps(schedule: list[int], n: int) -> set[int]:
     """The ``n`` checkpoint steps to probe (all when ``n`` is 0 or covers the schedule).

@@ -55,6 +55,11 @@ def test_drops_beyond_random_init_pair_the_seeds():
     assert flip["content"] == pytest.approx(0.09)
     assert flip["ci_low"] == pytest.approx(0.09 - 4.303 * 0.01 / 3 ** 0.5, abs=1e-3) and flip["ci_high"] > 0.09
     assert flip["probe_key"] == "pk-flip" and flip["offset"] == 0 and flip["layer"] == -1
+    # a random-init grid at another offset (-1 on fed reference programs) gets its own rows
+    at_minus1 = interventions_vs_init(
+        pd.concat([trained, pd.DataFrame(_grid("original", [0.7, 0.7, 0.7], offset=-1) + _grid("flip", [0.5, 0.5, 0.5], offset=-1))]),
+        pd.concat([init, pd.DataFrame(_grid("original", [0.4, 0.4, 0.4], offset=-1) + _grid("flip", [0.3, 0.3, 0.3], offset=-1))]))
+    assert at_minus1.set_index("offset")["content"].to_dict() == pytest.approx({0: 0.09, -1: 0.1})
     # seed means alone (what the controls table keeps) would give the same value and no CI
     m = interventions(trained).set_index(["semantics", "offset"]).loc[("flip", 0)]
     assert m["content"] - 0.02 == pytest.approx(flip["content"])

@@ -14,7 +14,8 @@ def fake_activations(tmp_path, programs, layers=0):
     folder.mkdir()
     n = len(programs)
     worlds = karel.random_worlds(np.random.default_rng(0), n * 10)
-    extra = {"hidden_layers": np.zeros((n, programs.shape[1], layers, 8), np.float16)} if layers else {}
+    extra = {"hidden_layers": np.zeros((n, programs.shape[1], layers, 8), np.float16),
+             "hidden_init": np.zeros((n, programs.shape[1], 8), np.float16)} if layers else {}
     np.savez(folder / "activations.npz", programs=programs, lengths=(programs >= 0).sum(1),
              hidden=np.zeros((n, programs.shape[1], 8), np.float16), is_test=np.zeros(n, bool),
              spec_ids=np.arange(n), walls=worlds.walls, markers=worlds.markers, row=worlds.row,
@@ -47,9 +48,11 @@ def test_alternative_offsets_limit_the_alternative_semantics_only(tmp_path):
         for sem in ("original", "flip"):
             out = train_probes.fn(str(tmp_path / f"ws-{sem}{alt}"), cfg, acts, sem)
             res = pd.read_parquet(f"{out['path']}/probe_results.parquet")
-            seen[sem, alt] = set(res["offset"]), set(res.loc[res["layer"] >= 0, "offset"])
-    assert seen == {("original", 0): ({-1, 0, 1}, {0}), ("flip", 0): ({0}, {0}),
-                    ("original", -1): ({-1, 0, 1}, {0}), ("flip", -1): ({-1}, set())}, seen
+            init = set(pd.read_parquet(f"{out['path']}/random_init_results.parquet")["offset"])
+            seen[sem, alt] = set(res["offset"]), set(res.loc[res["layer"] >= 0, "offset"]), init
+    # the random-init control sits at the alternatives' offsets, where the drops beyond it are read
+    assert seen == {("original", 0): ({-1, 0, 1}, {0}, {0}), ("flip", 0): ({0}, {0}, {0}),
+                    ("original", -1): ({-1, 0, 1}, {0}, {-1}), ("flip", -1): ({-1}, set(), {-1})}, seen
     with pytest.raises(ValueError, match="alternative_offsets.*\\[2\\]"):
         ProbeConfig(offsets=(0, 1), alternative_offsets=(0, 2))
 
