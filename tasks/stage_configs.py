@@ -90,7 +90,7 @@ class ProbeConfig:
         """The offsets of the random-init control grid, so of the drops beyond it: the
         alternatives' offsets when they are limited (-1 on fed reference programs, whose state at
         action j has read only up to action j-1), else 0."""
-        return self.alternative_offsets or tuple(o for o in self.offsets if o == 0)
+        return self.alternative_offsets or ((0,) if 0 in self.offsets else ())
 
 
 def probed_steps(schedule: list[int], n: int) -> set[int]:
