@@ -30,6 +30,7 @@ from tasks.dataset import dataset_key
 from tasks.phases import phase_metrics
 from tasks.report import build_report
 from tasks.results import ResultsDB
+from tasks.stage_configs import current_offset
 from tasks.tracking import finish_run, init_tracking, start_parent_run
 from tasks.workspace import Workspace
 
@@ -104,7 +105,8 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         grids = _run_units(cfg, params, runs, rec, ws, train_deployment, checkpoint_deployment, poll_s)
         order = {s: i for i, s in enumerate(cfg.probe.semantics)}
         grids.sort(key=lambda g: (g["meta"]["step"], order[g["meta"]["semantics"]]))  # as the pipeline
-        phases = phase_metrics(root, cfg.probe, grids, rec.checkpoint_rows())
+        phases = phase_metrics(root, cfg.probe, grids, rec.checkpoint_rows(),
+                               current_offset(cfg.activations.programs))
         rec.phases(phases, tkey)
         rec.run(preset, cfg, dkey, tkey, started, status="finished")
         report = build_report(root, run_id, preset)

@@ -36,7 +36,7 @@ from tasks.phases import phase_metrics
 from tasks.probing import train_probes
 from tasks.report import build_report
 from tasks.results import ResultsDB
-from tasks.stage_configs import probed_steps
+from tasks.stage_configs import current_offset, probed_steps
 from tasks.tracking import finish_run, init_tracking, start_parent_run
 from tasks.training import STOP, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace
@@ -155,7 +155,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         for out in probe_outs:
             rec.probes(out)
 
-        phases = phase_metrics(root, cfg.probe, [o for o in probe_outs], rec.checkpoint_rows())
+        phases = phase_metrics(root, cfg.probe, probe_outs, rec.checkpoint_rows(),
+                               current_offset(cfg.activations.programs))
         rec.phases(phases, tkey)
         rec.run(preset, cfg, ds["key"], tkey, started, status="finished")
         out = {"run_id": run_id, "dataset": ds["key"], "train": tkey, "checkpoints": len(per_ckpt)}

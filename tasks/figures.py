@@ -7,13 +7,14 @@ a figure whose data is absent, with the note saying why. ``FIGURES`` lists them 
 * ``phases.png``: generative accuracy (spec / all pairs), diversity and perplexity vs step, with
   the phases of the ``phases`` table shaded.
 * ``probe_accuracy.png``: probe accuracy vs step per main feature, one line per probe kind
-  (original semantics, offset 0, layer mean, test split), majority and control-task baselines
-  dashed, the random-init control marked.
+  (original semantics, the current offset ``RunData.current``: 0, or -1 on fed reference
+  programs; layer mean, test split), majority and control-task baselines dashed, the random-init
+  control marked.
 * ``probe_offsets.png``: the same for offsets -2..2, one probe kind (mlp1 when present).
 * ``content_vs_accuracy.png``: semantic content vs generative accuracy across checkpoints, with
   the least-squares line and R^2.
 * ``interventions.png``: probe accuracy under the original vs each alternative semantics at the
-  last checkpoint with interventions (offset 0, layer mean, mlp1 when present), 95% CIs.
+  last checkpoint with interventions (current offset, layer mean, mlp1 when present), 95% CIs.
 * ``layers.png``: per-layer probe accuracy at the last checkpoint (when single layers were probed).
 """
 
@@ -135,11 +136,11 @@ def fig_probe_steps(d: RunData, out: Path):
     cur = d.probe_curve()
     if cur.empty:
         return None, "probe accuracy vs step skipped: no probe_summary rows (original semantics, " \
-                     f"offset 0, layer mean, {PLOT_SPLIT} split)."
+                     f"{d.offset_text()}, layer mean, {PLOT_SPLIT} split)."
     feats = ordered_features(cur)
     fig, axes = _new_fig(4.2 * len(feats), 4.4, 1, len(feats))
     c = d.controls
-    c0 = c[c["offset"] == 0] if not c.empty else c
+    c0 = c[c["offset"] == d.current] if not c.empty else c
     steps = sorted(set(cur["step"]))
     for ax, f in zip(axes[0], feats):
         _shade_phases(ax, d, steps)
@@ -169,7 +170,7 @@ def fig_probe_steps(d: RunData, out: Path):
             if not mj.empty:
                 ax.plot(mj["step"], mj["value"], "--", color="k", lw=1.2, label="majority")
     _finish_feature_panels(fig, axes, feats, out, "Probe accuracy vs training step "
-                           "(original semantics, offset 0, layer mean)")
+                           f"(original semantics, {d.offset_text()}, layer mean)")
     return out, None
 
 
@@ -190,9 +191,10 @@ def fig_probe_offsets(d: RunData, out: Path):
             r = allo[(allo["feature"] == f) & (allo["offset"] == o)].sort_values("step")
             if r.empty:
                 continue
-            name = "current" if o == 0 else (f"future +{o}" if o > 0 else f"past {o}")
-            ax.plot(r["step"], r["mean"], "--o" if o < 0 else "-o", ms=3, color=cmap.get(o),
-                    lw=2 if o == 0 else 1.2,
+            ahead = o - d.current
+            name = "current" if ahead == 0 else (f"future {ahead:+d}" if ahead > 0 else f"past {ahead}")
+            ax.plot(r["step"], r["mean"], "--o" if ahead < 0 else "-o", ms=3, color=cmap.get(o),
+                    lw=2 if ahead == 0 else 1.2,
                     label=f"offset {o} ({name})")
     _finish_feature_panels(fig, axes, feats, out, f"Probe accuracy per offset ({kind} probe, "
                            "original semantics, layer mean)")
@@ -228,9 +230,9 @@ def fig_interventions(d: RunData, out: Path):
     iv = d.interventions
     if iv.empty:
         return None, "intervention bars skipped: no interventions rows."
-    iv = iv[(iv["offset"] == 0) & (iv["layer"] == MEAN_LAYER)]
+    iv = iv[(iv["offset"] == d.current) & (iv["layer"] == MEAN_LAYER)]
     if iv.empty:
-        return None, "intervention bars skipped: no interventions at offset 0, layer mean."
+        return None, f"intervention bars skipped: no interventions at {d.offset_text()}, layer mean."
     kind = pick_kind(set(iv["probe"]))
     iv = iv[iv["probe"] == kind]
     step = int(iv["step"].max())
@@ -278,7 +280,7 @@ def fig_interventions(d: RunData, out: Path):
         ax.bar_label(bars, labels=[pct(v) for v in vals], fontsize=7, padding=2)
     ax.set_xticks(xs, [FEATURE_NAMES.get(f, f) for f in feats])
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel(f"probe accuracy ({kind}, offset 0)")
+    ax.set_ylabel(f"probe accuracy ({kind}, offset {d.current})")
     ax.set_title(f"Probe retrained on original vs alternative semantics, step {step}\n"
                  "(error bars: 95% CI; for an alternative, the CI of its drop from original)",
                  fontsize=10)
@@ -292,7 +294,7 @@ def fig_layers(d: RunData, out: Path):
     if s.empty:
         return None, "per-layer curves skipped: no probe_summary rows."
     s = s[(s["semantics"] == ORIGINAL) & (s["split"] == PLOT_SPLIT) & (s["layer"] >= 0)
-          & (s["offset"] == 0)]
+          & (s["offset"] == d.current)]
     if s.empty:
         return None, "per-layer curves skipped: no single-layer (layer >= 0) probe rows."
     step = int(s["step"].max())
@@ -317,7 +319,7 @@ def fig_layers(d: RunData, out: Path):
                 ax.axhline(float(mr["mean"].mean()), ls=":", color=line.get_color(), lw=1,
                            label=f"{kind}, layer mean")
     _finish_feature_panels(fig, axes, feats, out, f"Probe accuracy per layer at step {step} "
-                           "(original semantics, offset 0)", xlabel="layer (0 = token embeddings)")
+                           f"(original semantics, {d.offset_text()})", xlabel="layer (0 = token embeddings)")
     return out, None
 
 

@@ -1,7 +1,8 @@
 """Stage 5: interventions, semantic content per checkpoint and the training phases.
 
-Semantic content of a checkpoint = the mean, over the main features at offset 0 on the layer
-mean, of (test accuracy of the probe under ``original``) - (under the alternative semantics),
+Semantic content of a checkpoint = the mean, over the main features at the current offset
+(``tasks.stage_configs.current_offset``: 0, or -1 on fed reference programs) on the layer mean,
+of (test accuracy of the probe under ``original``) - (under the alternative semantics),
 averaged over the alternatives; the probe kind is ``CONTENT_PROBE``. Per-alternative
 differences with paired 95% CIs (over seeds: same split, same initial weights, only the labels
 differ) form the ``interventions`` rows.
@@ -99,18 +100,18 @@ def _main_mean(both: pd.DataFrame) -> pd.DataFrame:
     return agg.assign(feature=MEAN_FEATURE)
 
 
-def semantic_content(inter: pd.DataFrame, features) -> pd.DataFrame:
-    """One ``semantic_content`` value per checkpoint (see module docstring)."""
-    sel = inter[(inter["offset"] == 0) & (inter["layer"] == MEAN_LAYER) & (inter["probe"] == CONTENT_PROBE)
+def semantic_content(inter: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
+    """One ``semantic_content`` value per checkpoint at ``offset`` (see module docstring)."""
+    sel = inter[(inter["offset"] == offset) & (inter["layer"] == MEAN_LAYER) & (inter["probe"] == CONTENT_PROBE)
                 & inter["feature"].isin(features)]
     return sel.groupby(["checkpoint_key", "step"], as_index=False)["content"].mean()
 
 
-def init_drops(controls: pd.DataFrame, features, probe: str = CONTENT_PROBE) -> pd.DataFrame:
+def init_drops(controls: pd.DataFrame, features, probe: str = CONTENT_PROBE, offset: int = 0) -> pd.DataFrame:
     """Per checkpoint, feature and alternative semantics: the random-init model's
-    original-minus-alternative accuracy (offset 0, ``probe``), column ``init_drop``; ``controls``
-    carries each row's grid ``semantics``."""
-    ri = controls[(controls["kind"] == "random_init") & (controls["offset"] == 0)
+    original-minus-alternative accuracy (at ``offset``, ``probe``), column ``init_drop``;
+    ``controls`` carries each row's grid ``semantics``."""
+    ri = controls[(controls["kind"] == "random_init") & (controls["offset"] == offset)
                   & (controls["probe"] == probe) & controls["feature"].isin(features)] \
         if not controls.empty else controls
     if ri.empty or "original" not in set(ri["semantics"]):
@@ -120,19 +121,20 @@ def init_drops(controls: pd.DataFrame, features, probe: str = CONTENT_PROBE) -> 
     return wide[alts].rsub(wide["original"], axis=0).stack().rename("init_drop").reset_index()
 
 
-def init_content(controls: pd.DataFrame, features) -> pd.DataFrame:
-    """Per checkpoint: ``init_drops`` of ``CONTENT_PROBE``, the mean over main features and
-    alternatives: column ``init_content``."""
-    drops = init_drops(controls, features)
+def init_content(controls: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
+    """Per checkpoint: ``init_drops`` of ``CONTENT_PROBE`` at ``offset``, the mean over main
+    features and alternatives: column ``init_content``."""
+    drops = init_drops(controls, features, offset=offset)
     return drops.groupby(["checkpoint_key", "step"], as_index=False)["init_drop"].mean() \
         .rename(columns={"init_drop": "init_content"})
 
 
-def content_frame(inter: pd.DataFrame, controls: pd.DataFrame, features) -> pd.DataFrame:
-    """Per checkpoint: ``content`` (``semantic_content``), ``init_content`` and
-    ``content_vs_init`` (content minus init_content, NaN without the random-init controls)."""
-    content = semantic_content(inter, features)
-    content = content.merge(init_content(controls, features), on=["checkpoint_key", "step"], how="left")
+def content_frame(inter: pd.DataFrame, controls: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
+    """Per checkpoint at ``offset`` (the current one): ``content`` (``semantic_content``),
+    ``init_content`` and ``content_vs_init`` (content minus init_content, NaN without the
+    random-init controls)."""
+    content = semantic_content(inter, features, offset)
+    content = content.merge(init_content(controls, features, offset), on=["checkpoint_key", "step"], how="left")
     content["content_vs_init"] = content["content"] - content["init_content"]
     return content
 
@@ -163,10 +165,14 @@ def _grid_files(probe_outs: list[dict], name: str) -> pd.DataFrame:
 
 
 @task(name="phase-metrics", cache_policy=NONE)
-def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkpoint_rows: list[dict]) -> dict:
+def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkpoint_rows: list[dict],
+                  current: int = 0) -> dict:
+    """Interventions, semantic content at the ``current`` offset (``current_offset`` of the
+    run's ``activations.programs``) and the phases of one training run."""
     upstream = sorted(o["key"] for o in probe_outs) + sorted(r["eval_key"] for r in checkpoint_rows)
     # this module computes the interventions and content itself, so its source keys them too
-    key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE}, upstream, ["model.phases", "probes.stats"], __name__)
+    key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE, "current": current}, upstream,
+                    ["model.phases", "probes.stats"], __name__)
     train_key = checkpoint_rows[0]["checkpoint_key"].rsplit("-s", 1)[0] if checkpoint_rows else ""
 
     def compute(tmp: Path) -> dict:
@@ -180,7 +186,7 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
                 vs_init = interventions_vs_init(results, init_results)
                 if not vs_init.empty:
                     vs_init.to_parquet(tmp / "interventions_vs_init.parquet", index=False)
-            content = content_frame(inter, _grid_files(probe_outs, "controls.parquet"), cfg.features)
+            content = content_frame(inter, _grid_files(probe_outs, "controls.parquet"), cfg.features, current)
             content.to_parquet(tmp / "semantic_content.parquet", index=False)
         ph = label_phases(checkpoint_rows).as_dict() if checkpoint_rows else {}
         starts = {"babbling": ph["steps"][0] if ph else None, "syntax": ph.get("syntax_start"),

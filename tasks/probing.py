@@ -1,10 +1,11 @@
 """Stage 4: the probe grid of one checkpoint under one semantics.
 
 All features x offsets x probe kinds x seeds on the layer mean train in one batched grid; with
-``per_layer`` a linear offset-0 grid also runs on every single layer (0 = token embeddings).
+``per_layer`` a linear grid at the current offset (``current_offset``: 0, or -1 on fed reference
+programs) also runs on every single layer (0 = token embeddings).
 Under ``original`` the controls (majority baseline, control task, selectivity) are added. Under
 every semantics, where the dump has ``hidden_init``, the random-init control: the same grid at
-``ProbeConfig.init_offsets`` (offset 0, or -1 on fed reference programs; every kind and seed, the
+``ProbeConfig.init_offsets`` (the current offset unless the alternatives' are limited; every kind and seed, the
 same rows and splits) on the random-init model's states over the same programs: seed means in
 ``controls``, per-seed test rows in ``random_init_results`` (for the paired drops beyond
 random-init of ``tasks.phases``). Under ``original`` also the alignment check: probes that read the action each
@@ -31,7 +32,7 @@ from probes.stats import summarize
 from tasks.activations import load_activations
 from tasks.record import MEAN_LAYER
 from tasks.stage import recomputed, run_stage, stage_key
-from tasks.stage_configs import ProbeConfig
+from tasks.stage_configs import ProbeConfig, current_offset
 
 
 def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:
@@ -69,6 +70,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
     ``activations.programs`` (fed reference programs key the control task on the read token)."""
     key = probe_key(cfg, acts["key"], semantics)
     surface = "read" if programs == "reference" else "emitted"
+    current = current_offset(programs)
     step, ckpt_key = acts["meta"]["step"], acts["meta"]["checkpoint_key"]
 
     def compute(tmp: Path) -> dict:
@@ -91,13 +93,13 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
         init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
         init_results = None
-        if cfg.controls and init is not None and cfg.init_offsets():
-            init_results = random_init_results(init, labels, cfg, semantics)
+        if cfg.controls and init is not None and cfg.init_offsets(current):
+            init_results = random_init_results(init, labels, cfg, semantics, current)
             controls += random_init_rows(init_results)
         if semantics == "original" and cfg.controls and 0 in cfg.offsets:
             controls += emitted_action_rows(hidden, init, labels, grid_config(cfg, semantics, offsets=(0,)))
-        if cfg.per_layer and 0 in offsets and "hidden_layers" in a:
-            per_layer = grid_config(cfg, semantics, offsets=(0,), probes=("linear",))
+        if cfg.per_layer and current in offsets and "hidden_layers" in a:
+            per_layer = grid_config(cfg, semantics, offsets=(current,), probes=("linear",))
             for layer in range(a["hidden_layers"].shape[2]):
                 x = a["hidden_layers"][:, :, layer].astype(np.float32)
                 frames.append(probe_grid(x, labels, per_layer, layer=layer))
@@ -119,10 +121,12 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
     return run_stage(ws_root, "probes", key, compute, force=recomputed(acts))
 
 
-def random_init_results(hidden_init: np.ndarray, labels, cfg: ProbeConfig, semantics: str = "original") -> pd.DataFrame:
-    """Test rows (one per feature, offset, kind and seed) of the grid at ``cfg.init_offsets()``
+def random_init_results(hidden_init: np.ndarray, labels, cfg: ProbeConfig, semantics: str = "original",
+                        current: int = 0) -> pd.DataFrame:
+    """Test rows (one per feature, offset, kind and seed) of the grid at ``cfg.init_offsets(current)``
     on the random-init states."""
-    rows = probe_grid(hidden_init, labels, grid_config(cfg, semantics, offsets=cfg.init_offsets()), layer=MEAN_LAYER)
+    grid = grid_config(cfg, semantics, offsets=cfg.init_offsets(current))
+    rows = probe_grid(hidden_init, labels, grid, layer=MEAN_LAYER)
     return rows[rows["split"] == "test"].drop(columns=["task", "best_epoch"], errors="ignore").reset_index(drop=True)
 
 

@@ -84,7 +84,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
             "markers under the robot, which the text hides; the paper compares the text)", v, pct(v),
             paper="not reported")
 
-    # probes at the last checkpoint with probe results (original semantics, offset 0, layer mean)
+    # probes at the last checkpoint with probe results (original semantics, current offset, layer mean)
     cur = d.probe_curve()
     feats = [f for f in MAIN_FEATURES if f in set(cur["feature"])] if not cur.empty else []
     pstep = int(cur["step"].max()) if not cur.empty else None
@@ -94,7 +94,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
         have = [f for f in feats if f in set(sel["feature"])] if not sel.empty else []
         v = float(sel["mean"].mean()) if not sel.empty else None
         what = "mean of " + ", ".join(have) if have else "no data"
-        add(f"probe.{kind}", f"{kind} probe accuracy, current state (offset 0, layer mean, "
+        add(f"probe.{kind}", f"{kind} probe accuracy, current state ({d.offset_text()}, layer mean, "
             f"{PLOT_SPLIT}; {what}){'' if pstep is None else f', step {pstep}'}", v, pct(v))
 
     pts = content_points(d)
@@ -113,14 +113,14 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
         add("r2_vs_init", f"the same content vs generative accuracy: R^2 ({len(pts)} checkpoints)", r2, num(r2),
             paper="not measured")
 
-    # majority baselines (offset 0) at the last checkpoint that has them
+    # majority baselines (current offset) at the last checkpoint that has them
     c = d.controls
-    maj = c[(c["kind"] == "majority") & (c["offset"] == 0)] if not c.empty else c
+    maj = c[(c["kind"] == "majority") & (c["offset"] == d.current)] if not c.empty else c
     mstep = int(maj["step"].max()) if not maj.empty else None
     for f in ("direction", "facing_wall", "rel_start"):
         sel = maj[(maj["step"] == mstep) & (maj["feature"] == f)] if mstep is not None else maj
         v = float(sel["value"].mean()) if not sel.empty else None
-        add(f"majority.{f}", f"majority baseline, {FEATURE_NAMES[f]} (offset 0)", v, pct(v))
+        add(f"majority.{f}", f"majority baseline, {FEATURE_NAMES[f]} ({d.offset_text()})", v, pct(v))
     _alignment_check(c, add)
 
     # phases
@@ -140,7 +140,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
 
     # interventions: semantic content (original - alternative) at the last checkpoint
     iv = d.interventions
-    iv0 = iv[(iv["offset"] == 0) & (iv["layer"] == MEAN_LAYER)] if not iv.empty else iv
+    iv0 = iv[(iv["offset"] == d.current) & (iv["layer"] == MEAN_LAYER)] if not iv.empty else iv
     kind = pick_kind(set(iv0["probe"])) if not iv0.empty else None
     alts = sorted(set(iv0["semantics"])) if not iv0.empty else []
     for alt in ["flip", "adversarial"] + [a for a in alts if a not in ("flip", "adversarial")]:
@@ -154,9 +154,9 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
                 f"{int(sel['step'].iloc[0])}") if not sel.empty else "no data"
         add(f"content.{alt}", f"accuracy drop under {alt} semantics (original - {alt}; {what})",
             v, pp(v))
-        init = _init_drop(d.init_controls, sel, alt, kind) if v is not None else None
+        init = _init_drop(d.init_controls, sel, alt, kind, d.current) if v is not None else None
         if init is not None:
-            mean = _main_mean_row(d.interventions_vs_init, sel, alt, kind)
+            mean = _main_mean_row(d.interventions_vs_init, sel, alt, kind, d.current)
             beyond = v - init if mean is None else float(mean.content)
             ci = "" if mean is None else f" (95% CI [{100 * mean.ci_low:+.1f}, {100 * mean.ci_high:+.1f}] over seeds)"
             add(f"content_vs_init.{alt}", f"the {alt} drop beyond the random-init model's states on the same "
@@ -165,7 +165,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
     return rows, values
 
 
-def _main_mean_row(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str):
+def _main_mean_row(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str, offset: int):
     """``interventions_vs_init``'s ``main_mean`` row at ``sel``'s step (the drop beyond random-init
     averaged over the main features within each seed, with its CI over seeds), when ``sel`` holds
     every main feature and the row exists; else None (then the value is the mean of the features'
@@ -173,14 +173,15 @@ def _main_mean_row(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str)
     if beyond.empty or set(sel["feature"]) != set(MAIN_FEATURES):
         return None
     row = beyond[(beyond["feature"] == MEAN_FEATURE) & (beyond["semantics"] == alt) & (beyond["probe"] == kind)
-                 & (beyond["step"] == int(sel["step"].iloc[0]))]
+                 & (beyond["step"] == int(sel["step"].iloc[0])) & (beyond["offset"] == offset)]
     return None if row.empty else row.iloc[0]
 
 
-def _init_drop(init: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str) -> float | None:
-    """The random-init states' original-minus-``alt`` accuracy (``tasks.phases.init_drops``), the
-    mean over the features and step of the trained drop's rows ``sel``; None where one is missing."""
-    drops = init_drops(init, set(sel["feature"]), kind)
+def _init_drop(init: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str, offset: int) -> float | None:
+    """The random-init states' original-minus-``alt`` accuracy at ``offset``
+    (``tasks.phases.init_drops``), the mean over the features and step of the trained drop's rows
+    ``sel``; None where one is missing."""
+    drops = init_drops(init, set(sel["feature"]), kind, offset)
     drops = drops[(drops["step"] == int(sel["step"].iloc[0])) & (drops["semantics"] == alt)]
     if drops.empty or drops["feature"].nunique() != sel["feature"].nunique():
         return None
@@ -243,7 +244,7 @@ def _probe_detail(d: RunData) -> pd.DataFrame:
     tab.insert(1, "step", int(step))
     c = d.controls
     if not c.empty:
-        c = c[(c["offset"] == 0) & (c["step"] == step)]
+        c = c[(c["offset"] == d.current) & (c["step"] == step)]
         for kind in ("majority", "control_task", "random_init", "selectivity"):
             ck = c[c["kind"] == kind]
             if kind == "majority":
@@ -259,9 +260,10 @@ def _probe_detail(d: RunData) -> pd.DataFrame:
 
 
 def _beyond_init_detail(d: RunData) -> pd.DataFrame:
-    """One row per alternative and feature at the last step of ``interventions_vs_init``, a
-    column per probe kind: ``+x pp [lo, hi]``."""
+    """One row per alternative and feature at the last step of ``interventions_vs_init`` (the
+    current offset), a column per probe kind: ``+x pp [lo, hi]``."""
     v = d.interventions_vs_init
+    v = v[v["offset"] == d.current] if not v.empty else v
     if v.empty:
         return v
     v = v[v["step"] == v["step"].max()]
@@ -310,16 +312,18 @@ def _write_html(path: Path, d: RunData, preset: str, table, targets, figures, no
               _html_table(targets),
               "<h2>Key numbers next to the paper</h2>", _html_table(table),
               "<p>Probe accuracy is the test-split mean over seeds of probes on the layer-mean "
-              "hidden state at the token that emits each action, offset 0 (state after that "
-              "action), original semantics, last probed checkpoint. Paper numbers from "
+              f"hidden state at the token that emits each action, {html.escape(d.offset_text())} "
+              f"({'state after that action' if d.current == 0 else 'state after the action before it'}), "
+              "original semantics, last probed checkpoint. Paper numbers from "
               "<code>shared/PAPER.md</code>; its probe numbers are second-hand.</p>"]
     detail = _probe_detail(d)
     if not detail.empty:
-        parts += ["<h2>Probe accuracy per feature (last checkpoint, offset 0)</h2>",
+        parts += [f"<h2>Probe accuracy per feature (last checkpoint, {html.escape(d.offset_text())})</h2>",
                   _html_table(detail)]
     beyond = _beyond_init_detail(d)
     if not beyond.empty:
-        parts += ["<h2>Accuracy drops beyond the random-init states (last checkpoint, offset 0)</h2>",
+        parts += [f"<h2>Accuracy drops beyond the random-init states (last checkpoint, "
+                  f"{html.escape(d.offset_text())})</h2>",
                   "<p>Original minus alternative test accuracy on the trained states, minus the same "
                   "difference on the random-init model's states over the same programs (which holds "
                   "the labels' base rates), paired by seed: mean [95% CI].</p>", _html_table(beyond)]

@@ -87,6 +87,7 @@ class RunData:
                 notes.append(f"run {run_id!r} has no training key (status "
                              f"{self.run.get('status')!r}); no checkpoints to report.")
                 self.train_key = None
+        self.current = self._current_offset()
         tk = self.train_key
         empty = lambda t: db.query(f'SELECT * FROM "{t}" WHERE false')  # noqa: E731
         if tk is None:
@@ -123,18 +124,38 @@ class RunData:
         kept = metrics[~metrics["metric"].isin(list(CONTENT_METRICS.values()))]
         if self.interventions.empty:
             return kept.reset_index(drop=True)
-        content = content_frame(self.interventions, self.init_controls, self.probe_features())
+        content = content_frame(self.interventions, self.init_controls, self.probe_features(), self.current)
         own = pd.DataFrame(content_metric_rows(content, tk))
         return pd.concat([kept, own], ignore_index=True).sort_values(["step", "metric"]).reset_index(drop=True)
 
-    def probe_features(self) -> tuple:
-        """The run's ``probe.features`` (its config), else the main features."""
+    def _config(self) -> dict:
         cfg = self.run.get("config") if self.run else None
         try:
-            cfg = json.loads(cfg) if isinstance(cfg, str) else (cfg or {})
-            return tuple(cfg["probe"]["features"])
-        except (KeyError, TypeError, ValueError):
+            cfg = json.loads(cfg) if isinstance(cfg, str) else cfg
+        except ValueError:
+            cfg = None
+        return cfg if isinstance(cfg, dict) else {}
+
+    def probe_features(self) -> tuple:
+        """The run's ``probe.features`` (its config), else the main features."""
+        try:
+            return tuple(self._config()["probe"]["features"])
+        except (KeyError, TypeError):
             return MAIN_FEATURES
+
+    def offset_text(self) -> str:
+        """How the page names the current offset: ``offset 0``, or ``offset -1`` with why."""
+        if self.current == 0:
+            return "offset 0"
+        return f"offset {self.current}, the current state on fed reference programs"
+
+    def _current_offset(self) -> int:
+        """The offset of the current state for the run's ``activations.programs`` (see
+        ``tasks.stage_configs.current_offset``); 0 when the config does not say."""
+        from tasks.stage_configs import current_offset
+
+        programs = (self._config().get("activations") or {}).get("programs", "generated")
+        return current_offset(programs)
 
     def _probe_rows(self, db: ResultsDB, table: str, tk: str, run_keys: set) -> pd.DataFrame:
         df = db.query(f'SELECT t.* FROM "{table}" t JOIN checkpoints c ON t.checkpoint_key = c.key '
@@ -171,12 +192,14 @@ class RunData:
             steps.append(int(self.metrics["step"].max()))
         return max(steps) if steps else None
 
-    def probe_curve(self, *, semantics=ORIGINAL, offset=0, layer=MEAN_LAYER, split=PLOT_SPLIT):
-        """probe_summary rows for one slice, duplicates (several probe keys) averaged."""
+    def probe_curve(self, *, semantics=ORIGINAL, offset="current", layer=MEAN_LAYER, split=PLOT_SPLIT):
+        """probe_summary rows for one slice (``offset``: the current one, a number, or None for
+        all), duplicates (several probe keys) averaged."""
         s = self.summary
         if s.empty:
             return s
         s = s[(s["semantics"] == semantics) & (s["split"] == split) & (s["layer"] == layer)]
+        offset = self.current if offset == "current" else offset
         if offset is not None:
             s = s[s["offset"] == offset]
         return dedupe(s, ["step", "feature", "offset", "probe", "layer"],

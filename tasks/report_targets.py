@@ -5,7 +5,8 @@ Each row says the target, the criterion as checked, what this run measured, and 
 
 1. accuracy on test specs of lengths 6..10 (5 spec pairs) >= 70% at the last checkpoint;
 2. all three phases (babbling, syntax, semantics) found by the phase rule;
-3. offset-0 probes of direction, position relative to start and facing a wall: the best kind
+3. current-state probes (offset 0; -1 on fed reference programs, ``RunData.current``) of
+   direction, position relative to start and facing a wall: the best kind
    rises from the first probed checkpoint to the last; at the last, mlp2 >= mlp1 >= linear; and
    every kind's lower 95% bound is above the majority baseline, its own control task and its
    own value on the first probed checkpoint (the random-init model when that is step 0), and,
@@ -15,8 +16,9 @@ Each row says the target, the criterion as checked, what this run measured, and 
    slope (the paper's finding is that content rises with accuracy; R^2 alone also fits a fall);
 5. at the last checkpoint, for every main feature, the ``flip`` and ``adversarial`` drops
    (original - alternative) have 95% CIs above zero, and ``adversarial`` drops more on average;
-6. future-state probes (offsets +1, +2) at the last checkpoint: lower 95% bound above the
-   majority baseline and the control task at that offset, for every main feature.
+6. future-state probes (one and two actions past the current offset) at the last checkpoint:
+   lower 95% bound above the majority baseline and the control task at that offset, for every
+   main feature.
 """
 
 from __future__ import annotations
@@ -92,12 +94,13 @@ def _current_probes(d: RunData) -> dict:
         ordered = all(a <= b for a, b in zip(means, means[1:]))
         above = True
         for k in kinds:
-            floors = [_baseline(d, last, f, 0, "majority"), _baseline(d, last, f, 0, "control_task", k),
+            floors = [_baseline(d, last, f, d.current, "majority"),
+                      _baseline(d, last, f, d.current, "control_task", k),
                       start.loc[k, "mean"] if k in start.index else None,
-                      _baseline(d, last, f, 0, "random_init", k)]
+                      _baseline(d, last, f, d.current, "random_init", k)]
             above &= all(end.loc[k, "ci_low"] > b for b in floors if b is not None)
         ok = ok and bool(rises and ordered and above)
-        init = [_baseline(d, last, f, 0, "random_init", k) for k in kinds]
+        init = [_baseline(d, last, f, d.current, "random_init", k) for k in kinds]
         shown_init = "" if all(v is None for v in init) else \
             ", random-init " + "/".join("-" if v is None else pct(v) for v in init)
         parts.append(f"{f}: " + "/".join(pct(m) for m in means) + shown_init
@@ -122,7 +125,7 @@ def _r2(d: RunData) -> dict:
 def _interventions(d: RunData) -> dict:
     crit = "flip and adversarial drops > 0 (95% CI) for every main feature; adversarial > flip"
     iv = d.interventions
-    iv = iv[(iv["offset"] == 0) & (iv["layer"] == MEAN_LAYER)] if not iv.empty else iv
+    iv = iv[(iv["offset"] == d.current) & (iv["layer"] == MEAN_LAYER)] if not iv.empty else iv
     kind = pick_kind(set(iv["probe"])) if not iv.empty else None
     if kind is None:
         return _row(5, "interventions", crit, "", None)
@@ -141,9 +144,11 @@ def _interventions(d: RunData) -> dict:
 
 
 def _future(d: RunData) -> dict:
-    crit = "offsets +1, +2 at the last checkpoint: CI above majority and control task, every main feature"
+    ahead = [d.current + 1, d.current + 2]
+    crit = (f"offsets {ahead[0]:+d}, {ahead[1]:+d} at the last checkpoint: CI above majority and control task, "
+            "every main feature")
     allo = d.probe_curve(offset=None)
-    fut = allo[allo["offset"].isin([1, 2])] if not allo.empty else allo
+    fut = allo[allo["offset"].isin(ahead)] if not allo.empty else allo
     if fut.empty:
         return _row(6, "future-state probes", crit, "", None)
     last = int(fut["step"].max())
@@ -155,7 +160,7 @@ def _future(d: RunData) -> dict:
                   _baseline(d, last, r.feature, r.offset, "control_task", kind)]
         above = all(r.ci_low > b for b in floors if b is not None)
         ok &= above
-        parts.append(f"{r.feature} +{r.offset}: {pct(r.mean)} vs "
+        parts.append(f"{r.feature} {r.offset:+d}: {pct(r.mean)} vs "
                      + "/".join("-" if b is None else pct(b) for b in floors))
     return _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control): "
                 + "; ".join(parts), ok and len(parts) == 2 * len(MAIN_FEATURES))

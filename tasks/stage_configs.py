@@ -55,6 +55,16 @@ class ActivationConfig:
 PROGRAM_SOURCES = ("generated", "reference")
 
 
+def current_offset(programs: str) -> int:
+    """The offset whose label is the robot's state the probed hidden state stands at, read by
+    every current-state measure (the report's probes and targets, the interventions, the semantic
+    content, the per-layer grids): 0 on generated programs (the state that emits action j chose
+    it; the paper's offset 0) and -1 on fed reference programs (it has read up to action j-1)."""
+    if programs not in PROGRAM_SOURCES:
+        raise ValueError(f"activations.programs: {programs!r} is not one of {PROGRAM_SOURCES}")
+    return -1 if programs == "reference" else 0
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """The probe grid trained per checkpoint and semantics."""
@@ -63,7 +73,8 @@ class ProbeConfig:
     features: tuple[str, ...] = ("direction", "rel_start", "facing_wall")
     offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)
     # the offsets probed under the alternative semantics (empty: all of ``offsets``); every
-    # intervention measure (semantic content, its R^2, the report's drops) reads offset 0
+    # intervention measure (semantic content, its R^2, the report's drops) reads the current
+    # offset (``current_offset``: 0, or -1 on fed reference programs)
     alternative_offsets: tuple[int, ...] = ()
     kinds: tuple[str, ...] = ("linear", "mlp1", "mlp2")
     seeds: int = 3
@@ -86,11 +97,10 @@ class ProbeConfig:
         """The offsets probed under ``semantics``."""
         return self.offsets if semantics == "original" or not self.alternative_offsets else self.alternative_offsets
 
-    def init_offsets(self) -> tuple[int, ...]:
+    def init_offsets(self, current: int = 0) -> tuple[int, ...]:
         """The offsets of the random-init control grid, so of the drops beyond it: the
-        alternatives' offsets when they are limited (-1 on fed reference programs, whose state at
-        action j has read only up to action j-1), else 0."""
-        return self.alternative_offsets or ((0,) if 0 in self.offsets else ())
+        alternatives' offsets when they are limited, else the current offset (``current_offset``)."""
+        return self.alternative_offsets or ((current,) if current in self.offsets else ())
 
 
 def probed_steps(schedule: list[int], n: int) -> set[int]:

@@ -19,7 +19,7 @@ import pytest
 import karel
 from flows.presets import load_preset
 from tasks.activations import concat_samples, reference_programs
-from tasks.phases import MEAN_FEATURE
+from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
 from tasks.results import TABLES, read_only_query
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
@@ -197,6 +197,16 @@ def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
     for step in (6, 12):
         np.testing.assert_array_equal(dumps[step]["hidden_init"], dumps[0]["hidden"])
         assert not np.array_equal(dumps[step]["hidden"], dumps[0]["hidden"])
+    # the semantic content is read at the current state, offset -1 here (not offset 0)
+    probe_keys = tuple(computed[computed["stage"] == "probes"]["key"])
+    iv = read_only_query(ws / "results.duckdb", 'SELECT step, AVG(content) AS content FROM interventions '
+                         'WHERE "offset" = -1 AND layer = -1 AND probe = ? AND probe_key IN (SELECT UNNEST(?)) '
+                         'GROUP BY step ORDER BY step', [CONTENT_PROBE, list(probe_keys)])
+    content = read_only_query(ws / "results.duckdb", "SELECT step, value FROM checkpoint_metrics WHERE "
+                              "metric = 'semantic_content' AND step IN (SELECT UNNEST(?)) ORDER BY step",
+                              [iv["step"].tolist()])
+    assert len(iv) >= 2 and content["step"].tolist() == iv["step"].tolist(), (iv, content)
+    np.testing.assert_allclose(content["value"], iv["content"])
     bad = semprobe(ws, "run", "--preset", "smoke", "--set", "activations.programs=teacher", check=False)
     assert bad.returncode == 2 and "activations.programs" in bad.stderr and "teacher" in bad.stderr
 

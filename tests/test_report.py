@@ -17,9 +17,12 @@ TK = "train-abc"
 RUN = "run-1"
 
 
-def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases=True):
+def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases=True, programs=None):
+    """Rows of a run whose current offset is 0, or -1 (every offset shifted) with ``programs=reference``."""
+    cur = -1 if programs == "reference" else 0
+    config = {"x": 1} if programs is None else {"activations": {"programs": programs}}
     rng = np.random.default_rng(0)
-    db.upsert("runs", [dict(run_id=RUN, preset="smoke", config={"x": 1}, data_key="d",
+    db.upsert("runs", [dict(run_id=RUN, preset="smoke", config=config, data_key="d",
                             train_key=TK, status="finished")])
     # a second training run's rows must not leak into this report
     db.upsert("checkpoint_metrics", [dict(checkpoint_key="other-ck", train_key="other",
@@ -45,22 +48,22 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                 for off in (-2, -1, 0, 1, 2):
                     mean = base + (1 - base) * acc[i] * (0.6 + bonus) - 0.03 * abs(off)
                     s_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
-                                       semantics="original", feature=feat, offset=off, probe=kind,
+                                       semantics="original", feature=feat, offset=off + cur, probe=kind,
                                        layer=-1, split="test", mean=mean, ci_low=mean - 0.02,
                                        ci_high=mean + 0.02, n_seeds=3))
                     s_rows.append(dict(s_rows[-1], split="val", mean=mean + 0.01))
                 c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
-                                   offset=0, kind="control_task", probe=kind, value=base + 0.05))
+                                   offset=cur, kind="control_task", probe=kind, value=base + 0.05))
                 c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
-                                   offset=0, kind="selectivity", probe=kind, value=0.1 * i))
+                                   offset=cur, kind="selectivity", probe=kind, value=0.1 * i))
                 if step > 0:  # the random-init model on this checkpoint's programs
                     c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
-                                       offset=0, kind="random_init", probe=kind, value=base + 0.02))
+                                       offset=cur, kind="random_init", probe=kind, value=base + 0.02))
                 if layers and step == steps[-1] and kind == "linear":
                     for layer in range(5):
                         mean = base + 0.1 * layer
                         s_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
-                                           semantics="original", feature=feat, offset=0,
+                                           semantics="original", feature=feat, offset=cur,
                                            probe=kind, layer=layer, split="test", mean=mean,
                                            ci_low=mean - 0.01, ci_high=mean + 0.01, n_seeds=3))
                 if interventions:
@@ -68,12 +71,12 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                     for alt, drop in (("flip", 0.1), ("adversarial", 0.2)):
                         content = drop * acc[i] ** 2
                         i_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
-                                           semantics=alt, feature=feat, offset=0, probe=kind,
+                                           semantics=alt, feature=feat, offset=cur, probe=kind,
                                            layer=-1, original=orig, alternative=orig - content,
                                            content=content, ci_low=content - 0.02,
                                            ci_high=content + 0.02))
             c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
-                               offset=0, kind="majority", probe="none", value=base))
+                               offset=cur, kind="majority", probe="none", value=base))
     db.upsert("checkpoints", ck_rows)
     db.upsert("checkpoint_metrics", m_rows)
     db.upsert("probe_summary", s_rows)
@@ -375,3 +378,23 @@ def test_semantic_content_is_the_runs_own(ws, monkeypatch):
 def test_issue_targets_without_data(tmp_path):
     out = build_report(str(tmp_path / "ws"), "nope", "cpu")
     assert [t["met"] for t in out["targets"]] == ["no data"] * 6
+
+
+def test_fed_reference_programs_are_read_at_offset_minus_one(tmp_path, monkeypatch):
+    """A run with ``activations.programs=reference`` has its current state at offset -1: the
+    same rows one offset lower give the same targets and key numbers as a generated run's at 0,
+    and the page says which offset it reads."""
+    monkeypatch.setattr(report, "FIGURES", [])
+    outs = {}
+    for programs in ("generated", "reference"):
+        root = tmp_path / programs
+        populate(ResultsDB(root / "results.duckdb"), programs=programs)
+        outs[programs] = build_report(str(root), RUN, "smoke")
+    gen, ref = outs["generated"], outs["reference"]
+    assert [t["met"] for t in ref["targets"]] == [t["met"] for t in gen["targets"]] \
+        == ["no", "yes", "yes", "yes", "yes", "yes"], ref["targets"]
+    assert ref["numbers"] == gen["numbers"]
+    assert "offsets +0, +1" in ref["targets"][5]["criterion"] and "+1, +2" in gen["targets"][5]["criterion"]
+    page = Path(ref["html"]).read_text()
+    assert "offset -1, the current state on fed reference programs" in page
+    assert "offset -1" not in Path(gen["html"]).read_text()

@@ -55,6 +55,13 @@ def test_alternative_offsets_limit_the_alternative_semantics_only(tmp_path):
                     ("original", -1): ({-1, 0, 1}, {0}, {-1}), ("flip", -1): ({-1}, set(), {-1})}, seen
     with pytest.raises(ValueError, match="alternative_offsets.*\\[2\\]"):
         ProbeConfig(offsets=(0, 1), alternative_offsets=(0, 2))
+    # on fed reference programs the current state is offset -1: the per-layer and random-init
+    # grids sit there (without alternative_offsets too), not at offset 0
+    cfg = ProbeConfig(offsets=(-1, 0, 1), kinds=("linear",), seeds=1, epochs=1)
+    out = train_probes.fn(str(tmp_path / "ws-ref"), cfg, acts, "original", "reference")
+    res = pd.read_parquet(f"{out['path']}/probe_results.parquet")
+    init = pd.read_parquet(f"{out['path']}/random_init_results.parquet")
+    assert set(res.loc[res["layer"] >= 0, "offset"]) == {-1} and set(init["offset"]) == {-1}
 
 
 def test_fed_programs_key_the_control_task_on_the_read_token(tmp_path):
