@@ -15,6 +15,7 @@ instead of generated ones: the same programs and labels at every checkpoint.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,9 @@ def concat_samples(a: karel.Samples, b: karel.Samples) -> karel.Samples:
 
 
 def activations_key(cfg: ActivationConfig, dataset_key: str, checkpoint_key: str) -> str:
-    return stage_key("activations", cfg, [dataset_key, checkpoint_key],
+    """The dump's key: which checkpoints are dumped (``cfg.checkpoints``) is not part of what a
+    dump holds, so probing more of them reuses the dumps already made."""
+    return stage_key("activations", replace(cfg, checkpoints=0), [dataset_key, checkpoint_key],
                      ["karel", "model.checkpoint", "model.decode"], __name__)
 
 

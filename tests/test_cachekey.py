@@ -247,3 +247,18 @@ def test_code_hash_from_several_threads_at_once():
     serial = [code_hash(n) for n in names]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(code_hash, names)) == serial
+
+
+def test_probing_more_checkpoints_reuses_the_dumps():
+    """``activations.checkpoints`` picks which checkpoints are dumped, not what a dump holds: it is
+    not in a dump's key; what the dump reads (its specs, its programs) is."""
+    from dataclasses import replace
+
+    from tasks.activations import activations_key
+    from tasks.stage_configs import ActivationConfig
+
+    cfg = ActivationConfig(checkpoints=3)
+    key = activations_key(cfg, "data", "ckpt")
+    assert activations_key(replace(cfg, checkpoints=7), "data", "ckpt") == key
+    assert activations_key(replace(cfg, n_train_specs=10), "data", "ckpt") != key
+    assert activations_key(replace(cfg, programs="reference"), "data", "ckpt") != key
