@@ -10,7 +10,7 @@ same rows and splits) on the random-init model's states over the same programs: 
 ``controls``, per-seed test rows in ``random_init_results`` (for the paired drops beyond
 random-init of ``tasks.phases``). Under ``original`` also the alignment check: probes that read the action each
 offset-0 state emits, on the trained and the random-init states (``emitted_action_rows``).
-Controls rows carry the grid's ``probe_key``, which names its semantics.
+Controls rows carry the grid's ``probe_key`` and ``semantics``.
 The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
 DuckDB tables' columns (layer -1 = the layer mean).
 """
@@ -113,7 +113,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
             controls += [{"feature": r.feature, "offset": r.offset, "kind": "embedding", "probe": r.probe,
                           "value": r.mean} for r in emb.itertuples()]
         if controls:
-            pd.DataFrame(controls).assign(**ids).to_parquet(tmp / "controls.parquet", index=False)
+            pd.DataFrame(controls).assign(**ids, semantics=semantics).to_parquet(tmp / "controls.parquet", index=False)
         if init_results is not None:
             init_results.assign(**ids).to_parquet(tmp / "random_init_results.parquet", index=False)
         return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": len(labels)}

@@ -108,11 +108,11 @@ class RunData:
         run_keys = set(db.query("SELECT DISTINCT key FROM stage_runs WHERE run_id = ?",
                                 [run_id])["key"])
         self.summary = self._probe_rows(db, "probe_summary", tk, run_keys)
-        tagged = self._tag_semantics(self._probe_rows(db, "controls", tk, run_keys))
-        original = tagged["semantics"].isna() | (tagged["semantics"] == ORIGINAL)
+        controls = self._probe_rows(db, "controls", tk, run_keys)
+        original = controls["semantics"].isna() | (controls["semantics"] == ORIGINAL)
         # the original grids' controls; and every grid's random-init rows, with their semantics
-        self.controls = tagged[original].drop(columns="semantics").reset_index(drop=True)
-        self.init_controls = tagged[tagged["kind"] == "random_init"].reset_index(drop=True)
+        self.controls = controls[original].drop(columns="semantics").reset_index(drop=True)
+        self.init_controls = controls[controls["kind"] == "random_init"].reset_index(drop=True)
         self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
         self.interventions_vs_init = self._probe_rows(db, "interventions_vs_init", tk, run_keys)
         self.metrics = self._own_content(self.metrics, tk)
@@ -166,14 +166,6 @@ class RunData:
         if mine.any():
             df = df[mine]
         return df.reset_index(drop=True)
-
-    def _tag_semantics(self, controls: pd.DataFrame) -> pd.DataFrame:
-        """``controls`` with the semantics of each row's grid (a grid's probe key names it; the
-        alternative semantics' grids hold random-init controls only)."""
-        if self.summary.empty:
-            return controls.assign(semantics=None)
-        sem = self.summary[["probe_key", "semantics"]].drop_duplicates("probe_key")
-        return controls.merge(sem, on="probe_key", how="left")
 
     # -- helpers
     def metric_frame(self) -> pd.DataFrame:

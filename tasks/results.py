@@ -19,9 +19,11 @@ semantics (e.g. 'flip', 'adversarial'); ``original``/``alternative`` are the pro
 against the original and the alternative semantics' features, ``content`` their difference
 (semantic content), ``ci_low``/``ci_high`` a CI of ``content``. ``interventions_vs_init``: the
 same drop on the trained states (``trained_drop``) minus the random-init states' drop over the same
-programs (``init_drop``), paired by seed: ``content`` with its CI (offset 0, layer mean); its rows
-with ``feature = 'main_mean'`` average the main features within each seed first. ``probe`` is the probe kind
-(e.g. 'linear', 'mlp'); ``split`` is 'train'/'val'/'test'.
+programs (``init_drop``), paired by seed: ``content`` with its CI (at the random-init grid's
+offsets, layer mean); its rows with ``feature = 'main_mean'`` average the main features within each
+seed first. ``controls.semantics`` is the semantics of the grid a row comes from: every grid has
+its ``random_init`` rows, only ``original`` the others. ``probe`` is the probe kind (e.g. 'linear',
+'mlp1'); ``split`` is 'train'/'val'/'test'.
 ``phases.start_step`` is the first training step of the phase (babbling, syntax, semantics), NULL
 for a phase that never started.
 """
@@ -41,7 +43,9 @@ from typing import Any, Iterable, Iterator
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 2  # 2: controls kinds of the alignment check (emitted_action*); 1 is migrated
+# 2: controls kinds of the alignment check (emitted_action*); 3: controls.semantics (each row's
+# grid's semantics); 1 and 2 are migrated
+SCHEMA_VERSION = 3
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
                  "emitted_action", "emitted_action_init", "emitted_action_majority")
 DEFAULT_LOCK_TIMEOUT_S = 5.0
@@ -75,7 +79,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
                                            ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
                                            ("ci_high", "DOUBLE")], _PROBE_PK),
     "controls": ([("probe_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("step", "BIGINT"),
-                  ("feature", "VARCHAR"), ("offset", "INTEGER"),
+                  ("semantics", "VARCHAR"), ("feature", "VARCHAR"), ("offset", "INTEGER"),
                   ("kind", f"VARCHAR CHECK (kind IN ({', '.join(repr(k) for k in CONTROL_KINDS)}))"),
                   ("probe", "VARCHAR"), ("value", "DOUBLE")],
                  ["probe_key", "feature", "offset", "kind", "probe"]),
@@ -128,16 +132,23 @@ def _ddl(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {_q(table)} ({body}, PRIMARY KEY ({', '.join(map(_q, pk))}))"
 
 
-def _migrate_from_1(con) -> None:
-    """Version 1 -> 2: the controls table's kind CHECK admits the alignment check's kinds. DuckDB
-    cannot alter a CHECK, so the table is rebuilt with its rows, in one transaction."""
+def _migrate_controls(con) -> None:
+    """Version 1 or 2 -> 3, the controls table: 2 admits the alignment check's kinds in its kind
+    CHECK, 3 adds each row's grid ``semantics`` (from ``probe_summary``, where the grid's probe key
+    names it; NULL for a grid without summary rows). DuckDB cannot alter a CHECK, so the table is
+    rebuilt with its rows, in one transaction."""
+    old = [c for c, _ in TABLES["controls"][0] if c != "semantics"]
+    con.execute(_ddl("probe_summary"))
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("ALTER TABLE controls RENAME TO controls_v1")
+        con.execute("ALTER TABLE controls RENAME TO controls_old")
         con.execute(_ddl("controls"))
-        con.execute("INSERT INTO controls SELECT * FROM controls_v1")
-        con.execute("DROP TABLE controls_v1")
-        con.execute("UPDATE schema_info SET version = 2")
+        con.execute(f"INSERT INTO controls ({', '.join(map(_q, old))}, semantics) "
+                    f"SELECT {', '.join('o.' + _q(c) for c in old)}, s.semantics FROM controls_old o "
+                    "LEFT JOIN (SELECT probe_key, any_value(semantics) AS semantics FROM probe_summary "
+                    "GROUP BY probe_key) s ON s.probe_key = o.probe_key")
+        con.execute("DROP TABLE controls_old")
+        con.execute(f"UPDATE schema_info SET version = {SCHEMA_VERSION}")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -202,8 +213,8 @@ class ResultsDB:
             row = con.execute("SELECT max(version) FROM schema_info").fetchone()
             if row[0] is None:
                 con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
-            elif row[0] == 1:
-                _migrate_from_1(con)
+            elif row[0] in (1, 2):
+                _migrate_controls(con)
             elif row[0] != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has results schema version {row[0]}, this code expects "

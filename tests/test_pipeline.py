@@ -65,8 +65,10 @@ def test_first_run_fills_every_table_and_report(ws):
     assert set(snap["probe_results"]["semantics"]) == {"original", "flip", "adversarial"}
     assert set(snap["controls"]["kind"]) >= {"majority", "control_task", "selectivity", "embedding", "random_init"}
     init = snap["controls"][snap["controls"]["kind"] == "random_init"]
+    # each controls row carries its grid's semantics, the one its probe key's summary rows name
     grids = snap["probe_summary"][["probe_key", "semantics"]].drop_duplicates()
-    init = init.merge(grids, on="probe_key")
+    named = init.merge(grids, on="probe_key", suffixes=("", "_grid"))
+    assert len(named) == len(init) and (named["semantics"] == named["semantics_grid"]).all()
     # the random-init model on each later checkpoint's programs: every semantics, main feature and kind
     assert set(init["step"]) == {6, 12} and len(init) == 2 * 3 * 3 * 2 and init["value"].between(0, 1).all()
     assert set(init["semantics"]) == {"original", "flip", "adversarial"}

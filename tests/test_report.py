@@ -52,12 +52,12 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                                        layer=-1, split="test", mean=mean, ci_low=mean - 0.02,
                                        ci_high=mean + 0.02, n_seeds=3))
                     s_rows.append(dict(s_rows[-1], split="val", mean=mean + 0.01))
-                c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+                c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
                                    offset=cur, kind="control_task", probe=kind, value=base + 0.05))
-                c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+                c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
                                    offset=cur, kind="selectivity", probe=kind, value=0.1 * i))
                 if step > 0:  # the random-init model on this checkpoint's programs
-                    c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+                    c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
                                        offset=cur, kind="random_init", probe=kind, value=base + 0.02))
                 if layers and step == steps[-1] and kind == "linear":
                     for layer in range(5):
@@ -75,7 +75,7 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                                            layer=-1, original=orig, alternative=orig - content,
                                            content=content, ci_low=content - 0.02,
                                            ci_high=content + 0.02))
-            c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, feature=feat,
+            c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
                                offset=cur, kind="majority", probe="none", value=base))
     db.upsert("checkpoints", ck_rows)
     db.upsert("checkpoint_metrics", m_rows)
@@ -159,7 +159,7 @@ def test_numbers_follow_the_db(ws, monkeypatch):
     first = build_report(str(root), RUN, "smoke")
     db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", train_key=TK, step=800,
                                           metric="acc_spec", value=0.5)])
-    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800,
+    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
                                 feature="facing_wall", offset=0, kind="majority", probe="none",
                                 value=0.7)])
     second = build_report(str(root), RUN, "smoke")
@@ -255,8 +255,8 @@ def test_issue_targets_read_strictly_from_the_db(ws, monkeypatch):
              "'direction' AND probe = 'mlp2' AND \"offset\" = 0 AND layer = -1")
     db.query("UPDATE interventions SET ci_low = -0.01 WHERE step = 800 AND semantics = 'flip' "
              "AND feature = 'rel_start'")
-    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, feature="facing_wall",
-                                offset=2, kind="majority", probe="none", value=0.99)])
+    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
+                                feature="facing_wall", offset=2, kind="majority", probe="none", value=0.99)])
     out = build_report(str(root), RUN, "smoke")
     assert [t["met"] for t in out["targets"]] == ["yes", "no", "no", "yes", "no", "no"], out["targets"]
     assert "semantics never" in out["targets"][1]["measured"]
@@ -272,7 +272,8 @@ def test_random_init_control_is_a_floor_of_target_3(ws, monkeypatch):
     monkeypatch.setattr(report, "FIGURES", [])
     assert build_report(str(root), RUN, "smoke")["targets"][2]["met"] == "yes"
     # the random-init model reads facing_wall on the same programs as well as mlp1 does at the end
-    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, feature="facing_wall",
+    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
+                                feature="facing_wall",
                                 offset=0, kind="random_init", probe="mlp1", value=0.95)])
     target = build_report(str(root), RUN, "smoke")["targets"][2]
     assert target["met"] == "no" and "random-init 63.0%/95.0%/63.0%" in target["measured"], target
@@ -285,7 +286,8 @@ def test_alternative_semantics_controls_stay_out_of_the_original_floors(ws, monk
     db.upsert("probe_summary", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800,
                                      semantics="flip", feature="facing_wall", offset=0, probe="mlp1",
                                      layer=-1, split="test", mean=0.5, ci_low=0.48, ci_high=0.52, n_seeds=3)])
-    db.upsert("controls", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800, feature="facing_wall",
+    db.upsert("controls", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800, semantics="flip",
+                                feature="facing_wall",
                                 offset=0, kind="random_init", probe="mlp1", value=0.99)])
     out = build_report(str(root), RUN, "smoke")
     assert out["targets"][2]["met"] == "yes", out["targets"][2]
@@ -304,7 +306,7 @@ def test_drop_beyond_the_random_init_states(ws, monkeypatch):
                                          semantics="flip", feature=feat, offset=0, probe="mlp1", layer=-1,
                                          split="test", mean=0.5, ci_low=0.48, ci_high=0.52, n_seeds=3)])
         # the random-init states read flip 5 pp worse than original (original: base + 0.02)
-        rows.append(dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800, feature=feat,
+        rows.append(dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800, semantics="flip", feature=feat,
                          offset=0, kind="random_init", probe="mlp1", value=base + 0.02 - 0.05))
     db.upsert("controls", rows)
     out = build_report(str(root), RUN, "smoke")
@@ -360,7 +362,8 @@ def test_semantic_content_is_the_runs_own(ws, monkeypatch):
             db.upsert("probe_summary", [dict(probe_key=key, checkpoint_key=f"ck{step}", step=step, semantics=sem,
                                              feature="direction", offset=0, probe="mlp1", layer=-1, split="test",
                                              mean=0.6, ci_low=0.5, ci_high=0.7, n_seeds=3)])
-            ctrl.append(dict(probe_key=key, checkpoint_key=f"ck{step}", step=step, feature="direction",
+            ctrl.append(dict(probe_key=key, checkpoint_key=f"ck{step}", step=step, semantics=sem,
+                             feature="direction",
                              offset=0, kind="random_init", probe="mlp1", value=value))
     db.upsert("stage_runs", stage)
     db.upsert("interventions", inter)

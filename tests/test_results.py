@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.results import (TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
-                           export_tables, read_only_query)
+                           _ddl, export_tables, read_only_query)
 
 
 def _probe_rows(acc=0.5):
@@ -178,26 +178,42 @@ def test_nan_stored_as_null_and_numpy_scalars(db):
     assert got["step"].tolist() == [3, 3]
 
 
-def test_version_1_controls_are_migrated_with_their_rows(tmp_path):
-    """A results file of schema 1 (before the alignment check's kinds) opens, keeps its controls
-    and accepts the new kinds; a kind outside the list is still refused."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_controls_are_migrated_with_their_rows(tmp_path, version):
+    """A results file of schema 1 (before the alignment check's kinds) or 2 (before
+    ``controls.semantics``) opens, keeps its controls, gives each its grid's semantics from
+    ``probe_summary`` (NULL for a grid without summary rows) and accepts the new kinds; a kind
+    outside the list is still refused."""
     path = tmp_path / "results.duckdb"
+    kinds = "'majority', 'control_task', 'selectivity', 'random_init', 'embedding'" + (
+        ", 'emitted_action', 'emitted_action_init', 'emitted_action_majority'" if version == 2 else "")
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE schema_info (version INTEGER)")
-    con.execute("INSERT INTO schema_info VALUES (1)")
-    con.execute("""CREATE TABLE controls (probe_key VARCHAR, checkpoint_key VARCHAR, step BIGINT,
-        feature VARCHAR, "offset" INTEGER, kind VARCHAR CHECK (kind IN ('majority', 'control_task',
-        'selectivity', 'random_init', 'embedding')), probe VARCHAR, value DOUBLE,
-        PRIMARY KEY (probe_key, feature, "offset", kind, probe))""")
-    con.execute("INSERT INTO controls VALUES ('pk', 'ck', 5, 'direction', 0, 'random_init', 'mlp1', 0.4)")
+    con.execute(f"INSERT INTO schema_info VALUES ({version})")
+    con.execute(f"""CREATE TABLE controls (probe_key VARCHAR, checkpoint_key VARCHAR, step BIGINT,
+        feature VARCHAR, "offset" INTEGER, kind VARCHAR CHECK (kind IN ({kinds})), probe VARCHAR,
+        value DOUBLE, PRIMARY KEY (probe_key, feature, "offset", kind, probe))""")
+    con.execute("INSERT INTO controls VALUES ('pk', 'ck', 5, 'direction', 0, 'random_init', 'mlp1', 0.4), "
+                "('pk-flip', 'ck', 5, 'direction', 0, 'random_init', 'mlp1', 0.3), "
+                "('pk-none', 'ck', 5, 'direction', 0, 'random_init', 'mlp1', 0.2)")
+    if version == 2:
+        con.execute(_ddl("probe_summary"))  # unchanged since schema 1
+        con.execute("INSERT INTO probe_summary (probe_key, semantics, feature, \"offset\", probe, layer, split) "
+                    "VALUES ('pk', 'original', 'direction', 0, 'mlp1', -1, 'test'), "
+                    "('pk-flip', 'flip', 'direction', 0, 'mlp1', -1, 'test'), "
+                    "('pk-flip', 'flip', 'direction', 0, 'mlp1', -1, 'val')")
     con.close()
     db = ResultsDB(path)
-    row = dict(probe_key="pk", checkpoint_key="ck", step=5, feature="emitted_action", offset=0,
-               kind="emitted_action_init", probe="linear", value=0.5)
+    got = db.query("SELECT probe_key, semantics, value FROM controls ORDER BY probe_key")
+    assert got["value"].tolist() == [0.4, 0.3, 0.2]
+    want = ["original", "flip", None] if version == 2 else [None, None, None]
+    assert [None if pd.isna(v) else v for v in got["semantics"]] == want
+    row = dict(probe_key="pk", checkpoint_key="ck", step=5, semantics="original", feature="emitted_action",
+               offset=0, kind="emitted_action_init", probe="linear", value=0.5)
     db.upsert("controls", [row])
-    got = db.query("SELECT kind, value FROM controls ORDER BY kind")
+    got = db.query("SELECT kind, value FROM controls WHERE probe_key = 'pk' ORDER BY kind")
     assert list(got["kind"]) == ["emitted_action_init", "random_init"] and list(got["value"]) == [0.5, 0.4]
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [2]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [3]
     with pytest.raises(Exception, match="CHECK"):
         db.upsert("controls", [{**row, "kind": "made_up"}])
-    assert ResultsDB(path).count("controls") == 2  # opening it again: nothing to migrate
+    assert ResultsDB(path).count("controls") == 4  # opening it again: nothing to migrate
