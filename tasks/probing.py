@@ -5,11 +5,12 @@ All features x offsets x probe kinds x seeds on the layer mean train in one batc
 programs) also runs on every single layer (0 = token embeddings).
 Under ``original`` the controls (majority baseline, control task, selectivity) are added. Under
 every semantics, where the dump has ``hidden_init``, the random-init control: the same grid at
-``ProbeConfig.init_offsets`` (the current offset unless the alternatives' are limited; every kind and seed, the
-same rows and splits) on the random-init model's states over the same programs: seed means in
-``controls``, per-seed test rows in ``random_init_results`` (for the paired drops beyond
-random-init of ``tasks.phases``). Under ``original`` also the alignment check: probes that read the action each
-offset-0 state emits, on the trained and the random-init states (``emitted_action_rows``).
+``ProbeConfig.init_offsets`` (the current offset unless the alternatives' offsets are limited;
+every kind and seed, the same rows and splits) on the random-init model's states over the same
+programs: seed means in ``controls``, per-seed test rows in ``random_init_results`` (for the
+paired drops beyond random-init of ``tasks.phases``). Under ``original`` also the alignment check:
+probes that read the action each offset-0 state emits, on the trained and the random-init states
+(``emitted_action_rows``).
 Controls rows carry the grid's ``probe_key`` and ``semantics``.
 The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
 DuckDB tables' columns (layer -1 = the layer mean).
