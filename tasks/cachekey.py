@@ -160,20 +160,23 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _module_source(name: str, files: dict[str, dict[str, bytes]]) -> tuple[str, str, bytes] | None:
+    """``(top-level package, relative path, source)`` of module ``name``, None if there is none;
+    ``files`` keeps each package's sources once read."""
+    top = name.partition(".")[0]
+    if top not in files:
+        files[top] = dict(_sources(top))
+    rel = _module_file(name, files[top])
+    return None if rel is None else (top, rel, files[top][rel])
+
+
 def _closure_sources(module: str, follow: Iterable[str]) -> list[tuple[str, str, bytes]]:
     """``(top-level package, relative path, source)`` of ``module_closure``, sorted."""
     tops = {module.partition(".")[0], *follow}
-    files: dict[str, dict[str, bytes]] = {}  # read once per package
+    files: dict[str, dict[str, bytes]] = {}
 
     def source_of(name: str):
-        top = name.partition(".")[0]
-        if top not in tops:
-            return None
-        if top not in files:
-            files[top] = dict(_sources(top))
-        pkg = files[top]
-        rel = _module_file(name, pkg)
-        return None if rel is None else (top, rel, pkg[rel])
+        return _module_source(name, files) if name.partition(".")[0] in tops else None
 
     if source_of(module) is None:
         raise ValueError(f"cannot hash module {module!r}: no such module")
@@ -273,13 +276,11 @@ def canonical_json(obj: Any) -> str:
 def own_code_hash(module: str) -> str:
     """sha256 (hex) of one module's own file by ``code_text``, without what it imports: a task
     module's wiring (what it asks of the libraries) without the plumbing every task shares."""
-    top = module.partition(".")[0]
-    files = dict(_sources(top))
-    rel = _module_file(module, files)
-    if rel is None:
+    found = _module_source(module, {})
+    if found is None:
         raise ValueError(f"cannot hash module {module!r}: no such module")
     h = hashlib.sha256(f"semprobe-own-v{KEY_FORMAT_VERSION}\0{module}\0".encode())
-    _hash_file(h, rel, files[rel])
+    _hash_file(h, found[1], found[2])
     return h.hexdigest()
 
 
