@@ -9,13 +9,16 @@ from tasks.results import ResultsDB
 from tasks.stage_configs import ProbeConfig
 
 
-def fake_activations(tmp_path, programs, layers=0):
+def fake_activations(tmp_path, programs, layers=0, random_init=False):
+    """A dump of zero states over ``programs``: with ``layers`` single layers kept, with
+    ``random_init`` the random-init model's states too."""
     folder = tmp_path / "acts"
     folder.mkdir()
     n = len(programs)
     worlds = karel.random_worlds(np.random.default_rng(0), n * 10)
-    extra = {"hidden_layers": np.zeros((n, programs.shape[1], layers, 8), np.float16),
-             "hidden_init": np.zeros((n, programs.shape[1], 8), np.float16)} if layers else {}
+    extra = {"hidden_layers": np.zeros((n, programs.shape[1], layers, 8), np.float16)} if layers else {}
+    if random_init:
+        extra["hidden_init"] = np.zeros((n, programs.shape[1], 8), np.float16)
     np.savez(folder / "activations.npz", programs=programs, lengths=(programs >= 0).sum(1),
              hidden=np.zeros((n, programs.shape[1], 8), np.float16), is_test=np.zeros(n, bool),
              spec_ids=np.arange(n), walls=worlds.walls, markers=worlds.markers, row=worlds.row,
@@ -41,7 +44,7 @@ def test_alternative_offsets_limit_the_alternative_semantics_only(tmp_path):
     rng = np.random.default_rng(1)
     programs = rng.integers(0, 5, size=(60, 14)).astype(np.int8)
     programs[:, 6:] = -1
-    acts = fake_activations(tmp_path, programs, layers=2)
+    acts = fake_activations(tmp_path, programs, layers=2, random_init=True)
     seen = {}
     for alt in (0, -1):  # without offset 0 the alternatives get no per-layer grid (it is offset 0's)
         cfg = ProbeConfig(offsets=(-1, 0, 1), alternative_offsets=(alt,), kinds=("linear",), seeds=1, epochs=1)
