@@ -91,14 +91,11 @@ class Recorder:
         """Rows of one probe grid (checkpoint x semantics) from its artifact files."""
         self.stage(out)
         folder = Path(out["path"])
-        meta = out["meta"]
         for table in ("probe_results", "probe_summary", "controls"):
             path = folder / f"{table}.parquet"
             if path.exists():
-                rows = pd.read_parquet(path)
-                if "semantics" not in rows:  # controls of a grid made before they carried it
-                    rows = rows.assign(semantics=meta["semantics"])
-                self.db.upsert(table, rows)
+                self.db.upsert(table, pd.read_parquet(path))
+        meta = out["meta"]
         if not (folder / "probe_summary.parquet").exists():  # nothing was probed (no action pairs)
             return
         summary = pd.read_parquet(folder / "probe_summary.parquet")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.results import ResultsDB
+from tasks.stage_configs import current_offset
 
 MEAN_LAYER = -1
 MAIN_FEATURES = ("direction", "rel_start", "facing_wall")
@@ -152,8 +153,6 @@ class RunData:
     def _current_offset(self) -> int:
         """The offset of the current state for the run's ``activations.programs`` (see
         ``tasks.stage_configs.current_offset``); 0 when the config does not say."""
-        from tasks.stage_configs import current_offset
-
         programs = (self._config().get("activations") or {}).get("programs", "generated")
         return current_offset(programs)
 
