@@ -187,7 +187,7 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
                 if not vs_init.empty:
                     vs_init.to_parquet(tmp / "interventions_vs_init.parquet", index=False)
             content = content_frame(inter, _grid_files(probe_outs, "controls.parquet"), cfg.features, current)
-            content.to_parquet(tmp / "semantic_content.parquet", index=False)
+            content.assign(offset=current).to_parquet(tmp / "semantic_content.parquet", index=False)
         ph = label_phases(checkpoint_rows).as_dict() if checkpoint_rows else {}
         starts = {"babbling": ph["steps"][0] if ph else None, "syntax": ph.get("syntax_start"),
                   "semantics": ph.get("semantics_start")}
@@ -200,8 +200,10 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
 
 
 def content_rows(out: dict, train_key: str) -> list[dict]:
-    """``checkpoint_metrics`` rows of the semantic content (for the recorder)."""
+    """``semantic_content`` table rows of one phases stage (for the recorder), under its key."""
     path = Path(out["path"]) / "semantic_content.parquet"
     if not path.exists():
         return []
-    return content_metric_rows(pd.read_parquet(path), train_key)
+    return [{"phases_key": out["key"], "checkpoint_key": r.checkpoint_key, "train_key": train_key,
+             "step": int(r.step), "offset": int(r.offset), "content": r.content,
+             "content_vs_init": r.content_vs_init} for r in pd.read_parquet(path).itertuples()]

@@ -106,7 +106,7 @@ class Recorder:
         self._log(metrics, int(meta["step"]))
 
     def phases(self, out: dict, train_key: str) -> None:
-        from tasks.phases import content_rows
+        from tasks.phases import CONTENT_METRICS, content_rows
 
         self.stage(out)
         folder = Path(out["path"])
@@ -115,9 +115,9 @@ class Recorder:
             if path.exists():
                 self.db.upsert(table, pd.read_parquet(path))
         rows = content_rows(out, train_key)
-        self.db.upsert("checkpoint_metrics", rows)
-        for r in rows:
-            self._log({r["metric"]: r["value"]}, r["step"])
+        self.db.upsert("semantic_content", rows)
+        for r in rows:  # the run's own content, under the names of its other per-step metrics
+            self._log({name: r[column] for column, name in CONTENT_METRICS.items() if pd.notna(r[column])}, r["step"])
         self._log({k: v for k, v in out["meta"].items() if isinstance(v, (int, float)) and v is not None}, 0)
 
     def unit(self, kind: str, status: str, info: dict | None = None) -> None:

@@ -5,9 +5,8 @@ Which rows belong to the run: ``runs.run_id -> runs.train_key``; checkpoint metr
 by ``train_key``; probe rows by ``checkpoint_key`` among that training run's checkpoints, and,
 when ``stage_runs`` names probe keys for this run, only those probe keys. Rows of one checkpoint
 left from several probe configurations are averaged (the page notes it). The semantic content
-measures are recomputed from the run's own interventions and random-init controls: their
-``checkpoint_metrics`` rows are keyed by checkpoint, so another probe configuration's run on
-the same checkpoints overwrites them.
+measures are computed from the run's own interventions and random-init controls, as its phases
+stage computed its ``semantic_content`` rows.
 """
 
 from __future__ import annotations
@@ -119,15 +118,14 @@ class RunData:
         self.metrics = self._own_content(self.metrics, tk)
 
     def _own_content(self, metrics: pd.DataFrame, tk: str) -> pd.DataFrame:
-        """``metrics`` with the semantic content rows replaced by this run's own (see the module)."""
-        from tasks.phases import CONTENT_METRICS, content_frame, content_metric_rows
+        """``metrics`` with this run's semantic content rows added (see the module)."""
+        from tasks.phases import content_frame, content_metric_rows
 
-        kept = metrics[~metrics["metric"].isin(list(CONTENT_METRICS.values()))]
         if self.interventions.empty:
-            return kept.reset_index(drop=True)
+            return metrics
         content = content_frame(self.interventions, self.init_controls, self.probe_features(), self.current)
         own = pd.DataFrame(content_metric_rows(content, tk))
-        return pd.concat([kept, own], ignore_index=True).sort_values(["step", "metric"]).reset_index(drop=True)
+        return pd.concat([metrics, own], ignore_index=True).sort_values(["step", "metric"]).reset_index(drop=True)
 
     def _config(self) -> dict:
         cfg = self.run.get("config") if self.run else None

@@ -24,6 +24,11 @@ offsets, layer mean); its rows with ``feature = 'main_mean'`` average the main f
 seed first. ``controls.semantics`` is the semantics of the grid a row comes from: every grid has
 its ``random_init`` rows, only ``original`` the others. ``probe`` is the probe kind (e.g. 'linear',
 'mlp1'); ``split`` is 'train'/'val'/'test'.
+``semantic_content`` holds one row per phases stage (``phases_key``, one probe configuration
+over one training run) and checkpoint: ``content`` and ``content_vs_init`` at ``offset``, the
+run's current-state offset (0 on generated programs, -1 on fed reference programs). Two runs that
+probe the same checkpoints differently keep one row each (before schema 4 these were
+``checkpoint_metrics`` rows keyed by checkpoint alone, and the last run to write one won).
 ``phases.start_step`` is the first training step of the phase (babbling, syntax, semantics), NULL
 for a phase that never started.
 """
@@ -44,8 +49,8 @@ import duckdb
 import pandas as pd
 
 # 2: controls kinds of the alignment check (emitted_action*); 3: controls.semantics (each row's
-# grid's semantics); 1 and 2 are migrated
-SCHEMA_VERSION = 3
+# grid's semantics); 4: semantic content in its own table, keyed by phases stage; 1-3 are migrated
+SCHEMA_VERSION = 4
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
                  "emitted_action", "emitted_action_init", "emitted_action_majority")
 DEFAULT_LOCK_TIMEOUT_S = 5.0
@@ -83,6 +88,9 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
                   ("kind", f"VARCHAR CHECK (kind IN ({', '.join(repr(k) for k in CONTROL_KINDS)}))"),
                   ("probe", "VARCHAR"), ("value", "DOUBLE")],
                  ["probe_key", "feature", "offset", "kind", "probe"]),
+    "semantic_content": ([("phases_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("train_key", "VARCHAR"),
+                          ("step", "BIGINT"), ("offset", "INTEGER"), ("content", "DOUBLE"),
+                          ("content_vs_init", "DOUBLE")], ["phases_key", "checkpoint_key"]),
     "phases": ([("train_key", "VARCHAR"), ("phase", "VARCHAR"), ("start_step", "BIGINT")],
                ["train_key", "phase"]),
     "stage_runs": ([("run_id", "VARCHAR"), ("stage", "VARCHAR"), ("key", "VARCHAR"),
@@ -132,6 +140,18 @@ def _ddl(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {_q(table)} ({body}, PRIMARY KEY ({', '.join(map(_q, pk))}))"
 
 
+def _transaction(con, *statements: str) -> None:
+    """Run ``statements`` in one transaction: all of them, or (on any error) none."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for sql in statements:
+            con.execute(sql)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
 def _migrate_controls(con) -> None:
     """Version 1 or 2 -> 3, the controls table: 2 admits the alignment check's kinds in its kind
     CHECK, 3 adds each row's grid ``semantics`` (from ``probe_summary``, where the grid's probe key
@@ -139,20 +159,27 @@ def _migrate_controls(con) -> None:
     rebuilt with its rows, in one transaction."""
     old = [c for c, _ in TABLES["controls"][0] if c != "semantics"]
     con.execute(_ddl("probe_summary"))
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute("ALTER TABLE controls RENAME TO controls_old")
-        con.execute(_ddl("controls"))
-        con.execute(f"INSERT INTO controls ({', '.join(map(_q, old))}, semantics) "
-                    f"SELECT {', '.join('o.' + _q(c) for c in old)}, s.semantics FROM controls_old o "
-                    "LEFT JOIN (SELECT probe_key, any_value(semantics) AS semantics FROM probe_summary "
-                    "GROUP BY probe_key) s ON s.probe_key = o.probe_key")
-        con.execute("DROP TABLE controls_old")
-        con.execute(f"UPDATE schema_info SET version = {SCHEMA_VERSION}")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+    _transaction(con, "ALTER TABLE controls RENAME TO controls_old", _ddl("controls"),
+                 f"INSERT INTO controls ({', '.join(map(_q, old))}, semantics) "
+                 f"SELECT {', '.join('o.' + _q(c) for c in old)}, s.semantics FROM controls_old o "
+                 "LEFT JOIN (SELECT probe_key, any_value(semantics) AS semantics FROM probe_summary "
+                 "GROUP BY probe_key) s ON s.probe_key = o.probe_key",
+                 "DROP TABLE controls_old", "UPDATE schema_info SET version = 3")
+
+
+def _migrate_content(con) -> None:
+    """Version 3 -> 4: ``checkpoint_metrics`` rows ``semantic_content`` and
+    ``semantic_content_vs_init`` are deleted. Keyed by checkpoint alone, each holds whichever probe
+    configuration wrote it last, so no row can be told to belong to a run. Nothing computed is
+    lost: the values are re-derived from the ``interventions`` and ``controls`` rows kept here, and a
+    rerun of the run records them into the ``semantic_content`` table under its phases key."""
+    con.execute(_ddl("checkpoint_metrics"))
+    _transaction(con, "DELETE FROM checkpoint_metrics WHERE metric IN "
+                      "('semantic_content', 'semantic_content_vs_init')",
+                 "UPDATE schema_info SET version = 4")
+
+
+_MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content}
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -213,8 +240,11 @@ class ResultsDB:
             row = con.execute("SELECT max(version) FROM schema_info").fetchone()
             if row[0] is None:
                 con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
-            elif row[0] in (1, 2):
-                _migrate_controls(con)
+            elif row[0] in _MIGRATIONS:
+                version = row[0]
+                while version != SCHEMA_VERSION:
+                    _MIGRATIONS[version](con)
+                    version = con.execute("SELECT max(version) FROM schema_info").fetchone()[0]
             elif row[0] != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has results schema version {row[0]}, this code expects "

@@ -34,7 +34,7 @@ distributed = pytest.mark.skipif(os.environ.get("SEMPROBE_TEST_DISTRIBUTED") != 
 SEEDS = [0, 2, 3, 4]  # train.seed=1 of the smoke preset trips a probes bug (all programs empty)
 FANOUT_SEED = 5  # a config no sweep point shares: the fanned-out study computes every stage
 RESULT_TABLES = ["datasets", "checkpoints", "checkpoint_metrics", "probe_results", "probe_summary",
-                 "interventions", "interventions_vs_init", "controls", "phases"]
+                 "interventions", "interventions_vs_init", "controls", "semantic_content", "phases"]
 
 
 @pytest.fixture(scope="module")

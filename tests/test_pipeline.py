@@ -23,7 +23,7 @@ from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
 from tasks.results import TABLES, read_only_query
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
-                 "controls", "phases", "checkpoints"]
+                 "controls", "semantic_content", "phases", "checkpoints"]
 
 
 def semprobe(ws: Path, *args, check=True, **kw) -> subprocess.CompletedProcess:
@@ -77,9 +77,13 @@ def test_first_run_fills_every_table_and_report(ws):
     assert set(em["kind"]) == {"emitted_action", "emitted_action_init", "emitted_action_majority"}
     assert set(em[em["kind"] == "emitted_action_init"]["step"]) == {6, 12}
     assert set(em[em["kind"] == "emitted_action"]["step"]) == {0, 6, 12} and em["value"].between(0, 1).all()
-    vs_init = snap["checkpoint_metrics"][snap["checkpoint_metrics"]["metric"] == "semantic_content_vs_init"]
-    assert set(vs_init["step"]) == {6, 12}
-    assert "semantic_content" in set(snap["checkpoint_metrics"]["metric"])
+    # semantic content: one row per checkpoint under the run's phases key, at offset 0 (generated programs)
+    content = snap["semantic_content"]
+    phases_key = stage_runs(ws, latest_run(ws)).query("stage == 'phases'")["key"].tolist()
+    assert content["phases_key"].unique().tolist() == phases_key and (content["offset"] == 0).all()
+    assert set(content["step"]) == {0, 6, 12} and content["content"].notna().all()
+    assert set(content.dropna(subset=["content_vs_init"])["step"]) == {6, 12}
+    assert not {"semantic_content", "semantic_content_vs_init"} & set(snap["checkpoint_metrics"]["metric"])
     # drops beyond the random-init states, paired by seed: the trained drop is the interventions row's
     beyond = snap["interventions_vs_init"]
     assert set(beyond["step"]) == {6, 12} and set(beyond["semantics"]) == {"flip", "adversarial"}
@@ -109,10 +113,10 @@ def test_first_run_fills_every_table_and_report(ws):
     # the parent run logs each content measure under its own name, one point per checkpoint
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
-    for metric in ("semantic_content", "semantic_content_vs_init"):
-        db_rows = snap["checkpoint_metrics"][snap["checkpoint_metrics"]["metric"] == metric]
+    for column, metric in (("content", "semantic_content"), ("content_vs_init", "semantic_content_vs_init")):
+        db_rows = content.dropna(subset=[column])
         logged = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, metric)}
-        assert logged == pytest.approx(dict(zip(db_rows["step"], db_rows["value"]))), metric
+        assert logged == pytest.approx(dict(zip(db_rows["step"], db_rows[column]))), metric
     # Prefect: the report's key table and a link to it on the flow run page
     import sqlite3
 
@@ -177,6 +181,7 @@ def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
     """``activations.programs=reference``: every checkpoint's states read the specs' reference
     programs (teacher-forced), so the probed programs and labels do not move with the model;
     training and evaluation are reused."""
+    before = snapshot(ws)["semantic_content"]
     semprobe(ws, "run", "--preset", "smoke", "--quiet", "--set", "activations.programs=reference")
     runs = stage_runs(ws, latest_run(ws))
     computed = runs[runs["status"] == "computed"]
@@ -204,11 +209,16 @@ def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
     iv = read_only_query(ws / "results.duckdb", 'SELECT step, AVG(content) AS content FROM interventions '
                          'WHERE "offset" = -1 AND layer = -1 AND probe = ? AND probe_key IN (SELECT UNNEST(?)) '
                          'GROUP BY step ORDER BY step', [CONTENT_PROBE, list(probe_keys)])
-    content = read_only_query(ws / "results.duckdb", "SELECT step, value FROM checkpoint_metrics WHERE "
-                              "metric = 'semantic_content' AND step IN (SELECT UNNEST(?)) ORDER BY step",
-                              [iv["step"].tolist()])
+    phases_key = computed[computed["stage"] == "phases"]["key"].tolist()
+    content = read_only_query(ws / "results.duckdb", 'SELECT step, "offset", content FROM semantic_content '
+                              "WHERE phases_key IN (SELECT UNNEST(?)) ORDER BY step", [phases_key])
     assert len(iv) >= 2 and content["step"].tolist() == iv["step"].tolist(), (iv, content)
-    np.testing.assert_allclose(content["value"], iv["content"])
+    np.testing.assert_allclose(content["content"], iv["content"])
+    assert (content["offset"] == -1).all()
+    # the generated-program runs' content on the same checkpoints is kept beside it, unchanged
+    after = snapshot(ws)["semantic_content"]
+    kept = after[after["phases_key"].isin(before["phases_key"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, before)
     bad = semprobe(ws, "run", "--preset", "smoke", "--set", "activations.programs=teacher", check=False)
     assert bad.returncode == 2 and "activations.programs" in bad.stderr and "teacher" in bad.stderr
 

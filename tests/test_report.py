@@ -21,7 +21,6 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
     """Rows of a run whose current offset is 0, or -1 (every offset shifted) with ``programs=reference``."""
     cur = -1 if programs == "reference" else 0
     config = {"x": 1} if programs is None else {"activations": {"programs": programs}}
-    rng = np.random.default_rng(0)
     db.upsert("runs", [dict(run_id=RUN, preset="smoke", config=config, data_key="d",
                             train_key=TK, status="finished")])
     # a second training run's rows must not leak into this report
@@ -36,11 +35,7 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
         ck_rows.append(dict(key=ck, train_key=TK, step=step, tokens_seen=step * 1000, path=f"/c/{step}"))
         metrics = dict(acc_spec=acc[i], acc_all=acc[i] * 0.9, acc_spec_len6_10=acc[i] * 0.8,
                        diversity=min(1.0, 0.1 + 0.3 * i), ppl_all=20.0 / (i + 1),
-                       ppl_program=8.0 / (i + 1), parse_rate=min(1.0, 0.3 + 0.2 * i),
-                       # left by another probe configuration's run on these checkpoints: the
-                       # report computes this run's content from its own interventions instead
-                       semantic_content=0.3 * acc[i] + rng.normal(0, 0.02),
-                       semantic_content_vs_init=0.2 * acc[i])
+                       ppl_program=8.0 / (i + 1), parse_rate=min(1.0, 0.3 + 0.2 * i))
         m_rows += [dict(checkpoint_key=ck, train_key=TK, step=step, metric=k, value=float(v))
                    for k, v in metrics.items()]
         for feat, base in (("direction", 0.25), ("rel_start", 0.39), ("facing_wall", 0.61)):

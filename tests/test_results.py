@@ -6,7 +6,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tasks.results import (TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
+from tasks.results import (SCHEMA_VERSION, TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
                            _ddl, export_tables, read_only_query)
 
 
@@ -213,7 +213,29 @@ def test_old_controls_are_migrated_with_their_rows(tmp_path, version):
     db.upsert("controls", [row])
     got = db.query("SELECT kind, value FROM controls WHERE probe_key = 'pk' ORDER BY kind")
     assert list(got["kind"]) == ["emitted_action_init", "random_init"] and list(got["value"]) == [0.5, 0.4]
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [3]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION]
     with pytest.raises(Exception, match="CHECK"):
         db.upsert("controls", [{**row, "kind": "made_up"}])
     assert ResultsDB(path).count("controls") == 4  # opening it again: nothing to migrate
+
+
+def test_schema_3_content_rows_leave_checkpoint_metrics(tmp_path):
+    """Schema 3 kept semantic content as ``checkpoint_metrics`` rows keyed by checkpoint alone
+    (the last probe configuration to write one won): opening it drops those rows, keeps every
+    evaluation metric, and gives content its own table keyed by phases stage."""
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (3)")
+    con.execute(_ddl("checkpoint_metrics"))
+    con.execute("INSERT INTO checkpoint_metrics VALUES ('ck', 'tk', 5, 'acc_spec', 0.5), "
+                "('ck', 'tk', 5, 'semantic_content', 0.02), ('ck', 'tk', 5, 'semantic_content_vs_init', 0.01)")
+    con.close()
+    db = ResultsDB(path)
+    assert db.query("SELECT metric, value FROM checkpoint_metrics").values.tolist() == [["acc_spec", 0.5]]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [4]
+    row = dict(phases_key="ph", checkpoint_key="ck", train_key="tk", step=5, offset=-1, content=0.03)
+    db.upsert("semantic_content", [row, dict(row, phases_key="ph2", offset=0, content=0.04)])
+    got = db.query("SELECT phases_key, \"offset\", content, content_vs_init FROM semantic_content ORDER BY phases_key")
+    assert got[["phases_key", "offset", "content"]].values.tolist() == [["ph", -1, 0.03], ["ph2", 0, 0.04]]
+    assert got["content_vs_init"].isna().all()
