@@ -103,6 +103,12 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
     how = "" if fit is None else f"; {trend(fit[1])}"
     add("r2", f"R^2, semantic content vs generative accuracy ({len(pts)} checkpoints{how})", r2,
         num(r2))
+    probe_fit = _probe_accuracy_fit(d, cur, feats)
+    if probe_fit is not None:
+        r2, n = probe_fit
+        add("r2_probe", f"current-state {CONTENT_PROBE} probe accuracy (mean of {', '.join(feats)}) vs "
+            f"generative accuracy: R^2 ({n} checkpoints; another reading of the paper's 'semantic content', "
+            "whose formula PAPER.md could not recover)", r2, num(r2))
     pts = content_points(d, "semantic_content_vs_init")
     if len(pts):
         v = float(pts["semantic_content_vs_init"].iloc[-1])
@@ -163,6 +169,19 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
                 f"programs (trained drop minus their drop, which holds the labels' base rates; {what})",
                 beyond, pp(beyond) + ci, paper="not measured")
     return rows, values
+
+
+def _probe_accuracy_fit(d: RunData, cur: pd.DataFrame, feats: list[str]) -> tuple[float, int] | None:
+    """(R^2, checkpoints) of the current-state ``CONTENT_PROBE`` accuracy, mean of ``feats``,
+    against ``acc_spec``, over the checkpoints probed for every one of ``feats``."""
+    m = d.metric_frame()
+    if cur.empty or not feats or m.empty or "acc_spec" not in m:
+        return None
+    sel = cur[(cur["probe"] == CONTENT_PROBE) & cur["feature"].isin(feats)]
+    per_step = sel.groupby("step").agg(probe=("mean", "mean"), n=("feature", "nunique"))
+    pts = per_step[per_step["n"] == len(feats)].join(m["acc_spec"], how="inner").dropna()
+    r2 = r_squared(pts["acc_spec"], pts["probe"])
+    return None if r2 is None else (r2, len(pts))
 
 
 def _main_mean_row(beyond: pd.DataFrame, sel: pd.DataFrame, alt: str, kind: str, offset: int):

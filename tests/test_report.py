@@ -162,7 +162,7 @@ def test_numbers_follow_the_db(ws, monkeypatch):
     assert row(second["table"], "majority baseline, facing a wall")["this run"] == "70.0%"
     assert second["numbers"]["r2"] != first["numbers"]["r2"]
     changed = [a["metric"] for a, b in zip(first["table"], second["table"]) if a != b]
-    assert len(changed) == 3, changed  # accuracy, majority, R^2
+    assert len(changed) == 4, changed  # accuracy, majority, R^2 of content and of probe accuracy
 
 
 def test_empty_db_still_reports(tmp_path):
@@ -396,3 +396,26 @@ def test_fed_reference_programs_are_read_at_offset_minus_one(tmp_path, monkeypat
     page = Path(ref["html"]).read_text()
     assert "offset -1, the current state on fed reference programs" in page
     assert "offset -1" not in Path(gen["html"]).read_text()
+
+
+def test_probe_accuracy_fit_reads_the_current_state_content_probe(ws, monkeypatch):
+    """The context R^2 fits the current-state mlp1 accuracy (mean of the main features, layer
+    mean, test split) against accuracy, per checkpoint: checked against numpy on the DB rows after
+    one checkpoint's direction probe is moved off the line (and other kinds' rows moved far more)."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    moved = db.query("SELECT * FROM probe_summary WHERE step = 400 AND feature = 'direction' AND \"offset\" = 0 "
+                     "AND layer = -1")
+    moved["mean"] = np.where(moved["probe"] == "mlp1", 0.9, 0.01)
+    db.upsert("probe_summary", moved)
+    pts = db.query("SELECT a.value AS x, avg(p.mean) AS y FROM checkpoint_metrics a JOIN probe_summary p "
+                   "USING (checkpoint_key) WHERE a.metric = 'acc_spec' AND a.train_key = ? AND p.probe = 'mlp1' "
+                   "AND p.\"offset\" = 0 AND p.layer = -1 AND p.split = 'test' AND p.semantics = 'original' "
+                   "GROUP BY a.checkpoint_key, a.value", [TK])
+    x, y = pts["x"].to_numpy(), pts["y"].to_numpy()
+    yhat = np.polyval(np.polyfit(x, y, 1), x)
+    want = 1 - ((y - yhat) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    out = build_report(str(root), RUN, "smoke")
+    assert len(x) == len(STEPS) and 0.1 < want < 0.99
+    assert out["numbers"]["r2_probe"] == pytest.approx(want, abs=1e-12)
+    assert row(out["table"], "current-state mlp1 probe accuracy")["this run"] == f"{want:.3f}"
