@@ -28,6 +28,7 @@ PREFERRED_KIND = "mlp1"
 PLOT_SPLIT = "test"
 ORIGINAL = "original"
 PHASE_ORDER = ("babbling", "syntax", "semantics")
+CURRENT = object()  # ``RunData.probe_curve``'s default offset: the run's current one
 FEATURE_NAMES = {"direction": "facing direction", "rel_start": "position rel. to start",
                  "facing_wall": "facing a wall"}
 
@@ -181,14 +182,14 @@ class RunData:
             steps.append(int(self.metrics["step"].max()))
         return max(steps) if steps else None
 
-    def probe_curve(self, *, semantics=ORIGINAL, offset="current", layer=MEAN_LAYER, split=PLOT_SPLIT):
-        """probe_summary rows for one slice (``offset``: the current one, a number, or None for
-        all), duplicates (several probe keys) averaged."""
+    def probe_curve(self, *, semantics=ORIGINAL, offset=CURRENT, layer=MEAN_LAYER, split=PLOT_SPLIT):
+        """probe_summary rows for one slice (``offset``: ``CURRENT``, the run's current one; a
+        number; or None for all), duplicates (several probe keys) averaged."""
         s = self.summary
         if s.empty:
             return s
         s = s[(s["semantics"] == semantics) & (s["split"] == split) & (s["layer"] == layer)]
-        offset = self.current if offset == "current" else offset
+        offset = self.current if offset is CURRENT else offset
         if offset is not None:
             s = s[s["offset"] == offset]
         return dedupe(s, ["step", "feature", "offset", "probe", "layer"],
