@@ -78,7 +78,8 @@ class Recorder:
                                         "tokens_seen": ckpt["tokens_seen"], "path": ckpt["path"]}])
         metrics = ev["metrics"]
         self.db.upsert("checkpoint_metrics", [
-            {"checkpoint_key": ckpt["key"], "train_key": ckpt["train_key"], "step": step, "metric": k, "value": v}
+            {"checkpoint_key": ckpt["key"], "eval_key": ev["key"], "train_key": ckpt["train_key"], "step": step,
+             "metric": k, "value": v}
             for k, v in metrics.items()])
         self._remember(ckpt, ev)
         self._log(metrics, step)
@@ -113,7 +114,8 @@ class Recorder:
         for table in ("interventions", "interventions_vs_init", "phases"):
             path = folder / f"{table}.parquet"
             if path.exists():
-                self.db.upsert(table, pd.read_parquet(path))
+                rows = pd.read_parquet(path)
+                self.db.upsert(table, rows.assign(phases_key=out["key"]) if table == "phases" else rows)
         rows = content_rows(out, train_key)
         self.db.upsert("semantic_content", rows)
         for r in rows:  # the run's own content, under the names of its other per-step metrics

@@ -2,9 +2,10 @@
 page (``tasks.report``) and its figures (``tasks.figures``).
 
 Which rows belong to the run: ``runs.run_id -> runs.train_key``; checkpoint metrics and phases
-by ``train_key``; probe rows by ``checkpoint_key`` among that training run's checkpoints, and,
-when ``stage_runs`` names probe keys for this run, only those probe keys. Rows of one checkpoint
-left from several probe configurations are averaged (the page notes it). The semantic content
+by ``train_key``, probe rows by ``checkpoint_key`` among that training run's checkpoints; and of
+those, when ``stage_runs`` names this run's evaluate, phases or probe keys, only the rows under
+them. Probe rows of one checkpoint left from several probe configurations are averaged (the page
+notes it). The semantic content
 measures are computed from the run's own interventions and random-init controls, as its phases
 stage computed its ``semantic_content`` rows.
 """
@@ -103,11 +104,11 @@ class RunData:
             return
         self.checkpoints = db.query(
             "SELECT * FROM checkpoints WHERE train_key = ? ORDER BY step", [tk])
-        self.metrics = db.query(
-            "SELECT * FROM checkpoint_metrics WHERE train_key = ? ORDER BY step, metric", [tk])
-        self.phases = db.query("SELECT * FROM phases WHERE train_key = ?", [tk])
         run_keys = set(db.query("SELECT DISTINCT key FROM stage_runs WHERE run_id = ?",
                                 [run_id])["key"])
+        self.metrics = _own(db.query("SELECT * FROM checkpoint_metrics WHERE train_key = ? ORDER BY step, metric",
+                                     [tk]), "eval_key", run_keys)
+        self.phases = _own(db.query("SELECT * FROM phases WHERE train_key = ?", [tk]), "phases_key", run_keys)
         self.summary = self._probe_rows(db, "probe_summary", tk, run_keys)
         controls = self._probe_rows(db, "controls", tk, run_keys)
         original = controls["semantics"].isna() | (controls["semantics"] == ORIGINAL)
@@ -156,14 +157,8 @@ class RunData:
         return current_offset(programs)
 
     def _probe_rows(self, db: ResultsDB, table: str, tk: str, run_keys: set) -> pd.DataFrame:
-        df = db.query(f'SELECT t.* FROM "{table}" t JOIN checkpoints c ON t.checkpoint_key = c.key '
-                      "WHERE c.train_key = ?", [tk])
-        if df.empty:
-            return df
-        mine = df["probe_key"].isin(run_keys)
-        if mine.any():
-            df = df[mine]
-        return df.reset_index(drop=True)
+        return _own(db.query(f'SELECT t.* FROM "{table}" t JOIN checkpoints c ON t.checkpoint_key = c.key '
+                             "WHERE c.train_key = ?", [tk]), "probe_key", run_keys)
 
     # -- helpers
     def metric_frame(self) -> pd.DataFrame:
@@ -194,6 +189,15 @@ class RunData:
             s = s[s["offset"] == offset]
         return dedupe(s, ["step", "feature", "offset", "probe", "layer"],
                       ["mean", "ci_low", "ci_high"], self.notes, "probe_summary")
+
+
+def _own(df: pd.DataFrame, column: str, run_keys: set) -> pd.DataFrame:
+    """The rows of ``df`` whose stage key (``column``) this run recorded in ``stage_runs``, or all
+    of them when none is (rows planted without stages, or recorded before the key was stored)."""
+    if df.empty:
+        return df
+    mine = df[column].isin(run_keys)
+    return (df[mine] if mine.any() else df).reset_index(drop=True)
 
 
 def dedupe(df, keys, values, notes, what):

@@ -29,6 +29,9 @@ over one training run) and checkpoint: ``content`` and ``content_vs_init`` at ``
 run's current-state offset (0 on generated programs, -1 on fed reference programs). Two runs that
 probe the same checkpoints differently keep one row each (before schema 4 these were
 ``checkpoint_metrics`` rows keyed by checkpoint alone, and the last run to write one won).
+``checkpoint_metrics.eval_key`` is the evaluate stage that measured the row, and
+``phases.phases_key`` the phases stage that labelled it: runs that evaluate or probe the same
+checkpoints differently keep their own rows. Both are '' on rows recorded before schema 5.
 ``phases.start_step`` is the first training step of the phase (babbling, syntax, semantics), NULL
 for a phase that never started.
 """
@@ -49,8 +52,9 @@ import duckdb
 import pandas as pd
 
 # 2: controls kinds of the alignment check (emitted_action*); 3: controls.semantics (each row's
-# grid's semantics); 4: semantic content in its own table, keyed by phases stage; 1-3 are migrated
-SCHEMA_VERSION = 4
+# grid's semantics); 4: semantic content in its own table, keyed by phases stage; 5:
+# checkpoint_metrics keyed by evaluate stage, phases by phases stage; 1-4 are migrated
+SCHEMA_VERSION = 5
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
                  "emitted_action", "emitted_action_init", "emitted_action_majority")
 DEFAULT_LOCK_TIMEOUT_S = 5.0
@@ -68,9 +72,9 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
               ("finished_at", "TIMESTAMP"), ("status", "VARCHAR")], ["run_id"]),
     "checkpoints": ([("key", "VARCHAR"), ("train_key", "VARCHAR"), ("step", "BIGINT"),
                      ("tokens_seen", "BIGINT"), ("path", "VARCHAR")], ["key"]),
-    "checkpoint_metrics": ([("checkpoint_key", "VARCHAR"), ("train_key", "VARCHAR"),
+    "checkpoint_metrics": ([("checkpoint_key", "VARCHAR"), ("eval_key", "VARCHAR"), ("train_key", "VARCHAR"),
                             ("step", "BIGINT"), ("metric", "VARCHAR"), ("value", "DOUBLE")],
-                           ["checkpoint_key", "metric"]),
+                           ["checkpoint_key", "eval_key", "metric"]),
     "probe_results": (_PROBE_ID + [("seed", "INTEGER"), ("split", "VARCHAR"),
                                    ("accuracy", "DOUBLE"), ("n", "BIGINT")],
                       _PROBE_PK + ["seed", "split"]),
@@ -91,8 +95,8 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     "semantic_content": ([("phases_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("train_key", "VARCHAR"),
                           ("step", "BIGINT"), ("offset", "INTEGER"), ("content", "DOUBLE"),
                           ("content_vs_init", "DOUBLE")], ["phases_key", "checkpoint_key"]),
-    "phases": ([("train_key", "VARCHAR"), ("phase", "VARCHAR"), ("start_step", "BIGINT")],
-               ["train_key", "phase"]),
+    "phases": ([("phases_key", "VARCHAR"), ("train_key", "VARCHAR"), ("phase", "VARCHAR"),
+                ("start_step", "BIGINT")], ["phases_key", "phase"]),
     "stage_runs": ([("run_id", "VARCHAR"), ("stage", "VARCHAR"), ("key", "VARCHAR"),
                     ("status", "VARCHAR CHECK (status IN ('computed', 'cached'))"),
                     ("seconds", "DOUBLE"), ("finished_at", "TIMESTAMP")],
@@ -179,7 +183,22 @@ def _migrate_content(con) -> None:
                  "UPDATE schema_info SET version = 4")
 
 
-_MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content}
+def _migrate_stage_keys(con) -> None:
+    """Version 4 -> 5: ``checkpoint_metrics`` gains ``eval_key`` and ``phases`` gains
+    ``phases_key`` in their primary keys. The tables are rebuilt with every row, the new key ''
+    (unknown: which stage wrote an old row is not in this file); a rerun records its rows under
+    their real keys beside them."""
+    statements = []
+    for table, key in (("checkpoint_metrics", "eval_key"), ("phases", "phases_key")):
+        con.execute(_ddl(table))
+        old = [c for c, _ in TABLES[table][0] if c != key]
+        statements += [f"ALTER TABLE {table} RENAME TO {table}_old", _ddl(table),
+                       f"INSERT INTO {table} ({', '.join(map(_q, old))}, {key}) "
+                       f"SELECT {', '.join(map(_q, old))}, '' FROM {table}_old", f"DROP TABLE {table}_old"]
+    _transaction(con, *statements, "UPDATE schema_info SET version = 5")
+
+
+_MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content, 4: _migrate_stage_keys}
 
 
 def _is_lock_error(e: Exception) -> bool:

@@ -84,6 +84,10 @@ def test_first_run_fills_every_table_and_report(ws):
     assert set(content["step"]) == {0, 6, 12} and content["content"].notna().all()
     assert set(content.dropna(subset=["content_vs_init"])["step"]) == {6, 12}
     assert not {"semantic_content", "semantic_content_vs_init"} & set(snap["checkpoint_metrics"]["metric"])
+    # evaluation metrics and phases carry the stage that wrote them
+    stages = stage_runs(ws, latest_run(ws))
+    assert set(snap["checkpoint_metrics"]["eval_key"]) == set(stages.query("stage == 'evaluate'")["key"])
+    assert snap["phases"]["phases_key"].unique().tolist() == phases_key
     # drops beyond the random-init states, paired by seed: the trained drop is the interventions row's
     beyond = snap["interventions_vs_init"]
     assert set(beyond["step"]) == {6, 12} and set(beyond["semantics"]) == {"flip", "adversarial"}

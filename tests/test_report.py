@@ -24,7 +24,7 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
     db.upsert("runs", [dict(run_id=RUN, preset="smoke", config=config, data_key="d",
                             train_key=TK, status="finished")])
     # a second training run's rows must not leak into this report
-    db.upsert("checkpoint_metrics", [dict(checkpoint_key="other-ck", train_key="other",
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="other-ck", eval_key="other-ev", train_key="other",
                                           step=800, metric="acc_spec", value=0.01)])
     n = len(steps)
     acc = np.array([0.0, 0.05, 0.2, 0.6, 0.85])[:n]
@@ -36,7 +36,7 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
         metrics = dict(acc_spec=acc[i], acc_all=acc[i] * 0.9, acc_spec_len6_10=acc[i] * 0.8,
                        diversity=min(1.0, 0.1 + 0.3 * i), ppl_all=20.0 / (i + 1),
                        ppl_program=8.0 / (i + 1), parse_rate=min(1.0, 0.3 + 0.2 * i))
-        m_rows += [dict(checkpoint_key=ck, train_key=TK, step=step, metric=k, value=float(v))
+        m_rows += [dict(checkpoint_key=ck, eval_key=f"ev{step}", train_key=TK, step=step, metric=k, value=float(v))
                    for k, v in metrics.items()]
         for feat, base in (("direction", 0.25), ("rel_start", 0.39), ("facing_wall", 0.61)):
             for kind, bonus in (("linear", 0.0), ("mlp1", 0.08), ("mlp2", 0.1)):
@@ -79,9 +79,9 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
     if i_rows:
         db.upsert("interventions", i_rows)
     if phases:
-        db.upsert("phases", [dict(train_key=TK, phase="babbling", start_step=0),
-                             dict(train_key=TK, phase="syntax", start_step=steps[1]),
-                             dict(train_key=TK, phase="semantics", start_step=steps[-2])])
+        db.upsert("phases", [dict(phases_key="ph", train_key=TK, phase="babbling", start_step=0),
+                             dict(phases_key="ph", train_key=TK, phase="syntax", start_step=steps[1]),
+                             dict(phases_key="ph", train_key=TK, phase="semantics", start_step=steps[-2])])
 
 
 def row(table, prefix):
@@ -152,7 +152,7 @@ def test_numbers_follow_the_db(ws, monkeypatch):
     root, db = ws
     monkeypatch.setattr(report, "FIGURES", [])  # only the table matters here (and it is faster)
     first = build_report(str(root), RUN, "smoke")
-    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", train_key=TK, step=800,
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="ev800", train_key=TK, step=800,
                                           metric="acc_spec", value=0.5)])
     db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
                                 feature="facing_wall", offset=0, kind="majority", probe="none",
@@ -190,9 +190,9 @@ def test_partial_db_notes_missing_parts(tmp_path, monkeypatch):
     assert row(out["table"], "R^2")["this run"] == "n/a"
     assert row(out["table"], "syntax phase")["this run"] == "no data"
     # a phase that never started: NULL start_step
-    db.upsert("phases", [dict(train_key=TK, phase="babbling", start_step=0),
-                         dict(train_key=TK, phase="syntax", start_step=200),
-                         dict(train_key=TK, phase="semantics", start_step=None)])
+    db.upsert("phases", [dict(phases_key="ph", train_key=TK, phase="babbling", start_step=0),
+                         dict(phases_key="ph", train_key=TK, phase="syntax", start_step=200),
+                         dict(phases_key="ph", train_key=TK, phase="semantics", start_step=None)])
     monkeypatch.setattr(report, "FIGURES", report.FIGURES[:1])
     out = build_report(str(root), RUN, "smoke")
     assert row(out["table"], "semantics phase")["this run"] == "never started"
@@ -242,9 +242,9 @@ def test_issue_targets_read_strictly_from_the_db(ws, monkeypatch):
     assert "68.0% at step 800" in out["targets"][0]["measured"]
     assert "Issue 7 targets" in Path(out["html"]).read_text()
     # each target fails when its own rows say so
-    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", train_key=TK, step=800,
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="ev800", train_key=TK, step=800,
                                           metric="acc_spec_len6_10", value=0.71)])
-    db.upsert("phases", [dict(train_key=TK, phase="semantics", start_step=None)])
+    db.upsert("phases", [dict(phases_key="ph", train_key=TK, phase="semantics", start_step=None)])
     # mlp2 on direction ends below its start and below mlp1: no rise, not ordered
     db.query("UPDATE probe_summary SET mean = 0.2, ci_low = 0.19 WHERE step = 800 AND feature = "
              "'direction' AND probe = 'mlp2' AND \"offset\" = 0 AND layer = -1")
@@ -419,3 +419,25 @@ def test_probe_accuracy_fit_reads_the_current_state_content_probe(ws, monkeypatc
     assert len(x) == len(STEPS) and 0.1 < want < 0.99
     assert out["numbers"]["r2_probe"] == pytest.approx(want, abs=1e-12)
     assert row(out["table"], "current-state mlp1 probe accuracy")["this run"] == f"{want:.3f}"
+
+
+def test_evaluation_and_phases_are_the_runs_own(ws, monkeypatch):
+    """A second run evaluates the same checkpoints with another evaluate stage and labels their
+    phases in another phases stage: each report reads the rows under its own stage keys."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    other = "run-2"
+    db.upsert("runs", [dict(run_id=other, preset="smoke", config={"x": 1}, data_key="d", train_key=TK,
+                            status="finished")])
+    db.upsert("stage_runs", [dict(run_id=r, stage="evaluate", key=f"{prefix}{step}", status="computed", seconds=1.0)
+                             for r, prefix in ((RUN, "ev"), (other, "fv")) for step in STEPS]
+              + [dict(run_id=r, stage="phases", key=k, status="computed", seconds=1.0)
+                 for r, k in ((RUN, "ph"), (other, "ph2"))])
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key=f"ck{step}", eval_key=f"fv{step}", train_key=TK, step=step,
+                                          metric="acc_spec", value=0.25) for step in STEPS])
+    db.upsert("phases", [dict(phases_key="ph2", train_key=TK, phase=p, start_step=s)
+                         for p, s in (("babbling", 0), ("syntax", 600), ("semantics", None))])
+    mine, theirs = (build_report(str(root), r, "smoke")["numbers"] for r in (RUN, other))
+    assert mine["acc_spec"] == pytest.approx(0.85) and theirs["acc_spec"] == pytest.approx(0.25)
+    assert mine["phase.syntax"] == 200 and theirs["phase.syntax"] == 600
+    assert mine["phase.semantics"] == 600 and theirs["phase.semantics"] is None

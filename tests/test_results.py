@@ -52,7 +52,7 @@ def test_upsert_idempotent_list_and_frame(db):
 
 
 def test_upsert_duplicate_keys_in_batch_last_wins(db):
-    rows = [dict(checkpoint_key="c1", train_key="t", step=5, metric="ppl", value=v)
+    rows = [dict(checkpoint_key="c1", eval_key="e", train_key="t", step=5, metric="ppl", value=v)
             for v in (3.0, 2.0)]
     assert db.upsert("checkpoint_metrics", rows) == 1
     assert db.table("checkpoint_metrics")["value"].tolist() == [2.0]
@@ -81,7 +81,7 @@ def test_bad_rows_rejected_with_names(db):
     with pytest.raises(ValueError, match="bogus"):
         db.upsert("checkpoints", [dict(key="c", bogus=1)])
     with pytest.raises(ValueError, match="'metric'"):
-        db.upsert("checkpoint_metrics", [dict(checkpoint_key="c", value=1.0)])
+        db.upsert("checkpoint_metrics", [dict(checkpoint_key="c", eval_key="e", value=1.0)])
     with pytest.raises(ValueError, match="'layer'"):
         db.upsert("probe_results", [dict(_probe_rows()[0], layer=None)])
     with pytest.raises(duckdb.ConstraintException):
@@ -171,8 +171,8 @@ def test_lock_released_waiter_succeeds(db, holder):
 def test_nan_stored_as_null_and_numpy_scalars(db):
     import numpy as np
     db.upsert("checkpoint_metrics", [
-        dict(checkpoint_key="c", metric="m", value=float("nan"), step=np.int64(3)),
-        dict(checkpoint_key="c", metric="n", value=np.float32(0.5), step=np.int64(3))])
+        dict(checkpoint_key="c", eval_key="e", metric="m", value=float("nan"), step=np.int64(3)),
+        dict(checkpoint_key="c", eval_key="e", metric="n", value=np.float32(0.5), step=np.int64(3))])
     got = db.query("SELECT metric, value, step FROM checkpoint_metrics ORDER BY metric")
     assert got["value"].isna().tolist() == [True, False]
     assert got["step"].tolist() == [3, 3]
@@ -219,6 +219,13 @@ def test_old_controls_are_migrated_with_their_rows(tmp_path, version):
     assert ResultsDB(path).count("controls") == 4  # opening it again: nothing to migrate
 
 
+# checkpoint_metrics and phases before schema 5 (no stage key in their primary keys)
+OLD_METRICS = ('CREATE TABLE checkpoint_metrics (checkpoint_key VARCHAR, train_key VARCHAR, step BIGINT, '
+               'metric VARCHAR, value DOUBLE, PRIMARY KEY (checkpoint_key, metric))')
+OLD_PHASES = ('CREATE TABLE phases (train_key VARCHAR, phase VARCHAR, start_step BIGINT, '
+              'PRIMARY KEY (train_key, phase))')
+
+
 def test_schema_3_content_rows_leave_checkpoint_metrics(tmp_path):
     """Schema 3 kept semantic content as ``checkpoint_metrics`` rows keyed by checkpoint alone
     (the last probe configuration to write one won): opening it drops those rows, keeps every
@@ -227,15 +234,43 @@ def test_schema_3_content_rows_leave_checkpoint_metrics(tmp_path):
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE schema_info (version INTEGER)")
     con.execute("INSERT INTO schema_info VALUES (3)")
-    con.execute(_ddl("checkpoint_metrics"))
+    con.execute(OLD_METRICS)
     con.execute("INSERT INTO checkpoint_metrics VALUES ('ck', 'tk', 5, 'acc_spec', 0.5), "
                 "('ck', 'tk', 5, 'semantic_content', 0.02), ('ck', 'tk', 5, 'semantic_content_vs_init', 0.01)")
     con.close()
     db = ResultsDB(path)
     assert db.query("SELECT metric, value FROM checkpoint_metrics").values.tolist() == [["acc_spec", 0.5]]
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [4]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION]
     row = dict(phases_key="ph", checkpoint_key="ck", train_key="tk", step=5, offset=-1, content=0.03)
     db.upsert("semantic_content", [row, dict(row, phases_key="ph2", offset=0, content=0.04)])
     got = db.query("SELECT phases_key, \"offset\", content, content_vs_init FROM semantic_content ORDER BY phases_key")
     assert got[["phases_key", "offset", "content"]].values.tolist() == [["ph", -1, 0.03], ["ph2", 0, 0.04]]
     assert got["content_vs_init"].isna().all()
+
+
+def test_schema_4_metrics_and_phases_gain_their_stage_keys(tmp_path):
+    """Schema 4 keyed evaluation metrics by checkpoint and phases by training run, so a run that
+    evaluated or probed the same checkpoints differently overwrote them: opening it keeps every
+    row under the stage key '' (unknown), and rows of two stages then stand side by side."""
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (4)")
+    con.execute(OLD_METRICS)
+    con.execute(OLD_PHASES)
+    con.execute("INSERT INTO checkpoint_metrics VALUES ('ck', 'tk', 5, 'acc_spec', 0.5), ('ck', 'tk', 5, 'ppl', 3.0)")
+    con.execute("INSERT INTO phases VALUES ('tk', 'syntax', 5), ('tk', 'semantics', NULL)")
+    con.close()
+    db = ResultsDB(path)
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [5]
+    got = db.query("SELECT eval_key, train_key, step, metric, value FROM checkpoint_metrics ORDER BY metric")
+    assert got.values.tolist() == [["", "tk", 5, "acc_spec", 0.5], ["", "tk", 5, "ppl", 3.0]]
+    got = db.query("SELECT phases_key, train_key, phase, start_step FROM phases ORDER BY phase")
+    assert got["phases_key"].tolist() == ["", ""] and got["start_step"].isna().tolist() == [True, False]
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck", eval_key="ev2", train_key="tk", step=5,
+                                          metric="acc_spec", value=0.6)])
+    db.upsert("phases", [dict(phases_key="ph2", train_key="tk", phase="syntax", start_step=4)])
+    got = db.query("SELECT eval_key, value FROM checkpoint_metrics WHERE metric = 'acc_spec' ORDER BY eval_key")
+    assert got.values.tolist() == [["", 0.5], ["ev2", 0.6]]
+    assert db.count("phases") == 3
+    assert ResultsDB(path).count("checkpoint_metrics") == 3  # opening it again: nothing to migrate
