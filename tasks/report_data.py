@@ -5,9 +5,8 @@ Which rows belong to the run: ``runs.run_id -> runs.train_key``; checkpoint metr
 by ``train_key``, probe rows by ``checkpoint_key`` among that training run's checkpoints; and of
 those, when ``stage_runs`` names this run's evaluate, phases or probe keys, only the rows under
 them. Probe rows of one checkpoint left from several probe configurations are averaged (the page
-notes it). The semantic content
-measures are computed from the run's own interventions and random-init controls, as its phases
-stage computed its ``semantic_content`` rows.
+notes it). The semantic content measures are computed from the run's own interventions and
+random-init controls, as its phases stage computed its ``semantic_content`` rows.
 """
 
 from __future__ import annotations
