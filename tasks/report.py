@@ -103,7 +103,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
     how = "" if fit is None else f"; {trend(fit[1])}"
     add("r2", f"R^2, semantic content vs generative accuracy ({len(pts)} checkpoints{how})", r2,
         num(r2))
-    probe_fit = _probe_accuracy_fit(d, cur, feats)
+    probe_fit = _probe_accuracy_fit(m, cur, feats)
     if probe_fit is not None:
         r2, n = probe_fit
         add("r2_probe", f"current-state {CONTENT_PROBE} probe accuracy (mean of {', '.join(feats)}) vs "
@@ -171,10 +171,10 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
     return rows, values
 
 
-def _probe_accuracy_fit(d: RunData, cur: pd.DataFrame, feats: list[str]) -> tuple[float, int] | None:
+def _probe_accuracy_fit(m: pd.DataFrame, cur: pd.DataFrame, feats: list[str]) -> tuple[float, int] | None:
     """(R^2, checkpoints) of the current-state ``CONTENT_PROBE`` accuracy, mean of ``feats``,
-    against ``acc_spec``, over the checkpoints probed for every one of ``feats``."""
-    m = d.metric_frame()
+    against ``acc_spec`` (of ``m``, the run's ``metric_frame``), over the checkpoints probed for
+    every one of ``feats``."""
     if cur.empty or not feats or m.empty or "acc_spec" not in m:
         return None
     sel = cur[(cur["probe"] == CONTENT_PROBE) & cur["feature"].isin(feats)]

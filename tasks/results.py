@@ -156,19 +156,28 @@ def _transaction(con, *statements: str) -> None:
         raise
 
 
+def _rebuilt_with(table: str, column: str, value_sql: str, join_sql: str = "") -> list[str]:
+    """Statements that rebuild ``table`` (renamed ``<table>_old``, aliased ``o``) to its current
+    ``TABLES`` schema, every old row kept and its new ``column`` set to ``value_sql``, an SQL
+    expression over ``o`` and what ``join_sql`` joins to it. DuckDB cannot add a key column or
+    alter a CHECK in place."""
+    old = [c for c, _ in TABLES[table][0] if c != column]
+    return [f"ALTER TABLE {_q(table)} RENAME TO {_q(table + '_old')}", _ddl(table),
+            f"INSERT INTO {_q(table)} ({', '.join(map(_q, old))}, {_q(column)}) "
+            f"SELECT {', '.join('o.' + _q(c) for c in old)}, {value_sql} FROM {_q(table + '_old')} o {join_sql}",
+            f"DROP TABLE {_q(table + '_old')}"]
+
+
 def _migrate_controls(con) -> None:
     """Version 1 or 2 -> 3, the controls table: 2 admits the alignment check's kinds in its kind
     CHECK, 3 adds each row's grid ``semantics`` (from ``probe_summary``, where the grid's probe key
     names it; NULL for a grid without summary rows). DuckDB cannot alter a CHECK, so the table is
     rebuilt with its rows, in one transaction."""
-    old = [c for c, _ in TABLES["controls"][0] if c != "semantics"]
     con.execute(_ddl("probe_summary"))
-    _transaction(con, "ALTER TABLE controls RENAME TO controls_old", _ddl("controls"),
-                 f"INSERT INTO controls ({', '.join(map(_q, old))}, semantics) "
-                 f"SELECT {', '.join('o.' + _q(c) for c in old)}, s.semantics FROM controls_old o "
-                 "LEFT JOIN (SELECT probe_key, any_value(semantics) AS semantics FROM probe_summary "
-                 "GROUP BY probe_key) s ON s.probe_key = o.probe_key",
-                 "DROP TABLE controls_old", "UPDATE schema_info SET version = 3")
+    _transaction(con, *_rebuilt_with("controls", "semantics", "s.semantics",
+                                     "LEFT JOIN (SELECT probe_key, any_value(semantics) AS semantics FROM "
+                                     "probe_summary GROUP BY probe_key) s ON s.probe_key = o.probe_key"),
+                 "UPDATE schema_info SET version = 3")
 
 
 def _migrate_content(con) -> None:
@@ -191,10 +200,7 @@ def _migrate_stage_keys(con) -> None:
     statements = []
     for table, key in (("checkpoint_metrics", "eval_key"), ("phases", "phases_key")):
         con.execute(_ddl(table))
-        old = [c for c, _ in TABLES[table][0] if c != key]
-        statements += [f"ALTER TABLE {table} RENAME TO {table}_old", _ddl(table),
-                       f"INSERT INTO {table} ({', '.join(map(_q, old))}, {key}) "
-                       f"SELECT {', '.join(map(_q, old))}, '' FROM {table}_old", f"DROP TABLE {table}_old"]
+        statements += _rebuilt_with(table, key, "''")
     _transaction(con, *statements, "UPDATE schema_info SET version = 5")
 
 
