@@ -8,6 +8,9 @@ the same code (a different CPU trains a different trajectory from the same seed,
 across machines). ``--data`` reuses that run's dataset folder; without it the preset's dataset is
 generated into OUT (the same bytes: generation is deterministic).
 
+SIGTERM writes a checkpoint at the current step and scores the asked checkpoints already on disk;
+running the same command again resumes the training (long arms can span several sittings).
+
 Run: .venv/bin/python benchmarks/lever_run.py OUT [--preset cpu] [--data DIR]
      [--eval-steps 1000,1500,2000] [--set section.field=value ...]
 """
@@ -17,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import karel  # noqa: E402
 from flows.presets import StudyConfig, load_preset  # noqa: E402
-from model.checkpoint import checkpoint_path, load_model  # noqa: E402
+from model.checkpoint import checkpoint_path, list_checkpoints, load_model  # noqa: E402
 from model.metrics import evaluate_checkpoint  # noqa: E402
 from model.train import train  # noqa: E402
 
@@ -58,11 +63,18 @@ def main() -> None:
     if args.data is None and not data.exists():
         karel.generate_dataset(cfg.data, data, workers=2)
     steps = [int(s) for s in args.eval_steps.split(",") if s.strip()] or [t.steps]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t0 = time.perf_counter()
-    train(cfg.model, t, data, args.out / "train", progress=False)
-    print(json.dumps({"part": "trained", "steps": t.steps, "seconds": round(time.perf_counter() - t0, 1),
-                      "overrides": args.set}), flush=True)
-    for row in score(cfg, data, [(args.out / "train", step) for step in steps]):
+    done = train(cfg.model, t, data, args.out / "train", progress=False, should_stop=stop.is_set)
+    reached = done[-1][0]
+    print(json.dumps({"part": "trained" if reached == t.steps else "stopped", "steps": reached,
+                      "seconds": round(time.perf_counter() - t0, 1), "overrides": args.set}), flush=True)
+    on_disk = {step for step, _ in list_checkpoints(args.out / "train")}
+    missing = [s for s in steps if s not in on_disk]
+    if missing:
+        print(json.dumps({"part": "not yet trained", "eval_steps": missing}), flush=True)
+    for row in score(cfg, data, [(args.out / "train", s) for s in steps if s in on_disk]):
         print(json.dumps(row), flush=True)
 
 
