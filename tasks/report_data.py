@@ -4,8 +4,9 @@ page (``tasks.report``) and its figures (``tasks.figures``).
 Which rows belong to the run: ``runs.run_id -> runs.train_key``; checkpoint metrics and phases
 by ``train_key``, probe rows by ``checkpoint_key`` among that training run's checkpoints; and of
 those, when ``stage_runs`` names this run's evaluate, phases or probe keys, only the rows under
-them. Probe rows of one checkpoint left from several probe configurations are averaged (the page
-notes it). The semantic content measures are computed from the run's own interventions and
+them, and the rows stored before stage keys were (key '') of checkpoints those do not cover.
+Rows of one checkpoint left from several probe or evaluation configurations are averaged (the
+page notes it). The semantic content measures are computed from the run's own interventions and
 random-init controls, as its phases stage computed its ``semantic_content`` rows.
 """
 
@@ -164,6 +165,11 @@ class RunData:
         """step x metric (wide), one row per checkpoint."""
         if self.metrics.empty:
             return pd.DataFrame()
+        if self.metrics.duplicated(["step", "metric"]).any():
+            msg = ("checkpoint metrics: some checkpoints have rows from several evaluation "
+                   "configurations; their values are averaged.")
+            if msg not in self.notes:
+                self.notes.append(msg)
         wide = self.metrics.pivot_table(index="step", columns="metric", values="value",
                                         aggfunc="mean")
         return wide.sort_index()
@@ -191,12 +197,21 @@ class RunData:
 
 
 def _own(df: pd.DataFrame, column: str, run_keys: set) -> pd.DataFrame:
-    """The rows of ``df`` whose stage key (``column``) this run recorded in ``stage_runs``, or all
-    of them when none is (rows planted without stages, or recorded before the key was stored)."""
+    """The rows of ``df`` whose stage key (``column``) this run recorded in ``stage_runs``, and,
+    for each checkpoint none of those rows covers, its rows stored before the key was (key '',
+    from a migration): a rerun that stopped partway keeps the older rows of the checkpoints it did
+    not reach. All rows when the run names none of the keys (rows planted without stages)."""
     if df.empty:
         return df
     mine = df[column].isin(run_keys)
-    return (df[mine] if mine.any() else df).reset_index(drop=True)
+    if not mine.any():
+        return df.reset_index(drop=True)
+    legacy = df[column] == ""
+    if "checkpoint_key" in df:
+        legacy &= ~df["checkpoint_key"].isin(set(df.loc[mine, "checkpoint_key"]))
+    else:
+        legacy[:] = False
+    return df[mine | legacy].reset_index(drop=True)
 
 
 def dedupe(df, keys, values, notes, what):

@@ -441,3 +441,41 @@ def test_evaluation_and_phases_are_the_runs_own(ws, monkeypatch):
     assert mine["acc_spec"] == pytest.approx(0.85) and theirs["acc_spec"] == pytest.approx(0.25)
     assert mine["phase.syntax"] == 200 and theirs["phase.syntax"] == 600
     assert mine["phase.semantics"] == 600 and theirs["phase.semantics"] is None
+
+
+def test_a_rerun_that_stopped_partway_keeps_the_older_rows_of_the_checkpoints_it_did_not_reach(ws, monkeypatch):
+    """Rows recorded before the stage key was stored sit under key '' (the schema 5 migration). A
+    rerun records keyed rows for its first checkpoints and stops: the report reads its own rows
+    there and the older rows elsewhere, and never averages the two."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    with db.connect() as con:
+        con.execute("UPDATE checkpoint_metrics SET eval_key = '' WHERE train_key = ?", [TK])
+    db.upsert("stage_runs", [dict(run_id=RUN, stage="evaluate", key=f"re{step}", status="computed", seconds=1.0)
+                             for step in STEPS[:2]])
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key=f"ck{step}", eval_key=f"re{step}", train_key=TK,
+                                          step=step, metric="acc_spec", value=0.5) for step in STEPS[:2]])
+    assert build_report(str(root), RUN, "smoke")["numbers"]["acc_spec"] == pytest.approx(0.85)  # an older row
+    notes = []
+    m = report.RunData(db, RUN, "smoke", notes).metric_frame()
+    assert list(m["acc_spec"]) == pytest.approx([0.5, 0.5, 0.2, 0.6, 0.85])
+    assert m[["diversity"]].loc[[0, 200]].isna().all().all()  # the rerun wrote no diversity there
+    assert list(m["diversity"].loc[[400, 600, 800]]) == pytest.approx([0.7, 1.0, 1.0])
+    assert not notes
+
+
+def test_metrics_from_several_evaluations_are_averaged_with_a_note(ws):
+    """Rows no stage of the run names (planted, or another run's) are all read; where two
+    evaluations of one checkpoint meet, the page says their values are averaged."""
+    root, db = ws
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="again", train_key=TK, step=800,
+                                          metric="acc_spec", value=0.65)])
+    notes = []
+    m = report.RunData(db, RUN, "smoke", notes).metric_frame()
+    assert m.loc[800, "acc_spec"] == pytest.approx(0.75) and m.loc[600, "acc_spec"] == pytest.approx(0.6)
+    assert any("several evaluation configurations" in n for n in notes)
+    with db.connect() as con:
+        con.execute("DELETE FROM checkpoint_metrics WHERE eval_key = 'again'")
+    notes.clear()
+    report.RunData(db, RUN, "smoke", notes).metric_frame()
+    assert not notes
