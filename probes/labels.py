@@ -106,17 +106,6 @@ def state_features(programs: np.ndarray, inputs: WorldBatch, semantics: str, fea
     return {f: np.asarray(FEATURES[f][1](trace), dtype=np.int64) for f in features}
 
 
-def valid_mask(lengths: np.ndarray, n_steps: int, offset: int, drop_last: bool = True) -> np.ndarray:
-    """(P, L) bool: the hidden state emitting action j has a label at ``offset``."""
-    j = np.arange(n_steps)[None, :]
-    lengths = np.asarray(lengths)[:, None]
-    t = j + 1 + offset
-    ok = (j < lengths) & (t >= 0) & (t <= lengths)
-    if drop_last:
-        ok &= j <= lengths - 2
-    return ok
-
-
 @dataclass
 class LabelSet:
     """Labels for every (program, action) pair of the generated programs.
