@@ -127,7 +127,7 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
         sel = maj[(maj["step"] == mstep) & (maj["feature"] == f)] if mstep is not None else maj
         v = float(sel["value"].mean()) if not sel.empty else None
         add(f"majority.{f}", f"majority baseline, {FEATURE_NAMES[f]} ({d.offset_text()})", v, pct(v))
-    _alignment_check(c, add)
+    _alignment_check(c, add, fed=d.current != 0)
 
     # phases
     ph = d.phases
@@ -228,11 +228,13 @@ def _cell(v) -> str:
     return str(v)
 
 
-def _alignment_check(c: pd.DataFrame, add) -> None:
+def _alignment_check(c: pd.DataFrame, add, fed: bool = False) -> None:
     """Key number: probes read the action each state emits (tasks.probing.emitted_action_rows)
     from the trained states, at the last step that has it, next to the random-init states and
     the majority. Near the majority for the trained model means the states are misaligned (or
-    the model has learned nothing); high for the random-init model means they are taken late."""
+    the model has learned nothing); high for the random-init model means they are taken late.
+    On ``fed`` reference programs the model did not choose the action: the trained states read
+    it as far as the model predicts it, so the row is named for what it measures there."""
     em = c[c["feature"] == "emitted_action"] if not c.empty else c
     if em.empty:
         return
@@ -247,7 +249,9 @@ def _alignment_check(c: pd.DataFrame, add) -> None:
     if (em["kind"] == "emitted_action_init").any():
         text += f"; random-init states {shown('emitted_action_init')}"
     text += f"; majority {shown('emitted_action_majority')}"
-    add("alignment", f"alignment check: probes read the action each state emits (offset-0 rows, step {step})",
+    what = ("the next action of the fed program, as each state predicts it" if fed
+            else "the action each state emits")
+    add("alignment", f"alignment check: probes read {what} (offset-0 rows, step {step})",
         float(trained["value"].mean()) if len(trained) else None, text, paper="not measured")
 
 

@@ -386,7 +386,11 @@ def test_fed_reference_programs_are_read_at_offset_minus_one(tmp_path, monkeypat
     outs = {}
     for programs in ("generated", "reference"):
         root = tmp_path / programs
-        populate(ResultsDB(root / "results.duckdb"), programs=programs)
+        db = ResultsDB(root / "results.duckdb")
+        populate(db, programs=programs)
+        db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
+                                    feature="emitted_action", offset=0, kind=kind, probe="mlp1", value=v)
+                               for kind, v in (("emitted_action", 0.9), ("emitted_action_majority", 0.3))])
         outs[programs] = build_report(str(root), RUN, "smoke")
     gen, ref = outs["generated"], outs["reference"]
     assert [t["met"] for t in ref["targets"]] == [t["met"] for t in gen["targets"]] \
@@ -396,6 +400,9 @@ def test_fed_reference_programs_are_read_at_offset_minus_one(tmp_path, monkeypat
     page = Path(ref["html"]).read_text()
     assert "offset -1, the current state on fed reference programs" in page
     assert "offset -1" not in Path(gen["html"]).read_text()
+    # the alignment check reads what the state chose, or on fed programs what it predicts
+    assert "probes read the next action of the fed program, as each state predicts it" in page
+    assert "probes read the action each state emits" in Path(gen["html"]).read_text()
 
 
 def test_probe_accuracy_fit_reads_the_current_state_content_probe(ws, monkeypatch):
