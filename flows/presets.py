@@ -64,8 +64,9 @@ def _cpu() -> StudyConfig:
 
 
 def _cpu_long() -> StudyConfig:
-    """The ``cpu`` recipe and data for twice the steps, probed at 5 checkpoints with twice the
-    probed specs, 60 probe epochs and every offset under every semantics."""
+    """The ``cpu`` recipe and data with six layers for three times the steps (``mcfg.cpu_long``),
+    probed at 5 checkpoints with twice the probed specs, 60 probe epochs and every offset under
+    every semantics."""
     cpu = _cpu()
     m, t = mcfg.cpu_long()
     return replace(

@@ -62,12 +62,14 @@ def test_probed_steps_spread_over_training():
 
 
 def test_cpu_long_is_the_cpu_recipe_for_longer():
-    """Issue 7: cpu-long is the same recipe as cpu (model, optimiser, rows, data, test specs), longer."""
+    """Issue 7: cpu-long is the cpu recipe (optimiser, rows, data, test specs) with six layers,
+    longer: the budget measured to reach the accuracy target (RESULTS.md)."""
     long, cpu = load_preset("cpu-long"), load_preset("cpu")
-    assert long.preset == "cpu-long" and long.model == cpu.model and long.data == cpu.data
+    assert long.preset == "cpu-long" and long.data == cpu.data
+    assert long.model == replace(cpu.model, n_layer=6) and cpu.model.n_layer == 4
     assert long.eval == cpu.eval  # the same 300 test specs, so the curves line up
     assert replace(long.train, steps=cpu.train.steps, ckpt_every=cpu.train.ckpt_every) == cpu.train
-    assert long.train.steps == 2 * cpu.train.steps
+    assert long.train.steps == 3 * cpu.train.steps
     assert long.activations.n_train_specs > cpu.activations.n_train_specs
     assert long.probe.epochs > cpu.probe.epochs and long.probe.max_train_pairs > cpu.probe.max_train_pairs
     # the cpu preset probes the alternative semantics at offset 0 only; cpu-long at every offset
