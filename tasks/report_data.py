@@ -165,14 +165,9 @@ class RunData:
         """step x metric (wide), one row per checkpoint."""
         if self.metrics.empty:
             return pd.DataFrame()
-        if self.metrics.duplicated(["step", "metric"]).any():
-            msg = ("checkpoint metrics: some checkpoints have rows from several evaluation "
-                   "configurations; their values are averaged.")
-            if msg not in self.notes:
-                self.notes.append(msg)
-        wide = self.metrics.pivot_table(index="step", columns="metric", values="value",
-                                        aggfunc="mean")
-        return wide.sort_index()
+        long = dedupe(self.metrics, ["step", "metric"], ["value"], self.notes, "checkpoint metrics",
+                      stage="evaluation")
+        return long.pivot_table(index="step", columns="metric", values="value").sort_index()
 
     def last_step(self) -> int | None:
         steps = []
@@ -206,21 +201,19 @@ def _own(df: pd.DataFrame, column: str, run_keys: set) -> pd.DataFrame:
     mine = df[column].isin(run_keys)
     if not mine.any():
         return df.reset_index(drop=True)
-    legacy = df[column] == ""
-    if "checkpoint_key" in df:
-        legacy &= ~df["checkpoint_key"].isin(set(df.loc[mine, "checkpoint_key"]))
-    else:
-        legacy[:] = False
+    if "checkpoint_key" not in df:  # phases: no checkpoint left uncovered
+        return df[mine].reset_index(drop=True)
+    legacy = (df[column] == "") & ~df["checkpoint_key"].isin(set(df.loc[mine, "checkpoint_key"]))
     return df[mine | legacy].reset_index(drop=True)
 
 
-def dedupe(df, keys, values, notes, what):
-    """``df`` sorted by ``keys``; rows sharing ``keys`` (several probe configurations) averaged
-    over ``values``, with a note saying so."""
+def dedupe(df, keys, values, notes, what, stage="probe"):
+    """``df`` sorted by ``keys``; rows sharing ``keys`` (several ``stage`` configurations)
+    averaged over ``values``, with a note saying so."""
     if df.empty:
         return df
     if df.duplicated(keys).any():
-        msg = (f"{what}: some checkpoints have rows from several probe configurations; "
+        msg = (f"{what}: some checkpoints have rows from several {stage} configurations; "
                "their values are averaged.")
         if msg not in notes:
             notes.append(msg)
