@@ -1,0 +1,107 @@
+"""tasks.report_data: which rows of a shared results database are the run's own, when several
+runs evaluate, probe or label the same checkpoints, or a rerun stopped partway."""
+
+import pytest
+
+from tasks import report
+from tasks.report import build_report
+
+from report_db import RUN, STEPS, TK, ws  # noqa: F401 (ws: a fixture)
+
+
+def test_semantic_content_is_the_runs_own(ws, monkeypatch):
+    """Two runs probe the same checkpoints with different probe configurations: each report's
+    content comes from its own grids, not from the last value written per checkpoint."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    other = "run-2"
+    db.upsert("runs", [dict(run_id=other, preset="smoke", config={"probe": {"features": ["direction"]}},
+                            data_key="d", train_key=TK, status="finished")])
+    stage, inter, ctrl = [], [], []
+    for run, prefix in ((RUN, "pk"), (other, "qk")):
+        stage += [dict(run_id=run, stage="probes", key=f"{prefix}{step}", status="computed", seconds=1.0)
+                  for step in STEPS]
+    for i, r in db.query("SELECT * FROM interventions").iterrows():
+        # run-2's grids read direction with a constant 0.3 drop under both alternatives
+        inter.append(dict(r, probe_key="q" + r["probe_key"][1:], content=0.3))
+    for step in STEPS[1:]:
+        for sem, value in (("original", 0.5), ("flip", 0.45), ("adversarial", 0.35)):
+            key = f"qk{step}" + ("" if sem == "original" else f"-{sem}")
+            stage.append(dict(run_id=other, stage="probes", key=key, status="computed", seconds=1.0))
+            db.upsert("probe_summary", [dict(probe_key=key, checkpoint_key=f"ck{step}", step=step, semantics=sem,
+                                             feature="direction", offset=0, probe="mlp1", layer=-1, split="test",
+                                             mean=0.6, ci_low=0.5, ci_high=0.7, n_seeds=3)])
+            ctrl.append(dict(probe_key=key, checkpoint_key=f"ck{step}", step=step, semantics=sem,
+                             feature="direction",
+                             offset=0, kind="random_init", probe="mlp1", value=value))
+    db.upsert("stage_runs", stage)
+    db.upsert("interventions", inter)
+    db.upsert("controls", ctrl)
+    mine, theirs = (build_report(str(root), r, "smoke")["numbers"] for r in (RUN, other))
+    # this run: content 0.15 acc^2 at each checkpoint (no random-init rows of the alternatives)
+    assert mine["r2"] == pytest.approx(report.line_fit([0, .05, .2, .6, .85], [.15 * a * a for a in
+                                                      (0, .05, .2, .6, .85)])[0])
+    assert "content_vs_init" not in mine
+    # run-2: 0.3 trained, minus the random-init drop (0.05 flip, 0.15 adversarial: 0.1), at step 800
+    assert theirs["content_vs_init"] == pytest.approx(0.3 - 0.1)
+    assert theirs["content.flip"] == pytest.approx(0.3)
+
+
+def test_evaluation_and_phases_are_the_runs_own(ws, monkeypatch):
+    """A second run evaluates the same checkpoints with another evaluate stage and labels their
+    phases in another phases stage: each report reads the rows under its own stage keys."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    other = "run-2"
+    db.upsert("runs", [dict(run_id=other, preset="smoke", config={"x": 1}, data_key="d", train_key=TK,
+                            status="finished")])
+    db.upsert("stage_runs", [dict(run_id=r, stage="evaluate", key=f"{prefix}{step}", status="computed", seconds=1.0)
+                             for r, prefix in ((RUN, "ev"), (other, "fv")) for step in STEPS]
+              + [dict(run_id=r, stage="phases", key=k, status="computed", seconds=1.0)
+                 for r, k in ((RUN, "ph"), (other, "ph2"))])
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key=f"ck{step}", eval_key=f"fv{step}", train_key=TK, step=step,
+                                          metric="acc_spec", value=0.25) for step in STEPS])
+    db.upsert("phases", [dict(phases_key="ph2", train_key=TK, phase=p, start_step=s)
+                         for p, s in (("babbling", 0), ("syntax", 600), ("semantics", None))])
+    mine, theirs = (build_report(str(root), r, "smoke")["numbers"] for r in (RUN, other))
+    assert mine["acc_spec"] == pytest.approx(0.85) and theirs["acc_spec"] == pytest.approx(0.25)
+    assert mine["phase.syntax"] == 200 and theirs["phase.syntax"] == 600
+    assert mine["phase.semantics"] == 600 and theirs["phase.semantics"] is None
+
+
+def test_a_rerun_that_stopped_partway_keeps_the_older_rows_of_the_checkpoints_it_did_not_reach(ws, monkeypatch):
+    """Rows recorded before the stage key was stored sit under key '' (the schema 5 migration). A
+    rerun records keyed rows for its first checkpoints and stops: the report reads its own rows
+    there and the older rows elsewhere, and never averages the two."""
+    root, db = ws
+    monkeypatch.setattr(report, "FIGURES", [])
+    with db.connect() as con:
+        con.execute("UPDATE checkpoint_metrics SET eval_key = '' WHERE train_key = ?", [TK])
+    db.upsert("stage_runs", [dict(run_id=RUN, stage="evaluate", key=f"re{step}", status="computed", seconds=1.0)
+                             for step in STEPS[:2]])
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key=f"ck{step}", eval_key=f"re{step}", train_key=TK,
+                                          step=step, metric="acc_spec", value=0.5) for step in STEPS[:2]])
+    assert build_report(str(root), RUN, "smoke")["numbers"]["acc_spec"] == pytest.approx(0.85)  # an older row
+    notes = []
+    m = report.RunData(db, RUN, "smoke", notes).metric_frame()
+    assert list(m["acc_spec"]) == pytest.approx([0.5, 0.5, 0.2, 0.6, 0.85])
+    assert m[["diversity"]].loc[[0, 200]].isna().all().all()  # the rerun wrote no diversity there
+    assert list(m["diversity"].loc[[400, 600, 800]]) == pytest.approx([0.7, 1.0, 1.0])
+    assert not notes
+
+
+def test_metrics_from_several_evaluations_are_averaged_with_a_note(ws):
+    """Rows no stage of the run names (planted, or another run's) are all read; where two
+    evaluations of one checkpoint meet, the page says their values are averaged."""
+    root, db = ws
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="again", train_key=TK, step=800,
+                                          metric="acc_spec", value=0.65)])
+    notes = []
+    m = report.RunData(db, RUN, "smoke", notes).metric_frame()
+    assert m.loc[800, "acc_spec"] == pytest.approx(0.75) and m.loc[600, "acc_spec"] == pytest.approx(0.6)
+    assert any("several evaluation configurations" in n for n in notes)
+    with db.connect() as con:
+        con.execute("DELETE FROM checkpoint_metrics WHERE eval_key = 'again'")
+    notes.clear()
+    report.RunData(db, RUN, "smoke", notes).metric_frame()
+    assert not notes
