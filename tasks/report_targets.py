@@ -1,24 +1,29 @@
 """Issue 7's six targets, checked against one run's rows: which the run reaches, and by how much.
 
 Each row says the target, the criterion as checked, what this run measured, and ``met``
-(``yes``, ``no`` or ``no data``). The criteria are the issue's, read strictly:
+(``yes``, ``no`` or ``no data``). The criteria are the issue's, read strictly; a verdict never
+rests on a baseline, probe kind or checkpoint that is missing (that is ``no data``, unless what
+is there already fails):
 
-1. accuracy on test specs of lengths 6..10 (5 spec pairs) >= 70% at the last checkpoint;
-2. all three phases (babbling, syntax, semantics) found by the phase rule;
+1. accuracy on test specs of lengths 6..10 (5 spec pairs) >= 70% at the run's last checkpoint,
+   beside it the same lengths with the held-out pairs too;
+2. all three phases found by the phase rule, in order, each covering at least one checkpoint
+   (babbling before syntax before semantics);
 3. current-state probes (offset 0; -1 on fed reference programs, ``RunData.current``) of
-   direction, position relative to start and facing a wall: the best kind
-   rises from the first probed checkpoint to the last; at the last, mlp2 >= mlp1 >= linear; and
-   every kind's lower 95% bound is above the majority baseline, its own control task and its
-   own value on the first probed checkpoint (the random-init model when that is step 0), and,
-   where the run has it, the random-init control (the step-0 model's states over the last
-   checkpoint's own programs and labels);
-4. R^2 of semantic content vs generative accuracy across checkpoints >= 0.8, with a positive
-   slope (the paper's finding is that content rises with accuracy; R^2 alone also fits a fall);
+   direction, position relative to start and facing a wall, all three kinds: mlp2 rises from
+   the first probed checkpoint to the last; at the last, mlp2 >= mlp1 >= linear; and every
+   kind's lower 95% bound is above the majority baseline, its own control task and its own value
+   on the first probed checkpoint (the random-init model when that is step 0), and, where the run
+   has it, the random-init control (the step-0 model's states over the last checkpoint's own
+   programs and labels);
+4. R^2 of semantic content vs generative accuracy across at least ``R2_MIN_POINTS`` checkpoints
+   >= 0.8, with a positive slope (the paper's finding is that content rises with accuracy; R^2
+   alone also fits a fall);
 5. at the last checkpoint, for every main feature, the ``flip`` and ``adversarial`` drops
    (original - alternative) have 95% CIs above zero, and ``adversarial`` drops more on average;
 6. future-state probes (one and two actions past the current offset) at the last checkpoint:
-   lower 95% bound above the majority baseline and the control task at that offset, for every
-   main feature.
+   lower 95% bound above the majority baseline, the control task and the same probe on the first
+   probed checkpoint at that offset, for every main feature.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from tasks.report_data import (MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER, PROBE_KIN
                                content_points, line_fit, pct, pick_kind, trend)
 
 ACC_TARGET, R2_TARGET = 0.70, 0.80
+# With 5 points, |r| >= sqrt(0.8) has p ~ 0.04 for uncorrelated values; with 3 points ~ 0.3, so
+# R^2 >= 0.8 over 3 or 4 checkpoints says little either way.
+R2_MIN_POINTS = 5
 
 
 def _row(n, target, criterion, measured, met):
@@ -37,29 +45,35 @@ def _row(n, target, criterion, measured, met):
 
 
 def _accuracy(d: RunData) -> dict:
+    crit = "lengths 6..10, 5 spec pairs, last checkpoint >= 70%"
     m = d.metric_frame()
     col = m["acc_spec_len6_10"].dropna() if "acc_spec_len6_10" in m else pd.Series(dtype=float)
     if col.empty:
-        return _row(1, "generative accuracy", "lengths 6..10, 5 spec pairs, last checkpoint >= 70%", "", None)
+        return _row(1, "generative accuracy", crit, "", None)
+    step, last = int(col.index[-1]), d.last_step()
+    if last is not None and step < last:
+        return _row(1, "generative accuracy", crit,
+                    f"the last checkpoint (step {last}) is not evaluated; step {step}: {pct(float(col.iloc[-1]))}", None)
     acc = float(col.iloc[-1])
-    held = m["acc_all"].dropna() if "acc_all" in m else pd.Series(dtype=float)
-    extra = f"; with held-out pairs (all lengths) {pct(float(held.iloc[-1]))}" if not held.empty else ""
-    state = m["acc_spec_len6_10_state"].dropna() if "acc_spec_len6_10_state" in m else pd.Series(dtype=float)
-    if not state.empty:
-        extra += f"; comparing whole world states (markers under the robot too) {pct(float(state.iloc[-1]))}"
-    return _row(1, "generative accuracy", "lengths 6..10, 5 spec pairs, last checkpoint >= 70%",
-                f"{pct(acc)} at step {int(col.index[-1])}{extra}", acc >= ACC_TARGET)
+    extra = ""
+    for column, what in (("acc_all_len6_10", "with held-out pairs"),
+                         ("acc_spec_len6_10_state", "comparing whole world states (markers under the robot too)")):
+        if column in m and pd.notna(m.loc[step, column]):
+            extra += f"; {what} {pct(float(m.loc[step, column]))}"
+    return _row(1, "generative accuracy", crit, f"{pct(acc)} at step {step}{extra}", acc >= ACC_TARGET)
 
 
 def _phases(d: RunData) -> dict:
+    crit = "babbling, syntax and semantics each start, in that order"
     ph = d.phases
     if ph.empty:
-        return _row(2, "three phases", "babbling, syntax and semantics each start", "", None)
+        return _row(2, "three phases", crit, "", None)
     start = {r.phase: r.start_step for r in ph.itertuples()}
-    found = {p: start.get(p) for p in PHASE_ORDER}
-    shown = ", ".join(f"{p} {'never' if s is None or pd.isna(s) else int(s)}" for p, s in found.items())
-    return _row(2, "three phases", "babbling, syntax and semantics each start", shown,
-                all(s is not None and not pd.isna(s) for s in found.values()))
+    found = [None if start.get(p) is None or pd.isna(start.get(p)) else int(start[p]) for p in PHASE_ORDER]
+    shown = ", ".join(f"{p} {'never' if s is None else s}" for p, s in zip(PHASE_ORDER, found))
+    # babbling starts at the first checkpoint by definition: it is a phase only when syntax starts later
+    met = None not in found and found[0] < found[1] < found[2]
+    return _row(2, "three phases", crit, shown + ("" if met or None in found else " (a phase covers no checkpoint)"), met)
 
 
 def _baseline(d: RunData, step, feature, offset, kind, probe=None):
@@ -73,53 +87,57 @@ def _baseline(d: RunData, step, feature, offset, kind, probe=None):
 
 
 def _current_probes(d: RunData) -> dict:
-    crit = ("best kind rises; at the end mlp2 >= mlp1 >= linear, each CI above majority, control "
+    crit = ("mlp2 rises; at the end mlp2 >= mlp1 >= linear, each CI above majority, control "
             "task, first probed checkpoint and the random-init model on the same programs")
     cur = d.probe_curve()
     if cur.empty or cur["step"].nunique() < 2:
         return _row(3, "current-state probes", crit, "", None)
     first, last = int(cur["step"].min()), int(cur["step"].max())
-    ok, missing, parts = True, False, []
+    ok, missing, parts = True, [], []
     for f in MAIN_FEATURES:
         cf = cur[cur["feature"] == f]
         end = cf[cf["step"] == last].set_index("probe")
         start = cf[cf["step"] == first].set_index("probe")
-        kinds = [k for k in PROBE_KINDS if k in end.index]
-        if not kinds:
-            missing = True
+        gone = [k for k in PROBE_KINDS if k not in end.index or k not in start.index]
+        if gone:
+            missing.append(f"{f}: no {'/'.join(gone)} rows at step {first} or {last}")
             continue
-        best = kinds[-1]
-        rises = best in start.index and end.loc[best, "mean"] > start.loc[best, "mean"]
-        means = [end.loc[k, "mean"] for k in kinds]
+        rises = end.loc["mlp2", "mean"] > start.loc["mlp2", "mean"]
+        means = [end.loc[k, "mean"] for k in PROBE_KINDS]
         ordered = all(a <= b for a, b in zip(means, means[1:]))
         above = True
-        for k in kinds:
-            floors = [_baseline(d, last, f, d.current, "majority"),
-                      _baseline(d, last, f, d.current, "control_task", k),
-                      start.loc[k, "mean"] if k in start.index else None,
-                      _baseline(d, last, f, d.current, "random_init", k)]
-            above &= all(end.loc[k, "ci_low"] > b for b in floors if b is not None)
+        for k in PROBE_KINDS:
+            floors = {"majority": _baseline(d, last, f, d.current, "majority"),
+                      "control task": _baseline(d, last, f, d.current, "control_task", k),
+                      "first checkpoint": start.loc[k, "mean"],
+                      "random-init": _baseline(d, last, f, d.current, "random_init", k)}
+            above &= all(end.loc[k, "ci_low"] > b for b in floors.values() if b is not None)
+            lack = [n for n in ("majority", "control task") if floors[n] is None]
+            if lack:
+                missing.append(f"{f} {k}: no {' or '.join(lack)} baseline")
         ok = ok and bool(rises and ordered and above)
-        init = [_baseline(d, last, f, d.current, "random_init", k) for k in kinds]
+        init = [_baseline(d, last, f, d.current, "random_init", k) for k in PROBE_KINDS]
         shown_init = "" if all(v is None for v in init) else \
             ", random-init " + "/".join("-" if v is None else pct(v) for v in init)
         parts.append(f"{f}: " + "/".join(pct(m) for m in means) + shown_init
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
                      + f"{'above baselines' if above else 'not above all baselines'})")
-    return _row(3, "current-state probes", crit, f"step {first} -> {last}; linear/mlp1/mlp2 " + "; ".join(parts),
-                False if not ok else (None if missing else True))
+    shown = f"step {first} -> {last}; linear/mlp1/mlp2 " + "; ".join(parts + missing)
+    return _row(3, "current-state probes", crit, shown, False if not ok else (None if missing else True))
 
 
 def _r2(d: RunData) -> dict:
     pts = content_points(d)
     fit = line_fit(pts["acc_spec"], pts["semantic_content"]) if len(pts) else None
-    crit = "R^2 of semantic content vs accuracy across checkpoints >= 0.8, content rising with accuracy"
+    crit = (f"R^2 of semantic content vs accuracy across >= {R2_MIN_POINTS} checkpoints >= 0.8, "
+            "content rising with accuracy")
     if fit is None:
         return _row(4, "semantic content tracks accuracy", crit, f"{len(pts)} checkpoints, no fit", None)
     r2, slope = fit
-    return _row(4, "semantic content tracks accuracy", crit,
-                f"R^2 = {r2:.3f} over {len(pts)} checkpoints, slope {slope:+.3f} ({trend(slope)})",
-                r2 >= R2_TARGET and slope > 0)
+    shown = f"R^2 = {r2:.3f} over {len(pts)} checkpoints, slope {slope:+.3f} ({trend(slope)})"
+    if len(pts) < R2_MIN_POINTS:
+        return _row(4, "semantic content tracks accuracy", crit, shown + "; too few checkpoints to judge", None)
+    return _row(4, "semantic content tracks accuracy", crit, shown, r2 >= R2_TARGET and slope > 0)
 
 
 def _interventions(d: RunData) -> dict:
@@ -145,25 +163,28 @@ def _interventions(d: RunData) -> dict:
 
 def _future(d: RunData) -> dict:
     ahead = [d.current + 1, d.current + 2]
-    crit = (f"offsets {ahead[0]:+d}, {ahead[1]:+d} at the last checkpoint: CI above majority and control task, "
-            "every main feature")
+    crit = (f"offsets {ahead[0]:+d}, {ahead[1]:+d} at the last checkpoint: CI above majority, control task "
+            "and the first probed checkpoint, every main feature")
     allo = d.probe_curve(offset=None)
     fut = allo[allo["offset"].isin(ahead)] if not allo.empty else allo
     if fut.empty:
         return _row(6, "future-state probes", crit, "", None)
-    last = int(fut["step"].max())
+    first, last = int(fut["step"].min()), int(fut["step"].max())
     kind = pick_kind(set(fut["probe"]))
-    fut = fut[(fut["step"] == last) & (fut["probe"] == kind) & fut["feature"].isin(MAIN_FEATURES)]
-    ok, parts = True, []
-    for r in fut.itertuples():
+    fut = fut[(fut["probe"] == kind) & fut["feature"].isin(MAIN_FEATURES)]
+    start = fut[fut["step"] == first].set_index(["feature", "offset"])["mean"] if first < last else pd.Series(dtype=float)
+    ok, complete, parts = True, True, []
+    for r in fut[fut["step"] == last].itertuples():
         floors = [_baseline(d, last, r.feature, r.offset, "majority"),
-                  _baseline(d, last, r.feature, r.offset, "control_task", kind)]
-        above = all(r.ci_low > b for b in floors if b is not None)
-        ok &= above
+                  _baseline(d, last, r.feature, r.offset, "control_task", kind),
+                  start.get((r.feature, r.offset))]
+        ok &= all(r.ci_low > b for b in floors if b is not None)
+        complete &= None not in floors
         parts.append(f"{r.feature} {r.offset:+d}: {pct(r.mean)} vs "
                      + "/".join("-" if b is None else pct(b) for b in floors))
-    return _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control): "
-                + "; ".join(parts), ok and len(parts) == 2 * len(MAIN_FEATURES))
+    complete &= len(parts) == 2 * len(MAIN_FEATURES)
+    return _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control/step {first}): "
+                + "; ".join(parts), False if not ok else (True if complete else None))
 
 
 def issue_targets(d: RunData) -> list[dict]:

@@ -42,8 +42,9 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                                        layer=-1, split="test", mean=mean, ci_low=mean - 0.02,
                                        ci_high=mean + 0.02, n_seeds=3))
                     s_rows.append(dict(s_rows[-1], split="val", mean=mean + 0.01))
-                c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
-                                   offset=cur, kind="control_task", probe=kind, value=base + 0.05))
+                c_rows += [dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
+                                offset=off + cur, kind="control_task", probe=kind, value=base + 0.05)
+                           for off in (-2, -1, 0, 1, 2)]
                 c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
                                    offset=cur, kind="selectivity", probe=kind, value=0.1 * i))
                 if step > 0:  # the random-init model on this checkpoint's programs
@@ -65,8 +66,8 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                                            layer=-1, original=orig, alternative=orig - content,
                                            content=content, ci_low=content - 0.02,
                                            ci_high=content + 0.02))
-            c_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
-                               offset=cur, kind="majority", probe="none", value=base))
+            c_rows += [dict(probe_key=pk, checkpoint_key=ck, step=step, semantics="original", feature=feat,
+                            offset=off + cur, kind="majority", probe="none", value=base) for off in (-2, -1, 0, 1, 2)]
     db.upsert("checkpoints", ck_rows)
     db.upsert("checkpoint_metrics", m_rows)
     db.upsert("probe_summary", s_rows)

@@ -1,0 +1,67 @@
+"""tasks.report_targets: a verdict never rests on a missing baseline, probe kind or checkpoint,
+and each target reads what issue 7 names (rows from the synthetic database of ``report_db``)."""
+
+from tasks.report_data import RunData
+from tasks.report_targets import issue_targets
+
+from report_db import RUN, STEPS, TK, populate, ws  # noqa: F401 (ws: a fixture)
+
+
+def targets(db):
+    return issue_targets(RunData(db, RUN, "smoke", []))
+
+
+def test_accuracy_is_read_at_the_last_checkpoint_beside_its_held_out_pairs(ws):
+    _, db = ws
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="ev800", train_key=TK, step=800,
+                                          metric=m, value=v) for m, v in (("acc_spec_len6_10", 0.75),
+                                                                           ("acc_all_len6_10", 0.66))])
+    first = targets(db)[0]
+    assert first["met"] == "yes" and first["measured"] == "75.0% at step 800; with held-out pairs 66.0%", first
+    # a checkpoint after the last evaluated one: the verdict waits for it
+    db.upsert("checkpoints", [dict(key="ck1000", train_key=TK, step=1000, tokens_seen=10**6, path="/c/1000")])
+    first = targets(db)[0]
+    assert first["met"] == "no data" and "step 1000) is not evaluated" in first["measured"], first
+
+
+def test_phases_must_each_cover_a_checkpoint(ws):
+    _, db = ws
+    db.upsert("phases", [dict(phases_key="ph", train_key=TK, phase="syntax", start_step=0)])
+    second = targets(db)[1]
+    assert second["met"] == "no" and "babbling 0, syntax 0" in second["measured"], second
+
+
+def test_current_state_probes_need_every_kind_and_baseline(ws):
+    _, db = ws
+    db.query("DELETE FROM probe_summary WHERE probe = 'mlp2' AND feature = 'rel_start'")
+    third = targets(db)[2]
+    assert third["met"] == "no data" and "rel_start: no mlp2 rows" in third["measured"], third
+    # a baseline missing: the probes cannot be shown above it
+    populate(db)
+    db.query("DELETE FROM controls WHERE kind = 'control_task' AND feature = 'direction' AND probe = 'linear'")
+    third = targets(db)[2]
+    assert third["met"] == "no data" and "direction linear: no control task baseline" in third["measured"], third
+
+
+def test_r2_needs_five_checkpoints(tmp_path):
+    from tasks.results import ResultsDB
+
+    db = ResultsDB(tmp_path / "results.duckdb")
+    populate(db, steps=STEPS[:1] + STEPS[2:])  # four checkpoints
+    fourth = targets(db)[3]
+    assert fourth["met"] == "no data" and "over 4 checkpoints" in fourth["measured"] \
+        and "too few" in fourth["measured"], fourth
+
+
+def test_future_probes_need_their_baselines_and_beat_the_first_checkpoint(ws):
+    _, db = ws
+    db.query("DELETE FROM controls WHERE kind = 'majority' AND \"offset\" = 2")
+    sixth = targets(db)[5]
+    assert sixth["met"] == "no data" and "facing_wall +2: " in sixth["measured"], sixth
+    populate(db)
+    assert targets(db)[5]["met"] == "yes"
+    # the step-0 model's states already read direction two actions ahead as well as step 800's
+    db.query("UPDATE probe_summary SET mean = 0.99 WHERE step = 0 AND feature = 'direction' "
+             "AND \"offset\" = 2 AND probe = 'mlp1'")
+    sixth = targets(db)[5]
+    assert sixth["met"] == "no" and "direction +2: " in sixth["measured"] and "/99.0%" in sixth["measured"], sixth
