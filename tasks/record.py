@@ -52,7 +52,8 @@ class Recorder:
     def stage(self, out: dict) -> None:
         self.db.upsert("stage_runs", [{
             "run_id": self.run_id, "stage": out["stage"], "key": out["key"], "status": out["status"],
-            "seconds": out["seconds"], "finished_at": datetime.now(timezone.utc),
+            "seconds": out["seconds"],
+            "finished_at": datetime.fromisoformat(out["finished_at"]) if out.get("finished_at") else datetime.now(timezone.utc),
         }])
 
     def run(self, preset, cfg, data_key, train_key, started, status, finished_at=None) -> None:

@@ -25,7 +25,7 @@ from tasks.phases import CONTENT_PROBE, MEAN_FEATURE, init_drops
 from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, line_fit, num,
                                ordered_features, pct, pick_kind, pp, r_squared,
-                               setup_differences, trend)
+                               setup_differences, stage_times, trend)
 from tasks.report_targets import issue_targets
 from tasks.results import ResultsDB
 
@@ -332,7 +332,13 @@ def _write_html(path: Path, d: RunData, preset: str, table, targets, figures, no
                   "checkpoint schedule are left out.</p>", _html_table(diffs)]
     parts += ["<h2>Issue 7 targets</h2>", "<p>What a laptop reproduction must show "
               "(<code>tasks/report_targets.py</code> states each criterion as checked).</p>",
-              _html_table(targets),
+              _html_table(targets)]
+    times = stage_times(d)
+    if times:
+        parts += ["<h2>Time per stage</h2>", "<p>Tasks this run computed or found cached; seconds "
+                  "summed over a stage's tasks (up to three run at once) and its wall clock, from "
+                  "the first computed task's start to the last one's end.</p>", _html_table(times)]
+    parts += [
               "<h2>Key numbers next to the paper</h2>", _html_table(table),
               "<p>Probe accuracy is the test-split mean over seeds of probes on the layer-mean "
               f"hidden state at the token that emits each action, {html.escape(d.offset_text())} "

@@ -29,6 +29,7 @@ PREFERRED_KIND = "mlp1"
 PLOT_SPLIT = "test"
 ORIGINAL = "original"
 PHASE_ORDER = ("babbling", "syntax", "semantics")
+STAGE_ORDER = ("dataset", "train", "evaluate", "activations", "probes", "phases")
 CURRENT = object()  # ``RunData.probe_curve``'s default offset: the run's current one
 FEATURE_NAMES = {"direction": "facing direction", "rel_start": "position rel. to start",
                  "facing_wall": "facing a wall"}
@@ -90,6 +91,8 @@ class RunData:
                              f"{self.run.get('status')!r}); no checkpoints to report.")
                 self.train_key = None
         self.current = self._current_offset()
+        self.stages = db.query("SELECT stage, key, status, seconds, finished_at FROM stage_runs WHERE run_id = ?",
+                               [run_id])
         tk = self.train_key
         empty = lambda t: db.query(f'SELECT * FROM "{t}" WHERE false')  # noqa: E731
         if tk is None:
@@ -104,8 +107,7 @@ class RunData:
             return
         self.checkpoints = db.query(
             "SELECT * FROM checkpoints WHERE train_key = ? ORDER BY step", [tk])
-        run_keys = set(db.query("SELECT DISTINCT key FROM stage_runs WHERE run_id = ?",
-                                [run_id])["key"])
+        run_keys = set(self.stages["key"])
         self.metrics = _own(db.query("SELECT * FROM checkpoint_metrics WHERE train_key = ? ORDER BY step, metric",
                                      [tk]), "eval_key", run_keys)
         self.phases = _own(db.query("SELECT * FROM phases WHERE train_key = ?", [tk]), "phases_key", run_keys)
@@ -219,6 +221,35 @@ def dedupe(df, keys, values, notes, what, stage="probe"):
             notes.append(msg)
         df = df.groupby(keys, as_index=False)[values].mean()
     return df.sort_values(keys).reset_index(drop=True)
+
+
+def stage_times(d: RunData) -> list[dict]:
+    """Per stage of the run (pipeline order): tasks computed and cached, their seconds summed
+    (tasks overlap, so sums exceed the wall) and the wall clock from the first computed task's
+    start to the last one's end; then the whole run's wall clock, from ``runs``."""
+    s = d.stages
+    if s.empty:
+        return []
+    rows = []
+    for stage in sorted(set(s["stage"]), key=lambda x: (STAGE_ORDER.index(x) if x in STAGE_ORDER else 99, x)):
+        g = s[s["stage"] == stage]
+        done = g[g["status"] == "computed"]
+        start = (done["finished_at"] - pd.to_timedelta(done["seconds"], unit="s")).min()
+        wall = (done["finished_at"].max() - start).total_seconds() if not done.empty else 0.0
+        rows.append({"stage": stage, "computed": len(done), "cached": len(g) - len(done),
+                     "seconds, summed": round(float(done["seconds"].sum()), 1), "wall": clock(wall)})
+    run = d.run or {}
+    began, ended = run.get("started_at"), run.get("finished_at")
+    if began is not None and ended is not None and not (pd.isna(began) or pd.isna(ended)):
+        rows.append({"stage": "whole run", "computed": "", "cached": "", "seconds, summed": "",
+                     "wall": clock((pd.Timestamp(ended) - pd.Timestamp(began)).total_seconds())})
+    return rows
+
+
+def clock(seconds: float) -> str:
+    """``H:MM:SS``."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def line_fit(x, y) -> tuple[float, float] | None:

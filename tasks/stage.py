@@ -9,6 +9,7 @@ checked on the files themselves (a missing or corrupt artifact is recomputed).
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +31,8 @@ def stage_key(stage: str, config, upstream: list[str], packages: list[str], own:
 
 def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None],
               force: bool = False) -> dict:
-    """The stage's manifest summary: ``{stage, key, path, status, seconds, meta}``.
+    """The stage's manifest summary: ``{stage, key, path, status, seconds, finished_at, meta}``
+(``finished_at``: ISO 8601, UTC; the recorder may store it much later, e.g. after every grid).
 
     ``force`` recomputes even a complete artifact: the flow sets it when an upstream stage was
     recomputed in this run, so a stage and everything that depends on it are rebuilt together.
@@ -51,6 +53,7 @@ def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict
         "path": str(store.path(stage, key)),
         "status": "computed" if computed else "cached",
         "seconds": round(time.perf_counter() - t, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
         "meta": manifest.get("meta", {}),
     }
 

@@ -105,3 +105,27 @@ def test_metrics_from_several_evaluations_are_averaged_with_a_note(ws):
     notes.clear()
     report.RunData(db, RUN, "smoke", notes).metric_frame()
     assert not notes
+
+
+def test_time_per_stage_is_the_runs_own(ws):
+    """Tasks computed and cached per stage, their summed seconds, the wall clock from the first
+    computed task's start to the last one's end, then the whole run; another run's rows stay out."""
+    from datetime import datetime, timedelta
+
+    from tasks.report_data import RunData, stage_times
+
+    _, db = ws
+    t0 = datetime(2026, 12, 3, 12, 0, 0)
+    at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    db.upsert("runs", [dict(run_id=RUN, preset="smoke", config={"x": 1}, data_key="d", train_key=TK,
+                            status="finished", started_at=t0, finished_at=at(3725))])
+    db.upsert("stage_runs", [
+        dict(run_id=RUN, stage="probes", key="p1", status="computed", seconds=50.0, finished_at=at(160)),
+        dict(run_id=RUN, stage="probes", key="p2", status="computed", seconds=50.0, finished_at=at(170)),
+        dict(run_id=RUN, stage="train", key="t", status="computed", seconds=100.0, finished_at=at(100)),
+        dict(run_id=RUN, stage="evaluate", key="e", status="cached", seconds=0.01, finished_at=at(101)),
+        dict(run_id="other", stage="train", key="t2", status="computed", seconds=9e4, finished_at=at(9e4))])
+    rows = stage_times(RunData(db, RUN, "smoke", []))
+    assert [(r["stage"], r["computed"], r["cached"], r["seconds, summed"], r["wall"]) for r in rows] == [
+        ("train", 1, 0, 100.0, "0:01:40"), ("evaluate", 0, 1, 0.0, "0:00:00"),
+        ("probes", 2, 0, 100.0, "0:01:00"), ("whole run", "", "", "", "1:02:05")]

@@ -55,7 +55,8 @@ def test_idempotency_keys_chain_per_workspace():
 
 def test_unit_journal_status_and_replay_writes_no_run(tmp_path):
     j = record.Journal("unit-run")
-    j.stage({"stage": "evaluate", "key": "e1", "status": "computed", "seconds": 0.5, "path": "/x", "meta": {}})
+    j.stage({"stage": "evaluate", "key": "e1", "status": "computed", "seconds": 0.5, "path": "/x", "meta": {},
+             "finished_at": "2026-12-03T12:00:05+00:00"})
     assert j.status() is None
     j.unit("checkpoint", "failed", {"error": "x"})
     j.unit("checkpoint", "finished")
@@ -66,6 +67,8 @@ def test_unit_journal_status_and_replay_writes_no_run(tmp_path):
     record.replay(back, record.Recorder(db, "study-run", None))
     assert db.count("runs") == 0  # the study records its own run row
     assert db.table("stage_runs")[["run_id", "stage", "key"]].values.tolist() == [["study-run", "evaluate", "e1"]]
+    # the task's own finish time, not the replay's
+    assert str(db.table("stage_runs")["finished_at"][0]).startswith("2026-12-03 12:00:05")
 
 
 UNITS_SCRIPT = """
