@@ -1,10 +1,13 @@
-"""``semprobe status``: for a preset (and overrides), which stages are done and which missing.
+"""``semprobe status``: for a preset (and overrides), which stages are done, running (a process
+holds the key's lock, e.g. a probe grid an hour into its epochs) and missing.
 
 Keys are recomputed from the config and the current library code, so a code change shows up
 as 'missing' for exactly the stages it invalidates.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 from flows.presets import load_preset
 from model.config import checkpoint_steps
@@ -22,10 +25,14 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
     store = ws.store
 
     def row(stage, key, detail=""):
-        done = store.is_complete(stage, key, verify="stat")
-        exists = store.exists(stage, key)
-        state = "done" if done else ("corrupt" if exists else "missing")
-        return {"stage": stage, "key": key, "state": state, "detail": detail}
+        if store.is_complete(stage, key, verify="stat"):
+            return {"stage": stage, "key": key, "state": "done", "detail": detail}
+        since = store.computing_since(stage, key)
+        if since is not None:
+            when = datetime.fromtimestamp(since, timezone.utc).strftime("%H:%M UTC")
+            return {"stage": stage, "key": key, "state": "running", "detail": f"{detail} (since {when})".strip()}
+        return {"stage": stage, "key": key, "state": "corrupt" if store.exists(stage, key) else "missing",
+                "detail": detail}
 
     ds = dataset_key(cfg.data)
     tk = train_key(cfg.model, cfg.train, ds)

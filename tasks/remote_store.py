@@ -334,14 +334,24 @@ class RemoteArtifactStore(ArtifactStore):
     # overwritten by the next write of that key.
 
     # --------------------------------------------------------------- locking
+    def _remote_lock(self, stage: str, key: str, stale_s: float = LOCK_STALE_S) -> RemoteLock:
+        return RemoteLock(self.fs, f"{self.base}/{_check_name('stage', stage)}/.{_check_name('key', key)}.lock",
+                          stale_s)
+
     @contextlib.contextmanager
     def lock(self, stage: str, key: str, timeout: float | None = None, poll_s: float = 0.5,
              stale_s: float = LOCK_STALE_S) -> Iterator[str]:
         """Best-effort cross-worker lock on ``<url>/<stage>/.<key>.lock`` (see module doc)."""
-        lk = RemoteLock(self.fs, f"{self.base}/{_check_name('stage', stage)}/.{_check_name('key', key)}.lock",
-                        stale_s)
+        lk = self._remote_lock(stage, key, stale_s)
         lk.acquire(timeout, poll_s)
         try:
             yield lk.path
         finally:
             lk.release()
+
+    def computing_since(self, stage: str, key: str) -> float | None:
+        """The last heartbeat of a live holder of the key's lock (a remote lock keeps no start
+        time), or None when none holds it or its holder is stale."""
+        lk = self._remote_lock(stage, key)
+        rec = lk._read()
+        return None if rec is None or lk._stale(rec) else float(rec.get("heartbeat", 0))

@@ -211,6 +211,23 @@ class ArtifactStore:
         """Whether anything is stored under the key (complete or not)."""
         return self.path(stage, key).exists()
 
+    def computing_since(self, stage: str, key: str) -> float | None:
+        """When the process now computing the key took its lock (epoch seconds: the lock file's
+        mtime, which ``flock_file`` rewrites on taking it), or None when no process holds it."""
+        try:
+            fd = os.open(self._lock_path(stage, key), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.fstat(fd).st_mtime
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def keys(self, stage: str) -> list[str]:
         """Keys that have a folder in ``stage`` (complete or not), sorted."""
         d = self.stage_dir(stage)

@@ -214,3 +214,22 @@ def test_ensure_recomputes_corrupt(tmp_path):
     assert s.ensure("s", "k", compute)[1] is True
     assert len(calls) == 2
     assert json.loads((s.path("s", "k") / "manifest.json").read_text())["key"] == "k"
+
+
+def test_status_shows_a_stage_another_holder_is_computing(tmp_path):
+    """``semprobe status`` says 'running' for a key whose lock a computation holds (not 'missing'
+    for an hour-long probe grid), and 'missing' again once the lock is released unfinished."""
+    from flows.status import stage_status
+    from tasks.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    dataset = next(r for r in stage_status(ws, "smoke") if r["stage"] == "dataset")
+    assert dataset["state"] == "missing" and ws.store.computing_since("dataset", dataset["key"]) is None
+    t0 = time.time()
+    with ws.store.lock("dataset", dataset["key"]):
+        since = ws.store.computing_since("dataset", dataset["key"])
+        assert since is not None and abs(since - t0) < 60
+        row = next(r for r in stage_status(ws, "smoke") if r["stage"] == "dataset")
+        assert row["state"] == "running" and "since" in row["detail"], row
+    assert ws.store.computing_since("dataset", dataset["key"]) is None
+    assert next(r for r in stage_status(ws, "smoke") if r["stage"] == "dataset")["state"] == "missing"

@@ -186,7 +186,8 @@ def test_remote_lock_excludes_times_out_and_releases(tmp_path):
                 pass
         with s.lock("data", "other", timeout=0.3):  # other keys are independent
             pass
-    assert not lock_file.exists()
+        assert s.computing_since("data", "k") is not None and s.computing_since("data", "other") is None
+    assert not lock_file.exists() and s.computing_since("data", "k") is None
 
 
 @pytest.mark.parametrize("holder", ["dead_pid_here", "old_heartbeat"])
@@ -199,8 +200,11 @@ def test_stale_remote_lock_is_broken(tmp_path, holder):
     lock_file.write_text(json.dumps(rec))
     with s.lock("data", "k", timeout=2, poll_s=0.05):
         assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    lock_file.write_text(json.dumps(rec))
+    assert s.computing_since("data", "k") is None  # a stale holder computes nothing
     live = {"host": "elsewhere", "pid": 1, "token": "y", "heartbeat": time.time()}
     lock_file.write_text(json.dumps(live))
+    assert s.computing_since("data", "k") == pytest.approx(live["heartbeat"])
     with pytest.raises(LockTimeout):
         with s.lock("data", "k", timeout=0.2, poll_s=0.05):
             pass
