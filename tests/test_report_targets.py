@@ -11,6 +11,12 @@ def targets(db):
     return issue_targets(RunData(db, RUN, "smoke", []))
 
 
+def target_after(db, sql: str, n: int) -> dict:
+    """Target ``n`` (0-based) once ``sql`` has changed the planted rows."""
+    db.query(sql)
+    return targets(db)[n]
+
+
 def test_accuracy_is_read_at_the_last_checkpoint_beside_its_held_out_pairs(ws):
     _, db = ws
     db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="ev800", train_key=TK, step=800,
@@ -33,13 +39,12 @@ def test_phases_must_each_cover_a_checkpoint(ws):
 
 def test_current_state_probes_need_every_kind_and_baseline(ws):
     _, db = ws
-    db.query("DELETE FROM probe_summary WHERE probe = 'mlp2' AND feature = 'rel_start'")
-    third = targets(db)[2]
+    third = target_after(db, "DELETE FROM probe_summary WHERE probe = 'mlp2' AND feature = 'rel_start'", 2)
     assert third["met"] == "no data" and "rel_start: no mlp2 rows" in third["measured"], third
     # a baseline missing: the probes cannot be shown above it
     populate(db)
-    db.query("DELETE FROM controls WHERE kind = 'control_task' AND feature = 'direction' AND probe = 'linear'")
-    third = targets(db)[2]
+    third = target_after(db, "DELETE FROM controls WHERE kind = 'control_task' AND feature = 'direction' "
+                         "AND probe = 'linear'", 2)
     assert third["met"] == "no data" and "direction linear: no control task baseline" in third["measured"], third
 
 
@@ -55,13 +60,11 @@ def test_r2_needs_five_checkpoints(tmp_path):
 
 def test_future_probes_need_their_baselines_and_beat_the_first_checkpoint(ws):
     _, db = ws
-    db.query("DELETE FROM controls WHERE kind = 'majority' AND \"offset\" = 2")
-    sixth = targets(db)[5]
+    sixth = target_after(db, "DELETE FROM controls WHERE kind = 'majority' AND \"offset\" = 2", 5)
     assert sixth["met"] == "no data" and "facing_wall +2: " in sixth["measured"], sixth
     populate(db)
     assert targets(db)[5]["met"] == "yes"
     # the step-0 model's states already read direction two actions ahead as well as step 800's
-    db.query("UPDATE probe_summary SET mean = 0.99 WHERE step = 0 AND feature = 'direction' "
-             "AND \"offset\" = 2 AND probe = 'mlp1'")
-    sixth = targets(db)[5]
+    sixth = target_after(db, "UPDATE probe_summary SET mean = 0.99 WHERE step = 0 AND feature = 'direction' "
+                         "AND \"offset\" = 2 AND probe = 'mlp1'", 5)
     assert sixth["met"] == "no" and "direction +2: " in sixth["measured"] and "/99.0%" in sixth["measured"], sixth
