@@ -234,10 +234,11 @@ def stage_times(d: RunData) -> list[dict]:
     for stage in sorted(set(s["stage"]), key=lambda x: (STAGE_ORDER.index(x) if x in STAGE_ORDER else 99, x)):
         g = s[s["stage"] == stage]
         done = g[g["status"] == "computed"]
-        start = (done["finished_at"] - pd.to_timedelta(done["seconds"], unit="s")).min()
-        wall = (done["finished_at"].max() - start).total_seconds() if not done.empty else 0.0
+        timed = done.dropna(subset=["seconds", "finished_at"])  # rows recorded before either was
+        start = (timed["finished_at"] - pd.to_timedelta(timed["seconds"], unit="s")).min()
+        wall = clock((timed["finished_at"].max() - start).total_seconds()) if not timed.empty else ""
         rows.append({"stage": stage, "computed": len(done), "cached": len(g) - len(done),
-                     "seconds, summed": round(float(done["seconds"].sum()), 1), "wall": clock(wall)})
+                     "seconds, summed": round(float(done["seconds"].sum()), 1), "wall": wall})
     run = d.run or {}
     began, ended = run.get("started_at"), run.get("finished_at")
     if began is not None and ended is not None and not (pd.isna(began) or pd.isna(ended)):

@@ -124,8 +124,9 @@ def test_time_per_stage_is_the_runs_own(ws):
         dict(run_id=RUN, stage="probes", key="p2", status="computed", seconds=50.0, finished_at=at(170)),
         dict(run_id=RUN, stage="train", key="t", status="computed", seconds=100.0, finished_at=at(100)),
         dict(run_id=RUN, stage="evaluate", key="e", status="cached", seconds=0.01, finished_at=at(101)),
+        dict(run_id=RUN, stage="phases", key="ph", status="computed", seconds=2.0),  # no finish time
         dict(run_id="other", stage="train", key="t2", status="computed", seconds=9e4, finished_at=at(9e4))])
     rows = stage_times(RunData(db, RUN, "smoke", []))
     assert [(r["stage"], r["computed"], r["cached"], r["seconds, summed"], r["wall"]) for r in rows] == [
-        ("train", 1, 0, 100.0, "0:01:40"), ("evaluate", 0, 1, 0.0, "0:00:00"),
-        ("probes", 2, 0, 100.0, "0:01:00"), ("whole run", "", "", "", "1:02:05")]
+        ("train", 1, 0, 100.0, "0:01:40"), ("evaluate", 0, 1, 0.0, ""),
+        ("probes", 2, 0, 100.0, "0:01:00"), ("phases", 1, 0, 2.0, ""), ("whole run", "", "", "", "1:02:05")]
