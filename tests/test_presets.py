@@ -72,5 +72,8 @@ def test_cpu_long_is_the_cpu_recipe_for_longer():
     assert long.train.steps == 3 * cpu.train.steps
     assert long.activations.n_train_specs > cpu.activations.n_train_specs
     assert long.probe.epochs > cpu.probe.epochs and long.probe.max_train_pairs > cpu.probe.max_train_pairs
-    # the cpu preset probes the alternative semantics at offset 0 only; cpu-long at every offset
-    assert cpu.probe.alternative_offsets == (0,) and long.probe.offsets_for("flip") == long.probe.offsets
+    # both probe the alternative semantics at offset 0 only (all the interventions read); an
+    # empty override restores every offset
+    assert cpu.probe.alternative_offsets == long.probe.alternative_offsets == (0,)
+    every = load_preset("cpu-long", ["probe.alternative_offsets="])
+    assert every.probe.offsets_for("flip") == every.probe.offsets == (-2, -1, 0, 1, 2)
