@@ -10,20 +10,23 @@ is there already fails):
 2. all three phases found by the phase rule, in order, each covering at least one checkpoint
    (babbling before syntax before semantics);
 3. current-state probes (offset 0; -1 on fed reference programs, ``RunData.current``) of
-   direction, position relative to start and facing a wall, all three kinds: mlp2 rises from
-   the first probed checkpoint to the last; at the last, mlp2 >= mlp1 >= linear; and every
-   kind's lower 95% bound is above the majority baseline, its own control task and its own value
-   on the first probed checkpoint (the random-init model when that is step 0), and, where the run
-   has it, the random-init control (the step-0 model's states over the last checkpoint's own
-   programs and labels);
+   direction, position relative to start and facing a wall, all three kinds: at the last
+   checkpoint mlp2 rises above the untrained model, mlp2 >= mlp1 >= linear, and every kind's
+   lower 95% bound is above the majority baseline, its own control task and the untrained model.
+   The untrained model is the random-init control (the step-0 model's states over the last
+   checkpoint's own programs and labels: only training differs), else the same probe on the first
+   probed checkpoint. The step-0 model's own programs are no baseline where the control exists:
+   they are degenerate (at seed 0 of ``cpu-long`` 1 distinct program in 300, whose robot never
+   leaves its start cell, so probes read the position from them at 100%), which measures the programs, not the model;
 4. R^2 of semantic content vs generative accuracy across at least ``R2_MIN_POINTS`` checkpoints
    >= 0.8, with a positive slope (the paper's finding is that content rises with accuracy; R^2
    alone also fits a fall);
 5. at the last checkpoint, for every main feature, the ``flip`` and ``adversarial`` drops
    (original - alternative) have 95% CIs above zero, and ``adversarial`` drops more on average;
 6. future-state probes (one and two actions past the current offset) at the last checkpoint:
-   lower 95% bound above the majority baseline, the control task and the same probe on the first
-   probed checkpoint at that offset, for every main feature.
+   lower 95% bound above the majority baseline and the control task at that offset, and the
+   random-init control where the run has it there (``ProbeConfig.init_offsets``), for every main
+   feature.
 """
 
 from __future__ import annotations
@@ -87,8 +90,9 @@ def _baseline(d: RunData, step, feature, offset, kind, probe=None):
 
 
 def _current_probes(d: RunData) -> dict:
-    crit = ("mlp2 rises; at the end mlp2 >= mlp1 >= linear, each CI above majority, control "
-            "task, first probed checkpoint and the random-init model on the same programs")
+    crit = ("mlp2 rises from the untrained model; at the end mlp2 >= mlp1 >= linear, each CI above "
+            "majority, control task and the untrained model (the random-init model's states on the "
+            "same programs, else the first probed checkpoint)")
     cur = d.probe_curve()
     if cur.empty or cur["step"].nunique() < 2:
         return _row(3, "current-state probes", crit, "", None)
@@ -98,28 +102,29 @@ def _current_probes(d: RunData) -> dict:
         cf = cur[cur["feature"] == f]
         end = cf[cf["step"] == last].set_index("probe")
         start = cf[cf["step"] == first].set_index("probe")
-        gone = [k for k in PROBE_KINDS if k not in end.index or k not in start.index]
+        init = {k: _baseline(d, last, f, d.current, "random_init", k) for k in PROBE_KINDS}
+        untrained = {k: init[k] if init[k] is not None else (start.loc[k, "mean"] if k in start.index else None)
+                     for k in PROBE_KINDS}
+        gone = [k for k in PROBE_KINDS if k not in end.index or untrained[k] is None]
         if gone:
-            missing.append(f"{f}: no {'/'.join(gone)} rows at step {first} or {last}")
+            missing.append(f"{f}: no {'/'.join(gone)} rows at step {last}, or none untrained")
             continue
-        rises = end.loc["mlp2", "mean"] > start.loc["mlp2", "mean"]
+        rises = end.loc["mlp2", "mean"] > untrained["mlp2"]
         means = [end.loc[k, "mean"] for k in PROBE_KINDS]
         ordered = all(a <= b for a, b in zip(means, means[1:]))
         above = True
         for k in PROBE_KINDS:
             floors = {"majority": _baseline(d, last, f, d.current, "majority"),
                       "control task": _baseline(d, last, f, d.current, "control_task", k),
-                      "first checkpoint": start.loc[k, "mean"],
-                      "random-init": _baseline(d, last, f, d.current, "random_init", k)}
+                      "untrained": untrained[k]}
             above &= all(end.loc[k, "ci_low"] > b for b in floors.values() if b is not None)
             lack = [n for n in ("majority", "control task") if floors[n] is None]
             if lack:
                 missing.append(f"{f} {k}: no {' or '.join(lack)} baseline")
         ok = ok and bool(rises and ordered and above)
-        init = [_baseline(d, last, f, d.current, "random_init", k) for k in PROBE_KINDS]
-        shown_init = "" if all(v is None for v in init) else \
-            ", random-init " + "/".join("-" if v is None else pct(v) for v in init)
-        parts.append(f"{f}: " + "/".join(pct(m) for m in means) + shown_init
+        what = "random-init" if all(init[k] is not None for k in PROBE_KINDS) else f"step {first}"
+        parts.append(f"{f}: " + "/".join(pct(m) for m in means)
+                     + f", {what} " + "/".join(pct(untrained[k]) for k in PROBE_KINDS)
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
                      + f"{'above baselines' if above else 'not above all baselines'})")
     shown = f"step {first} -> {last}; linear/mlp1/mlp2 " + "; ".join(parts + missing)
@@ -164,26 +169,25 @@ def _interventions(d: RunData) -> dict:
 def _future(d: RunData) -> dict:
     ahead = [d.current + 1, d.current + 2]
     crit = (f"offsets {ahead[0]:+d}, {ahead[1]:+d} at the last checkpoint: CI above majority, control task "
-            "and the first probed checkpoint, every main feature")
+            "and, where the run has it, the random-init model on the same programs; every main feature")
     allo = d.probe_curve(offset=None)
     fut = allo[allo["offset"].isin(ahead)] if not allo.empty else allo
     if fut.empty:
         return _row(6, "future-state probes", crit, "", None)
-    first, last = int(fut["step"].min()), int(fut["step"].max())
+    last = int(fut["step"].max())
     kind = pick_kind(set(fut["probe"]))
-    fut = fut[(fut["probe"] == kind) & fut["feature"].isin(MAIN_FEATURES)]
-    start = fut[fut["step"] == first].set_index(["feature", "offset"])["mean"] if first < last else pd.Series(dtype=float)
+    fut = fut[(fut["step"] == last) & (fut["probe"] == kind) & fut["feature"].isin(MAIN_FEATURES)]
     ok, complete, parts = True, True, []
-    for r in fut[fut["step"] == last].itertuples():
+    for r in fut.itertuples():
         floors = [_baseline(d, last, r.feature, r.offset, "majority"),
                   _baseline(d, last, r.feature, r.offset, "control_task", kind),
-                  start.get((r.feature, r.offset))]
+                  _baseline(d, last, r.feature, r.offset, "random_init", kind)]
         ok &= all(r.ci_low > b for b in floors if b is not None)
-        complete &= None not in floors
+        complete &= None not in floors[:2]
         parts.append(f"{r.feature} {r.offset:+d}: {pct(r.mean)} vs "
                      + "/".join("-" if b is None else pct(b) for b in floors))
     complete &= len(parts) == 2 * len(MAIN_FEATURES)
-    return _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control/step {first}): "
+    return _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control/random-init): "
                 + "; ".join(parts), False if not ok else (True if complete else None))
 
 

@@ -58,13 +58,25 @@ def test_r2_needs_five_checkpoints(tmp_path):
         and "too few" in fourth["measured"], fourth
 
 
-def test_future_probes_need_their_baselines_and_beat_the_first_checkpoint(ws):
+def test_the_untrained_model_is_the_random_init_states_on_the_same_programs(ws):
+    """A step-0 model whose own programs are degenerate (its probes read them perfectly) is no
+    floor where the random-init states over the last checkpoint's programs exist; without those,
+    the first probed checkpoint is."""
+    _, db = ws
+    third = target_after(db, "UPDATE probe_summary SET mean = 0.99, ci_low = 0.98 WHERE step = 0", 2)
+    assert third["met"] == "yes" and "random-init 27.0%/27.0%/27.0%" in third["measured"], third
+    third = target_after(db, "DELETE FROM controls WHERE kind = 'random_init'", 2)
+    assert third["met"] == "no" and "step 0 99.0%/99.0%/99.0% (no rise" in third["measured"], third
+
+
+def test_future_probes_need_their_baselines_and_beat_the_random_init_states(ws):
     _, db = ws
     sixth = target_after(db, "DELETE FROM controls WHERE kind = 'majority' AND \"offset\" = 2", 5)
     assert sixth["met"] == "no data" and "facing_wall +2: " in sixth["measured"], sixth
     populate(db)
     assert targets(db)[5]["met"] == "yes"
-    # the step-0 model's states already read direction two actions ahead as well as step 800's
-    sixth = target_after(db, "UPDATE probe_summary SET mean = 0.99 WHERE step = 0 AND feature = 'direction' "
-                         "AND \"offset\" = 2 AND probe = 'mlp1'", 5)
+    # the random-init states over the same programs read direction two actions ahead as well
+    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
+                                feature="direction", offset=2, kind="random_init", probe="mlp1", value=0.99)])
+    sixth = targets(db)[5]
     assert sixth["met"] == "no" and "direction +2: " in sixth["measured"] and "/99.0%" in sixth["measured"], sixth
