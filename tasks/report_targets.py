@@ -16,8 +16,9 @@ is there already fails):
    The untrained model is the random-init control (the step-0 model's states over the last
    checkpoint's own programs and labels: only training differs), else the same probe on the first
    probed checkpoint. The step-0 model's own programs are no baseline where the control exists:
-   they are degenerate (at seed 0 of ``cpu-long`` 1 distinct program in 300, whose robot never
-   leaves its start cell, so probes read the position from them at 100%), which measures the programs, not the model;
+   they are degenerate (at seed 0 of ``cpu-long``: pick_marker, put_marker seven times for every
+   spec; the robot never moves or turns, so probes read its position at 100%): that measures the
+   programs, not the model;
 4. R^2 of semantic content vs generative accuracy across at least ``R2_MIN_POINTS`` checkpoints
    >= 0.8, with a positive slope (the paper's finding is that content rises with accuracy; R^2
    alone also fits a fall);
