@@ -11,10 +11,13 @@ def targets(db):
     return issue_targets(RunData(db, RUN, "smoke", []))
 
 
-def target_after(db, sql: str, n: int) -> dict:
-    """Target ``n`` (0-based) once ``sql`` has changed the planted rows."""
-    db.query(sql)
-    return targets(db)[n]
+def expect(db, n: int, met: str, *phrases: str, sql: str | None = None) -> None:
+    """Target ``n`` (0-based), once ``sql`` (if any) has changed the planted rows, reads ``met``
+    and its measurement holds every phrase."""
+    if sql:
+        db.query(sql)
+    t = targets(db)[n]
+    assert t["met"] == met and all(p in t["measured"] for p in phrases), t
 
 
 def test_accuracy_is_read_at_the_last_checkpoint_beside_its_held_out_pairs(ws):
@@ -22,30 +25,27 @@ def test_accuracy_is_read_at_the_last_checkpoint_beside_its_held_out_pairs(ws):
     db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="ev800", train_key=TK, step=800,
                                           metric=m, value=v) for m, v in (("acc_spec_len6_10", 0.75),
                                                                            ("acc_all_len6_10", 0.66))])
-    first = targets(db)[0]
-    assert first["met"] == "yes" and first["measured"] == "75.0% at step 800; with held-out pairs 66.0%", first
+    assert targets(db)[0]["measured"] == "75.0% at step 800; with held-out pairs 66.0%"
+    expect(db, 0, "yes")
     # a checkpoint after the last evaluated one: the verdict waits for it
     db.upsert("checkpoints", [dict(key="ck1000", train_key=TK, step=1000, tokens_seen=10**6, path="/c/1000")])
-    first = targets(db)[0]
-    assert first["met"] == "no data" and "step 1000) is not evaluated" in first["measured"], first
+    expect(db, 0, "no data", "step 1000) is not evaluated")
 
 
 def test_phases_must_each_cover_a_checkpoint(ws):
     _, db = ws
     db.upsert("phases", [dict(phases_key="ph", train_key=TK, phase="syntax", start_step=0)])
-    second = targets(db)[1]
-    assert second["met"] == "no" and "babbling 0, syntax 0" in second["measured"], second
+    expect(db, 1, "no", "babbling 0, syntax 0")
 
 
 def test_current_state_probes_need_every_kind_and_baseline(ws):
     _, db = ws
-    third = target_after(db, "DELETE FROM probe_summary WHERE probe = 'mlp2' AND feature = 'rel_start'", 2)
-    assert third["met"] == "no data" and "rel_start: no mlp2 rows" in third["measured"], third
+    expect(db, 2, "no data", "rel_start: no mlp2 rows",
+           sql="DELETE FROM probe_summary WHERE probe = 'mlp2' AND feature = 'rel_start'")
     # a baseline missing: the probes cannot be shown above it
     populate(db)
-    third = target_after(db, "DELETE FROM controls WHERE kind = 'control_task' AND feature = 'direction' "
-                         "AND probe = 'linear'", 2)
-    assert third["met"] == "no data" and "direction linear: no control task baseline" in third["measured"], third
+    expect(db, 2, "no data", "direction linear: no control task baseline",
+           sql="DELETE FROM controls WHERE kind = 'control_task' AND feature = 'direction' AND probe = 'linear'")
 
 
 def test_r2_needs_five_checkpoints(tmp_path):
@@ -53,9 +53,7 @@ def test_r2_needs_five_checkpoints(tmp_path):
 
     db = ResultsDB(tmp_path / "results.duckdb")
     populate(db, steps=STEPS[:1] + STEPS[2:])  # four checkpoints
-    fourth = targets(db)[3]
-    assert fourth["met"] == "no data" and "over 4 checkpoints" in fourth["measured"] \
-        and "too few" in fourth["measured"], fourth
+    expect(db, 3, "no data", "over 4 checkpoints", "too few")
 
 
 def test_the_untrained_model_is_the_random_init_states_on_the_same_programs(ws):
@@ -63,20 +61,17 @@ def test_the_untrained_model_is_the_random_init_states_on_the_same_programs(ws):
     floor where the random-init states over the last checkpoint's programs exist; without those,
     the first probed checkpoint is."""
     _, db = ws
-    third = target_after(db, "UPDATE probe_summary SET mean = 0.99, ci_low = 0.98 WHERE step = 0", 2)
-    assert third["met"] == "yes" and "random-init 27.0%/27.0%/27.0%" in third["measured"], third
-    third = target_after(db, "DELETE FROM controls WHERE kind = 'random_init'", 2)
-    assert third["met"] == "no" and "step 0 99.0%/99.0%/99.0% (no rise" in third["measured"], third
+    expect(db, 2, "yes", "random-init 27.0%/27.0%/27.0%",
+           sql="UPDATE probe_summary SET mean = 0.99, ci_low = 0.98 WHERE step = 0")
+    expect(db, 2, "no", "step 0 99.0%/99.0%/99.0% (no rise", sql="DELETE FROM controls WHERE kind = 'random_init'")
 
 
 def test_future_probes_need_their_baselines_and_beat_the_random_init_states(ws):
     _, db = ws
-    sixth = target_after(db, "DELETE FROM controls WHERE kind = 'majority' AND \"offset\" = 2", 5)
-    assert sixth["met"] == "no data" and "facing_wall +2: " in sixth["measured"], sixth
+    expect(db, 5, "no data", "facing_wall +2: ", sql="DELETE FROM controls WHERE kind = 'majority' AND \"offset\" = 2")
     populate(db)
-    assert targets(db)[5]["met"] == "yes"
+    expect(db, 5, "yes")
     # the random-init states over the same programs read direction two actions ahead as well
     db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
                                 feature="direction", offset=2, kind="random_init", probe="mlp1", value=0.99)])
-    sixth = targets(db)[5]
-    assert sixth["met"] == "no" and "direction +2: " in sixth["measured"] and "/99.0%" in sixth["measured"], sixth
+    expect(db, 5, "no", "direction +2: ", "/99.0%")
