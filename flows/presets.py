@@ -67,8 +67,8 @@ def _cpu_long() -> StudyConfig:
     """The ``cpu`` recipe and data with six layers for three times the steps (``mcfg.cpu_long``),
     probed at 5 checkpoints with twice the probed specs and 60 probe epochs; like ``cpu``, the
     alternative semantics at offset 0 only, which is all that the interventions, the semantic
-    content and the paper read. Under every offset the alternatives' grids made the probes take
-    about twice the training's two hours on the 2-core Xeon (RESULTS.md); ``--set
+    content and the paper read. With them at every offset the probes took an estimated 5-6 hours
+    against two of training on the 2-core Xeon (RESULTS.md); ``--set
     probe.alternative_offsets=`` restores them."""
     cpu = _cpu()
     m, t = mcfg.cpu_long()
