@@ -241,7 +241,7 @@ def stage_times(d: RunData) -> list[dict]:
                      "seconds, summed": round(float(done["seconds"].sum()), 1), "wall": wall})
     run = d.run or {}
     began, ended = run.get("started_at"), run.get("finished_at")
-    if began is not None and ended is not None and not (pd.isna(began) or pd.isna(ended)):
+    if pd.notna(began) and pd.notna(ended):
         rows.append({"stage": "whole run", "computed": "", "cached": "", "seconds, summed": "",
                      "wall": clock((pd.Timestamp(ended) - pd.Timestamp(began)).total_seconds())})
     return rows
