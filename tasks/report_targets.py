@@ -123,7 +123,8 @@ def _current_probes(d: RunData) -> dict:
             if lack:
                 missing.append(f"{f} {k}: no {' or '.join(lack)} baseline")
         ok = ok and bool(rises and ordered and above)
-        what = "random-init" if all(init[k] is not None for k in PROBE_KINDS) else f"step {first}"
+        has_init = [init[k] is not None for k in PROBE_KINDS]
+        what = "random-init" if all(has_init) else (f"step {first}" if not any(has_init) else f"random-init/step {first}")
         parts.append(f"{f}: " + "/".join(pct(m) for m in means)
                      + f", {what} " + "/".join(pct(untrained[k]) for k in PROBE_KINDS)
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
