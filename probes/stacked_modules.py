@@ -49,8 +49,8 @@ def head_scores(logits: torch.Tensor, target: torch.Tensor, col_head, col_start)
     the probe lacks (rows without a label are excluded by their weight, not here).
     """
     logits = logits.float()
-    nll = torch.zeros(logits.shape[:2])
-    correct = torch.ones(logits.shape[:2], dtype=torch.bool)
+    nll = torch.zeros(logits.shape[:2], device=logits.device)
+    correct = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
     for k in range(col_start.shape[1]):
         in_head = col_head == k  # (p, K)
         lg = logits.masked_fill(~in_head[:, None, :], _NEG)

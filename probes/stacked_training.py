@@ -29,7 +29,10 @@ class TrainConfig:
     val accuracy (model selection) every that many epochs and at the last epoch;
     ``bf16``: bfloat16 matmul inputs (float32 accumulation); ``threads``: intra-op threads while
     training (1 is the robust choice on a small shared machine: the ops are small and an OpenMP
-    team whose other thread is descheduled waits for it at every op).
+    team whose other thread is descheduled waits for it at every op); ``device``: where the
+    probes train (``cpu``, ``cuda``, or ``auto``: CUDA when torch sees it). Parameters are
+    initialised on the CPU, so a probe starts from the same weights on every device, and the
+    fitted probes come back to the CPU.
     """
 
     epochs: int = 100
@@ -42,12 +45,28 @@ class TrainConfig:
     eval_every: int = 1
     bf16: bool = True
     threads: int | None = None  # torch intra-op threads while training (None: leave as is)
+    device: str = "cpu"
+
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of ``TrainConfig.device``; a clear error for an unknown name or a CUDA
+    device torch cannot see."""
+    if name not in DEVICES:
+        raise ValueError(f"device: {name!r} is not one of {DEVICES}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' asked for but torch sees no CUDA device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _standardise(chunk: ProbeChunk, x: torch.Tensor) -> None:
     """Mean/std of the training inputs of a group (float64 sums)."""
-    mean = torch.zeros(x.shape[1], dtype=torch.float64)
-    sq = torch.zeros(x.shape[1], dtype=torch.float64)
+    mean = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    sq = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     for s in range(0, x.shape[0], 16384):
         xd = x[s:s + 16384].double()
         mean += xd.sum(0)
@@ -75,7 +94,7 @@ def _prior_bias(chunk: ProbeChunk, target: torch.Tensor) -> None:
 def _chunk_hits(chunk: ProbeChunk, xs: torch.Tensor, target: torch.Tensor, batch: int):
     """(p,) correct rows of standardised ``xs`` (all rows scored), eval mode."""
     chunk.eval()
-    hits = torch.zeros(chunk.n_probes, dtype=torch.float64)
+    hits = torch.zeros(chunk.n_probes, dtype=torch.float64, device=xs.device)
     for s in range(0, xs.shape[0], batch):
         _, correct = head_scores(chunk.forward_standardised(xs[s:s + batch]),
                                  target[:, s:s + batch], chunk.col_head, chunk.col_start)
@@ -150,7 +169,7 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
     every = max(1, int(config.eval_every))
     for epoch in range(1, config.epochs + 1):
         chunk.train()
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(n, generator=g).to(xs.device)  # drawn on the CPU: the same on every device
         for s, e in batch_bounds(n, config.batch_size):
             idx = order[s:e]
             nll = head_nll(chunk.forward_standardised(xs[idx]), target[:, idx],
@@ -163,7 +182,7 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
         if val is not None and (epoch % every == 0 or epoch == config.epochs):
             n_val = val[0].shape[0]
             hits = _chunk_hits(chunk, *val, batch=config.eval_batch)
-            acc = (hits / n_val).numpy() if n_val else np.full(p, np.nan)
+            acc = (hits / n_val).cpu().numpy() if n_val else np.full(p, np.nan)
             history.append(acc)
             better = np.nan_to_num(acc, nan=-1.0) > best_acc
             if best_state is None or better.any():
@@ -189,7 +208,7 @@ def _select(key: str, new: torch.Tensor, old: torch.Tensor, better: np.ndarray, 
     if name in ("w0", "deep"):  # one tensor per probe (deep: layer-major)
         return new.clone() if better[int(sub) % n] else old
     # probe-major: out_bias (n, K); BatchNorm vectors (n * width,)
-    m = torch.from_numpy(better).repeat_interleave(new.shape[0] // n)
+    m = torch.from_numpy(better).to(new.device).repeat_interleave(new.shape[0] // n)
     return torch.where(m.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
@@ -218,16 +237,17 @@ def fit_stacked(
     p = target.shape[0]
     if len(seeds) != p or len(heads) != p:
         raise ValueError(f"seeds/heads: expected {p} of each, got {len(seeds)}, {len(heads)}")
+    device = resolve_device(config.device)
     prev_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(int(config.threads))
     try:
-        return _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val)
+        return _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val, device)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val) -> Fitted:
+def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val, device) -> Fitted:
     p = target.shape[0]
     best_epoch = np.full(p, config.epochs)
     best_acc = np.full(p, np.nan)
@@ -240,20 +260,23 @@ def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, v
         for s in range(0, len(group), max(1, int(config.chunk))):
             idx = group[s:s + max(1, int(config.chunk))]
             chunk = ProbeChunk(x.shape[1], hidden, [heads[i] for i in idx],
-                               [seeds[i] for i in idx], bf16=config.bf16)
+                               [seeds[i] for i in idx], bf16=config.bf16).to(device)
             if xs is None:
-                _standardise(chunk, x[rows])
-                xs = chunk.standardise(x[rows])
+                xg = x[rows].to(device)
+                _standardise(chunk, xg)
+                xs = chunk.standardise(xg)
+                del xg
                 if val is not None:
-                    xv = chunk.standardise(val[0][vrows])
+                    xv = chunk.standardise(val[0][vrows].to(device))
                 mean, scale = chunk.mean.clone(), chunk.scale.clone()
             else:
                 chunk.mean.copy_(mean)
                 chunk.scale.copy_(scale)
-            tgt = target[idx][:, rows]
+            tgt = target[idx][:, rows].to(device)
             _prior_bias(chunk, tgt)
-            v = None if val is None else (xv, val[1][idx][:, vrows])
+            v = None if val is None else (xv, val[1][idx][:, vrows].to(device))
             be, ba, hist = _fit_chunk(chunk, xs, tgt, v, config, shuffle_seed)
+            chunk.cpu()
             best_epoch[idx] = be
             if ba is not None:
                 best_acc[idx] = ba

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model.config import check_positive_int
+from probes.stacked_training import DEVICES as PROBE_DEVICES
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,14 @@ class ProbeConfig:
     drop_last: bool = True
     per_layer: bool = True  # also probe each layer (linear, offset 0) for per-layer curves
     controls: bool = True  # majority, control task and selectivity
+    # where the probes train: "auto" (CUDA when torch sees it, else the CPU), "cpu" or "cuda"
+    device: str = "auto"
 
     def __post_init__(self):
         for name in ("seeds", "epochs", "batch_size", "max_train_pairs"):
             check_positive_int(self, name, "probe.")
+        if self.device not in PROBE_DEVICES:
+            raise ValueError(f"probe.device: {self.device!r} is not one of {PROBE_DEVICES}")
         extra = sorted(set(self.alternative_offsets) - set(self.offsets))
         if extra:
             raise ValueError(f"probe.alternative_offsets: {extra} not in probe.offsets {self.offsets}")
