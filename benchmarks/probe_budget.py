@@ -6,9 +6,11 @@ barely trained". This trains the current-state grid (offset 0, layer mean, origi
 every main feature, linear/mlp1/mlp2, 3 seeds) with the real task and its control task in one
 pass, for each ``BATCHxEPOCHS`` budget given, and prints test accuracy, control-task accuracy,
 selectivity and the wall time as a ratio against the first budget (the baseline: the preset's).
+A budget ``BATCHxEPOCHSpK`` (``256x60p10``) stops each probe after K epochs without a better val
+accuracy (``TrainConfig.patience``). ``--offsets 0,1`` probes more offsets side by side.
 A logistic regression from scikit-learn on the same rows and split is printed as a reference.
 
-Run: .venv/bin/python benchmarks/probe_budget.py ACTIVATIONS_DIR [1024x15 256x30 128x60 ...]
+Run: .venv/bin/python benchmarks/probe_budget.py ACTIVATIONS_DIR [1024x15 256x30 128x60 256x60p10 ...]
 ACTIVATIONS_DIR is an ``artifacts/activations/<key>`` folder of a workspace.
 """
 
@@ -29,6 +31,7 @@ from probes.grid import GridConfig, row_splits  # noqa: E402
 from probes.labels import MAIN_FEATURES, hidden_rows, make_labels  # noqa: E402
 from probes.stacked import TrainConfig  # noqa: E402
 from tasks.activations import load_activations  # noqa: E402
+from tasks.probing import subsample  # noqa: E402
 
 
 def sklearn_reference(x, labels, grid: GridConfig) -> dict:
@@ -48,22 +51,29 @@ def main() -> None:
     ap.add_argument("activations")
     ap.add_argument("budgets", nargs="*", default=["1024x15", "256x30", "128x60"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--offsets", default="0")
+    ap.add_argument("--max-pairs", type=int, default=0, help="subsample whole programs to about this many pairs")
     args = ap.parse_args()
+    offsets = tuple(int(o) for o in args.offsets.split(","))
     a = load_activations({"path": args.activations})
-    labels = make_labels(a["programs"], a["inputs"], ("original",), MAIN_FEATURES, (0,), True)
+    if args.max_pairs:
+        a = subsample(a, args.max_pairs)
+    labels = make_labels(a["programs"], a["inputs"], ("original",), MAIN_FEATURES, offsets, True)
     hidden = a["hidden"].astype(np.float32)
     print(f"{args.activations}: {len(a['lengths'])} programs, {len(labels)} action positions")
     base_s = None
     for budget in args.budgets:
-        batch, epochs = (int(v) for v in budget.split("x"))
-        grid = GridConfig(semantics=("original",), features=MAIN_FEATURES, offsets=(0,),
-                          train=TrainConfig(epochs=epochs, batch_size=batch, threads=args.threads))
+        size, _, patience = budget.partition("p")
+        batch, epochs = (int(v) for v in size.split("x"))
+        grid = GridConfig(semantics=("original",), features=MAIN_FEATURES, offsets=offsets,
+                          train=TrainConfig(epochs=epochs, batch_size=batch, threads=args.threads,
+                                            patience=int(patience or 0)))
         t = time.perf_counter()
         _, sel = selectivity(hidden, labels, grid, layer=-1)
         seconds = time.perf_counter() - t
         base_s = base_s or seconds
         print(f"\nbatch {batch} x {epochs} epochs: {seconds:.1f} s, {seconds / base_s:.2f}x the time of {args.budgets[0]}")
-        print(sel[["feature", "probe", "acc_real", "acc_control", "selectivity"]].round(3).to_string(index=False))
+        print(sel[["feature", "offset", "probe", "acc_real", "acc_control", "selectivity"]].round(3).to_string(index=False))
     ref = sklearn_reference(hidden_rows(hidden, labels), labels, grid)
     print("\nscikit-learn logistic regression, seed-0 split:", {k: round(v, 3) for k, v in ref.items()})
 

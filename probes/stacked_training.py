@@ -32,7 +32,10 @@ class TrainConfig:
     team whose other thread is descheduled waits for it at every op); ``device``: where the
     probes train (``cpu``, ``cuda``, or ``auto``: CUDA when torch sees it). Parameters are
     initialised on the CPU, so a probe starts from the same weights on every device, and the
-    fitted probes come back to the CPU.
+    fitted probes come back to the CPU. ``patience``: with val, a probe whose val accuracy has
+    not improved for that many epochs keeps the best epoch it has (later epochs no longer count
+    for it), and a chunk stops when all its probes have; 0 trains every epoch. Each probe's
+    choice depends on its own val curve only, so a probe still gets the same result in any chunk.
     """
 
     epochs: int = 100
@@ -46,6 +49,7 @@ class TrainConfig:
     bf16: bool = True
     threads: int | None = None  # torch intra-op threads while training (None: leave as is)
     device: str = "cpu"
+    patience: int = 0
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -167,7 +171,11 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
     best_state = None
     history = []
     every = max(1, int(config.eval_every))
+    patience = int(config.patience) if val is not None else 0
+    stopped = np.zeros(p, dtype=bool)
     for epoch in range(1, config.epochs + 1):
+        if patience and stopped.all():
+            break
         chunk.train()
         order = torch.randperm(n, generator=g).to(xs.device)  # drawn on the CPU: the same on every device
         for s, e in batch_bounds(n, config.batch_size):
@@ -184,7 +192,7 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
             hits = _chunk_hits(chunk, *val, batch=config.eval_batch)
             acc = (hits / n_val).cpu().numpy() if n_val else np.full(p, np.nan)
             history.append(acc)
-            better = np.nan_to_num(acc, nan=-1.0) > best_acc
+            better = (np.nan_to_num(acc, nan=-1.0) > best_acc) & ~stopped
             if best_state is None or better.any():
                 state = chunk.state_dict()
                 if best_state is None:
@@ -196,6 +204,8 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
                         best_state[k] = _select(k, v, best_state[k], better, p)
             best_acc = np.where(better, acc, best_acc)
             best_epoch = np.where(better, epoch, best_epoch)
+            if patience:
+                stopped |= epoch - best_epoch >= patience
     if best_state is not None:
         chunk.load_state_dict(best_state)
     chunk.eval()

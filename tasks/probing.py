@@ -46,7 +46,7 @@ def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:
     time of three 1-thread ones (BENCHMARKS.md)."""
     base = dict(semantics=(semantics,), features=cfg.features, offsets=cfg.offsets_for(semantics),
                 probes=cfg.kinds, seeds=tuple(range(cfg.seeds)),
-                train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, threads=1, device=cfg.device))
+                train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, threads=1, device=cfg.device, patience=cfg.patience))
     return GridConfig(**{**base, **changes})
 
 

@@ -88,12 +88,16 @@ class ProbeConfig:
     controls: bool = True  # majority, control task and selectivity
     # where the probes train: "auto" (CUDA when torch sees it, else the CPU), "cpu" or "cuda"
     device: str = "auto"
+    # stop a probe after this many epochs without a better val accuracy (0: train every epoch)
+    patience: int = 0
 
     def __post_init__(self):
         for name in ("seeds", "epochs", "batch_size", "max_train_pairs"):
             check_positive_int(self, name, "probe.")
         if self.device not in PROBE_DEVICES:
             raise ValueError(f"probe.device: {self.device!r} is not one of {PROBE_DEVICES}")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"probe.patience: expected an int >= 0 (0: off), got {self.patience!r}")
         extra = sorted(set(self.alternative_offsets) - set(self.offsets))
         if extra:
             raise ValueError(f"probe.alternative_offsets: {extra} not in probe.offsets {self.offsets}")
