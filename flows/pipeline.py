@@ -36,7 +36,7 @@ from tasks.phases import phase_metrics
 from tasks.probing import train_probes
 from tasks.report import build_report
 from tasks.results import ResultsDB
-from tasks.stage_configs import current_offset, probed_steps
+from tasks.stage_configs import current_offset, probe_config_at, probed_steps
 from tasks.tracking import finish_run, init_tracking, start_parent_run
 from tasks.training import STOP, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace
@@ -150,7 +150,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                 continue
             a = _result(acts)
             rec.stage(a)
-            probe_futures += [train_probes.submit(root, cfg.probe, a, sem, cfg.activations.programs) for sem in cfg.probe.semantics]
+            pcfg = probe_config_at(cfg.probe, c["step"], probed)
+            probe_futures += [train_probes.submit(root, pcfg, a, sem, cfg.activations.programs) for sem in cfg.probe.semantics]
         probe_outs = [_result(f) for f in tqdm(probe_futures, desc="probe grids", unit="grid", disable=not progress)]
         for out in probe_outs:
             rec.probes(out)

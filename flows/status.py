@@ -15,7 +15,7 @@ from tasks.activations import activations_key
 from tasks.dataset import dataset_key
 from tasks.evaluation import evaluate_key
 from tasks.probing import probe_key
-from tasks.stage_configs import probed_steps
+from tasks.stage_configs import probe_config_at, probed_steps
 from tasks.training import checkpoint_key, train_key
 from tasks.workspace import Workspace
 
@@ -47,5 +47,5 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
         ak = activations_key(cfg.activations, ds, ck)
         rows.append(row("activations", ak, f"step {step}"))
         for sem in cfg.probe.semantics:
-            rows.append(row("probes", probe_key(cfg.probe, ak, sem), f"step {step} {sem}"))
+            rows.append(row("probes", probe_key(probe_config_at(cfg.probe, step, probed), ak, sem), f"step {step} {sem}"))
     return rows

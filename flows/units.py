@@ -30,7 +30,7 @@ from tasks.dataset import dataset_key, generate_dataset
 from tasks.evaluation import evaluate
 from tasks.probing import train_probes
 from tasks.stage import LIBRARIES
-from tasks.stage_configs import probed_steps
+from tasks.stage_configs import probe_config_at, probed_steps
 from tasks.training import STOP, checkpoint_key, published_checkpoint, train_key, train_lm
 from tasks.workspace import Workspace
 
@@ -45,12 +45,17 @@ def is_probed(cfg: StudyConfig, step: int) -> bool:
     return step in probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)
 
 
+def probe_config(cfg: StudyConfig, step: int):
+    """The probe config of the (probed) checkpoint at ``step`` (``ProbeConfig.at_checkpoint``)."""
+    return probe_config_at(cfg.probe, step, probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints))
+
+
 def checkpoint_unit_key(cfg: StudyConfig, step: int) -> str:
     """The checkpoint unit's key: the checkpoint, the dataset and the configs of the stages the
     unit runs on it (activations and probes only where the step is probed), and library code."""
     probed = is_probed(cfg, step)
     config = {"eval": cfg.eval, "activations": cfg.activations if probed else None,
-              "probe": cfg.probe if probed else None}
+              "probe": probe_config(cfg, step) if probed else None}
     ckpt = checkpoint_key(train_unit_key(cfg), step)
     return cache_key("checkpoint-unit", config, [dataset_key(cfg.data), ckpt], LIBRARIES)
 
@@ -113,7 +118,8 @@ def probe_checkpoint(preset: str = "smoke", overrides: list[str] | None = None, 
         if acts is not None:
             a = _result(acts)
             rec.stage(a)
-            futures = [train_probes.submit(root, cfg.probe, a, sem, cfg.activations.programs) for sem in cfg.probe.semantics]
+            futures = [train_probes.submit(root, probe_config(cfg, step), a, sem, cfg.activations.programs)
+                       for sem in cfg.probe.semantics]
             grids = [_result(f) for f in futures]
             for out in grids:
                 rec.probes(out)

@@ -6,7 +6,7 @@ model and training configs live with their libraries (``karel.DataConfig``, ``mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from model.config import check_positive_int
 from probes.stacked_training import DEVICES as PROBE_DEVICES
@@ -77,6 +77,10 @@ class ProbeConfig:
     # intervention measure (semantic content, its R^2, the report's drops) reads the current
     # offset (``current_offset``: 0, or -1 on fed reference programs)
     alternative_offsets: tuple[int, ...] = ()
+    # the offsets probed at the checkpoints before the last (empty: all of ``offsets``; the last
+    # checkpoint always gets them all): every issue-7 target reads the current offset over
+    # training and the other offsets at the last checkpoint only (``at_checkpoint``)
+    offsets_before_last: tuple[int, ...] = ()
     kinds: tuple[str, ...] = ("linear", "mlp1", "mlp2")
     seeds: int = 3
     epochs: int = 30
@@ -98,18 +102,38 @@ class ProbeConfig:
             raise ValueError(f"probe.device: {self.device!r} is not one of {PROBE_DEVICES}")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"probe.patience: expected an int >= 0 (0: off), got {self.patience!r}")
-        extra = sorted(set(self.alternative_offsets) - set(self.offsets))
-        if extra:
-            raise ValueError(f"probe.alternative_offsets: {extra} not in probe.offsets {self.offsets}")
+        for name in ("alternative_offsets", "offsets_before_last"):
+            extra = sorted(set(getattr(self, name)) - set(self.offsets))
+            if extra:
+                raise ValueError(f"probe.{name}: {extra} not in probe.offsets {self.offsets}")
+        if self.alternative_offsets and self.offsets_before_last \
+                and not set(self.alternative_offsets) & set(self.offsets_before_last):
+            raise ValueError(f"probe.alternative_offsets {self.alternative_offsets}: none is in "
+                             f"probe.offsets_before_last {self.offsets_before_last}, so checkpoints "
+                             "before the last would probe no alternative semantics")
 
     def offsets_for(self, semantics: str) -> tuple[int, ...]:
         """The offsets probed under ``semantics``."""
         return self.offsets if semantics == "original" or not self.alternative_offsets else self.alternative_offsets
 
+    def at_checkpoint(self, last: bool) -> "ProbeConfig":
+        """The config of one checkpoint's grids, without ``offsets_before_last`` (so the same grid
+        has the same key with or without it): before the last checkpoint, ``offsets`` become
+        ``offsets_before_last`` and the alternatives keep the offsets of theirs among them."""
+        if last or not self.offsets_before_last:
+            return replace(self, offsets_before_last=())
+        alt = tuple(o for o in self.alternative_offsets if o in self.offsets_before_last)
+        return replace(self, offsets=self.offsets_before_last, alternative_offsets=alt, offsets_before_last=())
+
     def init_offsets(self, current: int = 0) -> tuple[int, ...]:
         """The offsets of the random-init control grid, so of the drops beyond it: the
         alternatives' offsets when they are limited, else the current offset (``current_offset``)."""
         return self.alternative_offsets or ((current,) if current in self.offsets else ())
+
+
+def probe_config_at(cfg: ProbeConfig, step: int, probed) -> ProbeConfig:
+    """The probe config of the checkpoint at ``step`` among the ``probed`` steps."""
+    return cfg.at_checkpoint(step == max(probed))
 
 
 def probed_steps(schedule: list[int], n: int) -> set[int]:

@@ -264,3 +264,22 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
         assert p.stat().st_mtime_ns == mtime, p
     steps = read_only_query(tmp_path / "results.duckdb", "SELECT step FROM checkpoints ORDER BY step")["step"]
     assert steps.iloc[-1] == 400 and 0 in set(steps)
+
+
+def test_offsets_before_last_probe_other_offsets_at_the_last_checkpoint_only(ws):
+    """``probe.offsets_before_last=0``: the steps before the last probe offset 0 only; the last
+    step's grids are the plain config's, found in the store, not recomputed."""
+    plan = ["--set", "probe.offsets_before_last=0"]
+    status = semprobe(ws, "status", "--preset", "smoke", *plan).stdout.splitlines()
+    grids = {line for line in status if line.lstrip().startswith("probes")}
+    assert len(grids) == 9, status
+    assert all(("done" in g) == ("step 12" in g) for g in grids), grids
+    semprobe(ws, "run", "--preset", "smoke", "--quiet", *plan)
+    runs = stage_runs(ws, latest_run(ws))
+    grids = runs[runs["stage"] == "probes"]
+    assert sorted(grids["status"]) == ["cached"] * 3 + ["computed"] * 6, grids
+    rows = read_only_query(ws / "results.duckdb", 'SELECT step, semantics, "offset" FROM probe_results '
+                           "WHERE probe_key IN (SELECT UNNEST(?))", [grids["key"].tolist()])
+    offsets = rows.groupby(["step", "semantics"])["offset"].agg(lambda o: sorted(set(o))).to_dict()
+    assert offsets == {(s, sem): [-1, 0, 1] if s == 12 else [0] for s in (0, 6, 12)
+                       for sem in ("original", "flip", "adversarial")}, offsets

@@ -94,3 +94,28 @@ def test_fed_programs_key_the_control_task_on_the_read_token(tmp_path):
         c = pd.read_parquet(f"{out['path']}/controls.parquet")
         control[programs_from] = float(c[c["kind"] == "control_task"]["value"].iloc[0])
     assert control["reference"] > 0.9 and control["generated"] < control["reference"] - 0.2, control
+
+
+def test_offsets_before_last_probe_the_last_checkpoint_in_full():
+    import pytest
+
+    from tasks.probing import probe_key
+    from tasks.stage_configs import probe_config_at
+
+    full = ProbeConfig(alternative_offsets=(0,))
+    plan = ProbeConfig(alternative_offsets=(0,), offsets_before_last=(0,))
+    probed = {0, 500, 1000}
+    last, early = probe_config_at(plan, 1000, probed), probe_config_at(plan, 500, probed)
+    assert last == full and early.offsets == (0,) and early.alternative_offsets == (0,)
+    # the last checkpoint's grids are the plain config's (same keys: nothing recomputed)
+    assert probe_key(last, "a", "original") == probe_key(full, "a", "original")
+    assert probe_key(early, "a", "original") != probe_key(full, "a", "original")
+    assert probe_config_at(full, 500, probed) == full
+    # alternatives at every offset keep every offset before the last; limited ones keep theirs
+    assert ProbeConfig(offsets_before_last=(0, 1)).at_checkpoint(False).alternative_offsets == ()
+    assert ProbeConfig(alternative_offsets=(0, 2), offsets_before_last=(0, 1)).at_checkpoint(False) \
+        .alternative_offsets == (0,)
+    with pytest.raises(ValueError, match=r"probe.offsets_before_last: \[3\] not in probe.offsets"):
+        ProbeConfig(offsets_before_last=(0, 3))
+    with pytest.raises(ValueError, match="none is in probe.offsets_before_last"):
+        ProbeConfig(alternative_offsets=(1,), offsets_before_last=(0,))
