@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from karel import DataConfig
 from model import config as mcfg
-from tasks.stage_configs import ActivationConfig, EvalConfig, ProbeConfig
+from tasks.stage_configs import ActivationConfig, EvalConfig, ProbeConfig, paper_activations, paper_probe
 
 SECTIONS = ("data", "model", "train", "eval", "activations", "probe")
 
@@ -57,9 +57,11 @@ def _cpu() -> StudyConfig:
         # programs or epochs leave the MLPs under-trained (direction, mlp2, step 2,000: 38.5% at
         # 15 epochs, 50.2% at 30, 57.5% at 60 by benchmarks/probe_budget.py; the random-init
         # states 27-35%). Alternative semantics at offset 0 only (what every intervention measure
-        # reads); bf16 decoding (2.1x) and random-init pass (1.75x).
+        # reads); the other offsets (future, past) only at the last checkpoint, where target 6
+        # reads them; bf16 decoding (2.1x) and random-init pass (1.75x).
         ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=3, batch_size=100, bf16=True),
-        ProbeConfig(seeds=3, epochs=30, batch_size=256, max_train_pairs=12_000, alternative_offsets=(0,)),
+        ProbeConfig(seeds=3, epochs=30, batch_size=256, max_train_pairs=12_000, alternative_offsets=(0,),
+                    offsets_before_last=(0,)),
     )
 
 
@@ -67,9 +69,10 @@ def _cpu_long() -> StudyConfig:
     """The ``cpu`` recipe and data with six layers for three times the steps (``mcfg.cpu_long``),
     probed at 5 checkpoints with twice the probed specs and 60 probe epochs; like ``cpu``, the
     alternative semantics at offset 0 only, which is all that the interventions, the semantic
-    content and the paper read. With them at every offset the probes took an estimated 5-6 hours
-    against two of training on the 2-core Xeon (RESULTS.md); ``--set
-    probe.alternative_offsets=`` restores them."""
+    content and the paper read, and the other offsets at the last checkpoint only. With the
+    alternatives at every offset and every offset at every checkpoint the probes took an
+    estimated 5-6 hours against two of training on the 2-core Xeon (RESULTS.md); ``--set
+    probe.alternative_offsets= --set probe.offsets_before_last=`` restores them."""
     cpu = _cpu()
     m, t = mcfg.cpu_long()
     return replace(
@@ -84,8 +87,7 @@ def _paper() -> StudyConfig:
     return StudyConfig(
         "paper", DataConfig.paper(), m, t,
         EvalConfig(n_test_specs=10_000, n_val_samples=2_000, batch_size=512),
-        ActivationConfig(n_train_specs=50_000, n_test_specs=10_000, batch_size=512),
-        ProbeConfig(seeds=5, epochs=100),
+        paper_activations(), paper_probe(),
     )
 
 

@@ -327,9 +327,9 @@ def _write_html(path: Path, d: RunData, preset: str, table, targets, figures, no
     diffs = setup_differences(run.get("config"))
     if diffs:
         parts += ["<h2>Setup differences from the paper</h2>",
-                  "<p>Data, model and training fields of this run that differ from the "
-                  "<code>paper</code> preset (the reference's setup); device, seeds and the "
-                  "checkpoint schedule are left out.</p>", _html_table(diffs)]
+                  "<p>Data, model, training, probed-spec and probe fields of this run that "
+                  "differ from the <code>paper</code> preset (the reference's setup); device, "
+                  "seeds and the checkpoint schedule are left out.</p>", _html_table(diffs)]
     parts += ["<h2>Issue 7 targets</h2>", "<p>What a laptop reproduction must show "
               "(<code>tasks/report_targets.py</code> states each criterion as checked).</p>",
               _html_table(targets)]

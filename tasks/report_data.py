@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.results import ResultsDB
-from tasks.stage_configs import current_offset
+from tasks.stage_configs import current_offset, paper_activations, paper_probe
 
 MEAN_LAYER = -1
 MAIN_FEATURES = ("direction", "rel_start", "facing_wall")
@@ -35,25 +35,29 @@ FEATURE_NAMES = {"direction": "facing direction", "rel_start": "position rel. to
                  "facing_wall": "facing a wall"}
 
 
-# Fields that change how a run executes or is stored, not what is learned from what.
-OPERATIONAL = {"device", "autocast", "seed", "shard_size", "ckpt_every", "ckpt_log_count", "micro_batch"}
+# Fields that change how a run executes or is stored, not what is learned from what (any
+# section's, or one section's as "section.field").
+OPERATIONAL = {"device", "autocast", "seed", "shard_size", "ckpt_every", "ckpt_log_count", "micro_batch",
+               "activations.batch_size"}
 
 
 def setup_differences(run_config) -> list[dict]:
-    """``[{"field", "this run", "paper"}]`` for every data/model/train field of the run's config
-    that differs from the paper preset (``karel.DataConfig.paper()``, ``model.config.paper()``);
+    """``[{"field", "this run", "paper"}]`` for every data, model, training, activations and probe
+    field of the run's config that differs from the paper preset (``karel.DataConfig.paper()``,
+    ``model.config.paper()``, ``tasks.stage_configs.paper_activations()`` / ``paper_probe()``);
     operational fields (device, seeds, checkpoint schedule, ...) are left out."""
     from karel import DataConfig
     from model.config import paper
 
     cfg = json.loads(run_config) if isinstance(run_config, str) else (run_config or {})
     m, t = paper()
-    reference = {"data": asdict(DataConfig.paper()), "model": asdict(m), "train": asdict(t)}
+    reference = {"data": asdict(DataConfig.paper()), "model": asdict(m), "train": asdict(t),
+                 "activations": asdict(paper_activations()), "probe": asdict(paper_probe())}
     rows = []
     for section, ref in reference.items():
         mine = cfg.get(section) or {}
         for name, want in ref.items():
-            if name in OPERATIONAL or name not in mine:
+            if name in OPERATIONAL or f"{section}.{name}" in OPERATIONAL or name not in mine:
                 continue
             have = mine[name]
             if (list(have) if isinstance(have, (list, tuple)) else have) != (

@@ -131,6 +131,16 @@ class ProbeConfig:
         return self.alternative_offsets or ((current,) if current in self.offsets else ())
 
 
+def paper_activations() -> ActivationConfig:
+    """The paper's probed specs (PAPER.md, "Probing": 50,000 train-split specs and the test specs)."""
+    return ActivationConfig(n_train_specs=50_000, n_test_specs=10_000, batch_size=512)
+
+
+def paper_probe() -> ProbeConfig:
+    """The paper's probes (PAPER.md, "Probing": ~100 epochs; seeds and CIs are ours)."""
+    return ProbeConfig(seeds=5, epochs=100)
+
+
 def probe_config_at(cfg: ProbeConfig, step: int, probed) -> ProbeConfig:
     """The probe config of the checkpoint at ``step`` among the ``probed`` steps."""
     return cfg.at_checkpoint(step == max(probed))

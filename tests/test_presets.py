@@ -77,3 +77,8 @@ def test_cpu_long_is_the_cpu_recipe_for_longer():
     assert cpu.probe.alternative_offsets == long.probe.alternative_offsets == (0,)
     every = load_preset("cpu-long", ["probe.alternative_offsets="])
     assert every.probe.offsets_for("flip") == every.probe.offsets == (-2, -1, 0, 1, 2)
+    # and every offset at the last checkpoint only (target 6 reads +1/+2 there); the paper's
+    # preset probes every offset everywhere
+    assert cpu.probe.offsets_before_last == long.probe.offsets_before_last == (0,)
+    assert load_preset("paper").probe.offsets_before_last == ()
+    assert load_preset("cpu-long", ["probe.offsets_before_last="]).probe.at_checkpoint(False).offsets == (-2, -1, 0, 1, 2)

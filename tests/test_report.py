@@ -146,6 +146,10 @@ def test_setup_differences_name_what_departs_from_the_paper():
     assert rows["data.train_lengths"]["this run"] == "1,2,3" and rows["data.train_lengths"]["paper"] == "6,7,8,9,10"
     assert {"model.n_layer", "train.lr", "train.steps"} <= set(rows)
     assert not {"train.seed", "train.device", "train.ckpt_every"} & set(rows)  # operational
+    # how probing departs from the paper is named too (what is probed where, and how long)
+    assert rows["probe.offsets_before_last"] == {"field": "probe.offsets_before_last", "this run": "0", "paper": ""}
+    assert rows["probe.epochs"]["paper"] == "100" and rows["activations.n_train_specs"]["paper"] == "50000"
+    assert not {"probe.device", "activations.batch_size"} & set(rows)
     assert setup_differences(json.dumps(cfg.as_dict())) == list(rows.values())  # runs.config is JSON text
 
 
