@@ -11,7 +11,10 @@ each probe's own rows with the same split, epochs and val selection. The baselin
 Both arms run with ``--threads`` torch threads (default 1: on this 2-core machine, shared with
 other work, a 2-thread OpenMP team stalls whenever one of its threads is descheduled).
 
-Run: .venv/bin/python benchmarks/bench_probes.py [--epochs 1] [--sample 2] [--threads 1]
+``--device cuda`` trains the grid arm on the GPU (``TrainConfig.device``; the probes come back
+to the CPU for scoring), to be read against the same command's CPU figure.
+
+Run: .venv/bin/python benchmarks/bench_probes.py [--epochs 1] [--sample 2] [--threads 1] [--device cpu]
      [--only grid|baseline]
 """
 
@@ -70,11 +73,12 @@ def main():
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", choices=("grid", "baseline"), default=None)
+    ap.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where the grid arm trains")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     labels, hidden = make_data(args.programs, args.width)
     config = GridConfig(semantics=SEMANTICS, seeds=(0,), report=("test",),
-                        train=TrainConfig(epochs=args.epochs))
+                        train=TrainConfig(epochs=args.epochs, device=args.device))
     split = row_splits(labels.program, 0, config.split)
     n_train = int(((split == 0) & labels.valid(0)).sum())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "

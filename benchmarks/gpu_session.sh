@@ -7,6 +7,8 @@
 #   cpu-recipe       the preset exactly, as many steps as fit
 #   cpu-recipe-b166  the same at 8x the rows per step (does Muon keep its tokens at a GPU batch?)
 # PAPER=1 first runs the paper-shape throughput check (tokens/s, MFU, peak memory; ~1-4 min).
+# PROBES=1 first trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU
+# (probe.device=cuda; ~1 min?), to read against the CPU figure in BENCHMARKS.md.
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1
@@ -21,6 +23,13 @@ if [ "${PAPER:-0}" = 1 ]; then
   timeout 240 $PY benchmarks/gpu_check.py --out "$OUT/paper.jsonl" --paper-steps 60 --budget 0 --n-train 20000 $TINY_FLAG \
     > "$OUT/paper.log" 2>&1 || echo "paper check failed: $(tail -3 "$OUT/paper.log")"
   tail -2 "$OUT/paper.jsonl" 2>/dev/null
+fi
+
+if [ "${PROBES:-0}" = 1 ]; then
+  DEV=cuda; PROGS=17800; [ -n "$TINY_FLAG" ] && DEV=auto && PROGS=300
+  timeout 180 $PY benchmarks/bench_probes.py --only grid --epochs 2 --device $DEV --programs $PROGS \
+    > "$OUT/probes.log" 2>&1 || echo "probe grid failed: $(tail -3 "$OUT/probes.log")"
+  tail -3 "$OUT/probes.log"
 fi
 
 # the cpu preset's data (lengths 1..10), enough programs that neither run repeats one
