@@ -86,6 +86,12 @@ class RemoteLock:
             return None
         return rec if isinstance(rec, dict) else None
 
+    def live_heartbeat(self) -> float | None:
+        """The last heartbeat of a live holder (another process's too), or None when the lock is
+        free or its holder is stale."""
+        rec = self._read()
+        return None if rec is None or self._stale(rec) else float(rec.get("heartbeat", 0))
+
     def _ours(self) -> bool:
         rec = self._read()
         return rec is not None and rec.get("token") == self.owner["token"]
@@ -352,6 +358,4 @@ class RemoteArtifactStore(ArtifactStore):
     def computing_since(self, stage: str, key: str) -> float | None:
         """The last heartbeat of a live holder of the key's lock (a remote lock keeps no start
         time), or None when none holds it or its holder is stale."""
-        lk = self._remote_lock(stage, key)
-        rec = lk._read()
-        return None if rec is None or lk._stale(rec) else float(rec.get("heartbeat", 0))
+        return self._remote_lock(stage, key).live_heartbeat()
