@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from karel import DataConfig
 from model import config as mcfg
-from tasks.stage_configs import ActivationConfig, EvalConfig, ProbeConfig, paper_activations, paper_probe
+from tasks.stage_configs import (
+    ActivationConfig, EvalConfig, ProbeConfig, current_offset, paper_activations, paper_probe,
+)
 
 SECTIONS = ("data", "model", "train", "eval", "activations", "probe")
 
@@ -26,6 +28,16 @@ class StudyConfig:
     eval: EvalConfig
     activations: ActivationConfig
     probe: ProbeConfig
+
+    def __post_init__(self):
+        current = current_offset(self.activations.programs)
+        before = self.probe.offsets_before_last
+        if before and current not in before:
+            raise ValueError(
+                f"probe.offsets_before_last {before} lacks offset {current}, the current state on "
+                f"activations.programs={self.activations.programs}: the checkpoints before the last "
+                f"would have no current-state probes; add it (probe.offsets_before_last={current}) "
+                "or empty it")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -82,3 +82,9 @@ def test_cpu_long_is_the_cpu_recipe_for_longer():
     assert cpu.probe.offsets_before_last == long.probe.offsets_before_last == (0,)
     assert load_preset("paper").probe.offsets_before_last == ()
     assert load_preset("cpu-long", ["probe.offsets_before_last="]).probe.at_checkpoint(False).offsets == (-2, -1, 0, 1, 2)
+    # on fed reference programs the current state is offset -1: it must be probed before the last too
+    with pytest.raises(ValueError, match=r"lacks offset -1, the current state on activations.programs=reference"):
+        load_preset("cpu", ["activations.programs=reference"])
+    fed = load_preset("cpu", ["activations.programs=reference", "probe.offsets_before_last=-1",
+                              "probe.alternative_offsets=-1"])
+    assert fed.probe.at_checkpoint(False).offsets == fed.probe.at_checkpoint(False).alternative_offsets == (-1,)
