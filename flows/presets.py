@@ -70,10 +70,11 @@ def _cpu() -> StudyConfig:
         # 15 epochs, 50.2% at 30, 57.5% at 60 by benchmarks/probe_budget.py; the random-init
         # states 27-35%). Alternative semantics at offset 0 only (what every intervention measure
         # reads); the other offsets (future, past) only at the last checkpoint, where target 6
-        # reads them; bf16 decoding (2.1x) and random-init pass (1.75x).
+        # reads them, with the random-init control at the future ones (its floor there); bf16
+        # decoding (2.1x) and random-init pass (1.75x).
         ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=3, batch_size=100, bf16=True),
         ProbeConfig(seeds=3, epochs=30, batch_size=256, max_train_pairs=12_000, alternative_offsets=(0,),
-                    offsets_before_last=(0,)),
+                    offsets_before_last=(0,), random_init_offsets=(0, 1, 2)),
     )
 
 

@@ -5,8 +5,8 @@ All features x offsets x probe kinds x seeds on the layer mean train in one batc
 programs) also runs on every single layer (0 = token embeddings).
 Under ``original`` the controls (majority baseline, control task, selectivity) are added. Under
 every semantics, where the dump has ``hidden_init``, the random-init control: the same grid at
-``ProbeConfig.init_offsets`` (the current offset unless the alternatives' offsets are limited;
-every kind and seed, the same rows and splits) on the random-init model's states over the same
+``ProbeConfig.init_offsets`` (``random_init_offsets``, else the alternatives' offsets when
+limited, else the current offset; every kind and seed, the same rows and splits) on the random-init model's states over the same
 programs: seed means in ``controls``, per-seed test rows in ``random_init_results`` (for the
 paired drops beyond random-init of ``tasks.phases``). Under ``original`` also the alignment check:
 probes that read the action each offset-0 state emits, on the trained and the random-init states
@@ -94,7 +94,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
         init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
         init_results = None
-        if cfg.controls and init is not None and cfg.init_offsets(current):
+        if cfg.controls and init is not None and cfg.init_offsets(current, semantics):
             init_results = random_init_results(init, labels, cfg, semantics, current)
             controls += random_init_rows(init_results)
         if semantics == "original" and cfg.controls and 0 in cfg.offsets:
@@ -124,9 +124,9 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
 
 def random_init_results(hidden_init: np.ndarray, labels, cfg: ProbeConfig, semantics: str = "original",
                         current: int = 0) -> pd.DataFrame:
-    """Test rows (one per feature, offset, kind and seed) of the grid at ``cfg.init_offsets(current)``
-    on the random-init states."""
-    grid = grid_config(cfg, semantics, offsets=cfg.init_offsets(current))
+    """Test rows (one per feature, offset, kind and seed) of the grid at
+    ``cfg.init_offsets(current, semantics)`` on the random-init states."""
+    grid = grid_config(cfg, semantics, offsets=cfg.init_offsets(current, semantics))
     rows = probe_grid(hidden_init, labels, grid, layer=MEAN_LAYER)
     return rows[rows["split"] == "test"].drop(columns=["task", "best_epoch"], errors="ignore").reset_index(drop=True)
 

@@ -81,6 +81,10 @@ class ProbeConfig:
     # checkpoint always gets them all): every issue-7 target reads the current offset over
     # training and the other offsets at the last checkpoint only (``at_checkpoint``)
     offsets_before_last: tuple[int, ...] = ()
+    # the offsets of the random-init control grid (empty: the alternatives' offsets when limited,
+    # else the current offset), each where the grid probes it (``init_offsets``): with the future
+    # offsets here, target 6 gets its random-init floor
+    random_init_offsets: tuple[int, ...] = ()
     kinds: tuple[str, ...] = ("linear", "mlp1", "mlp2")
     seeds: int = 3
     epochs: int = 30
@@ -102,7 +106,7 @@ class ProbeConfig:
             raise ValueError(f"probe.device: {self.device!r} is not one of {PROBE_DEVICES}")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"probe.patience: expected an int >= 0 (0: off), got {self.patience!r}")
-        for name in ("alternative_offsets", "offsets_before_last"):
+        for name in ("alternative_offsets", "offsets_before_last", "random_init_offsets"):
             extra = sorted(set(getattr(self, name)) - set(self.offsets))
             if extra:
                 raise ValueError(f"probe.{name}: {extra} not in probe.offsets {self.offsets}")
@@ -122,13 +126,17 @@ class ProbeConfig:
         ``offsets_before_last`` and the alternatives keep the offsets of theirs among them."""
         if last or not self.offsets_before_last:
             return replace(self, offsets_before_last=())
-        alt = tuple(o for o in self.alternative_offsets if o in self.offsets_before_last)
-        return replace(self, offsets=self.offsets_before_last, alternative_offsets=alt, offsets_before_last=())
+        keep = self.offsets_before_last
+        return replace(self, offsets=keep, alternative_offsets=tuple(o for o in self.alternative_offsets if o in keep),
+                       random_init_offsets=tuple(o for o in self.random_init_offsets if o in keep),
+                       offsets_before_last=())
 
-    def init_offsets(self, current: int = 0) -> tuple[int, ...]:
-        """The offsets of the random-init control grid, so of the drops beyond it: the
-        alternatives' offsets when they are limited, else the current offset (``current_offset``)."""
-        return self.alternative_offsets or ((current,) if current in self.offsets else ())
+    def init_offsets(self, current: int = 0, semantics: str = "original") -> tuple[int, ...]:
+        """The offsets of ``semantics``' random-init control grid: ``random_init_offsets``, else
+        the alternatives' offsets when they are limited (where the drops beyond it are read),
+        else the current offset (``current_offset``); only those the grid probes."""
+        base = self.random_init_offsets or self.alternative_offsets or (current,)
+        return tuple(o for o in base if o in self.offsets_for(semantics))
 
 
 def paper_activations() -> ActivationConfig:

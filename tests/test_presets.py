@@ -80,6 +80,9 @@ def test_cpu_long_is_the_cpu_recipe_for_longer():
     # and every offset at the last checkpoint only (target 6 reads +1/+2 there); the paper's
     # preset probes every offset everywhere
     assert cpu.probe.offsets_before_last == long.probe.offsets_before_last == (0,)
+    # the random-init control at the current and future offsets: target 6's floor at the last
+    assert cpu.probe.at_checkpoint(True).init_offsets(0) == (0, 1, 2)
+    assert cpu.probe.at_checkpoint(False).init_offsets(0) == cpu.probe.init_offsets(0, "flip") == (0,)
     assert load_preset("paper").probe.offsets_before_last == ()
     assert load_preset("cpu-long", ["probe.offsets_before_last="]).probe.at_checkpoint(False).offsets == (-2, -1, 0, 1, 2)
     # on fed reference programs the current state is offset -1: it must be probed before the last too

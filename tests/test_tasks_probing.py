@@ -119,3 +119,35 @@ def test_offsets_before_last_probe_the_last_checkpoint_in_full():
         ProbeConfig(offsets_before_last=(0, 3))
     with pytest.raises(ValueError, match="none is in probe.offsets_before_last"):
         ProbeConfig(alternative_offsets=(1,), offsets_before_last=(0,))
+
+
+def test_random_init_offsets_give_the_future_offsets_their_random_init_floor(tmp_path):
+    """``probe.random_init_offsets``: the original grid's random-init control covers them (where
+    target 6 reads it); an alternative's stays at its own offsets, and the drops beyond
+    random-init pair only where both semantics have it."""
+    import pandas as pd
+
+    from tasks.phases import interventions_vs_init
+
+    rng = np.random.default_rng(2)
+    programs = rng.integers(0, 5, size=(60, 14)).astype(np.int8)
+    programs[:, 7:] = -1
+    acts = fake_activations(tmp_path, programs, random_init=True)
+    cfg = ProbeConfig(offsets=(-1, 0, 1), alternative_offsets=(0,), random_init_offsets=(0, 1),
+                      kinds=("linear",), seeds=2, epochs=1)
+    assert cfg.init_offsets(0, "original") == (0, 1) and cfg.init_offsets(0, "flip") == (0,)
+    assert ProbeConfig(offsets=(-1, 0, 1)).init_offsets(0, "flip") == (0,)  # the current offset, as before
+    results, init, controls = [], [], []
+    for sem in ("original", "flip"):
+        out = train_probes.fn(str(tmp_path / "ws"), cfg, acts, sem)
+        init.append(pd.read_parquet(f"{out['path']}/random_init_results.parquet").assign(semantics=sem))
+        results.append(pd.read_parquet(f"{out['path']}/probe_results.parquet").assign(probe_key=out["key"]))
+        controls.append(pd.read_parquet(f"{out['path']}/controls.parquet"))
+    assert sorted(set(init[0]["offset"])) == [0, 1] and set(init[1]["offset"]) == {0}
+    c = pd.concat(controls)
+    assert set(c.loc[c["kind"] == "random_init", "offset"]) == {0, 1}
+    iv = interventions_vs_init(pd.concat(results), pd.concat(init))
+    assert set(iv["offset"]) == {0}
+    # before the last checkpoint they keep only the offsets probed there
+    assert ProbeConfig(offsets=(-1, 0, 1), random_init_offsets=(0, 1), offsets_before_last=(0,)) \
+        .at_checkpoint(False).init_offsets(0, "original") == (0,)
