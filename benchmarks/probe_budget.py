@@ -46,6 +46,18 @@ def sklearn_reference(x, labels, grid: GridConfig) -> dict:
     return out
 
 
+def epochs_trained(rows, epochs: int, patience: int) -> dict:
+    """Mean epochs each probe kind's chunks trained: a chunk (the real and control probes of one
+    seed, kind and offset, which share their rows) stops when its last probe has gone
+    ``patience`` epochs past its best (``TrainConfig.patience``), else runs every epoch."""
+    test = rows[rows["split"] == "test"]
+    out = {}
+    for kind, g in test.groupby("probe", sort=False):
+        last = g.groupby(["seed", "offset"])["best_epoch"].max()
+        out[kind] = float((last + patience).clip(upper=epochs).mean()) if patience else float(epochs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("activations")
@@ -69,10 +81,13 @@ def main() -> None:
                           train=TrainConfig(epochs=epochs, batch_size=batch, threads=args.threads,
                                             patience=int(patience or 0)))
         t = time.perf_counter()
-        _, sel = selectivity(hidden, labels, grid, layer=-1)
+        rows, sel = selectivity(hidden, labels, grid, layer=-1)
         seconds = time.perf_counter() - t
         base_s = base_s or seconds
         print(f"\nbatch {batch} x {epochs} epochs: {seconds:.1f} s, {seconds / base_s:.2f}x the time of {args.budgets[0]}")
+        trained = epochs_trained(rows, epochs, int(patience or 0))
+        print("epochs trained per chunk (mean over seeds and offsets; the compute, whatever else runs): "
+              + ", ".join(f"{k} {v:.1f} ({v / epochs:.0%})" for k, v in trained.items()))
         print(sel[["feature", "offset", "probe", "acc_real", "acc_control", "selectivity"]].round(3).to_string(index=False))
     ref = sklearn_reference(hidden_rows(hidden, labels), labels, grid)
     print("\nscikit-learn logistic regression, seed-0 split:", {k: round(v, 3) for k, v in ref.items()})
