@@ -96,7 +96,9 @@ class ProbeConfig:
     controls: bool = True  # majority, control task and selectivity
     # where the probes train: "auto" (CUDA when torch sees it, else the CPU), "cpu" or "cuda"
     device: str = "auto"
-    # stop a probe after this many epochs without a better val accuracy (0: train every epoch)
+    # stop a probe after this many epochs without a better val accuracy (0: train every epoch;
+    # at the cpu settings the MLP chunks still trained 93-98% of their epochs and lost up to 4 pp,
+    # BENCHMARKS.md, so no preset uses it)
     patience: int = 0
 
     def __post_init__(self):
