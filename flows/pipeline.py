@@ -93,7 +93,30 @@ def _run_id() -> str:
         return uuid.uuid4().hex
 
 
-@flow(name="semprobe-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=3))
+def start_costliest(ready: list, running: int, slots: int, start) -> list:
+    """Start items of ``ready`` (``(cost, item)`` pairs) costliest first, ties in the order they
+    were added, while fewer than ``slots`` tasks run; started ones leave ``ready``. Returns
+    ``(item, start(item))`` pairs.
+
+    The flow's pool runs what it is given first come, first served. After training the early
+    checkpoints' grids are ready at once and the last checkpoint's only once its activations are
+    dumped, yet its original grid (every offset, the random-init control at the future ones)
+    costs several times any other: queued behind the early grids it started last and ran alone,
+    one core of two idle, for minutes (BENCHMARKS.md). Held back until a worker is free, the
+    costliest ready grid starts as soon as it can and the cheap ones fill in around it."""
+    ready.sort(key=lambda r: -r[0])  # stable
+    out = []
+    while ready and running < slots:
+        item = ready.pop(0)[1]
+        out.append((item, start(item)))
+        running += 1
+    return out
+
+
+WORKERS = 3  # the flow's task threads: training (or the last evaluation) beside two others
+
+
+@flow(name="semprobe-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
 def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace: str | None = None,
              overlap: bool = True, progress: bool = True, record_results: bool = True) -> dict:
     """Run (or finish, or find cached) the whole study for ``preset`` with ``overrides``.
@@ -142,22 +165,32 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         rec.stage(trained)
         submit_new()
 
-        probe_futures = []
         ordered = sorted(per_ckpt.values(), key=lambda v: v[0]["step"])
-        for c, ev, acts in tqdm(ordered, desc="evaluate checkpoints", unit="ckpt", disable=not progress):
+        current = current_offset(cfg.activations.programs)
+        pending = [(c, acts) for c, _, acts in ordered if acts is not None]
+        ready, grids = [], {}
+        others = [f for _, ev, acts in ordered for f in (ev, acts) if f is not None]
+        while pending or ready:
+            for c, acts in [p for p in pending if p[1].state.is_final()]:
+                pending.remove((c, acts))
+                a = acts.result()
+                rec.stage(a)
+                pcfg = probe_config_at(cfg.probe, c["step"], probed)
+                ready += [(pcfg.grid_cost(sem, current), (c["step"], i, pcfg, a, sem))
+                          for i, sem in enumerate(cfg.probe.semantics)]
+            running = sum(not f.state.is_final() for f in [*others, *grids.values()])
+            for (step, i, pcfg, a, sem), fut in start_costliest(ready, running, WORKERS, lambda g: train_probes.submit(
+                    root, g[2], g[3], g[4], cfg.activations.programs)):
+                grids[(step, i)] = fut
+            if pending or ready:
+                time.sleep(POLL_S)
+        for c, ev, _ in tqdm(ordered, desc="evaluate checkpoints", unit="ckpt", disable=not progress):
             rec.checkpoint(c, _result(ev))
-            if acts is None:
-                continue
-            a = _result(acts)
-            rec.stage(a)
-            pcfg = probe_config_at(cfg.probe, c["step"], probed)
-            probe_futures += [train_probes.submit(root, pcfg, a, sem, cfg.activations.programs) for sem in cfg.probe.semantics]
-        probe_outs = [_result(f) for f in tqdm(probe_futures, desc="probe grids", unit="grid", disable=not progress)]
+        probe_outs = [_result(grids[k]) for k in tqdm(sorted(grids), desc="probe grids", unit="grid", disable=not progress)]
         for out in probe_outs:
             rec.probes(out)
 
-        phases = phase_metrics(root, cfg.probe, probe_outs, rec.checkpoint_rows(),
-                               current_offset(cfg.activations.programs))
+        phases = phase_metrics(root, cfg.probe, probe_outs, rec.checkpoint_rows(), current)
         rec.phases(phases, tkey)
         rec.run(preset, cfg, ds["key"], tkey, started, status="finished")
         out = {"run_id": run_id, "dataset": ds["key"], "train": tkey, "checkpoints": len(per_ckpt)}

@@ -140,6 +140,15 @@ class ProbeConfig:
         base = self.random_init_offsets or self.alternative_offsets or (current,)
         return tuple(o for o in base if o in self.offsets_for(semantics))
 
+    def grid_cost(self, semantics: str, current: int = 0) -> int:
+        """The relative cost of ``semantics``' grid in stacked passes over one offset's rows (the
+        flow starts the costliest ready grid first, so only the order matters): its offsets,
+        twice under ``original`` with controls (the control task trains beside the real task),
+        plus the random-init control's offsets. The per-layer linear grids, the same at every
+        checkpoint, are left out."""
+        main = len(self.offsets_for(semantics)) * (2 if semantics == "original" and self.controls else 1)
+        return main + (len(self.init_offsets(current, semantics)) if self.controls else 0)
+
 
 def paper_activations() -> ActivationConfig:
     """The paper's probed specs (PAPER.md, "Probing": 50,000 train-split specs and the test specs)."""

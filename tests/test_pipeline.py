@@ -283,3 +283,16 @@ def test_offsets_before_last_probe_other_offsets_at_the_last_checkpoint_only(ws)
     offsets = rows.groupby(["step", "semantics"])["offset"].agg(lambda o: sorted(set(o))).to_dict()
     assert offsets == {(s, sem): [-1, 0, 1] if s == 12 else [0] for s in (0, 6, 12)
                        for sem in ("original", "flip", "adversarial")}, offsets
+
+
+def test_start_costliest_starts_the_costliest_ready_grid_when_a_worker_is_free():
+    from flows.pipeline import start_costliest
+
+    started = []
+    ready = [(2, "flip@0"), (3, "original@0"), (2, "adversarial@0"), (13, "original@2000")]
+    out = start_costliest(ready, running=1, slots=3, start=lambda g: started.append(g) or len(started))
+    assert started == ["original@2000", "original@0"]
+    assert out == [("original@2000", 1), ("original@0", 2)]
+    assert ready == [(2, "flip@0"), (2, "adversarial@0")]  # ties wait in the order they came
+    assert start_costliest(ready, running=3, slots=3, start=started.append) == []  # no free worker
+    assert len(ready) == 2

@@ -91,3 +91,15 @@ def test_cpu_long_is_the_cpu_recipe_for_longer():
     fed = load_preset("cpu", ["activations.programs=reference", "probe.offsets_before_last=-1",
                               "probe.alternative_offsets=-1"])
     assert fed.probe.at_checkpoint(False).offsets == fed.probe.at_checkpoint(False).alternative_offsets == (-1,)
+
+
+def test_the_last_checkpoints_original_grid_is_the_costliest():
+    """The flow starts grids costliest first (``start_costliest``); in the ``cpu`` preset that is
+    the last checkpoint's original grid (every offset, the control task, the random-init control
+    at 0, +1, +2), then the original grids before it (offset 0 only), then the alternatives."""
+    probe = load_preset("cpu").probe
+    last, before = probe.at_checkpoint(True), probe.at_checkpoint(False)
+    assert last.grid_cost("original") == 5 * 2 + 3
+    assert before.grid_cost("original") == 1 * 2 + 1
+    assert before.grid_cost("flip") == last.grid_cost("flip") == 1 + 1
+    assert replace(before, controls=False).grid_cost("original") == 1
