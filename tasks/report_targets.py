@@ -143,7 +143,8 @@ def _r2(d: RunData) -> dict:
     r2, slope = fit
     shown = f"R^2 = {r2:.3f} over {len(pts)} checkpoints, slope {slope:+.3f} ({trend(slope)})"
     if len(pts) < R2_MIN_POINTS:
-        return _row(4, "semantic content tracks accuracy", crit, shown + "; too few checkpoints to judge", None)
+        return _row(4, "semantic content tracks accuracy", crit, shown + "; too few checkpoints to judge "
+                    f"(--set activations.checkpoints={R2_MIN_POINTS} probes {R2_MIN_POINTS})", None)
     return _row(4, "semantic content tracks accuracy", crit, shown, r2 >= R2_TARGET and slope > 0)
 
 

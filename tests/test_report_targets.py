@@ -53,7 +53,7 @@ def test_r2_needs_five_checkpoints(tmp_path):
 
     db = ResultsDB(tmp_path / "results.duckdb")
     populate(db, steps=STEPS[:1] + STEPS[2:])  # four checkpoints
-    expect(db, 3, "no data", "over 4 checkpoints", "too few")
+    expect(db, 3, "no data", "over 4 checkpoints", "too few", "activations.checkpoints=5")
 
 
 def test_the_untrained_model_is_the_random_init_states_on_the_same_programs(ws):
