@@ -1,7 +1,7 @@
 """The end-to-end study for one config, as a Prefect flow of cached tasks.
 
 dataset -> train (publishing checkpoints as it goes) -> per checkpoint: evaluate + activations
--> per checkpoint x semantics: probes -> phases, interventions -> report.
+-> per checkpoint x semantics: probes (costliest grid first) -> phases, interventions -> report.
 
 Evaluation and activation dumps of early checkpoints start while training continues
 (``overlap=True``): the flow polls the store for newly published checkpoints. Only this flow
@@ -113,7 +113,7 @@ def start_costliest(ready: list, running: int, slots: int, start) -> list:
     return out
 
 
-WORKERS = 3  # the flow's task threads: training (or the last evaluation) beside two others
+WORKERS = 3  # the flow's task threads: training beside an evaluation and a dump; after it, up to three grids
 
 
 @flow(name="semprobe-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
@@ -169,7 +169,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         current = current_offset(cfg.activations.programs)
         pending = [(c, acts) for c, _, acts in ordered if acts is not None]
         ready, grids = [], {}
-        others = [f for _, ev, acts in ordered for f in (ev, acts) if f is not None]
+        others = [f for _, ev, acts in ordered for f in (ev, acts) if f is not None]  # they hold task threads too
         while pending or ready:
             for c, acts in [p for p in pending if p[1].state.is_final()]:
                 pending.remove((c, acts))
@@ -186,7 +186,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                 time.sleep(POLL_S)
         for c, ev, _ in tqdm(ordered, desc="evaluate checkpoints", unit="ckpt", disable=not progress):
             rec.checkpoint(c, _result(ev))
-        probe_outs = [_result(grids[k]) for k in tqdm(sorted(grids), desc="probe grids", unit="grid", disable=not progress)]
+        probe_outs = [_result(grids[k]) for k in tqdm(sorted(grids), desc="probe grids", unit="grid",
+                                                      disable=not progress)]
         for out in probe_outs:
             rec.probes(out)
 
