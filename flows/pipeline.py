@@ -170,18 +170,21 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         pending = [(c, acts) for c, _, acts in ordered if acts is not None]
         ready, grids = [], {}
         others = [f for _, ev, acts in ordered for f in (ev, acts) if f is not None]  # they hold task threads too
+
+        def submit_grid(item):  # item: ((step, semantics index), (probe config, activations, semantics))
+            return train_probes.submit(root, *item[1], cfg.activations.programs)
+
         while pending or ready:
             for c, acts in [p for p in pending if p[1].state.is_final()]:
                 pending.remove((c, acts))
                 a = acts.result()
                 rec.stage(a)
                 pcfg = probe_config_at(cfg.probe, c["step"], probed)
-                ready += [(pcfg.grid_cost(sem, current), (c["step"], i, pcfg, a, sem))
+                ready += [(pcfg.grid_cost(sem, current), ((c["step"], i), (pcfg, a, sem)))
                           for i, sem in enumerate(cfg.probe.semantics)]
             running = sum(not f.state.is_final() for f in [*others, *grids.values()])
-            for (step, i, pcfg, a, sem), fut in start_costliest(ready, running, WORKERS, lambda g: train_probes.submit(
-                    root, g[2], g[3], g[4], cfg.activations.programs)):
-                grids[(step, i)] = fut
+            for (key, _), fut in start_costliest(ready, running, WORKERS, submit_grid):
+                grids[key] = fut
             if pending or ready:
                 time.sleep(POLL_S)
         for c, ev, _ in tqdm(ordered, desc="evaluate checkpoints", unit="ckpt", disable=not progress):
