@@ -1,4 +1,4 @@
-"""The ``semprobe`` command line: run, sweep, report, status, sql, export, ui.
+"""The ``semprobe`` command line: run, estimate, sweep, report, status, sql, export, ui.
 
 The workspace (``--workspace``, else $SEMPROBE_WORKSPACE, else ./.semprobe) is configured before
 prefect is imported, because Prefect reads its settings at import time. ``--artifacts`` (else
@@ -28,10 +28,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="persist Prefect results there (default: $SEMPROBE_RESULTS_URL, else not persisted)")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole study for a preset (cached stages are skipped)")
-    for sp in (run, sub.add_parser("status", help="which stages are done or missing for a preset")):
+    est = sub.add_parser("estimate", help="how long a preset will take on this machine: each stage timed at a small "
+                                          "scale and scaled up (a few minutes for cpu; writes nothing)")
+    for sp in (run, est, sub.add_parser("status", help="which stages are done or missing for a preset")):
         sp.add_argument("--preset", default="cpu", help="smoke | cpu | cpu-long | paper (default: cpu)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")
+    est.add_argument("--train-steps", type=int, default=3, help="training steps timed after the first (default 3)")
+    est.add_argument("--minutes", type=float, default=None,
+                     help="also say how many training steps would fit the whole run in this many minutes")
+    est.add_argument("--json", action="store_true", help="print the estimate as JSON")
     run.add_argument("--no-overlap", action="store_true", help="evaluate checkpoints only after training ends")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--fanout", action="store_true",
@@ -103,6 +109,45 @@ def cmd_run(args, ws) -> int:
     out = pipeline(preset=args.preset, overrides=args.overrides, workspace=str(ws.root),
                    overlap=not args.no_overlap, progress=not args.quiet)
     print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def cmd_estimate(args, ws) -> int:
+    from flows.presets import load_preset
+
+    cfg = load_preset(args.preset, args.overrides)  # fail fast on a bad preset or override
+    if args.train_steps < 1:
+        raise ValueError(f"--train-steps: must be at least 1, got {args.train_steps}")
+    import torch
+
+    from flows.estimate import estimate, steps_within
+
+    load = os.getloadavg()[0]
+    out = estimate(cfg, train_steps=args.train_steps)
+    fit = None
+    if args.minutes is not None:
+        fit = steps_within(60 * args.minutes, out["parts"], cfg, out["train_first"], out["train_per_step"])
+    if args.json:
+        print(json.dumps({"preset": args.preset, "overrides": args.overrides, "cores": out["cores"],
+                          "torch_threads": torch.get_num_threads(), "load_average": load,
+                          "seconds": out["seconds"], "parts": [vars(p) for p in out["parts"]],
+                          "minutes": args.minutes, "train_steps_within": fit}, indent=1))
+        return 0
+    print(f"estimate for preset {args.preset} on this machine ({out['cores']} cores, {torch.get_num_threads()} "
+          f"torch threads; load average {load:.1f} when it started, other work makes every figure larger):")
+    print(f"{'stage':<12} {'runs':>5} {'each':>9} {'total':>9}")
+    for p in out["parts"]:
+        print(f"{p.stage:<12} {p.runs:>5} {_hms(p.each):>9} {_hms(p.seconds):>9}  {p.detail}")
+    print(f"{'end to end':<12} {'':>5} {'':>9} {_hms(out['seconds']):>9}  the stages in turn, the probe grids side by side")
+    if fit is not None:
+        print(f"to fit {args.minutes:g} minutes: --set train.steps={fit} (now {cfg.train.steps}; the learning-rate "
+              "schedule stretches with it)" if fit else f"nothing fits {args.minutes:g} minutes: the stages other than "
+              "training take longer than that")
     return 0
 
 
@@ -193,7 +238,7 @@ def cmd_export(args, ws) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
+COMMANDS = {"estimate": cmd_estimate, "export": cmd_export, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

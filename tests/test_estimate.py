@@ -1,0 +1,81 @@
+"""``semprobe estimate``: every stage of a preset timed at a small scale in a temporary workspace
+and scaled up; the arithmetic that scales it and fits a run to a time budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from flows.estimate import Part, linear, probe_wall, steps_within, SIDE_BY_SIDE
+from flows.presets import load_preset
+from model.config import checkpoint_steps
+from tasks.stage_configs import probed_steps
+
+
+def test_linear_splits_a_fixed_and_a_per_unit_cost():
+    assert linear(3.0, 1, 5.0, 2, 10) == pytest.approx(1.0 + 2.0 * 10)
+    # timing noise: the larger size measured faster counts as all fixed cost, never a negative slope
+    assert linear(5.0, 1, 4.0, 2, 10) == pytest.approx(5.0)
+    # a steep slope never makes the fixed part negative
+    assert linear(1.0, 1, 5.0, 2, 3) == pytest.approx(12.0)
+
+
+def test_probe_wall_is_the_grids_side_by_side_and_never_less_than_the_longest():
+    assert probe_wall([10.0, 20.0, 30.0], 1) == pytest.approx(60.0)
+    assert probe_wall([10.0, 20.0, 30.0], 2) == pytest.approx(60.0 / (2 * SIDE_BY_SIDE))
+    assert probe_wall([100.0, 1.0, 1.0], 3) == pytest.approx(100.0)
+    assert probe_wall([], 2) == 0.0
+
+
+def test_steps_within_is_the_most_steps_that_fit():
+    cfg = load_preset("cpu")
+    parts = [Part("dataset", 1, 5, 5), Part("train", 1, 0, 0), Part("evaluate", 13, 30, 390),
+             Part("activations", 3, 150, 450), Part("probes", 9, 200, 1000)]
+    first, per_step = 3.0, 1.3
+
+    def total(steps):
+        evals = len(checkpoint_steps(replace(cfg.train, steps=steps))) * 30
+        return 5 + 450 + 1000 + first + per_step * (steps - 1) + evals
+
+    budget = 3600.0
+    steps = steps_within(budget, parts, cfg, first, per_step)
+    assert steps > 0 and total(steps) <= budget < total(steps + 1)
+    assert steps_within(1000.0, parts, cfg, first, per_step) == 0  # the probes alone take longer
+
+
+def semprobe(ws, *args, env=None):
+    cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_estimate_times_every_stage_of_the_run_and_writes_nowhere(tmp_path):
+    ws, shared = tmp_path / "ws", tmp_path / "shared-store"
+    env = {**os.environ, "SEMPROBE_ARTIFACTS": str(shared)}  # a user's shared store must stay untouched
+    proc = semprobe(ws, "estimate", "--preset", "smoke", "--set", "activations.checkpoints=2", "--json",
+                    "--minutes", "30", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    parts = {p["stage"]: p for p in out["parts"]}
+    assert list(parts) == ["dataset", "train", "evaluate", "activations", "probes"]
+    cfg = load_preset("smoke", ["activations.checkpoints=2"])
+    schedule = checkpoint_steps(cfg.train)
+    assert parts["evaluate"]["runs"] == len(schedule)
+    assert parts["activations"]["runs"] == len(probed_steps(schedule, 2)) == 2
+    assert parts["probes"]["runs"] == 2 * len(cfg.probe.semantics)
+    assert all(p["seconds"] > 0 and p["each"] > 0 for p in out["parts"])
+    assert out["seconds"] == pytest.approx(sum(p["seconds"] for p in out["parts"]))
+    assert f"{cfg.train.steps:,} steps" in parts["train"]["detail"]
+    assert out["train_steps_within"] > cfg.train.steps  # a smoke run is seconds, 30 minutes fit far more
+    assert not shared.exists() and not (ws / "artifacts").exists()
+
+
+def test_estimate_rejects_a_bad_override_before_measuring(tmp_path):
+    proc = semprobe(tmp_path, "estimate", "--preset", "smoke", "--set", "probe.epochz=1")
+    assert proc.returncode == 2 and "epochz" in proc.stderr
+    proc = semprobe(tmp_path, "estimate", "--preset", "smoke", "--train-steps", "0")
+    assert proc.returncode == 2 and "--train-steps" in proc.stderr
