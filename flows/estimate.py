@@ -9,7 +9,7 @@ small scale in a temporary workspace and scales it to the preset's size:
   resumed from its checkpoint: the first step (setup included) + seconds a step x the rest;
 - evaluate, activations: the stage's task on two shares of the preset's specs (``_fractions``),
   linear in the share of them, times the checkpoints it runs at (evaluate: every scheduled one;
-  activations: the probed ones, each with the random-init pass);
+  activations: the probed ones, each timed with the random-init pass, which step 0's lacks);
 - probes: every distinct grid of the run (per probed checkpoint and semantics: its offsets, the
   controls, the random-init control where the dump has it, the per-layer grids), run by the
   stage's task for one and two epochs on synthetic states of the run's width over real programs
@@ -182,32 +182,11 @@ def estimate(cfg: StudyConfig, train_steps: int = 3, cores: int | None = None) -
     fe, fa = _fractions(ev.n_test_specs, ev.batch_size), _fractions(ac.n_train_specs + ac.n_test_specs, ac.batch_size)
     with tempfile.TemporaryDirectory(prefix="semprobe-estimate-") as tmp, _isolated_store(Path(tmp)):
         root = str(Path(tmp) / "ws")
-        parts = []
-
-        d = cfg.data
-        programs = d.n_train_generated + d.n_val + d.n_test
-        fd = _fractions(programs, GEN_CHUNK)
-        scaled = [replace(d, n_train_generated=_share(d.n_train_generated, f), n_val=_share(d.n_val, f),
-                          n_test=_share(d.n_test, f)) for f in fd]
-        t = [_timed(generate_dataset.fn, root, s) for s in scaled]
-        seconds = linear(t[0], fd[0], t[1], fd[1], 1.0)
-        parts.append(Part("dataset", 1, seconds, seconds, f"{programs:,} programs"))
+        parts = [_dataset_part(root, cfg.data)]
         ds = generate_dataset.fn(root, _small_data(cfg, fe[1], fa[1]))
+        train_part, first, per_step, ckpt = _train_part(root, Path(tmp) / "train", cfg, ds, train_steps)
+        parts.append(train_part)
 
-        work = Path(tmp) / "train"
-        first = _timed(train, cfg.model, cfg.train, data_dir(ds), work, progress=False, stop_after=1)
-        more = min(train_steps, cfg.train.steps - 1)
-        per_step = _timed(train, cfg.model, cfg.train, data_dir(ds), work, progress=False, stop_after=1 + more) / more \
-            if more > 0 else first
-        seconds = first + per_step * (cfg.train.steps - 1)
-        tokens = cfg.train.steps * cfg.train.tokens_per_step
-        parts.append(Part("train", 1, seconds, seconds, f"{per_step:.2f} s a step x {cfg.train.steps:,} steps, "
-                                                        f"{tokens / 1e6:.1f}M tokens"))
-
-        ws = Workspace.at(root)
-        for step, path in list_checkpoints(work):
-            publish_checkpoint(ws, TRAIN_KEY, step, path, cfg.train.tokens_per_step)
-        ckpt = published_checkpoint(root, TRAIN_KEY, 1 + more if more > 0 else 1)
         schedule = checkpoint_steps(cfg.train)
         t = [_timed(evaluate.fn, root, replace(ev, n_test_specs=_share(ev.n_test_specs, f),
                                                n_val_samples=_share(ev.n_val_samples, f)), ds, ckpt) for f in fe]
@@ -221,21 +200,52 @@ def estimate(cfg: StudyConfig, train_steps: int = 3, cores: int | None = None) -
         each = linear(t[0], fa[0], t[1], fa[1], 1.0)
         parts.append(Part("activations", len(probed), each, each * len(probed),
                           f"{ac.n_train_specs + ac.n_test_specs:,} specs at steps {', '.join(map(str, probed))}"))
-
-        acts = {init: synthetic_activations(Path(tmp) / f"acts-{int(init)}", ds, cfg, init)
-                for init in {ac.random_init and s > 0 for s in probed}}
-        measured, grids = {}, []
-        for step in probed:
-            pcfg = probe_config_at(cfg.probe, step, probed)
-            init = ac.random_init and step > 0
-            for sem in cfg.probe.semantics:
-                if (pcfg, sem, init) not in measured:
-                    t = [_timed(train_probes.fn, root, replace(pcfg, epochs=e), acts[init], sem, ac.programs) for e in (1, 2)]
-                    measured[pcfg, sem, init] = linear(t[0], 1, t[1], 2, pcfg.epochs)
-                grids.append(measured[pcfg, sem, init])
-        slots = min(WORKERS, cores)
-        seconds = probe_wall(grids, slots)
-        parts.append(Part("probes", len(grids), sum(grids) / max(len(grids), 1), seconds,
-                          f"{len(grids)} grids on one thread each, {sum(grids):,.0f} s summed, {slots} at a time"))
+        parts.append(_probe_part(root, Path(tmp), cfg, ds, probed, min(WORKERS, cores)))
     return {"parts": parts, "seconds": sum(p.seconds for p in parts), "cores": cores,
             "train_first": first, "train_per_step": per_step}
+
+
+def _dataset_part(root: str, d: karel.DataConfig) -> Part:
+    programs = d.n_train_generated + d.n_val + d.n_test
+    fd = _fractions(programs, GEN_CHUNK)
+    scaled = [replace(d, n_train_generated=_share(d.n_train_generated, f), n_val=_share(d.n_val, f),
+                      n_test=_share(d.n_test, f)) for f in fd]
+    t = [_timed(generate_dataset.fn, root, s) for s in scaled]
+    seconds = linear(t[0], fd[0], t[1], fd[1], 1.0)
+    return Part("dataset", 1, seconds, seconds, f"{programs:,} programs")
+
+
+def _train_part(root: str, work: Path, cfg: StudyConfig, ds: dict, train_steps: int):
+    """(the part, the first step's seconds, seconds a step after it, the last timed checkpoint
+    published in ``root``'s store, where evaluation and the dump read it)."""
+    first = _timed(train, cfg.model, cfg.train, data_dir(ds), work, progress=False, stop_after=1)
+    more = min(train_steps, cfg.train.steps - 1)
+    per_step = first
+    if more > 0:
+        per_step = _timed(train, cfg.model, cfg.train, data_dir(ds), work, progress=False, stop_after=1 + more) / more
+    seconds = first + per_step * (cfg.train.steps - 1)
+    tokens = cfg.train.steps * cfg.train.tokens_per_step
+    part = Part("train", 1, seconds, seconds, f"{per_step:.2f} s a step x {cfg.train.steps:,} steps, "
+                                              f"{tokens / 1e6:.1f}M tokens")
+    ws = Workspace.at(root)
+    for step, path in list_checkpoints(work):
+        publish_checkpoint(ws, TRAIN_KEY, step, path, cfg.train.tokens_per_step)
+    return part, first, per_step, published_checkpoint(root, TRAIN_KEY, 1 + max(more, 0))
+
+
+def _probe_part(root: str, tmp: Path, cfg: StudyConfig, ds: dict, probed: list[int], slots: int) -> Part:
+    """Every grid of the run, each distinct one timed at one and two epochs (module doc)."""
+    ac = cfg.activations
+    acts = {init: synthetic_activations(tmp / f"acts-{int(init)}", ds, cfg, init)
+            for init in {ac.random_init and s > 0 for s in probed}}
+    measured, grids = {}, []
+    for step in probed:
+        pcfg = probe_config_at(cfg.probe, step, probed)
+        init = ac.random_init and step > 0
+        for sem in cfg.probe.semantics:
+            if (pcfg, sem, init) not in measured:
+                t = [_timed(train_probes.fn, root, replace(pcfg, epochs=e), acts[init], sem, ac.programs) for e in (1, 2)]
+                measured[pcfg, sem, init] = linear(t[0], 1, t[1], 2, pcfg.epochs)
+            grids.append(measured[pcfg, sem, init])
+    return Part("probes", len(grids), sum(grids) / max(len(grids), 1), probe_wall(grids, slots),
+                f"{len(grids)} grids on one thread each, {sum(grids):,.0f} s summed, {slots} at a time")
