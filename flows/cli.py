@@ -112,11 +112,6 @@ def cmd_run(args, ws) -> int:
     return 0
 
 
-def _hms(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def cmd_estimate(args, ws) -> int:
     from flows.presets import load_preset
 
@@ -126,6 +121,7 @@ def cmd_estimate(args, ws) -> int:
     import torch
 
     from flows.estimate import estimate, steps_within
+    from tasks.report_data import clock
 
     load = os.getloadavg()[0]
     out = estimate(cfg, train_steps=args.train_steps)
@@ -142,8 +138,8 @@ def cmd_estimate(args, ws) -> int:
           f"torch threads; load average {load:.1f} when it started, other work makes every figure larger):")
     print(f"{'stage':<12} {'runs':>5} {'each':>9} {'total':>9}")
     for p in out["parts"]:
-        print(f"{p.stage:<12} {p.runs:>5} {_hms(p.each):>9} {_hms(p.seconds):>9}  {p.detail}")
-    print(f"{'end to end':<12} {'':>5} {'':>9} {_hms(out['seconds']):>9}  the stages in turn, the probe grids side by side")
+        print(f"{p.stage:<12} {p.runs:>5} {clock(p.each):>9} {clock(p.seconds):>9}  {p.detail}")
+    print(f"{'end to end':<12} {'':>5} {'':>9} {clock(out['seconds']):>9}  the stages in turn, the probe grids side by side")
     if fit is not None:
         print(f"to fit {args.minutes:g} minutes: --set train.steps={fit} (now {cfg.train.steps}; the learning-rate "
               "schedule stretches with it)" if fit else f"nothing fits {args.minutes:g} minutes: the stages other than "
