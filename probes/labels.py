@@ -13,14 +13,18 @@ index ``k`` (index 0 = the input world). At **offset** ``o`` the hidden state em
 * offsets +1, +2: the states after the next actions ("future").
 
 With ``drop_last=True`` (the reference's choice, the default) a pair is kept when its label is a
-state strictly between the input and the final state, ``1 <= j + 1 + o <= length - 1``. Both
-ends can be read off the prompt (the input world is Input0, and the final state of a correct
-program is Output0), and the reference never labels with either: it removes the input state
-from the trace and drops the last pair of each offset's list. For a 4-action program this keeps
-j = 0 at +2; 0, 1 at +1; 0, 1, 2 at offset 0; 1, 2, 3 at -1; 2, 3 at -2. With
-``drop_last=False`` every pair with ``0 <= j + 1 + o <= length`` is kept. Validity depends on
-the offset only, never on the feature or semantics, so probes of one offset share exactly the
-same rows.
+state strictly between the input and the final state, ``1 <= j + 1 + o <= length - 1``, and its
+hidden state does not emit the program's last action, ``j <= length - 2``. These are the pairs of
+the reference (``probe/dataset.py``: it removes the input state from the trace and drops the last
+pair of each offset's list after shifting). Both ends of the trace can be read off the prompt
+(the input world is Input0, the final state of a correct program is Output0). At offsets >= 0 the
+second condition follows from the first; at the past offsets it drops one more pair per program,
+the last action's, as the reference does. For a 4-action program this keeps j = 0 at +2; 0, 1 at
++1; 0, 1, 2 at offset 0; 1, 2 at -1; 2 at -2. (The reference also pairs, at +1 and +2, the hidden
+state before the program's first action with the state after action 0 or 1; that state emits no
+action, so it is not a row here.) With ``drop_last=False`` every pair with
+``0 <= j + 1 + o <= length`` is kept. Validity depends on the offset only, never on the feature or
+semantics, so probes of one offset share exactly the same rows.
 
 Features and their encodings
 ----------------------------
@@ -136,7 +140,7 @@ class LabelSet:
         """(n,) bool rows kept at ``offset`` (independent of feature and semantics)."""
         t = self.position + 1 + offset
         if self.drop_last:
-            return (t >= 1) & (t <= self.length - 1)
+            return (t >= 1) & (t <= self.length - 1) & (self.position <= self.length - 2)
         return (t >= 0) & (t <= self.length)
 
     def triples(self, semantics: str, feature: str, offset: int):

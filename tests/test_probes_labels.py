@@ -32,9 +32,7 @@ def test_turn_right_move_by_hand():
     p, j, y = ls.triples("original", "direction", 0)
     assert list(p) == [0] and list(j) == [0]  # drop_last: only the first action's state
     assert y[0, 0] == 1  # after turn_right: east
-    p, j, y = ls.triples("original", "direction", -1)  # j=1 (move) labelled with the state before it
-    assert list(j) == [1] and y[0, 0] == 1
-    for o in (-2, 1, 2):  # would label with the input or the final state: dropped
+    for o in (-2, -1, 1, 2):  # the input or the final state, or the last action's hidden state: dropped
         assert len(ls.triples("original", "direction", o)[0]) == 0, o
     full = make_labels(progs, inputs, ("original",), ("direction", "rel_start", "abs_position"),
                        (-1, 1), drop_last=False)
@@ -54,7 +52,8 @@ def test_kept_pairs_never_label_with_the_input_or_final_state():
     progs, inputs = batch(["turn_right move move turn_left"], [[open_world()]])
     ls = make_labels(progs, inputs, ("original",), ("rel_start",), (-2, -1, 0, 1, 2))
     kept = {o: ls.triples("original", "rel_start", o)[1].tolist() for o in (-2, -1, 0, 1, 2)}
-    assert kept == {2: [0], 1: [0, 1], 0: [0, 1, 2], -1: [1, 2, 3], -2: [2, 3]}  # the reference's pairs
+    # the reference's pairs (its probe/dataset.py, less its pairs of the state before action 0)
+    assert kept == {2: [0], 1: [0, 1], 0: [0, 1, 2], -1: [1, 2], -2: [2]}
     states = {1: (6, 6), 2: (6, 7), 3: (6, 8)}  # after actions 1..3 (t = 1..3), rel. to start
     for o, js in kept.items():
         got = [tuple(r) for r in ls.triples("original", "rel_start", o)[2]]
@@ -62,6 +61,36 @@ def test_kept_pairs_never_label_with_the_input_or_final_state():
     full = make_labels(progs, inputs, ("original",), ("rel_start",), (-2, 2), drop_last=False)
     assert full.triples("original", "rel_start", 2)[1].tolist() == [0, 1]  # t = 3, 4 (final)
     assert full.triples("original", "rel_start", -2)[1].tolist() == [1, 2, 3]  # t = 0 (input), 1, 2
+
+
+def reference_pairs(n: int, offset: int) -> list[tuple]:
+    """The reference's probe pairs for an n-action program, by its list mechanics: its programs
+    read ``def run() {`` and a newline, then each action indented on its own line, then ``}``;
+    hidden state m emits token m; at ``offset`` actions (3 tokens each) hidden state m is paired
+    with the state after the action at token m + 3 * offset; the last pair is dropped.
+    Returns (what hidden state m emits: an action index or a token, the action the label follows)."""
+    toks = ["def", "run()", "{", "\n"] + [x for k in range(n) for x in ("  ", k, "\n")] + ["}"]
+    shift = 3 * offset
+    pairs = [(toks[m], toks[m + shift]) for m in range(len(toks))
+             if 0 <= m + shift < len(toks) and isinstance(toks[m + shift], int)]
+    return pairs[:-1]
+
+
+@pytest.mark.parametrize("offset", [-2, -1, 0, 1, 2])
+def test_drop_last_keeps_the_reference_pairs(offset):
+    lengths = np.arange(1, 15)
+    progs = np.full((len(lengths), 14), -1, np.int8)
+    for i, n in enumerate(lengths):
+        progs[i, :n] = karel.ACTION_ID["move"]
+    ls = make_labels(progs, karel.random_worlds(np.random.default_rng(0), len(lengths)),
+                     ("original",), ("direction",), (offset,))
+    p, j, _ = ls.triples("original", "direction", offset)
+    for i, n in enumerate(lengths):
+        ours = [(int(a), int(a) + offset) for a in j[p == i]]
+        ref = reference_pairs(int(n), offset)
+        # the reference's only other rows: the state emitting "{", at the future offsets
+        assert [r for r in ref if not isinstance(r[0], int)] == ([("{", offset - 1)] if offset > 0 and n > offset else [])
+        assert ours == [r for r in ref if isinstance(r[0], int)], (n, offset)
 
 
 def test_drop_last_false_keeps_last_action():
@@ -111,9 +140,9 @@ def test_validity_counts_and_rows():
     progs = karel.random_programs(rng, lengths, width=14)
     ls = make_labels(progs, karel.random_worlds(rng, 4))
     assert len(ls) == lengths.sum()
-    # kept per offset: j in [max(0, -o), min(len-1, len-2-o)]
+    # kept per offset: j in [max(0, -o), min(len-2, len-2-o)]
     for o in (-2, -1, 0, 1, 2):
-        expect = sum(max(0, min(n - 1, n - 2 - o) - max(0, -o) + 1) for n in lengths)
+        expect = sum(max(0, min(n - 2, n - 2 - o) - max(0, -o) + 1) for n in lengths)
         assert ls.valid(o).sum() == expect
         assert ((ls.get("original", "direction", o)[:, 0] >= 0) == ls.valid(o)).all()
 
