@@ -25,13 +25,12 @@ import argparse
 import os
 import sys
 import time
-import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from probes.controls import PROGRAM_START, surface_types  # noqa: E402
+from probes.controls import PROGRAM_START, draw_per_type, surface_types  # noqa: E402
 from probes.grid import GridConfig, Task, label_tasks, train_tasks  # noqa: E402
 from probes.labels import MAIN_FEATURES, check_feature, hidden_rows, make_labels  # noqa: E402
 from probes.stacked import TrainConfig  # noqa: E402
@@ -54,15 +53,6 @@ def type_ids(labels, programs: np.ndarray, kind: str) -> np.ndarray:
     else:
         raise ValueError(f"type kind: {kind!r}")
     return np.unique(cols, axis=0, return_inverse=True)[1].reshape(-1)
-
-
-def typed_control(y: np.ndarray, types: np.ndarray, name: str) -> np.ndarray:
-    """(n, H) labels: one draw per type from the empirical distribution of ``y``'s kept rows."""
-    ok = y[:, 0] >= 0
-    uniq, counts = np.unique(y[ok], axis=0, return_counts=True)
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    draw = rng.choice(len(uniq), size=types.max() + 1, p=counts / counts.sum())
-    return np.where(ok[:, None], uniq[draw[types]], -1)
 
 
 def main() -> None:
@@ -90,7 +80,7 @@ def main() -> None:
         for feat in MAIN_FEATURES:
             y = labels.get("original", feat, args.offset)
             tasks.append(Task(dict(semantics="original", feature=feat, offset=args.offset, task=kind),
-                              check_feature(feat), typed_control(y, types, f"{kind}/{feat}/{args.offset}")))
+                              check_feature(feat), draw_per_type(y, types, f"{kind}/{feat}/{args.offset}")))
     t = time.perf_counter()
     rows = train_tasks(hidden_rows(a["hidden"].astype(np.float32), labels), labels.program, tasks, grid, layer=-1)
     test = rows[rows["split"] == "test"]

@@ -89,22 +89,26 @@ def surface_types(labels: LabelSet, surface: str = "emitted") -> np.ndarray:
     return np.stack([token, labels.position], 1)
 
 
+def draw_per_type(y: np.ndarray, types: np.ndarray, name: str) -> np.ndarray:
+    """(n, H) labels: one fixed draw per type (``types``: each row's type id, 0..T-1) from the
+    empirical distribution of ``y``'s kept rows (``y[:, 0] >= 0``), seeded by ``name``; -1 where
+    unkept."""
+    ok = y[:, 0] >= 0
+    if not ok.any():
+        return np.full_like(y, -1)
+    uniq, counts = np.unique(y[ok], axis=0, return_counts=True)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    draw = rng.choice(len(uniq), size=int(types.max()) + 1, p=counts / counts.sum())
+    return np.where(ok[:, None], uniq[draw[types]], -1).astype(y.dtype)
+
+
 def control_labels(labels: LabelSet, semantics: str, feature: str, offset: int,
                    seed: int = 0, surface: str = "emitted") -> np.ndarray:
     """(n, H) control-task labels: one fixed draw per surface type (``surface_types``); -1 where
     unkept."""
-    y = labels.get(semantics, feature, offset)
-    ok = y[:, 0] >= 0
-    out = np.full_like(y, -1)
-    types, inverse = np.unique(surface_types(labels, surface), axis=0, return_inverse=True)
-    if not ok.any():
-        return out
-    uniq, counts = np.unique(y[ok], axis=0, return_counts=True)
-    name = f"control/{seed}/{semantics}/{feature}/{offset}"
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    draw = rng.choice(len(uniq), size=len(types), p=counts / counts.sum())
-    out[ok] = uniq[draw[inverse.reshape(-1)]][ok]
-    return out
+    types = np.unique(surface_types(labels, surface), axis=0, return_inverse=True)[1].reshape(-1)
+    return draw_per_type(labels.get(semantics, feature, offset), types,
+                         f"control/{seed}/{semantics}/{feature}/{offset}")
 
 
 def control_tasks(labels: LabelSet, config: GridConfig, seed: int = 0, surface: str = "emitted") -> list[Task]:
