@@ -144,7 +144,7 @@ def selectivity(hidden: np.ndarray, labels: LabelSet, config: GridConfig = GridC
         m, lo, hi = mean_ci(diff)
         out.append({**dict(zip(keys[:-1], key)), "acc_real": float(g["accuracy_real"].mean()),
                     "acc_control": float(g["accuracy_control"].mean()), "selectivity": m,
-                    "ci_low": lo, "ci_high": hi, "n_seeds": len(diff)})
+                    "ci_low": lo, "ci_high": hi, "n_seeds": int(np.isfinite(diff).sum())})
     return rows, pd.DataFrame(out)
 
 

@@ -61,7 +61,7 @@ def semantic_content(results: pd.DataFrame, split: str = "test",
         rows.append({**dict(zip(["semantics", *KEYS], key)),
                      "acc_original": float(g["accuracy_ref"].mean()),
                      "acc_alternative": float(g["accuracy_alt"].mean()),
-                     "content": m, "ci_low": lo, "ci_high": hi, "n_seeds": len(diff)})
+                     "content": m, "ci_low": lo, "ci_high": hi, "n_seeds": int(np.isfinite(diff).sum())})
     return pd.DataFrame(rows)
 
 

@@ -61,8 +61,28 @@ def summarize(df: pd.DataFrame, value: str = "accuracy", over: str = "seed",
     for key, g in df.groupby(keys, sort=False, dropna=False):
         m, lo, hi = mean_ci(g[value].to_numpy(), level)
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        row.update(mean=m, ci_low=lo, ci_high=hi, n_seeds=int(g[over].nunique()))
+        row.update(mean=m, ci_low=lo, ci_high=hi, n_seeds=int(g.loc[g[value].notna(), over].nunique()))
         if "n" in g:
             row["n"] = float(g["n"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_diff(a: pd.DataFrame, b: pd.DataFrame, on: list[str], by: list[str], over: str = "seed",
+                value: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
+    """Mean and t-interval of ``a[value] - b[value]``, paired on ``on`` + ``over`` (e.g. a probe
+    and its baseline on the same seed's split), per group of ``by`` (columns of ``a``, ``on``
+    among them). Returns ``by`` plus ``mean``, ``ci_low``, ``ci_high``, ``n_seeds`` (pairs with
+    both values)."""
+    for col in [*on, over, value]:
+        for name, df in (("a", a), ("b", b)):
+            if col not in df.columns:
+                raise ValueError(f"paired_diff: column {col!r} not in {name} ({list(df.columns)})")
+    merged = a.merge(b[[*on, over, value]], on=[*on, over], suffixes=("", "_base"))
+    merged = merged.assign(_diff=merged[value] - merged[value + "_base"])
+    rows = []
+    for key, g in merged.groupby(by, sort=False, dropna=False):
+        m, lo, hi = mean_ci(g["_diff"].to_numpy(), level)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "mean": m,
+                     "ci_low": lo, "ci_high": hi, "n_seeds": int(g["_diff"].notna().sum())})
+    return pd.DataFrame(rows, columns=[*by, "mean", "ci_low", "ci_high", "n_seeds"])

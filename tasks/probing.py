@@ -29,7 +29,7 @@ from probes.controls import EMITTED_ACTION, emitted_action, majority_baseline, s
 from probes.grid import GridConfig, probe_grid
 from probes.labels import make_labels
 from probes.stacked import TrainConfig
-from probes.stats import summarize
+from probes.stats import paired_diff, summarize
 from tasks.activations import load_activations
 from tasks.record import MEAN_LAYER
 from tasks.stage import recomputed, run_stage, stage_key
@@ -84,12 +84,13 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
             return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": 0}
         hidden = a["hidden"].astype(np.float32)
         grid = grid_config(cfg, semantics)
-        controls = []
+        controls, majority = [], None
         if semantics == "original" and cfg.controls:
             # real and control tasks share one stacked pass; its real rows are the probe results
             rows, sel = selectivity(hidden, labels, grid, layer=MEAN_LAYER, surface=surface)
             frames = [rows[rows["task"] == "real"]]
-            controls += _control_rows(sel, majority_baseline(labels, grid))
+            majority = majority_baseline(labels, grid)
+            controls += _control_rows(sel, majority)
         else:
             frames = [probe_grid(hidden, labels, grid, layer=MEAN_LAYER)]
         init = a["hidden_init"].astype(np.float32) if "hidden_init" in a else None
@@ -105,6 +106,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, pro
                 x = a["hidden_layers"][:, :, layer].astype(np.float32)
                 frames.append(probe_grid(x, labels, per_layer, layer=layer))
         results = pd.concat(frames, ignore_index=True).drop(columns=["task", "best_epoch"], errors="ignore")
+        controls += margin_rows(results, majority, init_results)
         ids = {"probe_key": key, "checkpoint_key": ckpt_key, "step": step}
         summary = summarize(results, "accuracy", "seed")
         results.assign(**ids).to_parquet(tmp / "probe_results.parquet", index=False)
@@ -158,8 +160,28 @@ def _control_rows(sel: pd.DataFrame, majority: pd.DataFrame) -> list[dict]:
     for r in sel.itertuples():
         out.append({"feature": r.feature, "offset": r.offset, "kind": "control_task", "probe": r.probe, "value": r.acc_control})
         out.append({"feature": r.feature, "offset": r.offset, "kind": "selectivity", "probe": r.probe, "value": r.selectivity})
+        out.append({"feature": r.feature, "offset": r.offset, "kind": "control_task_margin_low", "probe": r.probe, "value": r.ci_low})
     test = majority[majority["split"] == "test"]
     for (feat, off), g in test.groupby(["feature", "offset"]):
         out.append({"feature": feat, "offset": int(off), "kind": "majority", "probe": "majority",
                     "value": float(g["accuracy"].mean())})
+    return out
+
+
+def margin_rows(results: pd.DataFrame, majority: pd.DataFrame | None, init_results: pd.DataFrame | None) -> list[dict]:
+    """``controls`` rows ``majority_margin_low`` and ``random_init_margin_low``: per feature,
+    offset and kind, the lower 95% bound of the probe's test accuracy minus the baseline's, paired
+    by seed (a seed's probe and its majority baseline share that seed's split; its probe on the
+    random-init states shares the split and the initial weights). What "clearly above a baseline"
+    reads (tasks/report_targets.py); the control task's is ``control_task_margin_low``."""
+    real = results[(results["split"] == "test") & (results["layer"] == MEAN_LAYER)]
+    keys = ["feature", "offset", "probe"]
+    out = []
+    for kind, base, on in (("majority_margin_low", majority, ["feature", "offset"]),
+                           ("random_init_margin_low", init_results, keys)):
+        if base is None or base.empty:
+            continue
+        base = base[base["split"] == "test"]
+        for r in paired_diff(real, base, on=on, by=keys).itertuples():
+            out.append({"feature": r.feature, "offset": int(r.offset), "kind": kind, "probe": r.probe, "value": r.ci_low})
     return out

@@ -11,8 +11,11 @@ is there already fails):
    (babbling before syntax before semantics);
 3. current-state probes (offset 0; -1 on fed reference programs, ``RunData.current``) of
    direction, position relative to start and facing a wall, all three kinds: at the last
-   checkpoint mlp2 rises above the untrained model, mlp2 >= mlp1 >= linear, and every kind's
-   lower 95% bound is above the majority baseline, its own control task and the untrained model.
+   checkpoint mlp2 rises above the untrained model, mlp2 >= mlp1 >= linear, and every kind is
+   clearly above the majority baseline, its own control task and the untrained model: the lower
+   95% bound of its margin over each, paired by seed, is above zero (``*_margin_low`` controls
+   rows; a run recorded before them compares the probe's own lower bound with the baseline's
+   mean, and so does the first-checkpoint fallback below).
    The untrained model is the random-init control (the step-0 model's states over the last
    checkpoint's own programs and labels: only training differs), else the same probe on the first
    probed checkpoint. The step-0 model's own programs are no baseline where the control exists:
@@ -25,12 +28,16 @@ is there already fails):
 5. at the last checkpoint, for every main feature, the ``flip`` and ``adversarial`` drops
    (original - alternative) have 95% CIs above zero, and ``adversarial`` drops more on average;
 6. future-state probes (one and two actions past the current offset) at the last checkpoint:
-   lower 95% bound above the majority baseline and the control task at that offset, and the
+   clearly above (as in 3) the majority baseline and the control task at that offset, and the
    random-init control where the run has it there (``ProbeConfig.init_offsets``), for every main
    feature.
+
+A bound that cannot be computed (one probe seed) is ``no data``, not ``no``.
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
@@ -90,10 +97,23 @@ def _baseline(d: RunData, step, feature, offset, kind, probe=None):
     return float(sel["value"].mean()) if not sel.empty else None
 
 
+def _above(d: RunData, step, feature, offset, probe, kind: str | None, ci_low, base) -> bool | None:
+    """Is ``probe`` clearly above the baseline ``kind`` (value ``base``, its mean over seeds):
+    the paired margin's lower bound (controls ``<kind>_margin_low``) above zero where the run
+    stored it, else the probe's own lower bound ``ci_low`` above ``base``; None where neither
+    can be computed (no baseline, one seed)."""
+    margin = _baseline(d, step, feature, offset, f"{kind}_margin_low", probe) if kind else None
+    if margin is not None:
+        return None if math.isnan(margin) else margin > 0
+    if base is None or ci_low is None or math.isnan(ci_low):
+        return None
+    return bool(ci_low > base)
+
+
 def _current_probes(d: RunData) -> dict:
     crit = ("mlp2 rises from the untrained model; at the end mlp2 >= mlp1 >= linear, each CI above "
             "majority, control task and the untrained model (the random-init model's states on the "
-            "same programs, else the first probed checkpoint)")
+            "same programs, else the first probed checkpoint), paired by seed")
     cur = d.probe_curve()
     if cur.empty or cur["step"].nunique() < 2:
         return _row(3, "current-state probes", crit, "", None)
@@ -115,13 +135,14 @@ def _current_probes(d: RunData) -> dict:
         ordered = all(a <= b for a, b in zip(means, means[1:]))
         above = True
         for k in PROBE_KINDS:
-            floors = {"majority": _baseline(d, last, f, d.current, "majority"),
-                      "control task": _baseline(d, last, f, d.current, "control_task", k),
-                      "untrained": untrained[k]}
-            above &= all(end.loc[k, "ci_low"] > b for b in floors.values() if b is not None)
-            lack = [n for n in ("majority", "control task") if floors[n] is None]
-            if lack:
-                missing.append(f"{f} {k}: no {' or '.join(lack)} baseline")
+            floors = {"majority": ("majority", _baseline(d, last, f, d.current, "majority")),
+                      "control task": ("control_task", _baseline(d, last, f, d.current, "control_task", k)),
+                      "untrained": ("random_init" if init[k] is not None else None, untrained[k])}
+            for name, (kind, base) in floors.items():
+                res = _above(d, last, f, d.current, k, kind, end.loc[k, "ci_low"], base)
+                above &= res is not False
+                if res is None:
+                    missing.append(f"{f} {k}: " + (f"no {name} baseline" if base is None else f"no 95% bound vs the {name}"))
         ok = ok and bool(rises and ordered and above)
         has_init = [init[k] is not None for k in PROBE_KINDS]
         what = "random-init" if all(has_init) else (f"step {first}" if not any(has_init) else f"random-init/step {first}")
@@ -172,7 +193,7 @@ def _interventions(d: RunData) -> dict:
 def _future(d: RunData) -> dict:
     ahead = [d.current + 1, d.current + 2]
     crit = (f"offsets {ahead[0]:+d}, {ahead[1]:+d} at the last checkpoint: CI above majority, control task "
-            "and, where the run has it, the random-init model on the same programs; every main feature")
+            "and, where the run has it, the random-init model on the same programs, paired by seed; every main feature")
     allo = d.probe_curve(offset=None)
     fut = allo[allo["offset"].isin(ahead)] if not allo.empty else allo
     if fut.empty:
@@ -185,8 +206,10 @@ def _future(d: RunData) -> dict:
         floors = [_baseline(d, last, r.feature, r.offset, "majority"),
                   _baseline(d, last, r.feature, r.offset, "control_task", kind),
                   _baseline(d, last, r.feature, r.offset, "random_init", kind)]
-        ok &= all(r.ci_low > b for b in floors if b is not None)
-        complete &= None not in floors[:2]
+        above = [_above(d, last, r.feature, r.offset, kind, k, r.ci_low, b)
+                 for k, b in zip(("majority", "control_task", "random_init"), floors)]
+        ok &= False not in above
+        complete &= None not in above[:2] and (floors[2] is None or above[2] is not None)
         parts.append(f"{r.feature} {r.offset:+d}: {pct(r.mean)} vs "
                      + "/".join("-" if b is None else pct(b) for b in floors))
     complete &= len(parts) == 2 * len(MAIN_FEATURES)

@@ -53,10 +53,12 @@ import pandas as pd
 
 # 2: controls kinds of the alignment check (emitted_action*); 3: controls.semantics (each row's
 # grid's semantics); 4: semantic content in its own table, keyed by phases stage; 5:
-# checkpoint_metrics keyed by evaluate stage, phases by phases stage; 1-4 are migrated
-SCHEMA_VERSION = 5
+# checkpoint_metrics keyed by evaluate stage, phases by phases stage; 6: controls kinds of the
+# paired margins over each baseline (*_margin_low); 1-5 are migrated
+SCHEMA_VERSION = 6
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
-                 "emitted_action", "emitted_action_init", "emitted_action_majority")
+                 "emitted_action", "emitted_action_init", "emitted_action_majority",
+                 "majority_margin_low", "control_task_margin_low", "random_init_margin_low")
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 
 # table -> (columns [(name, type)], primary key columns)
@@ -156,15 +158,18 @@ def _transaction(con, *statements: str) -> None:
         raise
 
 
-def _rebuilt_with(table: str, column: str, value_sql: str, join_sql: str = "") -> list[str]:
+def _rebuilt_with(table: str, column: str | None = None, value_sql: str = "", join_sql: str = "") -> list[str]:
     """Statements that rebuild ``table`` (renamed ``<table>_old``, aliased ``o``) to its current
-    ``TABLES`` schema, every old row kept and its new ``column`` set to ``value_sql``, an SQL
-    expression over ``o`` and what ``join_sql`` joins to it. DuckDB cannot add a key column or
+    ``TABLES`` schema, every old row kept and its new ``column`` (if any) set to ``value_sql``, an
+    SQL expression over ``o`` and what ``join_sql`` joins to it. DuckDB cannot add a key column or
     alter a CHECK in place."""
     old = [c for c, _ in TABLES[table][0] if c != column]
+    into, values = list(map(_q, old)), ["o." + _q(c) for c in old]
+    if column is not None:
+        into, values = into + [_q(column)], values + [value_sql]
     return [f"ALTER TABLE {_q(table)} RENAME TO {_q(table + '_old')}", _ddl(table),
-            f"INSERT INTO {_q(table)} ({', '.join(map(_q, old))}, {_q(column)}) "
-            f"SELECT {', '.join('o.' + _q(c) for c in old)}, {value_sql} FROM {_q(table + '_old')} o {join_sql}",
+            f"INSERT INTO {_q(table)} ({', '.join(into)}) "
+            f"SELECT {', '.join(values)} FROM {_q(table + '_old')} o {join_sql}",
             f"DROP TABLE {_q(table + '_old')}"]
 
 
@@ -204,7 +209,15 @@ def _migrate_stage_keys(con) -> None:
     _transaction(con, *statements, "UPDATE schema_info SET version = 5")
 
 
-_MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content, 4: _migrate_stage_keys}
+def _migrate_margin_kinds(con) -> None:
+    """Version 5 -> 6: the controls table's kind CHECK admits the paired margins
+    (``*_margin_low``); rebuilt with every row, in one transaction."""
+    con.execute(_ddl("controls"))  # a file may not have one yet
+    _transaction(con, *_rebuilt_with("controls"), "UPDATE schema_info SET version = 6")
+
+
+_MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content, 4: _migrate_stage_keys,
+               5: _migrate_margin_kinds}
 
 
 def _is_lock_error(e: Exception) -> bool:

@@ -75,3 +75,37 @@ def test_future_probes_need_their_baselines_and_beat_the_random_init_states(ws):
     db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
                                 feature="direction", offset=2, kind="random_init", probe="mlp1", value=0.99)])
     expect(db, 5, "no", "direction +2: ", "/99.0%")
+
+
+def _margin(db, kind, value, offset=0, feature="direction", probe="linear"):
+    db.upsert("controls", [dict(probe_key="pk800", checkpoint_key="ck800", step=800, semantics="original",
+                                feature=feature, offset=offset, kind=kind, probe=probe, value=value)])
+
+
+def test_a_stored_paired_margin_decides_over_the_unpaired_comparison(ws):
+    """The planted probes clear every baseline mean with their own lower bound; a margin over
+    the control task whose paired lower bound is below zero still fails target 3, and a paired
+    bound above zero passes where the unpaired comparison would not."""
+    _, db = ws
+    expect(db, 2, "yes")
+    _margin(db, "control_task_margin_low", -0.01)
+    expect(db, 2, "no", "direction: ", "not above all baselines")
+    db.query("DELETE FROM controls WHERE kind LIKE '%_margin_low'")
+    populate(db)
+    db.query("UPDATE controls SET value = 0.99 WHERE kind = 'random_init' AND feature = 'direction' "
+             "AND probe = 'linear' AND step = 800")  # unpaired: the probe's lower bound is below it
+    expect(db, 2, "no")
+    _margin(db, "random_init_margin_low", 0.01)  # paired by seed it is above
+    expect(db, 2, "yes")
+    # target 6 reads the same margins at +1 and +2 (the picked kind, mlp1)
+    _margin(db, "majority_margin_low", -0.02, offset=1, probe="mlp1")
+    expect(db, 5, "no", "direction +1: ")
+
+
+def test_a_bound_one_seed_cannot_give_is_no_data(ws):
+    _, db = ws
+    _margin(db, "majority_margin_low", float("nan"))
+    expect(db, 2, "no data", "direction linear: no 95% bound vs the majority")
+    populate(db)
+    db.query("UPDATE probe_summary SET ci_low = NULL WHERE step = 800 AND \"offset\" = 1 AND probe = 'mlp1'")
+    expect(db, 5, "no data")

@@ -6,7 +6,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tasks.results import (SCHEMA_VERSION, TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
+from tasks.results import (CONTROL_KINDS, SCHEMA_VERSION, TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
                            _ddl, export_tables, read_only_query)
 
 
@@ -219,6 +219,36 @@ def test_old_controls_are_migrated_with_their_rows(tmp_path, version):
     assert ResultsDB(path).count("controls") == 4  # opening it again: nothing to migrate
 
 
+def test_schema_5_controls_admit_the_paired_margins(tmp_path):
+    """A results file of schema 5 opens with its controls rows kept, then takes the paired-margin
+    kinds; a made-up kind is still refused."""
+    path = tmp_path / "results.duckdb"
+    kinds = ", ".join(repr(k) for k in CONTROL_KINDS if not k.endswith("_margin_low"))
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (5)")
+    con.execute(f"""CREATE TABLE controls (probe_key VARCHAR, checkpoint_key VARCHAR, step BIGINT,
+        semantics VARCHAR, feature VARCHAR, "offset" INTEGER, kind VARCHAR CHECK (kind IN ({kinds})),
+        probe VARCHAR, value DOUBLE, PRIMARY KEY (probe_key, feature, "offset", kind, probe))""")
+    con.execute("INSERT INTO controls VALUES ('pk', 'ck', 5, 'original', 'direction', 0, 'majority', 'majority', 0.25), "
+                "('pk', 'ck', 5, 'original', 'direction', 0, 'random_init', 'mlp1', NULL)")
+    with pytest.raises(Exception, match="CHECK"):  # what the migration is for
+        con.execute("INSERT INTO controls VALUES ('pk', 'ck', 5, 'original', 'direction', 0, "
+                    "'majority_margin_low', 'mlp1', 0.1)")
+    con.close()
+    db = ResultsDB(path)
+    got = db.query("SELECT kind, value FROM controls ORDER BY kind")
+    assert got["kind"].tolist() == ["majority", "random_init"] and got["value"].iloc[0] == 0.25
+    assert pd.isna(got["value"].iloc[1])
+    row = dict(probe_key="pk", checkpoint_key="ck", step=5, semantics="original", feature="direction",
+               offset=0, kind="majority_margin_low", probe="mlp1", value=0.1)
+    db.upsert("controls", [row])
+    assert db.count("controls") == 3
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION]
+    with pytest.raises(Exception, match="CHECK"):
+        db.upsert("controls", [{**row, "kind": "made_up"}])
+
+
 # checkpoint_metrics and phases before schema 5 (no stage key in their primary keys)
 OLD_METRICS = ('CREATE TABLE checkpoint_metrics (checkpoint_key VARCHAR, train_key VARCHAR, step BIGINT, '
                'metric VARCHAR, value DOUBLE, PRIMARY KEY (checkpoint_key, metric))')
@@ -262,7 +292,7 @@ def test_schema_4_metrics_and_phases_gain_their_stage_keys(tmp_path):
     con.execute("INSERT INTO phases VALUES ('tk', 'syntax', 5), ('tk', 'semantics', NULL)")
     con.close()
     db = ResultsDB(path)
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [5]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [6]
     got = db.query("SELECT eval_key, train_key, step, metric, value FROM checkpoint_metrics ORDER BY metric")
     assert got.values.tolist() == [["", "tk", 5, "acc_spec", 0.5], ["", "tk", 5, "ppl", 3.0]]
     got = db.query("SELECT phases_key, train_key, phase, start_step FROM phases ORDER BY phase")

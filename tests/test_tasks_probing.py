@@ -151,3 +151,38 @@ def test_random_init_offsets_give_the_future_offsets_their_random_init_floor(tmp
     # before the last checkpoint they keep only the offsets probed there
     assert ProbeConfig(offsets=(-1, 0, 1), random_init_offsets=(0, 1), offsets_before_last=(0,)) \
         .at_checkpoint(False).init_offsets(0, "original") == (0,)
+
+
+def test_the_margins_over_each_baseline_are_paired_by_seed(tmp_path):
+    """``*_margin_low`` controls rows: for every feature, offset and kind of the original grid, the
+    lower 95% bound of probe minus baseline over seeds; the random-init one checked by hand from
+    the stage's own per-seed rows (3 seeds: t = 4.303)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    programs = rng.integers(0, 5, size=(90, 14)).astype(np.int8)
+    programs[:, 8:] = -1
+    acts = fake_activations(tmp_path, programs, random_init=True)
+    path = tmp_path / "acts" / "activations.npz"
+    arrays = dict(np.load(path))  # states that differ, so the paired differences vary by seed
+    arrays["hidden"] = rng.normal(size=arrays["hidden"].shape).astype(np.float16)
+    arrays["hidden_init"] = rng.normal(size=arrays["hidden"].shape).astype(np.float16)
+    np.savez(path, **arrays)
+    cfg = ProbeConfig(offsets=(0, 1), features=("direction", "facing_wall"), kinds=("linear", "mlp1"),
+                      seeds=3, epochs=2, random_init_offsets=(0, 1))
+    out = train_probes.fn(str(tmp_path / "ws"), cfg, acts, "original")
+    c = pd.read_parquet(f"{out['path']}/controls.parquet")
+    res = pd.read_parquet(f"{out['path']}/probe_results.parquet")
+    init = pd.read_parquet(f"{out['path']}/random_init_results.parquet")
+    for kind in ("majority_margin_low", "control_task_margin_low", "random_init_margin_low"):
+        got = c[c["kind"] == kind]
+        assert len(got) == 2 * 2 * 2 and set(got["probe"]) == {"linear", "mlp1"}, kind
+    keys = ["feature", "offset", "probe", "seed"]
+    real = res[(res["split"] == "test") & (res["layer"] == -1)].set_index(keys)["accuracy"]
+    diff = (real - init.set_index(keys)["accuracy"]).dropna()
+    assert len(diff) == 2 * 2 * 2 * 3 and diff.std() > 0
+    for (feat, off, probe), d in diff.groupby(level=["feature", "offset", "probe"]):
+        want = d.mean() - 4.302653 * d.std(ddof=1) / np.sqrt(3)
+        row = c[(c["kind"] == "random_init_margin_low") & (c["feature"] == feat) & (c["offset"] == off)
+                & (c["probe"] == probe)]
+        assert np.isclose(row["value"].iloc[0], want, atol=1e-5, equal_nan=True), (feat, off, probe)
