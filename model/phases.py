@@ -7,8 +7,12 @@ every spec), *syntax acquisition* (diversity up, perplexity down, accuracy ~10% 
 a small CPU model as well as the paper's:
 
 1. **syntax** starts at the first checkpoint where diversity has reached ``syntax_frac`` (0.5)
-   of its maximum over the run *and* at least ``parse_min`` (0.5) of unconstrained greedy
-   outputs parse (when ``parse_rate`` was measured). Before that the model is **babbling**.
+   of its maximum over the run, and at least ``syntax_min_diversity`` (0.05: 15 distinct
+   programs for 300 specs; the paper's babbling writes one program for every spec, and a
+   babbling model's output parses, so the parse rate alone cannot tell the two apart), *and* at
+   least ``parse_min`` (0.5) of unconstrained greedy outputs parse (when ``parse_rate`` was
+   measured). A run whose first checkpoint is its most diverse has no syntax start. Before it
+   the model is **babbling**.
 2. **semantics** starts at the first checkpoint at or after the syntax start where accuracy on
    the spec (``acc_spec``) has covered ``semantics_frac`` (0.25) of its rise from the syntax
    start to its maximum; that is where the sharp climb is under way. If accuracy rises by less
@@ -29,6 +33,7 @@ PHASES = ("babbling", "syntax", "semantics")
 @dataclass(frozen=True)
 class PhaseRule:
     syntax_frac: float = 0.5
+    syntax_min_diversity: float = 0.05
     parse_min: float = 0.5
     semantics_frac: float = 0.25
     min_rise: float = 0.1
@@ -62,13 +67,14 @@ def label_phases(rows: list[dict], rule: PhaseRule = PhaseRule()) -> Phases:
     parse = np.array([r.get("parse_rate", 1.0) for r in rows], float)
 
     syntax_i = None
-    ok = (div >= rule.syntax_frac * div.max()) & (parse >= rule.parse_min) & (div.max() > div[0])
+    ok = ((div >= rule.syntax_frac * div.max()) & (div >= rule.syntax_min_diversity)
+          & (parse >= rule.parse_min) & (div.max() > div[0]))
     if ok.any():
         syntax_i = int(np.argmax(ok))
     semantics_i = None
     if syntax_i is not None:
         base, top = acc[syntax_i], acc[syntax_i:].max()
-        if top - base >= rule.min_rise:
+        if top - base >= rule.min_rise - 1e-9:  # a rise of exactly min_rise counts, whatever the rounding
             later = np.flatnonzero(acc[syntax_i:] >= base + rule.semantics_frac * (top - base))
             semantics_i = syntax_i + int(later[0])
     labels = []

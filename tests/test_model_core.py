@@ -277,6 +277,19 @@ def test_phase_rule():
         label_phases([{"step": 0, "diversity": 0.1}])
 
 
+def test_a_model_writing_a_few_programs_is_still_babbling():
+    """Parsing output and a diversity near its (tiny) maximum are not syntax when the model
+    writes 1-3 programs for 300 specs; a rise of exactly min_rise (0.2 -> 0.3) is semantics."""
+    steps = [0, 22, 106, 500, 1000]
+    few = [{"step": s, "diversity": d, "acc_spec": a, "parse_rate": 1.0}
+           for s, d, a in zip(steps, [1 / 300, 2 / 300, 3 / 300, 3 / 300, 3 / 300], [0.017, 0.02, 0.05, 0.1, 0.14])]
+    ph = label_phases(few)
+    assert ph.syntax_start is None and ph.semantics_start is None
+    rows = [{"step": s, "diversity": d, "acc_spec": a}
+            for s, d, a in zip(steps, [0.01, 0.1, 0.4, 0.4, 0.4], [0.0, 0.1, 0.2, 0.25, 0.3])]
+    assert label_phases(rows).syntax_start == 106 and label_phases(rows).semantics_start == 500
+
+
 def test_cell_coordinates_follow_the_grids():
     """Every interior cell gets its own row, column and side; headers and program tokens none."""
     from model.cells import cell_coordinates, header_kinds
