@@ -160,7 +160,8 @@ def _control_rows(sel: pd.DataFrame, majority: pd.DataFrame) -> list[dict]:
     for r in sel.itertuples():
         out.append({"feature": r.feature, "offset": r.offset, "kind": "control_task", "probe": r.probe, "value": r.acc_control})
         out.append({"feature": r.feature, "offset": r.offset, "kind": "selectivity", "probe": r.probe, "value": r.selectivity})
-        out.append({"feature": r.feature, "offset": r.offset, "kind": "control_task_margin_low", "probe": r.probe, "value": r.ci_low})
+        out.append({"feature": r.feature, "offset": r.offset, "kind": "control_task_margin_low", "probe": r.probe,
+                    "value": r.ci_low})
     test = majority[majority["split"] == "test"]
     for (feat, off), g in test.groupby(["feature", "offset"]):
         out.append({"feature": feat, "offset": int(off), "kind": "majority", "probe": "majority",
@@ -183,5 +184,6 @@ def margin_rows(results: pd.DataFrame, majority: pd.DataFrame | None, init_resul
             continue
         base = base[base["split"] == "test"]
         for r in paired_diff(real, base, on=on, by=keys).itertuples():
-            out.append({"feature": r.feature, "offset": int(r.offset), "kind": kind, "probe": r.probe, "value": r.ci_low})
+            out.append({"feature": r.feature, "offset": int(r.offset), "kind": kind, "probe": r.probe,
+                        "value": r.ci_low})
     return out

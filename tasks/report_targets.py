@@ -142,7 +142,8 @@ def _current_probes(d: RunData) -> dict:
                 res = _above(d, last, f, d.current, k, kind, end.loc[k, "ci_low"], base)
                 above &= res is not False
                 if res is None:
-                    missing.append(f"{f} {k}: " + (f"no {name} baseline" if base is None else f"no 95% bound vs the {name}"))
+                    why = f"no {name} baseline" if base is None else f"no 95% bound vs the {name}"
+                    missing.append(f"{f} {k}: {why}")
         ok = ok and bool(rises and ordered and above)
         has_init = [init[k] is not None for k in PROBE_KINDS]
         what = "random-init" if all(has_init) else (f"step {first}" if not any(has_init) else f"random-init/step {first}")
