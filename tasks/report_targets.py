@@ -97,16 +97,23 @@ def _baseline(d: RunData, step, feature, offset, kind, probe=None):
     return float(sel["value"].mean()) if not sel.empty else None
 
 
-def _above(d: RunData, step, feature, offset, probe, kind: str | None, ci_low, base) -> bool | None:
+UNPAIRED = " (compared unpaired: the run was recorded before the paired margins)"
+
+
+def _above(d: RunData, step, feature, offset, probe, kind: str | None, ci_low, base,
+           unpaired: list | None = None) -> bool | None:
     """Is ``probe`` clearly above the baseline ``kind`` (value ``base``, its mean over seeds):
     the paired margin's lower bound (controls ``<kind>_margin_low``) above zero where the run
-    stored it, else the probe's own lower bound ``ci_low`` above ``base``; None where neither
-    can be computed (no baseline, one seed)."""
+    stored it, else the probe's own lower bound ``ci_low`` above ``base`` (noted in
+    ``unpaired`` when ``kind`` should have had a margin); None where neither can be computed
+    (no baseline, one seed)."""
     margin = _baseline(d, step, feature, offset, f"{kind}_margin_low", probe) if kind else None
     if margin is not None:
         return None if math.isnan(margin) else margin > 0
     if base is None or ci_low is None or math.isnan(ci_low):
         return None
+    if kind is not None and unpaired is not None:
+        unpaired.append(kind)
     return bool(ci_low > base)
 
 
@@ -118,7 +125,7 @@ def _current_probes(d: RunData) -> dict:
     if cur.empty or cur["step"].nunique() < 2:
         return _row(3, "current-state probes", crit, "", None)
     first, last = int(cur["step"].min()), int(cur["step"].max())
-    ok, missing, parts = True, [], []
+    ok, missing, parts, unpaired = True, [], [], []
     for f in MAIN_FEATURES:
         cf = cur[cur["feature"] == f]
         end = cf[cf["step"] == last].set_index("probe")
@@ -139,7 +146,7 @@ def _current_probes(d: RunData) -> dict:
                       "control task": ("control_task", _baseline(d, last, f, d.current, "control_task", k)),
                       "untrained": ("random_init" if init[k] is not None else None, untrained[k])}
             for name, (kind, base) in floors.items():
-                res = _above(d, last, f, d.current, k, kind, end.loc[k, "ci_low"], base)
+                res = _above(d, last, f, d.current, k, kind, end.loc[k, "ci_low"], base, unpaired)
                 above &= res is not False
                 if res is None:
                     why = f"no {name} baseline" if base is None else f"no 95% bound vs the {name}"
@@ -151,7 +158,7 @@ def _current_probes(d: RunData) -> dict:
                      + f", {what} " + "/".join(pct(untrained[k]) for k in PROBE_KINDS)
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
                      + f"{'above baselines' if above else 'not above all baselines'})")
-    shown = f"step {first} -> {last}; linear/mlp1/mlp2 " + "; ".join(parts + missing)
+    shown = f"step {first} -> {last}; linear/mlp1/mlp2 " + "; ".join(parts + missing) + (UNPAIRED if unpaired else "")
     return _row(3, "current-state probes", crit, shown, False if not ok else (None if missing else True))
 
 
@@ -202,12 +209,12 @@ def _future(d: RunData) -> dict:
     last = int(fut["step"].max())
     kind = pick_kind(set(fut["probe"]))
     fut = fut[(fut["step"] == last) & (fut["probe"] == kind) & fut["feature"].isin(MAIN_FEATURES)]
-    ok, complete, parts = True, True, []
+    ok, complete, parts, unpaired = True, True, [], []
     for r in fut.itertuples():
         floors = [_baseline(d, last, r.feature, r.offset, "majority"),
                   _baseline(d, last, r.feature, r.offset, "control_task", kind),
                   _baseline(d, last, r.feature, r.offset, "random_init", kind)]
-        above = [_above(d, last, r.feature, r.offset, kind, k, r.ci_low, b)
+        above = [_above(d, last, r.feature, r.offset, kind, k, r.ci_low, b, unpaired)
                  for k, b in zip(("majority", "control_task", "random_init"), floors)]
         ok &= False not in above
         complete &= None not in above[:2] and (floors[2] is None or above[2] is not None)
@@ -215,7 +222,7 @@ def _future(d: RunData) -> dict:
                      + "/".join("-" if b is None else pct(b) for b in floors))
     complete &= len(parts) == 2 * len(MAIN_FEATURES)
     return _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control/random-init): "
-                + "; ".join(parts), False if not ok else (True if complete else None))
+                + "; ".join(parts) + (UNPAIRED if unpaired else ""), False if not ok else (True if complete else None))
 
 
 def issue_targets(d: RunData) -> list[dict]:

@@ -87,7 +87,7 @@ def test_a_stored_paired_margin_decides_over_the_unpaired_comparison(ws):
     the control task whose paired lower bound is below zero still fails target 3, and a paired
     bound above zero passes where the unpaired comparison would not."""
     _, db = ws
-    expect(db, 2, "yes")
+    expect(db, 2, "yes", "compared unpaired")  # the planted run has no margins: it says so
     _margin(db, "control_task_margin_low", -0.01)
     expect(db, 2, "no", "direction: ", "not above all baselines")
     db.query("DELETE FROM controls WHERE kind LIKE '%_margin_low'")
