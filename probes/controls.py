@@ -34,7 +34,7 @@ import karel
 
 from .grid import SPLITS, GridConfig, Task, label_tasks, probe_grid, row_splits, train_tasks
 from .labels import LabelSet, check_feature, hidden_rows
-from .stats import mean_ci
+from .stats import paired_diff
 
 
 def majority_baseline(labels: LabelSet, config: GridConfig = GridConfig()) -> pd.DataFrame:
@@ -133,19 +133,11 @@ def selectivity(hidden: np.ndarray, labels: LabelSet, config: GridConfig = GridC
     x = hidden_rows(hidden, labels)
     tasks = label_tasks(labels, config) + control_tasks(labels, config, control_seed, surface)
     rows = train_tasks(x, labels.program, tasks, config, layer)
-    keys = ["semantics", "feature", "offset", "probe", "layer", "seed"]
+    keys = ["semantics", "feature", "offset", "probe", "layer"]
     test = rows[rows["split"] == "test"]
-    real = test[test["task"] == "real"][keys + ["accuracy"]]
-    ctrl = test[test["task"] == "control"][keys + ["accuracy"]]
-    merged = real.merge(ctrl, on=keys, suffixes=("_real", "_control"))
-    out = []
-    for key, g in merged.groupby(keys[:-1], sort=False):
-        diff = (g["accuracy_real"] - g["accuracy_control"]).to_numpy()
-        m, lo, hi = mean_ci(diff)
-        out.append({**dict(zip(keys[:-1], key)), "acc_real": float(g["accuracy_real"].mean()),
-                    "acc_control": float(g["accuracy_control"].mean()), "selectivity": m,
-                    "ci_low": lo, "ci_high": hi, "n_seeds": int(np.isfinite(diff).sum())})
-    return rows, pd.DataFrame(out)
+    table = paired_diff(test[test["task"] == "real"], test[test["task"] == "control"], on=keys, by=keys)
+    table = table.rename(columns={"a_mean": "acc_real", "b_mean": "acc_control", "mean": "selectivity"})
+    return rows, table
 
 
 def layer_curves(hidden_layers: np.ndarray, labels: LabelSet,

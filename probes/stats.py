@@ -72,7 +72,8 @@ def paired_diff(a: pd.DataFrame, b: pd.DataFrame, on: list[str], by: list[str], 
                 value: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
     """Mean and t-interval of ``a[value] - b[value]``, paired on ``on`` + ``over`` (e.g. a probe
     and its baseline on the same seed's split), per group of ``by`` (columns of ``a``, ``on``
-    among them). Returns ``by`` plus ``mean``, ``ci_low``, ``ci_high``, ``n_seeds`` (pairs with
+    among them). Returns ``by`` plus ``a_mean`` and ``b_mean`` (each side's mean over the
+    pairs), ``mean``, ``ci_low``, ``ci_high`` (of the differences) and ``n_seeds`` (pairs with
     both values)."""
     for col in [*on, over, value]:
         for name, df in (("a", a), ("b", b)):
@@ -83,6 +84,7 @@ def paired_diff(a: pd.DataFrame, b: pd.DataFrame, on: list[str], by: list[str], 
     rows = []
     for key, g in merged.groupby(by, sort=False, dropna=False):
         m, lo, hi = mean_ci(g["_diff"].to_numpy(), level)
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "mean": m,
-                     "ci_low": lo, "ci_high": hi, "n_seeds": int(g["_diff"].notna().sum())})
-    return pd.DataFrame(rows, columns=[*by, "mean", "ci_low", "ci_high", "n_seeds"])
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                     "a_mean": float(g[value].mean()), "b_mean": float(g[value + "_base"].mean()),
+                     "mean": m, "ci_low": lo, "ci_high": hi, "n_seeds": int(g["_diff"].notna().sum())})
+    return pd.DataFrame(rows, columns=[*by, "a_mean", "b_mean", "mean", "ci_low", "ci_high", "n_seeds"])

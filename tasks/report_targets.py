@@ -101,7 +101,7 @@ UNPAIRED = " (compared unpaired: the run was recorded before the paired margins)
 
 
 def _above(d: RunData, step, feature, offset, probe, kind: str | None, ci_low, base,
-           unpaired: list | None = None) -> bool | None:
+           unpaired: list) -> bool | None:
     """Is ``probe`` clearly above the baseline ``kind`` (value ``base``, its mean over seeds):
     the paired margin's lower bound (controls ``<kind>_margin_low``) above zero where the run
     stored it, else the probe's own lower bound ``ci_low`` above ``base`` (noted in
@@ -112,7 +112,7 @@ def _above(d: RunData, step, feature, offset, probe, kind: str | None, ci_low, b
         return None if math.isnan(margin) else margin > 0
     if base is None or ci_low is None or math.isnan(ci_low):
         return None
-    if kind is not None and unpaired is not None:
+    if kind is not None:
         unpaired.append(kind)
     return bool(ci_low > base)
 
