@@ -38,6 +38,7 @@ def test_paired_diff_pairs_by_seed_and_broadcasts_a_shared_baseline():
     d = np.array([0.06, 0.07, 0.08])
     assert out.loc["mlp1", "ci_low"] == pytest.approx(d.mean() - 4.302653 * d.std(ddof=1) / math.sqrt(3))
     assert (out["n_seeds"] == 3).all()
+    assert out.loc["linear", "a_mean"] == pytest.approx(0.5) and out.loc["mlp1", "b_mean"] == pytest.approx(0.45)
     # unpaired, the probe's own lower bound is below the baseline's mean (0.45): paired it is clear
     assert mean_ci(probe["accuracy"][:3])[1] < base["accuracy"].mean()
     with pytest.raises(ValueError, match="'seed'"):
