@@ -29,7 +29,7 @@ class Generation:
 
     programs: np.ndarray  # (P, 14) int8 action ids (karel.ACTIONS order), -1 padded
     lengths: np.ndarray  # (P,) actions emitted
-    ended: np.ndarray  # (P,) bool: the model itself emitted "}" within the 14-action budget
+    ended: np.ndarray  # (P,) bool: the model itself chose "}" after at most 14 actions
     parsed: np.ndarray  # (P,) bool: output is actions then "}" (always True when constrained)
     hidden: np.ndarray  # (P, 14, d_model) float16, mean over the n_layer+1 hidden states; 0 past the end
     hidden_layers: np.ndarray | None = None  # (P, 14, n_layer+1, d_model) float16 if asked for
@@ -90,15 +90,13 @@ def decode_batch(
         scores = logits[:, -1].float()
         if mode == "constrained":
             scores = scores.masked_fill(~allowed, float("-inf"))
-            if j == MAX_ACTIONS:
-                scores = torch.full_like(scores, float("-inf"))
-                scores[:, close] = 0.0  # the 15th slot can only close the program
         token = scores.argmax(dim=-1)
         if j == MAX_ACTIONS:
-            if mode == "greedy":  # a forced "}" (constrained) does not count as ended
-                closing = active & (token == close)
-                ended |= closing
-                parsed |= closing
+            # the 15th slot can only close the program: constrained decoding writes "}" whatever
+            # the model chose, and the program counts as ended only if the model chose "}" itself
+            closing = active & (token == close)
+            ended |= closing
+            parsed |= closing
             break
         act = action_of[token]
         writes = active & (act >= 0)

@@ -152,6 +152,36 @@ def test_constrained_grammar(data):
         generate(_model(2), test, VOCAB, "beam")
 
 
+class _ClosesAfter(Transformer):
+    """A model that writes ``move`` for its first ``n`` action slots and then chooses ``}``."""
+
+    def __init__(self, n: int):
+        torch.manual_seed(0)
+        super().__init__(CFG)
+        self.n, self.calls = n, 0
+
+    def forward(self, *args, **kwargs):
+        logits, states = super().forward(*args, **kwargs)
+        self.calls += 1  # call k emits action slot k - 1 (the first reads the prompt)
+        want = "move" if self.calls <= self.n else "}"
+        logits = logits.clone()
+        logits[..., VOCAB.id(want)] += 100.0
+        return logits, states
+
+
+def test_a_close_chosen_at_the_fifteenth_slot_counts_as_ended(data):
+    """After 14 actions constrained decoding writes ``}`` whatever the model chose; the program
+    counts as ended only when the model chose it, as greedy decoding counts it."""
+    test, _ = data
+    for mode in ("constrained", "greedy"):
+        gen = generate(_ClosesAfter(MAX_ACTIONS).eval(), test, VOCAB, mode, batch_size=len(test))
+        assert (gen.lengths == MAX_ACTIONS).all() and gen.ended.all() and gen.parsed.all(), mode
+    forced = generate(_ClosesAfter(MAX_ACTIONS + 1).eval(), test, VOCAB, "constrained", batch_size=len(test))
+    assert (forced.lengths == MAX_ACTIONS).all() and not forced.ended.any() and forced.parsed.all()
+    early = generate(_ClosesAfter(3).eval(), test, VOCAB, "constrained", batch_size=len(test))
+    assert (early.lengths == 3).all() and early.ended.all()
+
+
 def test_decoding_without_cache_agrees(data):
     test, _ = data
     model = _model(3)
@@ -198,6 +228,7 @@ def test_metrics_on_reference_programs(data):
     assert m["acc_spec"] == 1.0 and m["acc_all"] == 1.0
     assert all(m[f"acc_all_len{n}"] == 1.0 for n in set(lengths.tolist()))
     assert m["gen_len_mean"] == m["ref_len_mean"] == lengths.mean()
+    assert m["n_specs"] == len(test) and m["n_specs_len6_10"] == (lengths >= 6).sum() > 0
     assert m["diversity"] == len({p.tobytes() for p in programs}) / len(test)
     # An empty program is right only where output == input.
     empty = Generation(np.full_like(programs, -1), np.zeros_like(lengths), gen.ended, gen.parsed, gen.hidden)
