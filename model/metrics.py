@@ -12,6 +12,7 @@ Keys (``L`` is a reference program length):
   ``diversity``                       distinct generated programs / specs
   ``gen_len_mean``, ``ref_len_mean``  mean generated vs reference length (and for correct ones)
   ``ended_rate``                      share of constrained programs closed by the model itself
+  ``n_specs``, ``n_specs_len6_10``    how many test specs the accuracies are over (all / 6..10)
   ``parse_rate``                      share of unconstrained greedy outputs that parse
 """
 
@@ -89,6 +90,8 @@ def generation_metrics(
         "gen_len_correct_mean": float(gen.lengths[spec_ok].mean()) if spec_ok.any() else math.nan,
         "ref_len_correct_mean": float(ref_len[spec_ok].mean()) if spec_ok.any() else math.nan,
         "ended_rate": float(np.mean(gen.ended)),
+        "n_specs": float(len(gen)),
+        "n_specs_len6_10": float(long.sum()),
     }
     for n in np.unique(ref_len):
         sel = ref_len == n

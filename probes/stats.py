@@ -1,8 +1,9 @@
-"""Means and 95% t-intervals over seeds (numpy only; no scipy)."""
+"""Means and 95% t-intervals over seeds, and Wilson intervals for proportions (numpy only; no scipy)."""
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,21 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
         return m, float("nan"), float("nan")
     half = t_quantile(0.5 + level / 2, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
     return m, m - half, m + half
+
+
+def proportion_ci(p: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """(lower, upper): the Wilson score interval of a proportion ``p`` observed on ``n`` trials
+    (a share of test specs solved, say); NaN bounds for n < 1 or a NaN ``p``."""
+    if not 0 < level < 1:
+        raise ValueError(f"proportion_ci: level must be in (0, 1), got {level}")
+    if n < 1 or math.isnan(p):
+        return float("nan"), float("nan")
+    if not 0 <= p <= 1:
+        raise ValueError(f"proportion_ci: p must be in [0, 1], got {p}")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(df: pd.DataFrame, value: str = "accuracy", over: str = "seed",

@@ -24,7 +24,7 @@ from tasks.figures import FIGURES
 from tasks.phases import CONTENT_PROBE, MEAN_FEATURE, init_drops
 from tasks.report_data import (FEATURE_NAMES, MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER,
                                PLOT_SPLIT, PROBE_KINDS, RunData, content_points, line_fit, num,
-                               ordered_features, pct, pick_kind, pp, r_squared,
+                               ordered_features, pct, pct_ci, pick_kind, pp, r_squared,
                                setup_differences, stage_times, trend)
 from tasks.report_targets import issue_targets
 from tasks.results import ResultsDB
@@ -71,12 +71,13 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
 
     step_txt = f" (step {last})" if last is not None else ""
     v = final("acc_spec")
-    add("acc_spec", f"generative accuracy, 5 spec pairs, final checkpoint{step_txt}", v, pct(v))
+    add("acc_spec", f"generative accuracy, 5 spec pairs, final checkpoint{step_txt}", v, pct_ci(v, final("n_specs")))
     v = final("acc_all")
     add("acc_all", "generative accuracy incl. 5 held-out pairs, final checkpoint", v, pct(v))
     v = final("acc_spec_len6_10")
     if v is not None:
-        add("acc_spec_len6_10", "generative accuracy, lengths 6-10 (the paper's training lengths)", v, pct(v),
+        add("acc_spec_len6_10", "generative accuracy, lengths 6-10 (the paper's training lengths)", v,
+            pct_ci(v, final("n_specs_len6_10")),
             paper="not reported")
     v = final("acc_spec_state")
     if v is not None:

@@ -19,6 +19,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
+from probes.stats import proportion_ci
 from tasks.results import ResultsDB
 from tasks.stage_configs import current_offset, paper_activations, paper_probe
 
@@ -310,6 +311,15 @@ def ordered_features(df) -> list[str]:
 
 def pct(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def pct_ci(v, n) -> str:
+    """``pct(v)`` and, when ``n`` (how many specs ``v`` is a share of) is known, the share's
+    Wilson 95% interval: one decoding per spec, so the spread over specs is all the noise."""
+    if v is None or n is None or (isinstance(n, float) and math.isnan(n)) or math.isnan(v):
+        return pct(v)
+    low, high = proportion_ci(v, int(n))
+    return f"{pct(v)} (95% CI {100 * low:.1f}-{100 * high:.1f}%, {int(n)} specs)"
 
 
 def pp(v) -> str:

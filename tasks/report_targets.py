@@ -42,7 +42,7 @@ import math
 import pandas as pd
 
 from tasks.report_data import (MAIN_FEATURES, MEAN_LAYER, PHASE_ORDER, PROBE_KINDS, RunData,
-                               content_points, line_fit, pct, pick_kind, trend)
+                               content_points, line_fit, pct, pct_ci, pick_kind, trend)
 
 ACC_TARGET, R2_TARGET = 0.70, 0.80
 # With 5 points, |r| >= sqrt(0.8) has p ~ 0.04 for uncorrelated values; with 3 points ~ 0.3, so
@@ -66,12 +66,13 @@ def _accuracy(d: RunData) -> dict:
         return _row(1, "generative accuracy", crit,
                     f"the last checkpoint (step {last}) is not evaluated; step {step}: {pct(float(col.iloc[-1]))}", None)
     acc = float(col.iloc[-1])
+    n = m.loc[step, "n_specs_len6_10"] if "n_specs_len6_10" in m else None
     extra = ""
     for column, what in (("acc_all_len6_10", "with held-out pairs"),
                          ("acc_spec_len6_10_state", "comparing whole world states (markers under the robot too)")):
         if column in m and pd.notna(m.loc[step, column]):
             extra += f"; {what} {pct(float(m.loc[step, column]))}"
-    return _row(1, "generative accuracy", crit, f"{pct(acc)} at step {step}{extra}", acc >= ACC_TARGET)
+    return _row(1, "generative accuracy", crit, f"{pct_ci(acc, n)} at step {step}{extra}", acc >= ACC_TARGET)
 
 
 def _phases(d: RunData) -> dict:

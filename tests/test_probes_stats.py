@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probes.stats import mean_ci, paired_diff, summarize, t_quantile
+from probes.stats import mean_ci, paired_diff, proportion_ci, summarize, t_quantile
 
 
 @pytest.mark.parametrize("df,want", [(1, 12.706205), (2, 4.302653), (4, 2.776445), (30, 2.042272)])
@@ -19,6 +19,21 @@ def test_mean_ci_by_hand_and_with_too_few_values():
     assert (m, lo, hi) == pytest.approx((0.85, 0.85 - 4.302653 * 0.05 / math.sqrt(3), 0.85 + 4.302653 * 0.05 / math.sqrt(3)))
     m, lo, hi = mean_ci([0.7, float("nan")])
     assert m == 0.7 and math.isnan(lo) and math.isnan(hi)
+
+
+@pytest.mark.parametrize("p,n,want", [(0.0, 10, (0.0, 0.277533)), (1.0, 10, (0.722467, 1.0)),
+                                      (0.5, 100, (0.403832, 0.596168)), (0.75, 150, (0.675049, 0.812466))])
+def test_wilson_interval_of_a_share(p, n, want):
+    """Known Wilson intervals (e.g. 0 of 10: upper 0.2775, the 'rule of three' cousin)."""
+    assert proportion_ci(p, n) == pytest.approx(want, abs=1e-6)
+
+
+def test_wilson_interval_without_data_and_with_bad_input():
+    assert all(math.isnan(b) for b in proportion_ci(float("nan"), 10) + proportion_ci(0.5, 0))
+    with pytest.raises(ValueError, match="p must be"):
+        proportion_ci(1.2, 10)
+    with pytest.raises(ValueError, match="level"):
+        proportion_ci(0.5, 10, level=95)
 
 
 def test_summarize_counts_only_seeds_with_a_value():

@@ -27,6 +27,10 @@ def test_accuracy_is_read_at_the_last_checkpoint_beside_its_held_out_pairs(ws):
                                                                            ("acc_all_len6_10", 0.66))])
     assert targets(db)[0]["measured"] == "75.0% at step 800; with held-out pairs 66.0%"
     expect(db, 0, "yes")
+    # with the number of specs stored, the share's Wilson interval stands beside it
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="ev800", train_key=TK, step=800,
+                                          metric="n_specs_len6_10", value=150.0)])
+    assert targets(db)[0]["measured"].startswith("75.0% (95% CI 67.5-81.2%, 150 specs) at step 800")
     # a checkpoint after the last evaluated one: the verdict waits for it
     db.upsert("checkpoints", [dict(key="ck1000", train_key=TK, step=1000, tokens_seen=10**6, path="/c/1000")])
     expect(db, 0, "no data", "step 1000) is not evaluated")
