@@ -1,4 +1,4 @@
-"""The ``semprobe`` command line: run, estimate, sweep, report, status, sql, export, ui.
+"""The ``semprobe`` command line: run, estimate, sweep, report, compare, status, sql, export, ui.
 
 The workspace (``--workspace``, else $SEMPROBE_WORKSPACE, else ./.semprobe) is configured before
 prefect is imported, because Prefect reads its settings at import time. ``--artifacts`` (else
@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="print the points and their keys, run nothing")
     rep = sub.add_parser("report", help="(re)build the report of a run from DuckDB")
     rep.add_argument("--run-id", default=None, help="default: the latest finished run")
+    cmp_ = sub.add_parser("compare", help="issue 7's targets of several runs side by side, as Markdown (reads only)")
+    cmp_.add_argument("workspaces", nargs="+", metavar="WORKSPACE[:RUN_ID]",
+                      help="a workspace folder, its latest finished run unless a run id follows a colon")
     sql = sub.add_parser("sql", help="read-only SQL on the results database")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -168,18 +171,41 @@ def cmd_sweep(args, ws) -> int:
     return 0
 
 
+def _finished_run(db, run_id: str | None) -> tuple[str, str]:
+    """(run id, preset): ``run_id`` if it finished, else the latest finished run of ``db``."""
+    runs = db.query("SELECT run_id, preset FROM runs WHERE status = 'finished' ORDER BY finished_at DESC")
+    if run_id:
+        runs = runs[runs["run_id"] == run_id]
+    if runs.empty:
+        raise ValueError(f"no finished run{' ' + run_id if run_id else ''} in {db.path}")
+    return str(runs["run_id"].iloc[0]), str(runs["preset"].iloc[0])
+
+
 def cmd_report(args, ws) -> int:
     from tasks.report import build_report
-    from tasks.results import read_only_query
+    from tasks.results import ReadOnlyResults
 
-    q = "SELECT run_id, preset FROM runs WHERE status = 'finished' ORDER BY finished_at DESC"
-    runs = read_only_query(ws.db_path, q)
-    if args.run_id:
-        runs = runs[runs["run_id"] == args.run_id]
-    if runs.empty:
-        raise ValueError(f"no finished run{' ' + args.run_id if args.run_id else ''} in {ws.db_path}")
-    out = build_report(str(ws.root), runs["run_id"].iloc[0], runs["preset"].iloc[0])
+    run_id, preset = _finished_run(ReadOnlyResults(ws.db_path), args.run_id)
+    out = build_report(str(ws.root), run_id, preset)
     print(out["html"])
+    return 0
+
+
+def cmd_compare(args, ws) -> int:
+    from pathlib import Path
+
+    from tasks.report_data import RunData
+    from tasks.report_targets import issue_targets, side_by_side
+    from tasks.results import ReadOnlyResults
+
+    columns = []
+    for spec in args.workspaces:
+        folder, _, run_id = spec.partition(":")
+        db = ReadOnlyResults(Path(folder) / "results.duckdb").current_schema()
+        run_id, preset = _finished_run(db, run_id or None)
+        notes: list[str] = []
+        columns.append((f"{preset}, run {run_id[:8]} ({Path(folder).name})", issue_targets(RunData(db, run_id, preset, notes))))
+    print(side_by_side(columns), end="")
     return 0
 
 
@@ -234,7 +260,7 @@ def cmd_export(args, ws) -> int:
     return 0
 
 
-COMMANDS = {"estimate": cmd_estimate, "export": cmd_export, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
+COMMANDS = {"compare": cmd_compare, "estimate": cmd_estimate, "export": cmd_export, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -229,3 +229,20 @@ def _future(d: RunData) -> dict:
 def issue_targets(d: RunData) -> list[dict]:
     """One row per target of issue 7, in its order."""
     return [f(d) for f in (_accuracy, _phases, _current_probes, _r2, _interventions, _future)]
+
+
+def side_by_side(runs: list[tuple[str, list[dict]]]) -> str:
+    """A Markdown table of several runs' ``issue_targets`` rows: one line per target, one column
+    per run (``runs``: (column title, its rows)), each cell what the run measured and its verdict."""
+    if not runs:
+        raise ValueError("side_by_side: no runs to compare")
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| target | " + " | ".join(cell(title) for title, _ in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for i, first in enumerate(runs[0][1]):
+        cells = []
+        for _, rows in runs:
+            r = rows[i]
+            cells.append(f"**{r['met']}**" + (f": {cell(r['measured'])}" if r["measured"] else ""))
+        lines.append(f"| {cell(first['target'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -351,6 +351,26 @@ class ResultsDB:
         return int(self.table(table).shape[0]) if table in TABLES else 0
 
 
+class ReadOnlyResults:
+    """A results file read without ever writing it (``semprobe compare`` reads other workspaces,
+    some of them with a run still recording): ``query`` as ``ResultsDB.query``, reads only."""
+
+    def __init__(self, path: str | Path, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S):
+        self.path, self.lock_timeout = Path(path).expanduser().absolute(), lock_timeout
+
+    def query(self, sql: str, params: Any = None) -> pd.DataFrame:
+        return read_only_query(self.path, sql, params, self.lock_timeout)
+
+    def current_schema(self) -> ReadOnlyResults:
+        """``self`` if the file has this code's schema; a file of another version is refused,
+        not migrated (``ResultsDB`` migrates it when opened)."""
+        version = self.query("SELECT max(version) AS v FROM schema_info")["v"].iloc[0]
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"{self.path}: results schema version {version}, this code reads {SCHEMA_VERSION}; "
+                             f"`semprobe --workspace {self.path.parent} report` migrates it")
+        return self
+
+
 def read_only_query(path: str | Path, sql: str, params: Any = None,
                     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> pd.DataFrame:
     """Run ``sql`` on a read-only connection to the results file (for ``semprobe sql``).

@@ -113,3 +113,35 @@ def test_a_bound_one_seed_cannot_give_is_no_data(ws):
     populate(db)
     db.query("UPDATE probe_summary SET ci_low = NULL WHERE step = 800 AND \"offset\" = 1 AND probe = 'mlp1'")
     expect(db, 5, "no data")
+
+
+def test_compare_sets_runs_side_by_side_and_never_writes(tmp_path, capsys):
+    """``semprobe compare``: one column per workspace (its latest finished run, or the run named
+    after a colon), each cell the run's own verdict and measurement; a file of another schema
+    version is refused and left as it was."""
+    import duckdb
+
+    from flows.cli import main
+    from tasks.results import ResultsDB
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    populate(ResultsDB(a / "results.duckdb"))
+    populate(ResultsDB(b / "results.duckdb"), steps=STEPS[:3])
+    want = [targets(ResultsDB(p / "results.duckdb")) for p in (a, b)]
+    before = (a / "results.duckdb").read_bytes()
+    assert main(["--workspace", str(tmp_path / "w"), "compare", str(a), f"{b}:{RUN}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"| target | smoke, run {RUN[:8]} (a) | smoke, run {RUN[:8]} (b) |" and len(lines) == 2 + 6
+    for line, ra, rb in zip(lines[2:], *want):
+        assert line.startswith(f"| {ra['target']} | **{ra['met']}**")
+        assert f"**{rb['met']}**: {rb['measured'].replace('|', chr(92) + '|')} |" in line
+    assert want[0][3]["met"] != want[1][3]["met"]  # the runs differ, and so do their columns
+    assert (a / "results.duckdb").read_bytes() == before
+    with duckdb.connect(str(b / "results.duckdb")) as con:
+        con.execute("UPDATE schema_info SET version = 5")
+    assert main(["--workspace", str(tmp_path / "w"), "compare", str(a), str(b)]) == 2
+    assert "schema version 5, this code reads 6" in capsys.readouterr().err
+    with duckdb.connect(str(b / "results.duckdb")) as con:
+        assert con.execute("SELECT max(version) FROM schema_info").fetchone()[0] == 5
+    assert main(["--workspace", str(tmp_path / "w"), "compare", f"{a}:no-such-run"]) == 2
+    assert "no finished run no-such-run" in capsys.readouterr().err
