@@ -30,14 +30,20 @@ class StudyConfig:
     probe: ProbeConfig
 
     def __post_init__(self):
+        # A limited offset list that leaves out the current state loses what reads it, silently:
+        # the current-state probes before the last checkpoint, the interventions, or the
+        # random-init floor of targets 3 and 5 (the presets' lists assume offset 0 is current).
         current = current_offset(self.activations.programs)
-        before = self.probe.offsets_before_last
-        if before and current not in before:
-            raise ValueError(
-                f"probe.offsets_before_last {before} lacks offset {current}, the current state on "
-                f"activations.programs={self.activations.programs}: the checkpoints before the last "
-                f"would have no current-state probes; add it (probe.offsets_before_last={current}) "
-                "or empty it")
+        for name, loses in (("offsets_before_last", "the checkpoints before the last would have no current-state probes"),
+                            ("alternative_offsets", "the alternative semantics (every intervention measure) would "
+                                                    "not be probed at the current state"),
+                            ("random_init_offsets", "the current-state probes would have no random-init control")):
+            offsets = getattr(self.probe, name)
+            if offsets and current not in offsets:
+                raise ValueError(
+                    f"probe.{name} {offsets} lacks offset {current}, the current state on "
+                    f"activations.programs={self.activations.programs}: {loses}; add it "
+                    f"(e.g. probe.{name}={','.join(map(str, sorted({current, *offsets})))}) or empty it")
 
     def as_dict(self) -> dict:
         return asdict(self)

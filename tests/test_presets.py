@@ -88,9 +88,18 @@ def test_cpu_long_is_the_cpu_recipe_for_longer():
     # on fed reference programs the current state is offset -1: it must be probed before the last too
     with pytest.raises(ValueError, match=r"lacks offset -1, the current state on activations.programs=reference"):
         load_preset("cpu", ["activations.programs=reference"])
-    fed = load_preset("cpu", ["activations.programs=reference", "probe.offsets_before_last=-1",
-                              "probe.alternative_offsets=-1"])
+    fixed = ["activations.programs=reference", "probe.offsets_before_last=-1"]
+    with pytest.raises(ValueError, match=r"alternative_offsets \(0,\) lacks offset -1.*intervention measure"):
+        load_preset("cpu", ["activations.programs=reference", "probe.offsets_before_last="])
+    with pytest.raises(ValueError, match=r"random_init_offsets \(0, 1, 2\) lacks offset -1.*"
+                                         r"e\.g\. probe\.random_init_offsets=-1,0,1,2\)"):
+        load_preset("cpu", fixed + ["probe.alternative_offsets=-1"])
+    fed = load_preset("cpu", fixed + ["probe.alternative_offsets=-1", "probe.random_init_offsets=-1,0,1"])
     assert fed.probe.at_checkpoint(False).offsets == fed.probe.at_checkpoint(False).alternative_offsets == (-1,)
+    # the random-init control at the current state (-1) and the future ones (0, +1) at the last
+    assert fed.probe.at_checkpoint(True).init_offsets(-1) == (-1, 0, 1)
+    assert fed.probe.at_checkpoint(True).init_offsets(-1, "flip") == (-1,)
+    assert load_preset("cpu", fixed + ["probe.alternative_offsets=", "probe.random_init_offsets="])
 
 
 def test_the_last_checkpoints_original_grid_is_the_costliest():
