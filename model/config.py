@@ -1,4 +1,4 @@
-"""Model and training configs, and the three presets (smoke, cpu, paper).
+"""Model and training configs, and the model and training halves of the presets (smoke, cpu, cpu-long, paper).
 
 Configs are frozen dataclasses of plain values so they hash for cache keys, print readably and
 round-trip through a checkpoint as a dict (checkpoints are loaded with ``weights_only=True``,
@@ -213,8 +213,8 @@ def cpu() -> tuple[ModelConfig, TrainConfig]:
     tokens a step): 1.6x the program tokens that see their whole spec per second of packed
     1,024-token blocks (benchmarks/bench_packing.py). Muon for the hidden matrices: about 1.7x
     fewer steps to the same program loss than AdamW at lr 0.02, more at 0.01 (RESULTS.md, lever
-    rounds 5 and 6; end to end at 0.01: 71% / 68% accuracy by the paper's check at seeds 0 / 1 in
-    43-51 minutes).
+    rounds 5 and 6; end to end at 0.01: 71% / 68% accuracy by the paper's check at seeds 0 / 1 on
+    the Zen 5 EPYC, 45-78 minutes end to end on the 2-core machines so far).
     Emergence at this size took a few hundred million tokens on a GPU with the paper's recipe
     (RESULTS.md); issue 7 is the work of closing that gap."""
     return (
