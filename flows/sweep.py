@@ -13,7 +13,7 @@ Two ways to run the points, one way to record them:
 
 * ``mode="deployment"``: each point is a run of the ``semprobe-pipeline/point`` deployment
   (``run_deployment``), picked up by whichever worker of the ``gpu`` pool is free. The
-  idempotency key is the point's cache key (resolved config + library code + workspace), so a
+  idempotency key is the point's cache key (resolved config + all the code it runs + workspace), so a
   resubmitted sweep finds its earlier runs instead of creating new ones. A run that crashed or
   failed is resubmitted under the next key of its chain (``<key>~2``, ``<key>~3``), so a
   resubmission walks the same chain and again creates nothing new.
@@ -49,7 +49,7 @@ from tasks import record, tracking
 from tasks.cachekey import cache_key
 from tasks.report import build_report
 from tasks.results import ResultsDB
-from tasks.stage import LIBRARIES  # what a point key hashes: same key, same artifacts
+from tasks.stage import RUN_CODE  # what a point key hashes: same key, same code and artifacts
 from tasks.workspace import Workspace
 
 DEPLOYMENT = "semprobe-pipeline/point"
@@ -86,9 +86,9 @@ def _fmt(value) -> str:
 
 def point_key(preset: str, overrides) -> str:
     """The point's cache key: its resolved config (so spelling a default out changes nothing)
-    and the code of the libraries and stages it runs."""
+    and the code of the libraries, stages and flows it runs (``RUN_CODE``)."""
     cfg = load_preset(preset, list(overrides))
-    return cache_key("point", cfg.as_dict(), [], LIBRARIES)
+    return cache_key("point", cfg.as_dict(), [], RUN_CODE)
 
 
 def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:

@@ -29,7 +29,7 @@ from tasks.cachekey import cache_key
 from tasks.dataset import dataset_key, generate_dataset
 from tasks.evaluation import evaluate
 from tasks.probing import train_probes
-from tasks.stage import LIBRARIES
+from tasks.stage import RUN_CODE
 from tasks.stage_configs import probe_config_at, probed_steps
 from tasks.training import STOP, checkpoint_key, published_checkpoint, train_key, train_lm
 from tasks.workspace import Workspace
@@ -52,12 +52,13 @@ def probe_config(cfg: StudyConfig, step: int):
 
 def checkpoint_unit_key(cfg: StudyConfig, step: int) -> str:
     """The checkpoint unit's key: the checkpoint, the dataset and the configs of the stages the
-    unit runs on it (activations and probes only where the step is probed), and library code."""
+    unit runs on it (activations and probes only where the step is probed), and the code a study
+    runs (``RUN_CODE``)."""
     probed = is_probed(cfg, step)
     config = {"eval": cfg.eval, "activations": cfg.activations if probed else None,
               "probe": probe_config(cfg, step) if probed else None}
     ckpt = checkpoint_key(train_unit_key(cfg), step)
-    return cache_key("checkpoint-unit", config, [dataset_key(cfg.data), ckpt], LIBRARIES)
+    return cache_key("checkpoint-unit", config, [dataset_key(cfg.data), ckpt], RUN_CODE)
 
 
 def _failed(rec: record.Journal, kind: str, root: str, exc: BaseException) -> None:

@@ -20,6 +20,9 @@ LIBRARIES = ("karel", "model", "probes")
 # Keys describe the code this process loaded, not later edits on disk: the libraries, and the
 # task modules whose own code a key names (the phases stage keys on ``tasks.phases``).
 pin_sources(*LIBRARIES, "tasks")
+# What a deployment run's key (a sweep point, a fan-out unit) hashes: everything a study runs,
+# so a rerun after any edit is a new run, never an earlier run's results replayed.
+RUN_CODE = (*LIBRARIES, "tasks", "flows")
 
 
 def stage_key(stage: str, config, upstream: list[str], packages: list[str], own: str) -> str:

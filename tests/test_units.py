@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flows.deployment_runs import idempotency_key
 from flows.presets import load_preset
 from flows.units import checkpoint_unit_key, is_probed, train_unit_key
@@ -33,6 +35,23 @@ def test_unit_keys_name_what_the_unit_computes():
     # every stage the unit runs is in its key: evaluation, activations, probes, the checkpoint
     for override in ("eval.n_test_specs=5", "activations.n_train_specs=7", "probe.epochs=2", "train.seed=9"):
         assert checkpoint_unit_key(load_preset("smoke", [override]), 6) != checkpoint_unit_key(cfg, 6), override
+
+
+@pytest.mark.parametrize("package,module", [("tasks", "phases.py"), ("tasks", "evaluation.py"), ("flows", "pipeline.py")])
+def test_unit_and_point_keys_change_with_the_code_of_stages_and_flows(monkeypatch, package, module):
+    """A deployment run's key names all the code a study runs: after an edit to a task module or
+    a flow, a rerun is a new run, never the earlier run's results replayed."""
+    from flows.sweep import point_key
+    from tasks import cachekey
+
+    cfg = load_preset("smoke")
+    before = checkpoint_unit_key(cfg, 6), point_key("smoke", [])
+    files = cachekey._sources(package)
+    edited = [(rel, data + b"\nEDITED = 1\n" if rel == module else data) for rel, data in files]
+    assert edited != files
+    monkeypatch.setitem(cachekey._PINNED, package, edited)
+    after = checkpoint_unit_key(cfg, 6), point_key("smoke", [])
+    assert after[0] != before[0] and after[1] != before[1]
 
 
 def test_unprobed_checkpoint_unit_ignores_probe_configs():
