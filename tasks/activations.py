@@ -26,10 +26,11 @@ import karel
 from model.checkpoint import load_model
 from model.decode import MAX_ACTIONS, forced_hidden, forced_states, generate
 from tasks.dataset import data_dir
-from tasks.evaluation import device
 from tasks.stage import recomputed, run_stage, stage_key
-from tasks.stage_configs import ActivationConfig
+from tasks.stage_configs import ActivationConfig, stage_device
 from tasks.training import checkpoint_file, published_checkpoint
+
+HELPERS = ("tasks.stage_configs",)  # task modules whose code counts in the key too (stage_key)
 
 ACTIVATIONS_FILE = "activations.npz"
 
@@ -44,7 +45,7 @@ def activations_key(cfg: ActivationConfig, dataset_key: str, checkpoint_key: str
     """The dump's key: which checkpoints are dumped (``cfg.checkpoints``) is not part of what a
     dump holds, so probing more of them reuses the dumps already made."""
     return stage_key("activations", replace(cfg, checkpoints=0), [dataset_key, checkpoint_key],
-                     ["karel", "model.checkpoint", "model.decode"], __name__)
+                     ["karel", "model.checkpoint", "model.decode"], __name__, HELPERS)
 
 
 @task(name="dump-activations", cache_policy=NONE)
@@ -52,7 +53,7 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
     key = activations_key(cfg, dataset["key"], ckpt["key"])
 
     def compute(tmp: Path) -> dict:
-        model, saved = load_model(checkpoint_file(ckpt), device=device())
+        model, saved = load_model(checkpoint_file(ckpt), device=stage_device())
         train = karel.load_split(data_dir(dataset), "train", limit=cfg.n_train_specs)
         test = karel.load_split(data_dir(dataset), "test", limit=cfg.n_test_specs)
         specs = concat_samples(train, test)
@@ -74,7 +75,7 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
         if layers is not None:
             arrays["hidden_layers"] = layers
         if cfg.random_init and ckpt["step"] > 0:
-            init_model, _ = load_model(checkpoint_file(initial_checkpoint(ws_root, ckpt)), device=device())
+            init_model, _ = load_model(checkpoint_file(initial_checkpoint(ws_root, ckpt)), device=stage_device())
             arrays["hidden_init"] = forced_hidden(init_model, specs, programs, saved["vocab_obj"], cfg.batch_size,
                                                 autocast)
         np.savez(tmp / ACTIVATIONS_FILE, **arrays)

@@ -285,13 +285,14 @@ def own_code_hash(module: str) -> str:
 
 
 def cache_key(stage: str, config: Any, upstream: Iterable[str] | Mapping[str, str] = (),
-              packages: Iterable[str] = (), length: int = 16, own: str | None = None) -> str:
+              packages: Iterable[str] = (), length: int = 16, own: str | tuple[str, ...] | None = None) -> str:
     """Short hex key of sha256 over canonical JSON of {stage, config, upstream, code}.
 
     ``config``: a dataclass instance or a dict (nested dataclasses/tuples fine).
     ``upstream``: the upstream stages' keys, in the order given (or a name -> key dict).
     ``packages``: library packages whose source the stage runs, e.g. ``["karel", "model"]``.
-    ``own``: the task module that runs the stage; its own file's code (``own_code_hash``) counts.
+    ``own``: the task module that runs the stage, or a tuple of it and the task modules whose
+    helpers it calls; each one's own file's code (``own_code_hash``) counts.
     """
     if not isinstance(stage, str) or not stage:
         raise ValueError("cache_key: stage must be a non-empty string")
@@ -308,6 +309,8 @@ def cache_key(stage: str, config: Any, upstream: Iterable[str] | Mapping[str, st
         "packages": pkgs,
         "code": code_hash(*pkgs) if pkgs else None,
     }
-    if own is not None:
+    if isinstance(own, str):
         payload["own"] = [own, own_code_hash(own)]
+    elif own is not None:
+        payload["own"] = [[m, own_code_hash(m)] for m in own]
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:length]

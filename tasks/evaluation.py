@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -15,16 +14,15 @@ from model.checkpoint import load_model
 from model.metrics import evaluate_checkpoint
 from tasks.dataset import data_dir
 from tasks.stage import recomputed, run_stage, stage_key
-from tasks.stage_configs import EvalConfig
+from tasks.stage_configs import EvalConfig, stage_device
 from tasks.training import checkpoint_file
 
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+HELPERS = ("tasks.stage_configs",)  # task modules whose code counts in the key too (stage_key)
 
 
 def evaluate_key(cfg: EvalConfig, dataset_key: str, checkpoint_key: str) -> str:
     return stage_key("evaluate", cfg, [dataset_key, checkpoint_key],
-                     ["karel", "model.checkpoint", "model.metrics"], __name__)
+                     ["karel", "model.checkpoint", "model.metrics"], __name__, HELPERS)
 
 
 @task(name="evaluate-checkpoint", cache_policy=NONE)
@@ -33,7 +31,7 @@ def evaluate(ws_root: str, cfg: EvalConfig, dataset: dict, ckpt: dict) -> dict:
     key = evaluate_key(cfg, dataset["key"], ckpt["key"])
 
     def compute(tmp: Path) -> dict:
-        model, saved = load_model(checkpoint_file(ckpt), device=device())
+        model, saved = load_model(checkpoint_file(ckpt), device=stage_device())
         vocab = saved["vocab_obj"]
         test = karel.load_split(data_dir(dataset), "test", limit=cfg.n_test_specs)
         val = karel.load_split(data_dir(dataset), "val", limit=cfg.n_val_samples)

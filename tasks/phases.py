@@ -29,9 +29,10 @@ from prefect.cache_policies import NONE
 from model.phases import label_phases
 from probes.labels import MAIN_FEATURES
 from probes.stats import mean_ci
-from tasks.record import MEAN_LAYER
 from tasks.stage import recomputed, run_stage, stage_key
-from tasks.stage_configs import ProbeConfig
+from tasks.stage_configs import MEAN_LAYER, ProbeConfig
+
+HELPERS = ("tasks.stage_configs",)  # task modules whose code counts in the key too (stage_key)
 
 CONTENT_PROBE = "mlp1"
 MEAN_FEATURE = "main_mean"  # interventions_vs_init rows over the mean of the main features
@@ -172,7 +173,7 @@ def phase_metrics(ws_root: str, cfg: ProbeConfig, probe_outs: list[dict], checkp
     upstream = sorted(o["key"] for o in probe_outs) + sorted(r["eval_key"] for r in checkpoint_rows)
     # this module computes the interventions and content itself, so its source keys them too
     key = stage_key("phases", {"probe": cfg, "content_probe": CONTENT_PROBE, "current": current}, upstream,
-                    ["model.phases", "probes.stats"], __name__)
+                    ["model.phases", "probes.stats"], __name__, HELPERS)
     train_key = checkpoint_rows[0]["checkpoint_key"].rsplit("-s", 1)[0] if checkpoint_rows else ""
 
     def compute(tmp: Path) -> dict:

@@ -31,13 +31,16 @@ from probes.labels import make_labels
 from probes.stacked import TrainConfig
 from probes.stats import paired_diff, summarize
 from tasks.activations import load_activations
-from tasks.record import MEAN_LAYER
 from tasks.stage import recomputed, run_stage, stage_key
-from tasks.stage_configs import ProbeConfig, current_offset
+from tasks.stage_configs import MEAN_LAYER, ProbeConfig, current_offset
+
+# task modules whose code counts in the key too (stage_key)
+HELPERS = ("tasks.activations", "tasks.stage_configs")
 
 
 def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:
-    return stage_key("probes", {"probe": cfg, "semantics": semantics}, [acts_key], ["karel", "probes"], __name__)
+    return stage_key("probes", {"probe": cfg, "semantics": semantics}, [acts_key], ["karel", "probes"], __name__,
+                     HELPERS)
 
 
 def grid_config(cfg: ProbeConfig, semantics: str, **changes) -> GridConfig:

@@ -22,8 +22,8 @@ import pandas as pd
 
 from tasks import tracking
 from tasks.results import ResultsDB
+from tasks.stage_configs import MEAN_LAYER
 
-MEAN_LAYER = -1  # the layer column's value for the layer-mean representation
 
 
 class Recorder:

@@ -21,9 +21,8 @@ import pandas as pd
 
 from probes.stats import proportion_ci
 from tasks.results import ResultsDB
-from tasks.stage_configs import current_offset, paper_activations, paper_probe
+from tasks.stage_configs import MEAN_LAYER, current_offset, paper_activations, paper_probe
 
-MEAN_LAYER = -1
 MAIN_FEATURES = ("direction", "rel_start", "facing_wall")
 PROBE_KINDS = ("linear", "mlp1", "mlp2")
 PREFERRED_KIND = "mlp1"

@@ -23,13 +23,21 @@ pin_sources(*LIBRARIES, "tasks")
 # What a deployment run's key (a sweep point, a fan-out unit) hashes: everything a study runs,
 # so a rerun after any edit is a new run, never an earlier run's results replayed.
 RUN_CODE = (*LIBRARIES, "tasks", "flows")
+# Task modules a stage may import without their code counting in its key: paths, the store,
+# recording. Anything else a stage module imports from tasks is one of its ``helpers``
+# (tests/test_cachekey.py checks every stage module against this).
+PLUMBING = ("tasks.cachekey", "tasks.dataset", "tasks.stage", "tasks.store", "tasks.training", "tasks.workspace")
 
 
-def stage_key(stage: str, config, upstream: list[str], packages: list[str], own: str) -> str:
+def stage_key(stage: str, config, upstream: list[str], packages: list[str], own: str,
+              helpers: tuple[str, ...] = ()) -> str:
     """The stage's cache key: config, upstream keys, the libraries it runs (``packages``) and its
     task module's own code (``own``, pass ``__name__``): a task module holds the wiring (which
-    programs, splits and controls a stage asks for), so an edit there must re-key it too."""
-    return cache_key(stage, config, upstream, packages, own=own)
+    programs, splits and controls a stage asks for), so an edit there must re-key it too. So
+    must an edit to ``helpers``, the other task modules whose code shapes the stage's output
+    (``tasks.stage_configs``' offsets and device, ``tasks.activations``' loader); the ones that
+    only find paths and run the stage (``PLUMBING``) do not count."""
+    return cache_key(stage, config, upstream, packages, own=(own, *helpers) if helpers else own)
 
 
 def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None],

@@ -1,15 +1,26 @@
-"""Configs of the stages that have no library-owned config (evaluation, activations, probes).
+"""Configs of the stages that have no library-owned config (evaluation, activations, probes),
+and what several stages share about where and how they run (``stage_device``, ``MEAN_LAYER``).
 
 Frozen dataclasses of plain values: they hash into cache keys and print readably. The data,
 model and training configs live with their libraries (``karel.DataConfig``, ``model.config``).
+This module's code counts in the keys of the stages that read it (``STAGE_HELPERS``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
+
 from model.config import check_positive_int
 from probes.stacked_training import DEVICES as PROBE_DEVICES
+
+MEAN_LAYER = -1  # the layer column's value for the layer-mean representation
+
+
+def stage_device() -> str:
+    """Where evaluation and the activation dumps run the model: CUDA when torch sees it."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)

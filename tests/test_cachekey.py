@@ -262,3 +262,48 @@ def test_probing_more_checkpoints_reuses_the_dumps():
     assert activations_key(replace(cfg, checkpoints=7), "data", "ckpt") == key
     assert activations_key(replace(cfg, n_train_specs=10), "data", "ckpt") != key
     assert activations_key(replace(cfg, programs="reference"), "data", "ckpt") != key
+
+
+STAGE_MODULES = ("tasks.dataset", "tasks.training", "tasks.evaluation", "tasks.activations", "tasks.probing",
+                 "tasks.phases")
+
+
+@pytest.mark.parametrize("module", STAGE_MODULES)
+def test_every_task_module_a_stage_imports_counts_in_its_key_or_is_plumbing(module):
+    """A stage key hashes its task module's own file and its ``HELPERS``; any other task module
+    it imports must be plumbing (paths, the store), or an edit there would reuse stale results."""
+    import importlib
+
+    from tasks.cachekey import _imported, _module_source
+    from tasks.stage import PLUMBING
+
+    _, rel, source = _module_source(module, {})
+    imported = {name for name in _imported(source, module, False)
+                if name.startswith("tasks.") and _module_source(name, {}) is not None}
+    helpers = set(getattr(importlib.import_module(module), "HELPERS", ()))
+    assert imported - helpers - set(PLUMBING) == set(), f"{module} imports task modules outside its HELPERS"
+    assert helpers <= imported  # a helper it no longer imports would re-key it for nothing
+
+
+def test_a_helpers_code_re_keys_the_stages_that_read_it_and_no_other(monkeypatch):
+    """``tasks.stage_configs`` holds the probe offsets' rules, the layer-mean marker and the
+    stages' device: an edit there re-keys evaluation, dumps, probes and phases, not training."""
+    from model.config import smoke
+    from tasks import cachekey
+    from tasks.activations import activations_key
+    from tasks.evaluation import evaluate_key
+    from tasks.phases import HELPERS as phases_helpers
+    from tasks.probing import probe_key
+    from tasks.stage import stage_key
+    from tasks.stage_configs import ActivationConfig, EvalConfig, ProbeConfig
+    from tasks.training import train_key
+
+    keys = lambda: (train_key(*smoke(), "data"), evaluate_key(EvalConfig(), "d", "c"),  # noqa: E731
+                    activations_key(ActivationConfig(), "d", "c"), probe_key(ProbeConfig(), "a", "original"),
+                    stage_key("phases", {}, [], ["model.phases"], "tasks.phases", phases_helpers))
+    before = keys()
+    files = cachekey._sources("tasks")
+    monkeypatch.setitem(cachekey._PINNED, "tasks", [(rel, data + b"\nEDITED = 1\n" if rel == "stage_configs.py" else data)
+                                                   for rel, data in files])
+    after = keys()
+    assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:]))
