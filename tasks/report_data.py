@@ -201,12 +201,14 @@ def _own(df: pd.DataFrame, column: str, run_keys: set) -> pd.DataFrame:
     """The rows of ``df`` whose stage key (``column``) this run recorded in ``stage_runs``, and,
     for each checkpoint none of those rows covers, its rows stored before the key was (key '',
     from a migration): a rerun that stopped partway keeps the older rows of the checkpoints it did
-    not reach. All rows when the run names none of the keys (rows planted without stages)."""
+    not reach. A run that recorded stages but none of these rows' keys gets only such rows: the
+    others belong to other runs of the same training (other code or probe settings). All rows
+    only for a run that recorded no stages at all (rows planted without them)."""
     if df.empty:
         return df
     mine = df[column].isin(run_keys)
     if not mine.any():
-        return df.reset_index(drop=True)
+        return (df[df[column] == ""] if run_keys else df).reset_index(drop=True)
     if "checkpoint_key" not in df:  # phases: no checkpoint left uncovered
         return df[mine].reset_index(drop=True)
     legacy = (df[column] == "") & ~df["checkpoint_key"].isin(set(df.loc[mine, "checkpoint_key"]))

@@ -21,6 +21,7 @@ def test_semantic_content_is_the_runs_own(ws, monkeypatch):
     for run, prefix in ((RUN, "pk"), (other, "qk")):
         stage += [dict(run_id=run, stage="probes", key=f"{prefix}{step}", status="computed", seconds=1.0)
                   for step in STEPS]
+        stage += [dict(run_id=run, stage="evaluate", key=f"ev{step}", status="cached", seconds=0.0) for step in STEPS]
     for i, r in db.query("SELECT * FROM interventions").iterrows():
         # run-2's grids read direction with a constant 0.3 drop under both alternatives
         inter.append(dict(r, probe_key="q" + r["probe_key"][1:], content=0.3))
@@ -130,3 +131,20 @@ def test_time_per_stage_is_the_runs_own(ws):
     assert [(r["stage"], r["computed"], r["cached"], r["seconds, summed"], r["wall"]) for r in rows] == [
         ("train", 1, 0, 100.0, "0:01:40"), ("evaluate", 0, 1, 0.0, ""),
         ("probes", 2, 0, 100.0, "0:01:00"), ("phases", 1, 0, 2.0, ""), ("whole run", "", "", "", "1:02:05")]
+
+
+def test_a_run_that_probed_nothing_reads_no_other_runs_probes(ws):
+    """A run that recorded its stages but no probe grid (``--set probe.semantics=`` empty, or grids
+    with no pairs) shares the training and evaluation of another run: its report has that
+    evaluation and none of the other run's probe rows, which came from other grids."""
+    _, db = ws
+    other = "run-3"
+    db.upsert("runs", [dict(run_id=other, preset="smoke", config={"x": 1}, data_key="d", train_key=TK,
+                            status="finished")])
+    db.upsert("stage_runs", [dict(run_id=r, stage="evaluate", key=f"ev{step}", status="cached", seconds=0.0)
+                             for r in (RUN, other) for step in STEPS]
+              + [dict(run_id=RUN, stage="probes", key=f"pk{step}", status="computed", seconds=1.0) for step in STEPS])
+    mine, theirs = report.RunData(db, RUN, "smoke", []), report.RunData(db, other, "smoke", [])
+    assert not mine.summary.empty and not mine.interventions.empty
+    assert theirs.summary.empty and theirs.controls.empty and theirs.interventions.empty
+    assert theirs.metric_frame()["acc_spec"].iloc[-1] == pytest.approx(0.85)  # the shared evaluation
