@@ -116,7 +116,7 @@ class Recorder:
             path = folder / f"{table}.parquet"
             if path.exists():
                 rows = pd.read_parquet(path)
-                self.db.upsert(table, rows.assign(phases_key=out["key"]) if table == "phases" else rows)
+                self.db.upsert(table, rows.assign(phases_key=out["key"]))
         rows = content_rows(out, train_key)
         self.db.upsert("semantic_content", rows)
         for r in rows:  # the run's own content, under the names of its other per-step metrics

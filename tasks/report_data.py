@@ -121,8 +121,10 @@ class RunData:
         # the original grids' controls; and every grid's random-init rows, with their semantics
         self.controls = controls[original].drop(columns="semantics").reset_index(drop=True)
         self.init_controls = controls[controls["kind"] == "random_init"].reset_index(drop=True)
-        self.interventions = self._probe_rows(db, "interventions", tk, run_keys)
-        self.interventions_vs_init = self._probe_rows(db, "interventions_vs_init", tk, run_keys)
+        # derived by the phases stage from the run's grids: its own grids' rows, then its own phases stage's
+        self.interventions = _own(self._probe_rows(db, "interventions", tk, run_keys), "phases_key", run_keys)
+        self.interventions_vs_init = _own(self._probe_rows(db, "interventions_vs_init", tk, run_keys),
+                                          "phases_key", run_keys)
         self.metrics = self._own_content(self.metrics, tk)
 
     def _own_content(self, metrics: pd.DataFrame, tk: str) -> pd.DataFrame:

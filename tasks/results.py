@@ -54,8 +54,9 @@ import pandas as pd
 # 2: controls kinds of the alignment check (emitted_action*); 3: controls.semantics (each row's
 # grid's semantics); 4: semantic content in its own table, keyed by phases stage; 5:
 # checkpoint_metrics keyed by evaluate stage, phases by phases stage; 6: controls kinds of the
-# paired margins over each baseline (*_margin_low); 1-5 are migrated
-SCHEMA_VERSION = 6
+# paired margins over each baseline (*_margin_low); 7: interventions and interventions_vs_init
+# keyed by phases stage too; 1-6 are migrated
+SCHEMA_VERSION = 7
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
                  "emitted_action", "emitted_action_init", "emitted_action_majority",
                  "majority_margin_low", "control_task_margin_low", "random_init_margin_low")
@@ -66,6 +67,9 @@ _PROBE_ID = [("probe_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("step", "
              ("semantics", "VARCHAR"), ("feature", "VARCHAR"), ("offset", "INTEGER"),
              ("probe", "VARCHAR"), ("layer", "INTEGER")]
 _PROBE_PK = ["probe_key", "semantics", "feature", "offset", "probe", "layer"]
+# rows the phases stage derives from probe grids: keyed by that stage too, as two phases stages
+# (other code) over the same grids write different rows
+_PHASES_ID, _PHASES_PK = [("phases_key", "VARCHAR")] + _PROBE_ID, ["phases_key"] + _PROBE_PK
 TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     "datasets": ([("key", "VARCHAR"), ("config", "JSON"), ("stats", "JSON"),
                   ("created_at", "TIMESTAMP DEFAULT current_timestamp")], ["key"]),
@@ -83,12 +87,12 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     "probe_summary": (_PROBE_ID + [("split", "VARCHAR"), ("mean", "DOUBLE"),
                                    ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"),
                                    ("n_seeds", "INTEGER")], _PROBE_PK + ["split"]),
-    "interventions": (_PROBE_ID + [("original", "DOUBLE"), ("alternative", "DOUBLE"),
-                                   ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
-                                   ("ci_high", "DOUBLE")], _PROBE_PK),
-    "interventions_vs_init": (_PROBE_ID + [("trained_drop", "DOUBLE"), ("init_drop", "DOUBLE"),
-                                           ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
-                                           ("ci_high", "DOUBLE")], _PROBE_PK),
+    "interventions": (_PHASES_ID + [("original", "DOUBLE"), ("alternative", "DOUBLE"),
+                                    ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
+                                    ("ci_high", "DOUBLE")], _PHASES_PK),
+    "interventions_vs_init": (_PHASES_ID + [("trained_drop", "DOUBLE"), ("init_drop", "DOUBLE"),
+                                            ("content", "DOUBLE"), ("ci_low", "DOUBLE"),
+                                            ("ci_high", "DOUBLE")], _PHASES_PK),
     "controls": ([("probe_key", "VARCHAR"), ("checkpoint_key", "VARCHAR"), ("step", "BIGINT"),
                   ("semantics", "VARCHAR"), ("feature", "VARCHAR"), ("offset", "INTEGER"),
                   ("kind", f"VARCHAR CHECK (kind IN ({', '.join(repr(k) for k in CONTROL_KINDS)}))"),
@@ -216,8 +220,21 @@ def _migrate_margin_kinds(con) -> None:
     _transaction(con, *_rebuilt_with("controls"), "UPDATE schema_info SET version = 6")
 
 
+def _migrate_intervention_keys(con) -> None:
+    """Version 6 -> 7: ``interventions`` and ``interventions_vs_init`` gain ``phases_key`` in their
+    primary keys, as 5 gave it to ``phases``: rebuilt with every row, the key '' (unknown); a rerun
+    records its rows under its phases stage's key beside them."""
+    statements = []
+    for table in ("interventions", "interventions_vs_init"):
+        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]:
+            statements += _rebuilt_with(table, "phases_key", "''")
+        else:  # a file that never had it: made new, nothing to keep
+            con.execute(_ddl(table))
+    _transaction(con, *statements, "UPDATE schema_info SET version = 7")
+
+
 _MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content, 4: _migrate_stage_keys,
-               5: _migrate_margin_kinds}
+               5: _migrate_margin_kinds, 6: _migrate_intervention_keys}
 
 
 def _is_lock_error(e: Exception) -> bool:

@@ -61,7 +61,7 @@ def populate(db: ResultsDB, steps=STEPS, layers=True, interventions=True, phases
                     orig = base + (1 - base) * acc[i] * (0.6 + bonus)
                     for alt, drop in (("flip", 0.1), ("adversarial", 0.2)):
                         content = drop * acc[i] ** 2
-                        i_rows.append(dict(probe_key=pk, checkpoint_key=ck, step=step,
+                        i_rows.append(dict(phases_key="ph", probe_key=pk, checkpoint_key=ck, step=step,
                                            semantics=alt, feature=feat, offset=cur, probe=kind,
                                            layer=-1, original=orig, alternative=orig - content,
                                            content=content, ci_low=content - 0.02,

@@ -231,7 +231,7 @@ def test_drop_beyond_the_random_init_states(ws, monkeypatch):
     assert "content_vs_init.adversarial" not in out["numbers"]
     # the per-feature drops with their CIs over seeds (interventions_vs_init), last step only
     assert "Accuracy drops beyond the random-init states" not in Path(out["html"]).read_text()
-    db.upsert("interventions_vs_init", [dict(probe_key=f"pk{step}-flip", checkpoint_key=f"ck{step}", step=step,
+    db.upsert("interventions_vs_init", [dict(phases_key="ph", probe_key=f"pk{step}-flip", checkpoint_key=f"ck{step}", step=step,
                                              semantics="flip", feature="direction", offset=0, probe="mlp2", layer=-1,
                                              trained_drop=0.1, init_drop=0.02, content=0.08 + step / 1e4,
                                              ci_low=0.061, ci_high=0.099) for step in (600, 800)])
@@ -241,7 +241,7 @@ def test_drop_beyond_the_random_init_states(ws, monkeypatch):
     assert "over seeds)" not in html  # the key number has no CI without the mean-of-features row
     # the mean over the main features, paired by seed (main_mean): the key number shows its CI,
     # the table lists it after the features
-    db.upsert("interventions_vs_init", [dict(probe_key="pk800-flip", checkpoint_key="ck800", step=800,
+    db.upsert("interventions_vs_init", [dict(phases_key="ph", probe_key="pk800-flip", checkpoint_key="ck800", step=800,
                                              semantics="flip", feature=MEAN_FEATURE, offset=0, probe=kind, layer=-1,
                                              trained_drop=0.07, init_drop=-0.05, content=0.0234,
                                              ci_low=0.0123, ci_high=0.0321) for kind in ("mlp1", "mlp2")])

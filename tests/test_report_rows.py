@@ -22,9 +22,11 @@ def test_semantic_content_is_the_runs_own(ws, monkeypatch):
         stage += [dict(run_id=run, stage="probes", key=f"{prefix}{step}", status="computed", seconds=1.0)
                   for step in STEPS]
         stage += [dict(run_id=run, stage="evaluate", key=f"ev{step}", status="cached", seconds=0.0) for step in STEPS]
+    stage += [dict(run_id=run, stage="phases", key=k, status="computed", seconds=1.0) for run, k in ((RUN, "ph"),
+                                                                                                  (other, "ph2"))]
     for i, r in db.query("SELECT * FROM interventions").iterrows():
         # run-2's grids read direction with a constant 0.3 drop under both alternatives
-        inter.append(dict(r, probe_key="q" + r["probe_key"][1:], content=0.3))
+        inter.append(dict(r, probe_key="q" + r["probe_key"][1:], phases_key="ph2", content=0.3))
     for step in STEPS[1:]:
         for sem, value in (("original", 0.5), ("flip", 0.45), ("adversarial", 0.35)):
             key = f"qk{step}" + ("" if sem == "original" else f"-{sem}")
@@ -143,8 +145,28 @@ def test_a_run_that_probed_nothing_reads_no_other_runs_probes(ws):
                             status="finished")])
     db.upsert("stage_runs", [dict(run_id=r, stage="evaluate", key=f"ev{step}", status="cached", seconds=0.0)
                              for r in (RUN, other) for step in STEPS]
-              + [dict(run_id=RUN, stage="probes", key=f"pk{step}", status="computed", seconds=1.0) for step in STEPS])
+              + [dict(run_id=RUN, stage="probes", key=f"pk{step}", status="computed", seconds=1.0) for step in STEPS]
+              + [dict(run_id=RUN, stage="phases", key="ph", status="computed", seconds=1.0)])
     mine, theirs = report.RunData(db, RUN, "smoke", []), report.RunData(db, other, "smoke", [])
     assert not mine.summary.empty and not mine.interventions.empty
     assert theirs.summary.empty and theirs.controls.empty and theirs.interventions.empty
     assert theirs.metric_frame()["acc_spec"].iloc[-1] == pytest.approx(0.85)  # the shared evaluation
+
+
+def test_interventions_are_the_phases_stages_own(ws):
+    """Two phases stages over the same probe grids (the second after an edit to how drops are
+    computed) write their interventions side by side: each run reads its own, not the last written."""
+    _, db = ws
+    other = "run-4"
+    db.upsert("runs", [dict(run_id=other, preset="smoke", config={"x": 1}, data_key="d", train_key=TK,
+                            status="finished")])
+    probes = [dict(stage="probes", key=f"pk{step}", status="cached", seconds=0.0) for step in STEPS]
+    db.upsert("stage_runs", [dict(s, run_id=r) for r in (RUN, other) for s in probes]
+              + [dict(run_id=r, stage="phases", key=k, status="computed", seconds=1.0)
+                 for r, k in ((RUN, "ph"), (other, "ph-new"))])
+    theirs = db.query("SELECT * FROM interventions WHERE feature = 'direction'").assign(phases_key="ph-new", content=0.5)
+    db.upsert("interventions", theirs)
+    mine, new = report.RunData(db, RUN, "smoke", []), report.RunData(db, other, "smoke", [])
+    assert set(new.interventions["phases_key"]) == {"ph-new"} and (new.interventions["content"] == 0.5).all()
+    assert set(mine.interventions["phases_key"]) == {"ph"} and (mine.interventions["content"] < 0.5).all()
+    assert set(mine.interventions["feature"]) == {"direction", "rel_start", "facing_wall"}

@@ -122,7 +122,7 @@ def test_compare_sets_runs_side_by_side_and_never_writes(tmp_path, capsys):
     import duckdb
 
     from flows.cli import main
-    from tasks.results import ResultsDB
+    from tasks.results import SCHEMA_VERSION, ResultsDB
 
     a, b = tmp_path / "a", tmp_path / "b"
     populate(ResultsDB(a / "results.duckdb"))
@@ -140,7 +140,7 @@ def test_compare_sets_runs_side_by_side_and_never_writes(tmp_path, capsys):
     with duckdb.connect(str(b / "results.duckdb")) as con:
         con.execute("UPDATE schema_info SET version = 5")
     assert main(["--workspace", str(tmp_path / "w"), "compare", str(a), str(b)]) == 2
-    assert "schema version 5, this code reads 6" in capsys.readouterr().err
+    assert f"schema version 5, this code reads {SCHEMA_VERSION}" in capsys.readouterr().err
     with duckdb.connect(str(b / "results.duckdb")) as con:
         assert con.execute("SELECT max(version) FROM schema_info").fetchone()[0] == 5
     assert main(["--workspace", str(tmp_path / "w"), "compare", f"{a}:no-such-run"]) == 2

@@ -292,7 +292,7 @@ def test_schema_4_metrics_and_phases_gain_their_stage_keys(tmp_path):
     con.execute("INSERT INTO phases VALUES ('tk', 'syntax', 5), ('tk', 'semantics', NULL)")
     con.close()
     db = ResultsDB(path)
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [6]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [7]
     got = db.query("SELECT eval_key, train_key, step, metric, value FROM checkpoint_metrics ORDER BY metric")
     assert got.values.tolist() == [["", "tk", 5, "acc_spec", 0.5], ["", "tk", 5, "ppl", 3.0]]
     got = db.query("SELECT phases_key, train_key, phase, start_step FROM phases ORDER BY phase")
@@ -304,3 +304,38 @@ def test_schema_4_metrics_and_phases_gain_their_stage_keys(tmp_path):
     assert got.values.tolist() == [["", 0.5], ["ev2", 0.6]]
     assert db.count("phases") == 3
     assert ResultsDB(path).count("checkpoint_metrics") == 3  # opening it again: nothing to migrate
+
+
+def test_schema_6_interventions_gain_their_phases_key(tmp_path):
+    """Schema 6 keyed the interventions tables by probe grid, so two phases stages (other code)
+    over the same grids overwrote each other's rows: opening it keeps every row under the phases
+    key '' (unknown), and the rows of two phases stages then stand side by side."""
+    path = tmp_path / "results.duckdb"
+    ident = ('probe_key VARCHAR, checkpoint_key VARCHAR, step BIGINT, semantics VARCHAR, feature VARCHAR, '
+             '"offset" INTEGER, probe VARCHAR, layer INTEGER')
+    pk = 'PRIMARY KEY (probe_key, semantics, feature, "offset", probe, layer)'
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (6)")
+    con.execute(f"CREATE TABLE interventions ({ident}, original DOUBLE, alternative DOUBLE, content DOUBLE, "
+                f"ci_low DOUBLE, ci_high DOUBLE, {pk})")
+    con.execute(f"CREATE TABLE interventions_vs_init ({ident}, trained_drop DOUBLE, init_drop DOUBLE, "
+                f"content DOUBLE, ci_low DOUBLE, ci_high DOUBLE, {pk})")
+    con.execute("INSERT INTO interventions VALUES ('pk', 'ck', 5, 'flip', 'direction', 0, 'mlp1', -1, "
+                "0.5, 0.4, 0.1, 0.05, 0.15), ('pk', 'ck', 5, 'adversarial', 'direction', 0, 'mlp1', -1, "
+                "0.5, 0.3, 0.2, 0.1, 0.3)")
+    con.execute("INSERT INTO interventions_vs_init VALUES ('pk', 'ck', 5, 'flip', 'direction', 0, 'mlp1', -1, "
+                "0.1, 0.02, 0.08, 0.0, 0.16)")
+    con.close()
+    db = ResultsDB(path)
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [7]
+    got = db.query("SELECT phases_key, semantics, content FROM interventions ORDER BY semantics")
+    assert got.values.tolist() == [["", "adversarial", 0.2], ["", "flip", 0.1]]
+    got = db.query("SELECT phases_key, trained_drop, init_drop, content FROM interventions_vs_init")
+    assert got.values.tolist() == [["", 0.1, 0.02, 0.08]]
+    row = dict(phases_key="ph2", probe_key="pk", checkpoint_key="ck", step=5, semantics="flip", feature="direction",
+               offset=0, probe="mlp1", layer=-1, original=0.5, alternative=0.45, content=0.05)
+    db.upsert("interventions", [row])
+    got = db.query("SELECT phases_key, content FROM interventions WHERE semantics = 'flip' ORDER BY phases_key")
+    assert got.values.tolist() == [["", 0.1], ["ph2", 0.05]]
+    assert ResultsDB(path).count("interventions") == 3  # opening it again: nothing to migrate
