@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
+from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
 from tasks import record
 from tasks.activations import dump_activations
@@ -38,7 +39,7 @@ from tasks.report import build_report
 from tasks.results import ResultsDB
 from tasks.stage_configs import current_offset, probe_config_at, probed_steps
 from tasks.tracking import finish_run, init_tracking, start_parent_run
-from tasks.training import STOP, published_checkpoints, train_key, train_lm
+from tasks.training import STOP, publish_checkpoint, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace
 
 POLL_S = 1.0
@@ -116,6 +117,28 @@ def start_costliest(ready: list, running: int, slots: int, start) -> list:
 WORKERS = 3  # the flow's task threads: training beside an evaluation and a dump; after it, up to three grids
 
 
+def republish_missing(root: str, tkey: str, train_cfg) -> list[int]:
+    """The scheduled checkpoints of a finished training that the artifact store lacks (deleted
+    after training, when the cached train stage no longer publishes), republished from the
+    training work folder; returns their steps. One the work folder lacks too is an error that
+    says how to rebuild it: the flow would otherwise skip that checkpoint without a word."""
+    have = {c["step"] for c in published_checkpoints(root, tkey)}
+    lost = sorted(set(checkpoint_steps(train_cfg)) - have)
+    if not lost:
+        return []
+    ws = Workspace.at(root)
+    work = dict(list_checkpoints(ws.work_dir / "train" / tkey))
+    gone = [s for s in lost if s not in work]
+    if gone:
+        raise FileNotFoundError(
+            f"checkpoints at steps {gone} of training {tkey} are in neither the artifact store nor the "
+            f"training work folder {ws.work_dir / 'train' / tkey}; delete the train artifact "
+            f"({ws.store.path('train', tkey)}) and the work folder to retrain them")
+    for step in lost:
+        publish_checkpoint(ws, tkey, step, work[step], train_cfg.tokens_per_step)
+    return lost
+
+
 @flow(name="semprobe-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
 def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace: str | None = None,
              overlap: bool = True, progress: bool = True, record_results: bool = True) -> dict:
@@ -163,6 +186,9 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             time.sleep(POLL_S)
         trained = _result(training)
         rec.stage(trained)
+        for step in republish_missing(root, tkey, cfg.train):
+            log.warning("checkpoint at step %d was missing from the artifact store: republished from the "
+                        "training work folder", step)
         submit_new()
 
         ordered = sorted(per_ckpt.values(), key=lambda v: v[0]["step"])

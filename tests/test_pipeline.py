@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -152,6 +153,31 @@ def test_deleted_activation_recomputes_only_its_checkpoint(ws):
     # ... and what depends on it: its three probe grids and the run-level phase metrics
     assert sorted(computed["stage"]) == ["activations", "phases", "probes", "probes", "probes"], computed
     assert (store / victim / "activations.npz").exists()
+
+
+def test_a_deleted_checkpoint_is_republished_from_the_training_work_folder(ws):
+    """Training is cached, so it publishes nothing: a checkpoint deleted from the store comes back
+    from the work folder (and its evaluation, keyed by it, stays cached); one the work folder
+    lacks too stops the run with an error that names it, instead of a report without it."""
+    tk = read_only_query(ws / "results.duckdb", "SELECT train_key FROM runs LIMIT 1")["train_key"][0]
+    victim = ws / "artifacts" / "checkpoint" / f"{tk}-s0000012"
+    size = (victim / "model.pt").stat().st_size
+    shutil.rmtree(victim)
+    semprobe(ws, "run", "--preset", "smoke", "--quiet")
+    assert (victim / "model.pt").stat().st_size == size
+    runs = stage_runs(ws, latest_run(ws))
+    assert set(runs["status"]) == {"cached"} and len(runs[runs["stage"] == "evaluate"]) == 3
+    work = ws / "work" / "train" / tk / "step-0000012.pt"
+    aside = work.with_suffix(".aside")
+    shutil.rmtree(victim)
+    work.rename(aside)
+    try:
+        proc = semprobe(ws, "run", "--preset", "smoke", "--quiet", check=False)
+        assert proc.returncode != 0 and "checkpoints at steps [12]" in proc.stdout + proc.stderr
+    finally:
+        aside.rename(work)
+    semprobe(ws, "run", "--preset", "smoke", "--quiet")
+    assert (victim / "model.pt").exists()
 
 
 def test_cli_status_sql_and_bad_input(ws):
