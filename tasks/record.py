@@ -25,7 +25,6 @@ from tasks.results import ResultsDB
 from tasks.stage_configs import MEAN_LAYER
 
 
-
 class Recorder:
     """Writes DuckDB rows and, when ``mlflow_parent`` is a run id, MLflow runs (``None``: DuckDB
     only, e.g. when a sweep re-records a point that MLflow already holds)."""

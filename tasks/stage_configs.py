@@ -3,7 +3,7 @@ and what several stages share about where and how they run (``stage_device``, ``
 
 Frozen dataclasses of plain values: they hash into cache keys and print readably. The data,
 model and training configs live with their libraries (``karel.DataConfig``, ``model.config``).
-This module's code counts in the keys of the stages that read it (``STAGE_HELPERS``).
+This module's code counts in the keys of the stages that read it (their ``HELPERS``).
 """
 
 from __future__ import annotations
