@@ -171,7 +171,7 @@ def synthetic_activations(folder: Path, ds: dict, cfg: StudyConfig, random_init:
     folder.mkdir(parents=True)
     np.savez(folder / ACTIVATIONS_FILE, **arrays)
     return {"key": f"estimate-acts-{folder.name}", "path": str(folder), "status": "cached",
-            "meta": {"step": 1, "checkpoint_key": f"{TRAIN_KEY}-s0000001"}}
+            "meta": {"step": 1, "checkpoint_key": f"{TRAIN_KEY}-s0000001", "programs": cfg.activations.programs}}
 
 
 def estimate(cfg: StudyConfig, train_steps: int = 3, cores: int | None = None) -> dict:
@@ -244,7 +244,7 @@ def _probe_part(root: str, tmp: Path, cfg: StudyConfig, ds: dict, probed: list[i
         init = ac.random_init and step > 0
         for sem in cfg.probe.semantics:
             if (pcfg, sem, init) not in measured:
-                t = [_timed(train_probes.fn, root, replace(pcfg, epochs=e), acts[init], sem, ac.programs) for e in (1, 2)]
+                t = [_timed(train_probes.fn, root, replace(pcfg, epochs=e), acts[init], sem) for e in (1, 2)]
                 measured[pcfg, sem, init] = linear(t[0], 1, t[1], 2, pcfg.epochs)
             grids.append(measured[pcfg, sem, init])
     return Part("probes", len(grids), sum(grids) / max(len(grids), 1), probe_wall(grids, slots),

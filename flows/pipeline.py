@@ -198,7 +198,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         others = [f for _, ev, acts in ordered for f in (ev, acts) if f is not None]  # they hold task threads too
 
         def submit_grid(item):  # item: ((step, semantics index), (probe config, activations, semantics))
-            return train_probes.submit(root, *item[1], cfg.activations.programs)
+            return train_probes.submit(root, *item[1])
 
         while pending or ready:
             for c, acts in [p for p in pending if p[1].state.is_final()]:

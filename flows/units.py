@@ -119,7 +119,7 @@ def probe_checkpoint(preset: str = "smoke", overrides: list[str] | None = None, 
         if acts is not None:
             a = _result(acts)
             rec.stage(a)
-            futures = [train_probes.submit(root, probe_config(cfg, step), a, sem, cfg.activations.programs)
+            futures = [train_probes.submit(root, probe_config(cfg, step), a, sem)
                        for sem in cfg.probe.semantics]
             grids = [_result(f) for f in futures]
             for out in grids:

@@ -80,7 +80,7 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
                                                 autocast)
         np.savez(tmp / ACTIVATIONS_FILE, **arrays)
         return {"step": ckpt["step"], "checkpoint_key": ckpt["key"], "n_specs": len(specs),
-                "n_actions": int(arrays["lengths"].sum())}
+                "n_actions": int(arrays["lengths"].sum()), "programs": cfg.programs}
 
     return run_stage(ws_root, "activations", key, compute, force=recomputed(dataset))
 

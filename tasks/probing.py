@@ -69,10 +69,15 @@ def subsample(acts: dict, max_pairs: int, seed: int = 0) -> dict:
 
 
 @task(name="train-probes", cache_policy=NONE)
-def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str, programs: str = "generated") -> dict:
-    """One semantics' probe grid on one checkpoint's dump; ``programs`` is the dump's
-    ``activations.programs`` (fed reference programs key the control task on the read token)."""
+def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> dict:
+    """One semantics' probe grid on one checkpoint's dump. Which programs the dump holds (its
+    ``activations.programs``, in its meta: its key names it) sets the current offset and the
+    control task's surface (fed reference programs key it on the read token)."""
     key = probe_key(cfg, acts["key"], semantics)
+    programs = acts["meta"].get("programs")
+    if programs is None:
+        raise ValueError(f"activations {acts['key']}: its meta does not say which programs it holds "
+                         "(a dump made before they were recorded there); delete it to remake it")
     surface = "read" if programs == "reference" else "emitted"
     current = current_offset(programs)
     step, ckpt_key = acts["meta"]["step"], acts["meta"]["checkpoint_key"]

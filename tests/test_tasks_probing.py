@@ -23,7 +23,8 @@ def fake_activations(tmp_path, programs, layers=0, random_init=False):
              hidden=np.zeros((n, programs.shape[1], 8), np.float16), is_test=np.zeros(n, bool),
              spec_ids=np.arange(n), walls=worlds.walls, markers=worlds.markers, row=worlds.row,
              col=worlds.col, dir=worlds.dir, **extra)
-    return {"key": "actsk", "path": str(folder), "meta": {"step": 3, "checkpoint_key": "t-s0000003"}, "status": "cached"}
+    return {"key": "actsk", "path": str(folder), "status": "cached",
+            "meta": {"step": 3, "checkpoint_key": "t-s0000003", "programs": "generated"}}
 
 
 def test_programs_closed_at_once_give_an_empty_grid(tmp_path):
@@ -61,14 +62,15 @@ def test_alternative_offsets_limit_the_alternative_semantics_only(tmp_path):
     # on fed reference programs the current state is offset -1: the per-layer and random-init
     # grids sit there (without alternative_offsets too), not at offset 0
     cfg = ProbeConfig(offsets=(-1, 0, 1), kinds=("linear",), seeds=1, epochs=1)
-    out = train_probes.fn(str(tmp_path / "ws-ref"), cfg, acts, "original", "reference")
+    ref = {**acts, "meta": {**acts["meta"], "programs": "reference"}}
+    out = train_probes.fn(str(tmp_path / "ws-ref"), cfg, ref, "original")
     res = pd.read_parquet(f"{out['path']}/probe_results.parquet")
     init = pd.read_parquet(f"{out['path']}/random_init_results.parquet")
     assert set(res.loc[res["layer"] >= 0, "offset"]) == {-1} and set(init["offset"]) == {-1}
 
 
 def test_fed_programs_key_the_control_task_on_the_read_token(tmp_path):
-    """``programs="reference"`` (the dump's ``activations.programs``) reaches the control task:
+    """``programs="reference"`` (the dump's ``activations.programs``, in its meta) reaches the control task:
     states holding only the read surface type learn its control labels, not the emitted ones."""
     import pandas as pd
 
@@ -90,7 +92,8 @@ def test_fed_programs_key_the_control_task_on_the_read_token(tmp_path):
                       per_layer=False)
     control = {}
     for programs_from in ("reference", "generated"):
-        out = train_probes.fn(str(tmp_path / f"ws-{programs_from}"), cfg, acts, "original", programs_from)
+        dump = {**acts, "meta": {**acts["meta"], "programs": programs_from}}
+        out = train_probes.fn(str(tmp_path / f"ws-{programs_from}"), cfg, dump, "original")
         c = pd.read_parquet(f"{out['path']}/controls.parquet")
         control[programs_from] = float(c[c["kind"] == "control_task"]["value"].iloc[0])
     assert control["reference"] > 0.9 and control["generated"] < control["reference"] - 0.2, control
@@ -186,3 +189,15 @@ def test_the_margins_over_each_baseline_are_paired_by_seed(tmp_path):
         row = c[(c["kind"] == "random_init_margin_low") & (c["feature"] == feat) & (c["offset"] == off)
                 & (c["probe"] == probe)]
         assert np.isclose(row["value"].iloc[0], want, atol=1e-5, equal_nan=True), (feat, off, probe)
+
+
+def test_the_dump_says_which_programs_it_holds(tmp_path):
+    """The probe stage reads the current offset and the control task's surface from the dump's
+    own meta (its key names its programs), never from an argument that could disagree with it."""
+    import pytest
+
+    acts = fake_activations(tmp_path, np.full((20, 14), -1, np.int8))
+    del acts["meta"]["programs"]
+    cfg = ProbeConfig(offsets=(0,), kinds=("linear",), seeds=2, epochs=1)
+    with pytest.raises(ValueError, match="actsk: its meta does not say which programs"):
+        train_probes.fn(str(tmp_path / "ws"), cfg, acts, "original")
