@@ -52,8 +52,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = Path(args.activations)
     manifest = json.loads((folder / "manifest.json").read_text())
-    acts = {"key": manifest["key"], "path": str(folder), "meta": manifest["meta"], "status": "cached"}
     cfg = load_preset(args.preset, [*args.overrides, f"probe.offsets_before_last={args.before_last}"])
+    # a dump made before dumps recorded their programs holds the config's
+    meta = {"programs": cfg.activations.programs, **manifest["meta"]}
+    acts = {"key": manifest["key"], "path": str(folder), "meta": meta, "status": "cached"}
     n = cfg.activations.checkpoints
     arms = {"full": cfg.probe.at_checkpoint(True), "before_last": cfg.probe.at_checkpoint(False)}
     print(f"{folder}: step {manifest['meta']['step']}, {manifest['meta']['n_specs']} specs; "
