@@ -201,16 +201,21 @@ def _migrate_content(con) -> None:
                  "UPDATE schema_info SET version = 4")
 
 
+def _with_stage_key(con, table_keys: tuple[tuple[str, str], ...], version: int) -> None:
+    """Each ``(table, key)``: the table rebuilt with every row and the stage-key column ``key``
+    in its primary key, set to '' (unknown: which stage wrote an old row is not in the file); a
+    rerun records its rows under their real keys beside them. Then the file is ``version``."""
+    statements = []
+    for table, key in table_keys:
+        con.execute(_ddl(table))  # a file may not have one yet
+        statements += _rebuilt_with(table, key, "''")
+    _transaction(con, *statements, f"UPDATE schema_info SET version = {version}")
+
+
 def _migrate_stage_keys(con) -> None:
     """Version 4 -> 5: ``checkpoint_metrics`` gains ``eval_key`` and ``phases`` gains
-    ``phases_key`` in their primary keys. The tables are rebuilt with every row, the new key ''
-    (unknown: which stage wrote an old row is not in this file); a rerun records its rows under
-    their real keys beside them."""
-    statements = []
-    for table, key in (("checkpoint_metrics", "eval_key"), ("phases", "phases_key")):
-        con.execute(_ddl(table))
-        statements += _rebuilt_with(table, key, "''")
-    _transaction(con, *statements, "UPDATE schema_info SET version = 5")
+    ``phases_key`` in their primary keys."""
+    _with_stage_key(con, (("checkpoint_metrics", "eval_key"), ("phases", "phases_key")), 5)
 
 
 def _migrate_margin_kinds(con) -> None:
@@ -222,15 +227,8 @@ def _migrate_margin_kinds(con) -> None:
 
 def _migrate_intervention_keys(con) -> None:
     """Version 6 -> 7: ``interventions`` and ``interventions_vs_init`` gain ``phases_key`` in their
-    primary keys, as 5 gave it to ``phases``: rebuilt with every row, the key '' (unknown); a rerun
-    records its rows under its phases stage's key beside them."""
-    statements = []
-    for table in ("interventions", "interventions_vs_init"):
-        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]:
-            statements += _rebuilt_with(table, "phases_key", "''")
-        else:  # a file that never had it: made new, nothing to keep
-            con.execute(_ddl(table))
-    _transaction(con, *statements, "UPDATE schema_info SET version = 7")
+    primary keys, as 5 gave it to ``phases``."""
+    _with_stage_key(con, (("interventions", "phases_key"), ("interventions_vs_init", "phases_key")), 7)
 
 
 _MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content, 4: _migrate_stage_keys,
