@@ -112,19 +112,23 @@ class ProbeChunk(nn.Module):
         self.register_buffer("col_start", col_start)
         self.n_out = col_head.shape[1]
         dims = [d_in, *self.hidden, self.n_out]
-        # weight[layer][probe] (in, out), torch.nn.Linear's default init, seeded per probe
+        # weight[layer][probe] (in, out), torch.nn.Linear's default init, seeded per probe. The
+        # output layer is drawn at the probe's own width and zero-padded to n_out, so a probe
+        # starts from the same weights whatever shares its chunk (padded columns are never read)
         ws = [[None] * n for _ in range(len(dims) - 1)]
-        self.out_bias = nn.Parameter(torch.empty(n, self.n_out))
+        self.out_bias = nn.Parameter(torch.zeros(n, self.n_out))
         for p, seed in enumerate(seeds):
             for i in range(len(dims) - 1):
+                last = i == len(dims) - 2
+                width = sum(self.heads[p]) if last else dims[i + 1]
                 g = torch.Generator().manual_seed(int(seed) * 1000 + i)
                 bound = 1.0 / dims[i] ** 0.5
-                w = torch.empty(dims[i], dims[i + 1]).uniform_(-bound, bound, generator=g)
-                b = torch.empty(dims[i + 1]).uniform_(-bound, bound, generator=g)
-                ws[i][p] = w
-                if i == len(dims) - 2:
+                w = torch.empty(dims[i], width).uniform_(-bound, bound, generator=g)
+                b = torch.empty(width).uniform_(-bound, bound, generator=g)
+                ws[i][p] = F.pad(w, (0, dims[i + 1] - width)) if last else w
+                if last:
                     with torch.no_grad():
-                        self.out_bias[p].copy_(b)
+                        self.out_bias[p, :width].copy_(b)
         self.w0 = nn.ParameterList([nn.Parameter(w) for w in ws[0]])
         self.deep = nn.ParameterList([nn.Parameter(w) for layer in ws[1:] for w in layer])
         self.bn_weight = nn.ParameterList([nn.Parameter(torch.ones(n * h)) for h in self.hidden])
@@ -183,14 +187,17 @@ class StackedProbes(nn.Module):
 
     ``model(x)`` gives logits (p, B, K) of every probe (K padded to the widest probe), in the
     order of the probes given to ``fit_stacked``; ``mean``/``scale`` (p, d) their input
-    standardisation.
+    standardisation; ``n_train`` (p,) how many rows each probe trained on.
     """
 
-    def __init__(self, chunks: list[ProbeChunk], index: list[list[int]], heads):
+    def __init__(self, chunks: list[ProbeChunk], index: list[list[int]], heads, n_train=None):
         super().__init__()
         self.chunks = nn.ModuleList(chunks)
         self.index = [list(i) for i in index]  # probes of each chunk (positions in the call)
         self.heads = [tuple(h) for h in heads]
+        # training rows per probe: a probe with none is untrained and scores NaN
+        n_train = torch.ones(len(self.heads)) if n_train is None else torch.as_tensor(n_train)
+        self.register_buffer("n_train", n_train.long())
         col_head, col_start = head_columns(self.heads)
         self.register_buffer("col_head", col_head)
         self.register_buffer("col_start", col_start)

@@ -111,7 +111,8 @@ def evaluate(model: StackedProbes, x: torch.Tensor, target: torch.Tensor, weight
              batch: int = 4096):
     """(accuracy (p,), n (p,)) over the rows with weight > 0, in eval mode.
 
-    Each chunk scores only the rows its probes use (their union).
+    Each chunk scores only the rows its probes use (their union). A probe that had no training
+    rows scores NaN, as one with no rows here does: its weights are its initialisation.
     """
     model.eval()
     hits = torch.zeros(model.n_probes, dtype=torch.float64)
@@ -124,14 +125,15 @@ def evaluate(model: StackedProbes, x: torch.Tensor, target: torch.Tensor, weight
                                      tgt[:, s:s + batch], c.col_head, c.col_start)
             hits[idx] += (correct & w[:, s:s + batch]).sum(1).double()
     n = (weight > 0).sum(1).double()
-    acc = torch.where(n > 0, hits / n.clamp_min(1), torch.full_like(hits, float("nan")))
+    scored = (n > 0) & (model.n_train > 0)
+    acc = torch.where(scored, hits / n.clamp_min(1), torch.full_like(hits, float("nan")))
     return acc.numpy(), n.long().numpy()
 
 
 @dataclass
 class Fitted:
     model: StackedProbes
-    best_epoch: np.ndarray  # (p,) 1-based epoch chosen on val (last epoch without val)
+    best_epoch: np.ndarray  # (p,) 1-based epoch chosen on val (the last epoch without val rows; 0: no training rows)
     val_accuracy: np.ndarray | None  # (p,) at the chosen epoch
     history: list  # per-evaluated-epoch val accuracy (p,) arrays
 
@@ -236,7 +238,8 @@ def fit_stacked(
     """Train probes on rows ``x`` (N, d) with ``target`` (p, N, H), 0/1 ``weight`` (p, N).
 
     With ``val`` = (x_val, target_val, weight_val) every probe keeps its own best epoch on val
-    (strictly best, so the earliest among ties).
+    (strictly best, so the earliest among ties); a probe with no val rows keeps its last epoch
+    (val accuracy NaN), and one with no training rows trains nothing and scores NaN.
     """
     if x.ndim != 2 or target.shape[1] != x.shape[0] or weight.shape != target.shape[:2]:
         raise ValueError(
@@ -284,8 +287,13 @@ def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, v
                 chunk.scale.copy_(scale)
             tgt = target[idx][:, rows].to(device)
             _prior_bias(chunk, tgt)
-            v = None if val is None else (xv, val[1][idx][:, vrows].to(device))
-            be, ba, hist = _fit_chunk(chunk, xs, tgt, v, config, shuffle_seed)
+            # no val rows: nothing to choose on, so the last epoch (not the first) is kept
+            v = None if val is None or not len(vrows) else (xv, val[1][idx][:, vrows].to(device))
+            if len(rows):
+                be, ba, hist = _fit_chunk(chunk, xs, tgt, v, config, shuffle_seed)
+            else:  # nothing to train on: left at its initialisation, scored NaN by ``evaluate``
+                be, ba, hist = 0, None, []
+                chunk.eval()
             chunk.cpu()
             best_epoch[idx] = be
             if ba is not None:
@@ -301,6 +309,6 @@ def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, v
             if e < len(h):
                 a[idx] = h[e]
         history.append(a)
-    model = StackedProbes(chunks, index, heads)
+    model = StackedProbes(chunks, index, heads, n_train=(weight > 0).sum(1))
     model.eval()
     return Fitted(model, best_epoch, None if val is None else best_acc, history)

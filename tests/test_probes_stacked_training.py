@@ -2,7 +2,9 @@
 
 Where probes train (``device``, ``probe.device``): the CPU path is unchanged, fitted probes
 always come back to the CPU, and a device that cannot be used is a clear error. Early stopping
-(``patience``): a probe stops on its own val curve, whatever else trains beside it."""
+(``patience``): a probe stops on its own val curve, whatever else trains beside it. A probe's
+result does not depend on what shares its chunk, even probes with wider heads; a probe without
+val rows keeps its last epoch, one without training rows scores NaN."""
 
 import numpy as np
 import pytest
@@ -86,3 +88,53 @@ def test_patience_stops_a_probe_on_its_own_val_curve():
 def test_patience_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match=r"probe\.patience: expected an int >= 0"):
         ProbeConfig(patience=-1)
+
+
+def mixed_widths(n=900, d=12, seed=1):
+    """Rows and targets of a 4-class, a (13, 13)-class and a 2-class probe (direction, rel_start
+    and facing_wall's head widths), each with a planted signal."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    ys = [x[:, :4].argmax(1), np.stack([(x[:, 4] > 0) * 6, (x[:, 5] > 0) * 6], 1), (x[:, 6] > 0) * 1]
+    target = torch.full((3, n, 2), -1, dtype=torch.long)
+    for p, y in enumerate(ys):
+        y = torch.from_numpy(np.asarray(y).reshape(n, -1).astype(np.int64))
+        target[p, :, :y.shape[1]] = y
+    return torch.from_numpy(x), target, torch.ones(3, n), [(4,), (13, 13), (2,)]
+
+
+@pytest.mark.parametrize("hidden", [(), (16, 32)])
+def test_a_probe_beside_wider_probes_is_the_probe_trained_alone(hidden):
+    x, target, weight, heads = mixed_widths()
+    tr, va, te = slice(0, 500), slice(500, 700), slice(700, 900)
+    split = lambda s, idx: (x[s], target[idx][:, s], weight[idx][:, s])  # noqa: E731
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.02)
+    together = fit_stacked(*split(tr, [0, 1, 2]), heads, hidden, [5, 6, 7], 0, cfg, val=split(va, [0, 1, 2]))
+    acc, _ = evaluate(together.model, *split(te, [0, 1, 2]))
+    for p in range(3):
+        alone = fit_stacked(*split(tr, [p]), [heads[p]], hidden, [5 + p], 0, cfg, val=split(va, [p]))
+        assert alone.best_epoch[0] == together.best_epoch[p]
+        assert evaluate(alone.model, *split(te, [p]))[0][0] == acc[p]
+        mine = together.model.chunks[0].layer_weight(len(hidden), p)[:, :sum(heads[p])]
+        assert torch.equal(alone.model.chunks[0].layer_weight(len(hidden), 0)[:, :sum(heads[p])], mine)
+
+
+def test_without_val_rows_a_probe_keeps_its_last_epoch():
+    x, target, weight = planted()
+    cfg = TrainConfig(epochs=8, batch_size=64, lr=0.01)
+    no_val = fit_stacked(x[:800], target[:, :800], weight[:, :800], [(4,)] * 2, (16,), [0, 1], 0, cfg)
+    empty = fit_stacked(x[:800], target[:, :800], weight[:, :800], [(4,)] * 2, (16,), [0, 1], 0, cfg,
+                        val=(x[800:], target[:, 800:], torch.zeros(2, 400)))
+    assert (empty.best_epoch == 8).all() and np.isnan(empty.val_accuracy).all()
+    te = (x[800:], target[:, 800:], weight[:, 800:])
+    np.testing.assert_array_equal(evaluate(empty.model, *te)[0], evaluate(no_val.model, *te)[0])
+
+
+def test_a_probe_without_training_rows_scores_nan():
+    x, target, weight = planted()
+    weight[1, :800] = 0  # probe 1 has val and test rows but nothing to train on
+    fitted = fit_stacked(x[:800], target[:, :800], weight[:, :800], [(4,)] * 2, (16,), [0, 1], 0,
+                         TrainConfig(epochs=3, batch_size=64), val=(x[800:1000], target[:, 800:1000], weight[:, 800:1000]))
+    acc, n = evaluate(fitted.model, x[1000:], target[:, 1000:], weight[:, 1000:])
+    assert acc[0] > 0.5 and np.isnan(acc[1]) and n[1] == 200
+    assert fitted.best_epoch[1] == 0 and np.isnan(fitted.val_accuracy[1])
