@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One prepared GPU session (device tool), issue 7: how many tokens the `cpu` preset's recipe
 # (Muon lr 0.01, 21 whole-sample rows of lengths 1..10) needs to go past its 60-minute CPU run,
-# which sizes a `cpu-long` preset of the same recipe. Two runs side by side for BUDGET seconds,
+# which sizes a `cpu-long` preset of the same recipe. Three runs side by side for BUDGET seconds,
 # each with its schedule sized to end with the budget, logging accuracy, diversity and quick
 # direction / facing-wall probes against tokens seen:
 #   cpu-recipe       the preset exactly, as many steps as fit
 #   cpu-recipe-b166  the same at 8x the rows per step (does Muon keep its tokens at a GPU batch?)
+#   cpu-long-recipe  the `cpu-long` model (six layers), as many steps as fit: where its probes
+#                    rise, against the 4-layer curve (on 2 CPU cores it needs ~5,000 steps, 40M
+#                    tokens, for 70% on lengths 6..10)
 # PAPER=1 first runs the paper-shape throughput check (tokens/s, MFU, peak memory; ~1-4 min).
 # PROBES=1 first trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU
 # (probe.device=cuda; ~1 min?), to read against the CPU figure in BENCHMARKS.md.
@@ -41,11 +44,12 @@ karel.generate_dataset(karel.DataConfig(n_train_generated=n, n_val=500, n_test=2
 print('data ready')"
 run() {  # tag, then --train overrides of the cpu preset
   local tag=$1; shift
-  OMP_NUM_THREADS=6 $PY benchmarks/gpu_emergence.py --data /tmp/d110 --out "$OUT/emergence.jsonl" --tag "$tag" \
+  OMP_NUM_THREADS=5 $PY benchmarks/gpu_emergence.py --data /tmp/d110 --out "$OUT/emergence.jsonl" --tag "$tag" \
     --budget "$BUDGET" --n-eval 1000 --eval-every-s 40 --probe-features direction,facing_wall $TINY_FLAG "$@" \
     > "$OUT/$tag.log" 2>&1 || echo "$tag failed: $(tail -3 "$OUT/$tag.log")"
 }
 run cpu-recipe &
 run cpu-recipe-b166 --train batch_size=166 &
+run cpu-long-recipe --model n_layer=6 &
 wait
 grep '"part": "done"' "$OUT/emergence.jsonl"
