@@ -190,14 +190,13 @@ class StackedProbes(nn.Module):
     standardisation; ``n_train`` (p,) how many rows each probe trained on.
     """
 
-    def __init__(self, chunks: list[ProbeChunk], index: list[list[int]], heads, n_train=None):
+    def __init__(self, chunks: list[ProbeChunk], index: list[list[int]], heads, n_train):
         super().__init__()
         self.chunks = nn.ModuleList(chunks)
         self.index = [list(i) for i in index]  # probes of each chunk (positions in the call)
         self.heads = [tuple(h) for h in heads]
         # training rows per probe: a probe with none is untrained and scores NaN
-        n_train = torch.ones(len(self.heads)) if n_train is None else torch.as_tensor(n_train)
-        self.register_buffer("n_train", n_train.long())
+        self.register_buffer("n_train", torch.as_tensor(n_train).long())
         col_head, col_start = head_columns(self.heads)
         self.register_buffer("col_head", col_head)
         self.register_buffer("col_start", col_start)
