@@ -8,10 +8,15 @@ checked on the files themselves (a missing or corrupt artifact is recomputed).
 
 from __future__ import annotations
 
+import functools
+import os
+import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from tasks.cachekey import cache_key, pin_sources
 from tasks.workspace import Workspace
@@ -40,24 +45,55 @@ def stage_key(stage: str, config, upstream: list[str], packages: list[str], own:
     return cache_key(stage, config, upstream, packages, own=(own, *helpers) if helpers else own)
 
 
+_ISA = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # what sets CPU bf16 speed and rounding
+
+
+@functools.lru_cache(maxsize=1)
+def machine() -> dict:
+    """Where this process computes, stamped into every artifact it writes (``meta.machine``).
+
+    Not in any key: the same config on another machine is the same stage, but its training
+    trajectory and rounding differ (RESULTS.md), so an artifact says what computed it."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                info.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    flags = set(info.get("flags", "").split())
+    return {"cpu": cpu, "cpu_isa": [f for f in _ISA if f in flags], "cores": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
 def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None],
               force: bool = False) -> dict:
     """The stage's manifest summary: ``{stage, key, path, status, seconds, finished_at, meta}``
-(``finished_at``: ISO 8601, UTC; the recorder may store it much later, e.g. after every grid).
+(``finished_at``: ISO 8601, UTC; the recorder may store it much later, e.g. after every grid;
+``meta.machine``: what computed the artifact, ``machine()`` of that process).
 
     ``force`` recomputes even a complete artifact: the flow sets it when an upstream stage was
     recomputed in this run, so a stage and everything that depends on it are rebuilt together.
     """
     store = Workspace.at(ws_root).store
     t = time.perf_counter()
+
+    def stamped(tmp: Path) -> dict:
+        return {**(compute(tmp) or {}), "machine": machine()}
+
     if force:
         with store.lock(stage, key):
             meta: dict = {}
             with store.write(stage, key, meta=meta) as tmp:
-                meta.update(compute(tmp) or {})
+                meta.update(stamped(tmp))
         manifest, computed = store.manifest(stage, key), True
     else:
-        manifest, computed = store.ensure(stage, key, compute)
+        manifest, computed = store.ensure(stage, key, stamped)
     return {
         "stage": stage,
         "key": key,

@@ -233,3 +233,29 @@ def test_status_shows_a_stage_another_holder_is_computing(tmp_path):
         assert row["state"] == "running" and "since" in row["detail"], row
     assert ws.store.computing_since("dataset", dataset["key"]) is None
     assert next(r for r in stage_status(ws, "smoke") if r["stage"] == "dataset")["state"] == "missing"
+
+
+def test_run_stage_stamps_the_machine_that_computed_the_artifact(tmp_path):
+    import torch
+
+    from tasks.stage import machine, run_stage
+
+    def compute(tmp):
+        (tmp / "a").write_text("x")
+        return {"step": 3}
+
+    first = run_stage(str(tmp_path), "s", "k", compute)
+    assert first["status"] == "computed" and first["meta"]["step"] == 3
+    stamp = first["meta"]["machine"]
+    assert stamp == machine() and stamp["torch"] == torch.__version__ and stamp["cpu"]
+    assert stamp["cuda"] is None if not torch.cuda.is_available() else stamp["cuda"]
+    # a cached artifact keeps its own stamp (what computed it, not what found it) ...
+    manifest = tmp_path / "artifacts" / "s" / "k" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["meta"]["machine"] = {"cpu": "elsewhere"}
+    manifest.write_text(json.dumps(m))
+    again = run_stage(str(tmp_path), "s", "k", compute)
+    assert again["status"] == "cached" and again["meta"]["machine"] == {"cpu": "elsewhere"}
+    # ... and a forced recompute stamps anew
+    forced = run_stage(str(tmp_path), "s", "k", compute, force=True)
+    assert forced["meta"]["machine"] == machine()
