@@ -49,11 +49,8 @@ _ISA = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # what sets CPU bf16 spee
 
 
 @functools.lru_cache(maxsize=1)
-def machine() -> dict:
-    """Where this process computes, stamped into every artifact it writes (``meta.machine``).
-
-    Not in any key: the same config on another machine is the same stage, but its training
-    trajectory and rounding differ (RESULTS.md), so an artifact says what computed it."""
+def _host() -> dict:
+    """This machine's CPU, cores and software (read once per process)."""
     info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -67,8 +64,18 @@ def machine() -> dict:
         cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
     flags = set(info.get("flags", "").split())
     return {"cpu": cpu, "cpu_isa": [f for f in _ISA if f in flags], "cores": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version()}
+
+
+def machine() -> dict:
+    """Where this process computes, stamped into every artifact it writes (``meta.machine``):
+    ``_host()`` and the GPU this process has put to use (``cuda``; None while it has not, so a
+    CPU-only stage on a GPU machine never starts a CUDA context just to name the device).
+
+    Not in any key: the same config on another machine is the same stage, but its training
+    trajectory and rounding differ (RESULTS.md), so an artifact says what computed it."""
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_initialized() else None
+    return {**_host(), "cuda": cuda}
 
 
 def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict | None],

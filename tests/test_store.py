@@ -248,7 +248,7 @@ def test_run_stage_stamps_the_machine_that_computed_the_artifact(tmp_path):
     assert first["status"] == "computed" and first["meta"]["step"] == 3
     stamp = first["meta"]["machine"]
     assert stamp == machine() and stamp["torch"] == torch.__version__ and stamp["cpu"]
-    assert stamp["cuda"] is None if not torch.cuda.is_available() else stamp["cuda"]
+    assert stamp["cuda"] == (torch.cuda.get_device_name() if torch.cuda.is_initialized() else None)
     # a cached artifact keeps its own stamp (what computed it, not what found it) ...
     manifest = tmp_path / "artifacts" / "s" / "k" / "manifest.json"
     m = json.loads(manifest.read_text())
