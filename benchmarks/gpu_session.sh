@@ -30,7 +30,7 @@ fi
 
 if [ "${PROBES:-0}" = 1 ]; then
   DEV=cuda; PROGS=17800; [ -n "$TINY_FLAG" ] && DEV=auto && PROGS=300
-  timeout 180 $PY benchmarks/bench_probes.py --only grid --epochs 2 --device $DEV --programs $PROGS \
+  timeout 150 $PY benchmarks/bench_probes.py --only grid --epochs 2 --device $DEV --programs $PROGS \
     > "$OUT/probes.log" 2>&1 || echo "probe grid failed: $(tail -3 "$OUT/probes.log")"
   tail -3 "$OUT/probes.log"
 fi
