@@ -23,16 +23,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
-import numpy as np
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import karel
-from probes import LinearProbe, MLPProbe, make_labels
-from probes.grid import PROBE_KINDS, GridConfig, probe_grid, row_splits
-from probes.labels import MAIN_FEATURES, OFFSETS, hidden_rows
-from probes.stacked import TrainConfig
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import karel  # noqa: E402
+from probes import LinearProbe, MLPProbe, make_labels  # noqa: E402
+from probes.grid import PROBE_KINDS, GridConfig, probe_grid, row_splits  # noqa: E402
+from probes.labels import MAIN_FEATURES, OFFSETS, hidden_rows  # noqa: E402
+from probes.stacked import TrainConfig  # noqa: E402
 
 SEMANTICS = ("original", "flip", "adversarial")
 

@@ -145,14 +145,17 @@ def main():
         model.train()
 
     evaluate()
-    # time a few steps, then size the schedule so its decay ends with the budget
-    sync(device)
-    t_probe = time.perf_counter()
-    for _ in range(10):
-        train_step(fwd, opt, blocks, t, step, device)
-        step += 1
-    sync(device)
-    rate = 10 / (time.perf_counter() - t_probe)
+    # time some steps after a warm-up (the first steps carry CUDA's and the optimizer's start-up:
+    # timed alone they made the sized schedules of 2026-12-04 end after 60 of 330 s), then size
+    # the schedule so its decay ends with the budget
+    for timed in (False, True):
+        sync(device)
+        t_probe = time.perf_counter()
+        for _ in range(20 if timed else 10):
+            train_step(fwd, opt, blocks, t, step, device)
+            step += 1
+        sync(device)
+    rate = 20 / (time.perf_counter() - t_probe)
     remaining = args.budget - (time.perf_counter() - start)
     n_evals = remaining / args.eval_every_s
     total = step + int(rate * remaining * 0.85) - int(n_evals * 2 * rate)  # leave time for evals

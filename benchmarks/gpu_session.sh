@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # One prepared GPU session (device tool), issue 7: how many tokens the `cpu` preset's recipe
-# (Muon lr 0.01, 21 whole-sample rows of lengths 1..10) needs to go past its 60-minute CPU run,
-# which sizes a `cpu-long` preset of the same recipe. Three runs side by side for BUDGET seconds,
-# each with its schedule sized to end with the budget, logging accuracy, diversity and quick
-# direction / facing-wall probes against tokens seen:
-#   cpu-recipe       the preset exactly, as many steps as fit
-#   cpu-recipe-b166  the same at 8x the rows per step (does Muon keep its tokens at a GPU batch?)
-#   cpu-long-recipe  the `cpu-long` model (six layers), as many steps as fit: where its probes
-#                    rise, against the 4-layer curve (on 2 CPU cores it needs ~5,000 steps, 40M
-#                    tokens, for 70% on lengths 6..10)
+# (Muon lr 0.01, 21 whole-sample rows of lengths 1..10) needs, at four and six layers and at a
+# GPU batch. Three runs side by side, each on its own fixed schedule (the warm-up and linear
+# decay of the preset, stretched to its steps), logging accuracy, diversity and quick
+# direction / facing-wall probes against tokens seen; BUDGET seconds stop a run early:
+#   cpu-recipe-8k       the preset at 8,000 steps (65M tokens; on 2 CPU cores it runs 2,000)
+#   cpu-recipe-b166-6k  the same at 8x the rows a step, 6,000 steps (384M tokens)
+#   cpu-long-recipe-6k  the `cpu-long` model and schedule (six layers, 6,000 steps, 48.6M tokens)
+# On one H200 (2026-12-04) the three took 212-262 s together (RESULTS.md).
 # PAPER=1 first runs the paper-shape throughput check (tokens/s, MFU, peak memory; ~1-4 min).
 # PROBES=1 first trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU
 # (probe.device=cuda; ~1 min?), to read against the CPU figure in BENCHMARKS.md.
@@ -16,7 +15,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
-BUDGET=${1:-420}
+BUDGET=${1:-420}   # a stop, not a schedule: the runs above need ~270 s together on one H200
 PY=${PY:-python3}
 TINY_FLAG=""; [ "${TINY:-0}" = 1 ] && TINY_FLAG="--tiny"
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/env.txt"
@@ -42,14 +41,16 @@ n = 2000 if '$TINY_FLAG' else 1_000_000
 karel.generate_dataset(karel.DataConfig(n_train_generated=n, n_val=500, n_test=2000, train_lengths=tuple(range(1, 11))),
                        '/tmp/d110', workers=min(16, os.cpu_count()), overwrite=True)
 print('data ready')"
-run() {  # tag, then --train overrides of the cpu preset
+run() {  # tag, then --train / --model overrides of the cpu preset
   local tag=$1; shift
   OMP_NUM_THREADS=5 $PY benchmarks/gpu_emergence.py --data /tmp/d110 --out "$OUT/emergence.jsonl" --tag "$tag" \
     --budget "$BUDGET" --n-eval 1000 --eval-every-s 40 --probe-features direction,facing_wall $TINY_FLAG "$@" \
     > "$OUT/$tag.log" 2>&1 || echo "$tag failed: $(tail -3 "$OUT/$tag.log")"
 }
-run cpu-recipe &
-run cpu-recipe-b166 --train batch_size=166 &
-run cpu-long-recipe --model n_layer=6 &
+STEPS=${STEPS:-1}; [ -n "$TINY_FLAG" ] && STEPS=0.005   # TINY: a few steps each
+steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
+run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
+run cpu-recipe-b166-6k --fixed-steps --train batch_size=166 --train steps=$(steps 6000) &
+run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) &
 wait
 grep '"part": "done"' "$OUT/emergence.jsonl"
