@@ -14,14 +14,18 @@ other work, a 2-thread OpenMP team stalls whenever one of its threads is desched
 ``--device cuda`` trains the grid arm on the GPU (``TrainConfig.device``; the probes come back
 to the CPU for scoring), to be read against the same command's CPU figure.
 
+``--layouts per_probe,batched`` times the grid once per probe layout (``TrainConfig.layout``),
+each against the first in the same run.
+
 Run: .venv/bin/python benchmarks/bench_probes.py [--epochs 1] [--sample 2] [--threads 1] [--device cpu]
-     [--only grid|baseline]
+     [--only grid|baseline] [--layouts auto]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import platform
 import sys
 import time
@@ -77,11 +81,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", choices=("grid", "baseline"), default=None)
     ap.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where the grid arm trains")
+    ap.add_argument("--layouts", default="auto",
+                    help="comma-separated probe layouts (auto, per_probe, batched), each a grid arm; "
+                         "ratios against the first")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     labels, hidden = make_data(args.programs, args.width)
+    layouts = args.layouts.split(",")
     config = GridConfig(semantics=SEMANTICS, seeds=(0,), report=("test",),
-                        train=TrainConfig(epochs=args.epochs, device=args.device))
+                        train=TrainConfig(epochs=args.epochs, device=args.device, layout=layouts[0]))
     split = row_splits(labels.program, 0, config.split)
     n_train = int(((split == 0) & labels.valid(0)).sum())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
@@ -89,13 +97,16 @@ def main():
     print(f"probes: 135, training pairs per probe (offset 0): {n_train}, width {args.width}, "
           f"epochs {args.epochs}")
     grid_s = None
-    if args.only != "baseline":
+    for layout in layouts if args.only != "baseline" else ():
+        arm = replace(config, train=replace(config.train, layout=layout))
         t, c = time.perf_counter(), time.process_time()
-        df = probe_grid(hidden, labels, config)
-        grid_s = time.perf_counter() - t
-        print(f"batched grid: {grid_s:.1f} s wall, {time.process_time() - c:.1f} s cpu "
+        df = probe_grid(hidden, labels, arm)
+        took = time.perf_counter() - t
+        grid_s = took if grid_s is None else grid_s
+        print(f"batched grid, layout {layout}: {took:.1f} s wall, {time.process_time() - c:.1f} s cpu "
               f"({len(df)} rows; mean test accuracy by probe: "
-              f"{df.groupby('probe')['accuracy'].mean().round(3).to_dict()})", flush=True)
+              f"{df.groupby('probe')['accuracy'].mean().round(3).to_dict()})"
+              + ("" if took == grid_s else f"; {grid_s / took:.2f}x the {layouts[0]} layout's speed"), flush=True)
     if args.only == "grid":
         return
     rng = np.random.default_rng(0)

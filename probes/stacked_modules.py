@@ -63,13 +63,23 @@ def head_scores(logits: torch.Tensor, target: torch.Tensor, col_head, col_start)
     return nll, correct
 
 
-def head_nll(logits: torch.Tensor, target: torch.Tensor, col_head, col_start) -> torch.Tensor:
-    """Per-row summed cross-entropy (p, B) (``head_scores`` without the correctness)."""
+def full_heads(col_head: torch.Tensor, n_head: int) -> tuple[bool, ...]:
+    """For each head, whether it spans every logit column of every probe (nothing to mask)."""
+    return tuple(bool((col_head == k).all()) for k in range(n_head))
+
+
+def head_nll(logits: torch.Tensor, target: torch.Tensor, col_head, col_start,
+             full: tuple[bool, ...] | None = None) -> torch.Tensor:
+    """Per-row summed cross-entropy (p, B) (``head_scores`` without the correctness).
+
+    ``full``: ``full_heads`` of ``col_head``, read once on the host (on CUDA, computing it here
+    would wait for the device at every step)."""
     logits = logits.float()
     nll = None
+    full = full_heads(col_head, col_start.shape[1]) if full is None else full
     for k in range(col_start.shape[1]):
         in_head = col_head == k
-        lg = logits if bool(in_head[:, :].all()) else logits.masked_fill(~in_head[:, None, :], _NEG)
+        lg = logits if full[k] else logits.masked_fill(~in_head[:, None, :], _NEG)
         tgt = target[..., k]
         has = tgt >= 0
         col = (col_start[:, k:k + 1] + tgt.clamp_min(0))[..., None]
@@ -90,24 +100,35 @@ def predict_columns(logits: torch.Tensor, col_head, col_start) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
+LAYOUTS = ("auto", "per_probe", "batched")
+
+
 class ProbeChunk(nn.Module):
     """``p`` independent MLPs (Linear -> BatchNorm -> ReLU per hidden layer, then a linear
     head) on one shared, standardised input. ``hidden=()`` gives linear probes.
 
     Layer 0 of all probes is one wide matmul; its BatchNorm runs over the p * width columns at
-    once (per-column statistics are per probe). Deeper layers run per probe.
+    once (per-column statistics are per probe). Deeper layers (``layout``) run per probe on
+    contiguous tensors (``per_probe``: fastest on a CPU, where a (B, p * 1024) transpose costs
+    more than the matmuls), or for all probes at once by batched matmuls (``batched``: a few
+    kernels a layer instead of a few per probe, for a GPU, where launches dominate);
+    ``auto``: batched on CUDA inputs. Both compute each probe from its own parameters only.
     """
 
     def __init__(self, d_in: int, hidden: tuple[int, ...], heads: list[tuple[int, ...]], seeds,
-                 bf16: bool = True):
+                 bf16: bool = True, layout: str = "auto"):
         super().__init__()
         n = len(heads)
         if len(seeds) != n:
             raise ValueError(f"seeds: expected {n} seeds, got {len(seeds)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: {layout!r} is not one of {LAYOUTS}")
+        self.layout = layout
         self.hidden = tuple(int(h) for h in hidden)
         self.heads = [tuple(h) for h in heads]
         self.bf16 = bool(bf16)
         col_head, col_start = head_columns(self.heads)
+        self.full_heads = full_heads(col_head, col_start.shape[1])
         self.register_buffer("col_head", col_head)
         self.register_buffer("col_start", col_start)
         self.n_out = col_head.shape[1]
@@ -168,6 +189,8 @@ class ProbeChunk(nn.Module):
             h = h.view(B, n, self.n_out).transpose(0, 1).float()
             return h + self.out_bias[:, None, :]
         h = self._bn_relu(0, h)
+        if self.layout == "batched" or (self.layout == "auto" and xs.is_cuda):
+            return self._deep_batched(h) + self.out_bias[:, None, :]
         w0 = self.hidden[0]
         outs = []
         for p, hp in enumerate(h.split(w0, dim=1)):  # split: its backward is one concat
@@ -177,6 +200,21 @@ class ProbeChunk(nn.Module):
                 hp = self._bn_relu(k, hp, slice(p * width, (p + 1) * width))
             outs.append(hp @ self._cast(self.layer_weight(len(self.hidden), p)))
         return torch.stack(outs).float() + self.out_bias[:, None, :]
+
+    def _stacked(self, layer: int) -> torch.Tensor:
+        """(p, in, out) weights of ``layer`` for every probe (stacked, then cast: two kernels)."""
+        return self._cast(torch.stack([self.layer_weight(layer, p) for p in range(self.n_probes)]))
+
+    def _deep_batched(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (p, B, K) (float32, without the output bias) from the layer-0 activations
+        ``h`` (B, p * width0), every deeper layer as one batched matmul over the probes and one
+        BatchNorm over all their columns (the same per-column statistics as per probe)."""
+        n, B = self.n_probes, h.shape[0]
+        for k in range(1, len(self.hidden)):
+            hp = torch.bmm(h.view(B, n, self.hidden[k - 1]).transpose(0, 1), self._stacked(k))
+            h = self._bn_relu(k, hp.transpose(0, 1).reshape(B, n * self.hidden[k]))
+        hp = h.view(B, n, self.hidden[-1]).transpose(0, 1)
+        return torch.bmm(hp, self._stacked(len(self.hidden))).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_standardised(self.standardise(x))

@@ -36,6 +36,8 @@ class TrainConfig:
     not improved for that many epochs keeps the best epoch it has (later epochs no longer count
     for it), and a chunk stops when all its probes have; 0 trains every epoch. Each probe's
     choice depends on its own val curve only, so a probe still gets the same result in any chunk.
+    ``layout``: how the layers after the first run (``stacked_modules.LAYOUTS``; ``auto``: per
+    probe on the CPU, batched matmuls on CUDA).
     """
 
     epochs: int = 100
@@ -50,6 +52,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads while training (None: leave as is)
     device: str = "cpu"
     patience: int = 0
+    layout: str = "auto"
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -183,7 +186,7 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
         for s, e in batch_bounds(n, config.batch_size):
             idx = order[s:e]
             nll = head_nll(chunk.forward_standardised(xs[idx]), target[:, idx],
-                           chunk.col_head, chunk.col_start)
+                           chunk.col_head, chunk.col_start, chunk.full_heads)
             loss = nll.mean(1).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -273,7 +276,8 @@ def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, v
         for s in range(0, len(group), max(1, int(config.chunk))):
             idx = group[s:s + max(1, int(config.chunk))]
             chunk = ProbeChunk(x.shape[1], hidden, [heads[i] for i in idx],
-                               [seeds[i] for i in idx], bf16=config.bf16).to(device)
+                               [seeds[i] for i in idx], bf16=config.bf16,
+                               layout=config.layout).to(device)
             if xs is None:
                 xg = x[rows].to(device)
                 _standardise(chunk, xg)

@@ -138,3 +138,38 @@ def test_a_probe_without_training_rows_scores_nan():
     acc, n = evaluate(fitted.model, x[1000:], target[:, 1000:], weight[:, 1000:])
     assert acc[0] > 0.5 and np.isnan(acc[1]) and n[1] == 200
     assert fitted.best_epoch[1] == 0 and np.isnan(fitted.val_accuracy[1])
+
+
+@pytest.mark.parametrize("hidden", [(), (16,), (16, 32)])
+def test_the_batched_layout_computes_each_probe_as_the_per_probe_layout(hidden):
+    """The GPU's layout (deep layers as batched matmuls over the probes) against the CPU's (one
+    probe at a time), both on this CPU: the same logits, gradients and BatchNorm statistics,
+    and the same probes after training, for probes of different head widths."""
+    from probes.stacked_modules import ProbeChunk
+
+    x, target, weight, heads = mixed_widths()
+    per = ProbeChunk(x.shape[1], hidden, heads, [5, 6, 7], layout="per_probe").train()
+    bat = ProbeChunk(x.shape[1], hidden, heads, [5, 6, 7], layout="batched").train()
+    bat.load_state_dict(per.state_dict())
+    lp, lb = per(x[:64]), bat(x[:64])
+    torch.testing.assert_close(lb, lp, rtol=1e-5, atol=1e-5)
+    lp.square().mean().backward()
+    lb.square().mean().backward()
+    for (name, a), b in zip(per.named_parameters(), bat.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for a, b in zip(per.buffers(), bat.buffers()):
+        torch.testing.assert_close(b, a)
+    split = lambda s: (x[s], target[:, s], weight[:, s])  # noqa: E731
+    fits = [fit_stacked(*split(slice(0, 500)), heads, hidden, [5, 6, 7], 0,
+                        TrainConfig(epochs=4, batch_size=64, layout=layout), val=split(slice(500, 700)))
+            for layout in ("per_probe", "batched")]
+    np.testing.assert_array_equal(fits[1].best_epoch, fits[0].best_epoch)
+    for a, b in zip(fits[0].model.parameters(), fits[1].model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    accs = [evaluate(f.model, *split(slice(700, 900)))[0] for f in fits]
+    np.testing.assert_allclose(accs[1], accs[0], atol=0.01)
+
+
+def test_an_unknown_layout_names_itself():
+    with pytest.raises(ValueError, match=r"layout: 'stacked' is not one of"):
+        fit(layout="stacked")
