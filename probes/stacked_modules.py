@@ -183,7 +183,7 @@ class ProbeChunk(nn.Module):
     def forward_standardised(self, xs: torch.Tensor) -> torch.Tensor:
         """Logits (p, B, K) (float32) of every probe for standardised rows ``xs`` (B, d)."""
         n, B = self.n_probes, xs.shape[0]
-        wide = torch.cat([self._cast(w) for w in self.w0], 1)
+        wide = self._cast(torch.cat(list(self.w0), 1))  # one cast (and one cast back) a step
         h = xs @ wide  # (B, n * width0)
         if not self.hidden:
             h = h.view(B, n, self.n_out).transpose(0, 1).float()
