@@ -150,8 +150,10 @@ class ProbeChunk(nn.Module):
                 if last:
                     with torch.no_grad():
                         self.out_bias[p, :width].copy_(b)
-        self.w0 = nn.ParameterList([nn.Parameter(w) for w in ws[0]])
-        self.deep = nn.ParameterList([nn.Parameter(w) for layer in ws[1:] for w in layer])
+        # one tensor a layer, probe-major (p, in, out): a few tensors to accumulate and update
+        # a step, whatever the number of probes
+        self.w0 = nn.Parameter(torch.stack(ws[0]))
+        self.deep = nn.ParameterList([nn.Parameter(torch.stack(layer)) for layer in ws[1:]])
         self.bn_weight = nn.ParameterList([nn.Parameter(torch.ones(n * h)) for h in self.hidden])
         self.bn_bias = nn.ParameterList([nn.Parameter(torch.zeros(n * h)) for h in self.hidden])
         for k, h in enumerate(self.hidden):
@@ -165,7 +167,11 @@ class ProbeChunk(nn.Module):
         return len(self.heads)
 
     def layer_weight(self, layer: int, probe: int) -> torch.Tensor:
-        return self.w0[probe] if layer == 0 else self.deep[(layer - 1) * self.n_probes + probe]
+        return self.stacked_weight(layer)[probe]
+
+    def stacked_weight(self, layer: int) -> torch.Tensor:
+        """(p, in, out) weights of ``layer`` for every probe."""
+        return self.w0 if layer == 0 else self.deep[layer - 1]
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         xs = (x - self.mean) / self.scale
@@ -183,7 +189,7 @@ class ProbeChunk(nn.Module):
     def forward_standardised(self, xs: torch.Tensor) -> torch.Tensor:
         """Logits (p, B, K) (float32) of every probe for standardised rows ``xs`` (B, d)."""
         n, B = self.n_probes, xs.shape[0]
-        wide = self._cast(torch.cat(list(self.w0), 1))  # one cast (and one cast back) a step
+        wide = self._cast(self.w0).transpose(0, 1).reshape(xs.shape[1], -1)  # (d, n * width0)
         h = xs @ wide  # (B, n * width0)
         if not self.hidden:
             h = h.view(B, n, self.n_out).transpose(0, 1).float()
@@ -193,17 +199,15 @@ class ProbeChunk(nn.Module):
             return self._deep_batched(h) + self.out_bias[:, None, :]
         w0 = self.hidden[0]
         outs = []
+        # unbind: contiguous per-probe views whose backward is one stack
+        ws = [self._cast(self.stacked_weight(k)).unbind(0) for k in range(1, len(self.hidden) + 1)]
         for p, hp in enumerate(h.split(w0, dim=1)):  # split: its backward is one concat
             for k in range(1, len(self.hidden)):
                 width = self.hidden[k]
-                hp = hp @ self._cast(self.layer_weight(k, p))
+                hp = hp @ ws[k - 1][p]
                 hp = self._bn_relu(k, hp, slice(p * width, (p + 1) * width))
-            outs.append(hp @ self._cast(self.layer_weight(len(self.hidden), p)))
+            outs.append(hp @ ws[-1][p])
         return torch.stack(outs).float() + self.out_bias[:, None, :]
-
-    def _stacked(self, layer: int) -> torch.Tensor:
-        """(p, in, out) weights of ``layer`` for every probe (stacked, then cast: two kernels)."""
-        return self._cast(torch.stack([self.layer_weight(layer, p) for p in range(self.n_probes)]))
 
     def _deep_batched(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (p, B, K) (float32, without the output bias) from the layer-0 activations
@@ -211,10 +215,10 @@ class ProbeChunk(nn.Module):
         BatchNorm over all their columns (the same per-column statistics as per probe)."""
         n, B = self.n_probes, h.shape[0]
         for k in range(1, len(self.hidden)):
-            hp = torch.bmm(h.view(B, n, self.hidden[k - 1]).transpose(0, 1), self._stacked(k))
+            hp = torch.bmm(h.view(B, n, self.hidden[k - 1]).transpose(0, 1), self._cast(self.stacked_weight(k)))
             h = self._bn_relu(k, hp.transpose(0, 1).reshape(B, n * self.hidden[k]))
         hp = h.view(B, n, self.hidden[-1]).transpose(0, 1)
-        return torch.bmm(hp, self._stacked(len(self.hidden))).float()
+        return torch.bmm(hp, self._cast(self.stacked_weight(len(self.hidden)))).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_standardised(self.standardise(x))

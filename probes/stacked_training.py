@@ -218,11 +218,9 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
 
 
 def _select(key: str, new: torch.Tensor, old: torch.Tensor, better: np.ndarray, n: int):
-    """Per-probe choice between two states of one chunk tensor (``better`` (n,) bool)."""
-    name, _, sub = key.partition(".")
-    if name in ("w0", "deep"):  # one tensor per probe (deep: layer-major)
-        return new.clone() if better[int(sub) % n] else old
-    # probe-major: out_bias (n, K); BatchNorm vectors (n * width,)
+    """Per-probe choice between two states of one chunk tensor (``better`` (n,) bool). Every
+    per-probe tensor is probe-major: weights (n, in, out), out_bias (n, K), BatchNorm vectors
+    (n * width,)."""
     m = torch.from_numpy(better).to(new.device).repeat_interleave(new.shape[0] // n)
     return torch.where(m.view(-1, *([1] * (new.ndim - 1))), new, old)
 
