@@ -53,6 +53,7 @@ class Recorder:
             "run_id": self.run_id, "stage": out["stage"], "key": out["key"], "status": out["status"],
             "seconds": out["seconds"],
             "finished_at": datetime.fromisoformat(out["finished_at"]) if out.get("finished_at") else datetime.now(timezone.utc),
+            "machine": (out.get("meta") or {}).get("machine"),  # None for an artifact from before the stamp
         }])
 
     def run(self, preset, cfg, data_key, train_key, started, status, finished_at=None) -> None:

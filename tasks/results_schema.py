@@ -29,8 +29,8 @@ from __future__ import annotations
 # grid's semantics); 4: semantic content in its own table, keyed by phases stage; 5:
 # checkpoint_metrics keyed by evaluate stage, phases by phases stage; 6: controls kinds of the
 # paired margins over each baseline (*_margin_low); 7: interventions and interventions_vs_init
-# keyed by phases stage too; 1-6 are migrated
-SCHEMA_VERSION = 7
+# keyed by phases stage too; 8: stage_runs.machine (what computed each artifact); 1-7 are migrated
+SCHEMA_VERSION = 8
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
                  "emitted_action", "emitted_action_init", "emitted_action_majority",
                  "majority_margin_low", "control_task_margin_low", "random_init_margin_low")
@@ -78,7 +78,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
                 ("start_step", "BIGINT")], ["phases_key", "phase"]),
     "stage_runs": ([("run_id", "VARCHAR"), ("stage", "VARCHAR"), ("key", "VARCHAR"),
                     ("status", "VARCHAR CHECK (status IN ('computed', 'cached'))"),
-                    ("seconds", "DOUBLE"), ("finished_at", "TIMESTAMP")],
+                    ("seconds", "DOUBLE"), ("finished_at", "TIMESTAMP"), ("machine", "JSON")],
                    ["run_id", "stage", "key"]),
 }
 
@@ -178,5 +178,14 @@ def _migrate_intervention_keys(con) -> None:
     _with_stage_key(con, (("interventions", "phases_key"), ("interventions_vs_init", "phases_key")), 7)
 
 
+def _migrate_stage_machine(con) -> None:
+    """Version 7 -> 8: ``stage_runs`` gains ``machine``, the artifact's ``meta.machine`` (CPU,
+    instruction sets, cores, torch, the GPU in use); NULL on the rows recorded before."""
+    has = con.execute("SELECT column_name FROM information_schema.columns "
+                      "WHERE table_name = 'stage_runs'").fetchall()
+    add = ["ALTER TABLE stage_runs ADD COLUMN machine JSON"] if has and ("machine",) not in has else []
+    _transaction(con, *add, "UPDATE schema_info SET version = 8")
+
+
 _MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content, 4: _migrate_stage_keys,
-               5: _migrate_margin_kinds, 6: _migrate_intervention_keys}
+               5: _migrate_margin_kinds, 6: _migrate_intervention_keys, 7: _migrate_stage_machine}

@@ -89,6 +89,9 @@ def test_first_run_fills_every_table_and_report(ws):
     stages = stage_runs(ws, latest_run(ws))
     assert set(snap["checkpoint_metrics"]["eval_key"]) == set(stages.query("stage == 'evaluate'")["key"])
     assert snap["phases"]["phases_key"].unique().tolist() == phases_key
+    # and every stage the machine that computed it (its artifact's meta.machine), queryable
+    machines = [json.loads(m) for m in stages["machine"]]
+    assert len(machines) == len(stages) and all(m["cores"] == os.cpu_count() and m["torch"] for m in machines)
     # drops beyond the random-init states, paired by seed: the trained drop is the interventions row's
     beyond = snap["interventions_vs_init"]
     assert set(beyond["step"]) == {6, 12} and set(beyond["semantics"]) == {"flip", "adversarial"}

@@ -6,6 +6,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from tasks.record import Recorder
 from tasks.results import (CONTROL_KINDS, SCHEMA_VERSION, TABLES, DatabaseLockedError, ReadOnlyViolation, ResultsDB,
                            _ddl, export_tables, read_only_query)
 
@@ -292,7 +293,7 @@ def test_schema_4_metrics_and_phases_gain_their_stage_keys(tmp_path):
     con.execute("INSERT INTO phases VALUES ('tk', 'syntax', 5), ('tk', 'semantics', NULL)")
     con.close()
     db = ResultsDB(path)
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [7]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [8]
     got = db.query("SELECT eval_key, train_key, step, metric, value FROM checkpoint_metrics ORDER BY metric")
     assert got.values.tolist() == [["", "tk", 5, "acc_spec", 0.5], ["", "tk", 5, "ppl", 3.0]]
     got = db.query("SELECT phases_key, train_key, phase, start_step FROM phases ORDER BY phase")
@@ -328,7 +329,7 @@ def test_schema_6_interventions_gain_their_phases_key(tmp_path):
                 "0.1, 0.02, 0.08, 0.0, 0.16)")
     con.close()
     db = ResultsDB(path)
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [7]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [8]
     got = db.query("SELECT phases_key, semantics, content FROM interventions ORDER BY semantics")
     assert got.values.tolist() == [["", "adversarial", 0.2], ["", "flip", 0.1]]
     got = db.query("SELECT phases_key, trained_drop, init_drop, content FROM interventions_vs_init")
@@ -339,3 +340,30 @@ def test_schema_6_interventions_gain_their_phases_key(tmp_path):
     got = db.query("SELECT phases_key, content FROM interventions WHERE semantics = 'flip' ORDER BY phases_key")
     assert got.values.tolist() == [["", 0.1], ["ph2", 0.05]]
     assert ResultsDB(path).count("interventions") == 3  # opening it again: nothing to migrate
+
+
+def test_schema_7_stage_runs_gain_the_machine(tmp_path):
+    """Schema 7 did not say what computed a stage: opening it keeps every stage row (machine
+    NULL), and a stage recorded from then on carries its artifact's ``meta.machine``."""
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (7)")
+    con.execute("CREATE TABLE stage_runs (run_id VARCHAR, stage VARCHAR, key VARCHAR, status VARCHAR "
+                "CHECK (status IN ('computed', 'cached')), seconds DOUBLE, finished_at TIMESTAMP, "
+                "PRIMARY KEY (run_id, stage, key))")
+    con.execute("INSERT INTO stage_runs VALUES ('r0', 'train', 'tk', 'computed', 60.0, '2026-12-04 10:00:00')")
+    con.close()
+    db = ResultsDB(path)
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [8]
+    old = db.query("SELECT * FROM stage_runs")
+    assert old[["run_id", "stage", "seconds"]].values.tolist() == [["r0", "train", 60.0]]
+    assert old["machine"].isna().all()
+    machine = {"cpu": "AMD EPYC (family 25, model 17)", "cpu_isa": ["avx512_bf16", "avx512f", "avx2"],
+               "cores": 2, "torch": "2.13.0+cpu", "python": "3.11.7", "cuda": None}
+    Recorder(db, "r1", None).stage({"stage": "evaluate", "key": "ek", "status": "computed", "seconds": 2.0,
+                                    "finished_at": "2026-12-04T11:00:00+00:00", "meta": {"machine": machine}})
+    got = db.query("SELECT machine->>'cpu' AS cpu, CAST(machine->>'cores' AS INTEGER) AS cores, "
+                   "machine->'cpu_isa' AS isa FROM stage_runs WHERE run_id = 'r1'")
+    assert got.values.tolist() == [[machine["cpu"], 2, '["avx512_bf16","avx512f","avx2"]']]
+    assert ResultsDB(path).count("stage_runs") == 2  # opening it again: nothing to migrate
