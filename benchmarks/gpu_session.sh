@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# One prepared GPU session (device tool), issue 7: how many tokens the `cpu` preset's recipe
-# (Muon lr 0.01, 21 whole-sample rows of lengths 1..10) needs, at four and six layers and at a
-# GPU batch. Three runs side by side, each on its own fixed schedule (the warm-up and linear
-# decay of the preset, stretched to its steps), logging accuracy, diversity and quick
-# direction / facing-wall probes against tokens seen; BUDGET seconds stop a run early:
-#   cpu-recipe-8k       the preset at 8,000 steps (65M tokens; on 2 CPU cores it runs 2,000)
-#   cpu-recipe-b166-6k  the same at 8x the rows a step, 6,000 steps (384M tokens)
-#   cpu-long-recipe-6k  the `cpu-long` model and schedule (six layers, 6,000 steps, 48.6M tokens)
-# On one H200 (2026-12-04) the three took 212-262 s together (RESULTS.md).
+# One prepared GPU session (device tool), issue 7: the `cpu` preset's recipe (Muon lr 0.01,
+# whole-sample rows of lengths 1..10) on a GPU. Three runs side by side, each on its own fixed
+# schedule (the preset's warm-up and linear decay, stretched to its steps), logging accuracy,
+# diversity and quick direction / facing-wall probes against tokens seen; BUDGET seconds stop a
+# run early. ARMS picks the three:
+#   ARMS=seeds (default, next session): is `cpu-long`'s 72.8% on an H200 one draw, and does
+#     depth keep its lead at a GPU batch?
+#     cpu-long-recipe-6k-s1 / -s2  the `cpu-long` model and schedule at training seeds 1 and 2
+#     cpu-long-recipe-b166-6k      the same six layers at 8x the rows a step (384M tokens)
+#   ARMS=2026-12-04: that session's three (RESULTS.md; they took 212-262 s together)
+#     cpu-recipe-8k       the `cpu` preset at 8,000 steps (65M tokens; on 2 CPU cores it runs 2,000)
+#     cpu-recipe-b166-6k  the same at 8x the rows a step, 6,000 steps (384M tokens)
+#     cpu-long-recipe-6k  the `cpu-long` model and schedule (six layers, 6,000 steps, 48.6M tokens)
 # PAPER=1 first runs the paper-shape throughput check (tokens/s, MFU, peak memory; ~1-4 min).
-# PROBES=1 first trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU
-# (probe.device=cuda; ~1 min?), to read against the CPU figure in BENCHMARKS.md.
+# PROBES=1 first trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU in both
+# probe layouts (per probe, batched; ~1 min), to read against BENCHMARKS.md's figures.
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1
@@ -18,6 +22,7 @@ OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 BUDGET=${1:-420}   # a stop, not a schedule: the runs above need ~270 s together on one H200
 PY=${PY:-python3}
 TINY_FLAG=""; [ "${TINY:-0}" = 1 ] && TINY_FLAG="--tiny"
+case "${ARMS:-seeds}" in seeds|2026-12-04) ;; *) echo "ARMS: '$ARMS' is not one of seeds, 2026-12-04"; exit 2 ;; esac
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/env.txt" 2>/dev/null
 
@@ -30,6 +35,7 @@ fi
 if [ "${PROBES:-0}" = 1 ]; then
   DEV=cuda; PROGS=17800; [ -n "$TINY_FLAG" ] && DEV=auto && PROGS=300
   timeout 150 $PY benchmarks/bench_probes.py --only grid --epochs 2 --device $DEV --programs $PROGS \
+    --layouts per_probe,batched \
     > "$OUT/probes.log" 2>&1 || echo "probe grid failed: $(tail -3 "$OUT/probes.log")"
   tail -3 "$OUT/probes.log"
 fi
@@ -49,8 +55,15 @@ run() {  # tag, then --train / --model overrides of the cpu preset
 }
 STEPS=${STEPS:-1}; [ -n "$TINY_FLAG" ] && STEPS=0.005   # TINY: a few steps each
 steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
-run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
-run cpu-recipe-b166-6k --fixed-steps --train batch_size=166 --train steps=$(steps 6000) &
-run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) &
+case "${ARMS:-seeds}" in
+  seeds)
+    run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
+    run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
+    run cpu-long-recipe-b166-6k --fixed-steps --model n_layer=6 --train batch_size=166 --train steps=$(steps 6000) & ;;
+  2026-12-04)
+    run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
+    run cpu-recipe-b166-6k --fixed-steps --train batch_size=166 --train steps=$(steps 6000) &
+    run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) & ;;
+esac
 wait
 grep '"part": "done"' "$OUT/emergence.jsonl"
