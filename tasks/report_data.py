@@ -95,7 +95,7 @@ class RunData:
                              f"{self.run.get('status')!r}); no checkpoints to report.")
                 self.train_key = None
         self.current = self._current_offset()
-        self.stages = db.query("SELECT stage, key, status, seconds, finished_at FROM stage_runs WHERE run_id = ?",
+        self.stages = db.query("SELECT stage, key, status, seconds, finished_at, machine FROM stage_runs WHERE run_id = ?",
                                [run_id])
         tk = self.train_key
         empty = lambda t: db.query(f'SELECT * FROM "{t}" WHERE false')  # noqa: E731
@@ -231,10 +231,20 @@ def dedupe(df, keys, values, notes, what, stage="probe"):
     return df.sort_values(keys).reset_index(drop=True)
 
 
+def machine_label(machine: dict | str | None) -> str:
+    """A ``meta.machine`` stamp in a few words: CPU, cores, torch, and the GPU it used."""
+    m = json.loads(machine) if isinstance(machine, str) else machine
+    if not isinstance(m, dict):  # a row recorded before schema 8: NULL
+        return ""
+    return ", ".join([f"{m.get('cpu', '?')} x {m.get('cores', '?')}", f"torch {m.get('torch', '?')}",
+                      *([m["cuda"]] if m.get("cuda") else [])])
+
+
 def stage_times(d: RunData) -> list[dict]:
     """Per stage of the run (pipeline order): tasks computed and cached, their seconds summed
-    (tasks overlap, so sums exceed the wall) and the wall clock from the first computed task's
-    start to the last one's end; then the whole run's wall clock, from ``runs``."""
+    (tasks overlap, so sums exceed the wall), the wall clock from the first computed task's
+    start to the last one's end, and the machines that computed its artifacts (a cached task's
+    too: an earlier run's); then the whole run's wall clock, from ``runs``."""
     s = d.stages
     if s.empty:
         return []
@@ -245,13 +255,16 @@ def stage_times(d: RunData) -> list[dict]:
         timed = done.dropna(subset=["seconds", "finished_at"])  # rows recorded before either was
         start = (timed["finished_at"] - pd.to_timedelta(timed["seconds"], unit="s")).min()
         wall = clock((timed["finished_at"].max() - start).total_seconds()) if not timed.empty else ""
+        on = "; ".join(sorted(set(filter(None, map(machine_label, g["machine"])))))
         rows.append({"stage": stage, "computed": len(done), "cached": len(g) - len(done),
-                     "seconds, summed": round(float(done["seconds"].sum()), 1), "wall": wall})
+                     "seconds, summed": round(float(done["seconds"].sum()), 1), "wall": wall,
+                     "computed on": on})
     run = d.run or {}
     began, ended = run.get("started_at"), run.get("finished_at")
     if pd.notna(began) and pd.notna(ended):
         rows.append({"stage": "whole run", "computed": "", "cached": "", "seconds, summed": "",
-                     "wall": clock((pd.Timestamp(ended) - pd.Timestamp(began)).total_seconds())})
+                     "wall": clock((pd.Timestamp(ended) - pd.Timestamp(began)).total_seconds()),
+                     "computed on": ""})
     return rows
 
 

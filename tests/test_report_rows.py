@@ -112,7 +112,8 @@ def test_metrics_from_several_evaluations_are_averaged_with_a_note(ws):
 
 def test_time_per_stage_is_the_runs_own(ws):
     """Tasks computed and cached per stage, their summed seconds, the wall clock from the first
-    computed task's start to the last one's end, then the whole run; another run's rows stay out."""
+    computed task's start to the last one's end and the machines that computed them, then the
+    whole run; another run's rows stay out."""
     from datetime import datetime, timedelta
 
     from tasks.report_data import RunData, stage_times
@@ -122,10 +123,12 @@ def test_time_per_stage_is_the_runs_own(ws):
     at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
     db.upsert("runs", [dict(run_id=RUN, preset="smoke", config={"x": 1}, data_key="d", train_key=TK,
                             status="finished", started_at=t0, finished_at=at(3725))])
+    cpu = {"cpu": "AMD EPYC (family 25, model 17)", "cores": 2, "torch": "2.13.0+cpu", "cuda": None}
+    gpu = {**cpu, "cores": 16, "torch": "2.11.0+cu130", "cuda": "NVIDIA H200"}
     db.upsert("stage_runs", [
-        dict(run_id=RUN, stage="probes", key="p1", status="computed", seconds=50.0, finished_at=at(160)),
-        dict(run_id=RUN, stage="probes", key="p2", status="computed", seconds=50.0, finished_at=at(170)),
-        dict(run_id=RUN, stage="train", key="t", status="computed", seconds=100.0, finished_at=at(100)),
+        dict(run_id=RUN, stage="probes", key="p1", status="computed", seconds=50.0, finished_at=at(160), machine=cpu),
+        dict(run_id=RUN, stage="probes", key="p2", status="computed", seconds=50.0, finished_at=at(170), machine=gpu),
+        dict(run_id=RUN, stage="train", key="t", status="computed", seconds=100.0, finished_at=at(100), machine=gpu),
         dict(run_id=RUN, stage="evaluate", key="e", status="cached", seconds=0.01, finished_at=at(101)),
         dict(run_id=RUN, stage="phases", key="ph", status="computed", seconds=2.0),  # no finish time
         dict(run_id="other", stage="train", key="t2", status="computed", seconds=9e4, finished_at=at(9e4))])
@@ -133,6 +136,9 @@ def test_time_per_stage_is_the_runs_own(ws):
     assert [(r["stage"], r["computed"], r["cached"], r["seconds, summed"], r["wall"]) for r in rows] == [
         ("train", 1, 0, 100.0, "0:01:40"), ("evaluate", 0, 1, 0.0, ""),
         ("probes", 2, 0, 100.0, "0:01:00"), ("phases", 1, 0, 2.0, ""), ("whole run", "", "", "", "1:02:05")]
+    on_cpu, on_gpu = "AMD EPYC (family 25, model 17) x 2, torch 2.13.0+cpu", \
+        "AMD EPYC (family 25, model 17) x 16, torch 2.11.0+cu130, NVIDIA H200"
+    assert [r["computed on"] for r in rows] == [on_gpu, "", "; ".join(sorted([on_cpu, on_gpu])), "", ""]
 
 
 def test_a_run_that_probed_nothing_reads_no_other_runs_probes(ws):
