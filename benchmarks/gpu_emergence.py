@@ -2,6 +2,10 @@
 budget and log, against tokens seen: constrained-decoding accuracy, diversity, program loss and
 current-state probes (direction, relative position, facing wall; logistic regression on the
 layer-mean hidden state at the emitting position, split by program) next to their majority.
+``--grid-epochs N`` adds the pipeline's own probes (``probes.grid``: linear and mlp2, N epochs,
+on the GPU when there is one) on the same rows, and the same probes on the step-0 model's states
+over the same programs (the random-init control): ``grid_<kind>_<feature>`` and
+``grid_init_<kind>_<feature>``, test accuracy, split by program.
 
 The schedule is sized to the budget: after a short timing run the step count is set so the
 linear decay ends when the budget does. Several recipes can share one GPU (one process each).
@@ -14,6 +18,7 @@ linear decay ends when the budget does. Several recipes can share one GPU (one p
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -31,9 +36,11 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 import karel  # noqa: E402
 from benchmarks.gpu_check import setup, sync, train_step  # noqa: E402
 from model.config import preset  # noqa: E402
-from model.decode import generate  # noqa: E402
+from model.decode import forced_hidden, generate  # noqa: E402
 from model.metrics import generation_metrics, perplexity  # noqa: E402
+from probes.grid import GridConfig, probe_grid  # noqa: E402
 from probes.labels import make_labels  # noqa: E402
+from probes.stacked import TrainConfig  # noqa: E402
 
 FEATURES = ("direction", "rel_start", "facing_wall")
 
@@ -86,6 +93,20 @@ def probe_scores(gen, specs, features=FEATURES, seed=0) -> dict:
     return out
 
 
+def grid_scores(gen, specs, init_model, vocab, features, epochs: int) -> dict:
+    """The pipeline's probes (``probes.grid``, offset 0, layer mean, one seed, linear and mlp2,
+    batch 256) on ``gen``'s states and on ``init_model``'s states over the same programs."""
+    labels = make_labels(gen.programs, specs.inputs, ("original",), features, (0,))
+    cfg = GridConfig(semantics=("original",), features=features, offsets=(0,), probes=("linear", "mlp2"),
+                     seeds=(0,), report=("test",), train=TrainConfig(epochs=epochs, batch_size=256, device="auto"))
+    out = {}
+    for name, hidden in (("grid", gen.hidden), ("grid_init", forced_hidden(init_model, specs, gen.programs, vocab))):
+        df = probe_grid(hidden, labels, cfg)
+        for r in df.itertuples():
+            out[f"{name}_{r.probe}_{r.feature}"] = float(r.accuracy)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", help="dataset folder (karel.generate_dataset); generated if missing")
@@ -99,6 +120,8 @@ def main():
     ap.add_argument("--probe-features", default=",".join(FEATURES))
     ap.add_argument("--n-train", type=int, default=1_000_000, help="programs generated if --data is missing")
     ap.add_argument("--fixed-steps", action="store_true", help="keep the preset's schedule (no sizing to the budget)")
+    ap.add_argument("--grid-epochs", type=int, default=0,
+                    help="also the pipeline's probes and the random-init control at each evaluation (0: off)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     name = "smoke" if args.tiny else "cpu"
@@ -116,6 +139,7 @@ def main():
     val = karel.load_split(args.data, "val", limit=200)
     vocab = karel.Vocab()
     device, model, fwd, opt, blocks = setup(m, t, train_samples, compile_model=False)
+    init_model = copy.deepcopy(model).eval() if args.grid_epochs else None  # the random-init control
 
     def emit(rec):
         rec = {"tag": args.tag, "time": time.time(), **rec}
@@ -133,13 +157,15 @@ def main():
         gen = generate(model, test, vocab, "constrained", batch_size=250)
         g = generation_metrics(gen, test, vocab)
         ppl = perplexity(model, val, vocab, batch_size=50)
+        features = tuple(f for f in args.probe_features.split(",") if f)
+        grid = grid_scores(gen, test, init_model, vocab, features, args.grid_epochs) if args.grid_epochs else {}
         rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
                "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],
                "acc_all": g["acc_all"], "acc_spec_len6_10": g["acc_spec_len6_10"],
                "acc_spec_state": g["acc_spec_state"], "acc_spec_len6_10_state": g["acc_spec_len6_10_state"],
                "diversity": g["diversity"], "gen_len_mean": g["gen_len_mean"],
                "program_loss": math.log(ppl["ppl_program"]), "all_loss": math.log(ppl["ppl_all"]),
-               **probe_scores(gen, test, tuple(f for f in args.probe_features.split(",") if f)), "lr": opt.param_groups[0]["lr"]}
+               **probe_scores(gen, test, features), **grid, "lr": opt.param_groups[0]["lr"]}
         rec["eval_s"] = round(time.perf_counter() - e0, 1)
         emit(rec)
         model.train()

@@ -2,8 +2,9 @@
 # One prepared GPU session (device tool), issue 7: the `cpu` preset's recipe (Muon lr 0.01,
 # whole-sample rows of lengths 1..10) on a GPU. Three runs side by side, each on its own fixed
 # schedule (the preset's warm-up and linear decay, stretched to its steps), logging accuracy,
-# diversity and quick direction / facing-wall probes against tokens seen; BUDGET seconds stop a
-# run early. ARMS picks the three:
+# diversity and quick direction / facing-wall probes against tokens seen, and (GRID_EPOCHS) the
+# pipeline's probes beside the random-init control; BUDGET seconds stop a run early. ARMS picks
+# the three:
 #   ARMS=seeds (default, next session): is `cpu-long`'s 72.8% on an H200 one draw, and does
 #     depth keep its lead at a GPU batch?
 #     cpu-long-recipe-6k-s1 / -s2  the `cpu-long` model and schedule at training seeds 1 and 2
@@ -50,10 +51,14 @@ print('data ready')"
 run() {  # tag, then --train / --model overrides of the cpu preset
   local tag=$1; shift
   OMP_NUM_THREADS=5 $PY benchmarks/gpu_emergence.py --data /tmp/d110 --out "$OUT/emergence.jsonl" --tag "$tag" \
-    --budget "$BUDGET" --n-eval 1000 --eval-every-s 40 --probe-features direction,facing_wall $TINY_FLAG "$@" \
+    --budget "$BUDGET" --n-eval 1000 --eval-every-s 40 --probe-features direction,facing_wall $TINY_FLAG \
+    --grid-epochs "$GRID_EPOCHS" "$@" \
     > "$OUT/$tag.log" 2>&1 || echo "$tag failed: $(tail -3 "$OUT/$tag.log")"
 }
 STEPS=${STEPS:-1}; [ -n "$TINY_FLAG" ] && STEPS=0.005   # TINY: a few steps each
+# the pipeline's probes (linear, mlp2) and the random-init control at each evaluation (0: off;
+# the 2026-12-04 runs had none)
+GRID_EPOCHS=${GRID_EPOCHS:-30}; [ -n "$TINY_FLAG" ] && GRID_EPOCHS=3
 steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
 case "${ARMS:-seeds}" in
   seeds)
