@@ -1,9 +1,11 @@
 """The stacked probe modules: many probes' parameters side by side, and their multi-head scoring.
 
-A ``ProbeChunk`` holds ``p`` independent probes on one shared, standardised input: the first
-layer of every probe is one wide (B, d) @ (d, p * width) product; deeper layers, BatchNorm and
-the loss run per probe. ``StackedProbes`` gathers the chunks of one ``fit_stacked`` call
-(``probes.stacked_training``) back into the order of its probes.
+A ``ProbeChunk`` holds ``p`` independent probes on one shared, standardised input, each layer's
+weights as one (p, in, out) tensor: the first layer of every probe is one wide (B, d) @
+(d, p * width) product; deeper layers run per probe on a CPU and as batched matmuls on a GPU
+(``ProbeChunk``'s ``layout``), with per-probe BatchNorm statistics and loss either way.
+``StackedProbes`` gathers the chunks of one ``fit_stacked`` call (``probes.stacked_training``)
+back into the order of its probes.
 
 Arithmetic: matmuls take bfloat16 inputs with float32 accumulation (AMX on recent x86);
 parameters, optimizer state, BatchNorm statistics and the loss are float32. Inputs are
