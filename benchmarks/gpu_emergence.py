@@ -3,7 +3,7 @@ budget and log, against tokens seen: constrained-decoding accuracy, diversity, p
 current-state probes (direction, relative position, facing wall; logistic regression on the
 layer-mean hidden state at the emitting position, split by program) next to their majority.
 ``--grid-epochs N`` adds the pipeline's own probes (``probes.grid``: linear and mlp2, N epochs,
-on the GPU when there is one) on the same rows, and the same probes on the step-0 model's states
+on the GPU when there is one; ``--grid-features``, all three by default) on the same rows, and the same probes on the step-0 model's states
 over the same programs (the random-init control): ``grid_<kind>_<feature>`` and
 ``grid_init_<kind>_<feature>``, test accuracy, split by program.
 
@@ -122,6 +122,9 @@ def main():
     ap.add_argument("--fixed-steps", action="store_true", help="keep the preset's schedule (no sizing to the budget)")
     ap.add_argument("--grid-epochs", type=int, default=0,
                     help="also the pipeline's probes and the random-init control at each evaluation (0: off)")
+    ap.add_argument("--grid-features", default=",".join(FEATURES),
+                    help="the features of those probes (rel_start's two heads cost a GPU little, unlike the "
+                         "logistic fit's 169 joint classes)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     name = "smoke" if args.tiny else "cpu"
@@ -158,7 +161,8 @@ def main():
         g = generation_metrics(gen, test, vocab)
         ppl = perplexity(model, val, vocab, batch_size=50)
         features = tuple(f for f in args.probe_features.split(",") if f)
-        grid = grid_scores(gen, test, init_model, vocab, features, args.grid_epochs) if args.grid_epochs else {}
+        grid_features = tuple(f for f in args.grid_features.split(",") if f)
+        grid = grid_scores(gen, test, init_model, vocab, grid_features, args.grid_epochs) if args.grid_epochs else {}
         rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
                "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],
                "acc_all": g["acc_all"], "acc_spec_len6_10": g["acc_spec_len6_10"],
