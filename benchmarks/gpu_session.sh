@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/env.txt" 2>/dev/n
 if [ "${PAPER:-0}" = 1 ]; then
   timeout 330 $PY benchmarks/gpu_check.py --out "$OUT/paper.jsonl" --paper-steps "${PAPER_STEPS:-300}" --budget 0 --n-train 20000 $TINY_FLAG \
     > "$OUT/paper.log" 2>&1 || echo "paper check failed: $(tail -3 "$OUT/paper.log")"
-  tail -2 "$OUT/paper.jsonl" 2>/dev/null
+  grep paper_summary "$OUT/paper.jsonl" 2>/dev/null
 fi
 
 if [ "${PROBES:-0}" = 1 ]; then
