@@ -3,9 +3,9 @@ budget and log, against tokens seen: constrained-decoding accuracy, diversity, p
 current-state probes (direction, relative position, facing wall; logistic regression on the
 layer-mean hidden state at the emitting position, split by program) next to their majority.
 ``--grid-epochs N`` adds the pipeline's own probes (``probes.grid``: linear and mlp2, N epochs,
-on the GPU when there is one; ``--grid-features``, all three by default) on the same rows, and the same probes on the step-0 model's states
-over the same programs (the random-init control): ``grid_<kind>_<feature>`` and
-``grid_init_<kind>_<feature>``, test accuracy, split by program.
+on the GPU when there is one; ``--grid-features``, all three by default) on the same rows, and
+the same probes on the step-0 model's states over the same programs (the random-init control):
+``grid_<kind>_<feature>`` and ``grid_init_<kind>_<feature>``, test accuracy, split by program.
 
 The schedule is sized to the budget: after a short timing run the step count is set so the
 linear decay ends when the budget does. Several recipes can share one GPU (one process each).
@@ -143,6 +143,8 @@ def main():
     vocab = karel.Vocab()
     device, model, fwd, opt, blocks = setup(m, t, train_samples, compile_model=False)
     init_model = copy.deepcopy(model).eval() if args.grid_epochs else None  # the random-init control
+    features, grid_features = (tuple(f for f in names.split(",") if f)
+                               for names in (args.probe_features, args.grid_features))
 
     def emit(rec):
         rec = {"tag": args.tag, "time": time.time(), **rec}
@@ -160,8 +162,6 @@ def main():
         gen = generate(model, test, vocab, "constrained", batch_size=250)
         g = generation_metrics(gen, test, vocab)
         ppl = perplexity(model, val, vocab, batch_size=50)
-        features = tuple(f for f in args.probe_features.split(",") if f)
-        grid_features = tuple(f for f in args.grid_features.split(",") if f)
         grid = grid_scores(gen, test, init_model, vocab, grid_features, args.grid_epochs) if args.grid_epochs else {}
         rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
                "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],

@@ -206,7 +206,7 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
                     for k, v in state.items():
                         if k in ("col_head", "col_start", "mean", "scale"):
                             continue
-                        best_state[k] = _select(k, v, best_state[k], better, p)
+                        best_state[k] = _select(v, best_state[k], better, p)
             best_acc = np.where(better, acc, best_acc)
             best_epoch = np.where(better, epoch, best_epoch)
             if patience:
@@ -217,7 +217,7 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
     return best_epoch, (None if val is None else best_acc), history
 
 
-def _select(key: str, new: torch.Tensor, old: torch.Tensor, better: np.ndarray, n: int):
+def _select(new: torch.Tensor, old: torch.Tensor, better: np.ndarray, n: int):
     """Per-probe choice between two states of one chunk tensor (``better`` (n,) bool). Every
     per-probe tensor is probe-major: weights (n, in, out), out_bias (n, K), BatchNorm vectors
     (n * width,)."""
