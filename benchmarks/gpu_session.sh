@@ -27,7 +27,8 @@ OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 BUDGET=${1:-420}   # a stop, not a schedule: the runs above need ~270 s together on one H200
 PY=${PY:-python3}
 TINY_FLAG=""; [ "${TINY:-0}" = 1 ] && TINY_FLAG="--tiny"
-case "${ARMS:-seeds}" in seeds|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of seeds, 2026-12-04, none"; exit 2 ;; esac
+ARMS=${ARMS:-seeds}
+case "$ARMS" in seeds|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of seeds, 2026-12-04, none"; exit 2 ;; esac
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/env.txt" 2>/dev/null
 
@@ -45,7 +46,7 @@ if [ "${PROBES:-0}" = 1 ]; then
   tail -3 "$OUT/probes.log"
 fi
 
-[ "${ARMS:-seeds}" = none ] && exit 0
+[ "$ARMS" = none ] && exit 0
 # the cpu preset's data (lengths 1..10), enough programs that neither run repeats one
 $PY -c "
 import karel, os
@@ -65,7 +66,7 @@ STEPS=${STEPS:-1}; [ -n "$TINY_FLAG" ] && STEPS=0.005   # TINY: a few steps each
 # the 2026-12-04 runs had none)
 GRID_EPOCHS=${GRID_EPOCHS:-30}; [ -n "$TINY_FLAG" ] && GRID_EPOCHS=3
 steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
-case "${ARMS:-seeds}" in
+case "$ARMS" in
   seeds)
     run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
     run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
