@@ -2,10 +2,14 @@
 budget and log, against tokens seen: constrained-decoding accuracy, diversity, program loss and
 current-state probes (direction, relative position, facing wall; logistic regression on the
 layer-mean hidden state at the emitting position, split by program) next to their majority.
-``--grid-epochs N`` adds the pipeline's own probes (``probes.grid``: linear and mlp2, N epochs,
-on the GPU when there is one; ``--grid-features``, all three by default) on the same rows, and
+``--grid-epochs N`` adds the pipeline's own probes (``probes.grid``, N epochs, on the GPU when
+there is one; ``--grid-kinds``, linear and mlp2 by default; ``--grid-features``, all three by
+default) on the same rows, and
 the same probes on the step-0 model's states over the same programs (the random-init control):
 ``grid_<kind>_<feature>`` and ``grid_init_<kind>_<feature>``, test accuracy, split by program.
+For targets 3-6 at chosen checkpoints: ``--grid-steps`` (probe there and at the end only),
+``--grid-specs`` (a pipeline-sized probe set of train-split specs), ``--grid-semantics``,
+``--grid-offsets`` and ``--grid-control`` (keys: ``grid_key``).
 
 The schedule is sized to the budget: after a short timing run the step count is set so the
 linear decay ends when the budget does. Several recipes can share one GPU (one process each).
@@ -38,11 +42,13 @@ from benchmarks.gpu_check import setup, sync, train_step  # noqa: E402
 from model.config import preset  # noqa: E402
 from model.decode import forced_hidden, generate  # noqa: E402
 from model.metrics import generation_metrics, perplexity  # noqa: E402
+from probes.controls import majority_baseline, selectivity  # noqa: E402
 from probes.grid import GridConfig, probe_grid  # noqa: E402
 from probes.labels import make_labels  # noqa: E402
 from probes.stacked import TrainConfig  # noqa: E402
 
 FEATURES = ("direction", "rel_start", "facing_wall")
+WARMUP_STEPS = 30  # 10 untimed, then 20 timed to size the schedule
 
 
 def parse_sets(items):
@@ -93,17 +99,42 @@ def probe_scores(gen, specs, features=FEATURES, seed=0) -> dict:
     return out
 
 
-def grid_scores(gen, specs, init_model, vocab, features, epochs: int) -> dict:
-    """The pipeline's probes (``probes.grid``, offset 0, layer mean, one seed, linear and mlp2,
-    batch 256) on ``gen``'s states and on ``init_model``'s states over the same programs."""
-    labels = make_labels(gen.programs, specs.inputs, ("original",), features, (0,))
-    cfg = GridConfig(semantics=("original",), features=features, offsets=(0,), probes=("linear", "mlp2"),
-                     seeds=(0,), report=("test",), train=TrainConfig(epochs=epochs, batch_size=256, device="auto"))
+def grid_key(name: str, kind: str, feature: str, semantics: str = "original", offset: int = 0) -> str:
+    """``<name>_<kind>_<feature>``, then ``@<semantics>`` unless original and the offset unless 0
+    (``grid_mlp2_direction``, ``grid_init_linear_facing_wall@adversarial``, ``grid_control_mlp2_direction+1``)."""
+    return (f"{name}_{kind}_{feature}" + ("" if semantics == "original" else f"@{semantics}")
+            + ("" if offset == 0 else f"{offset:+d}"))
+
+
+def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=("original",),
+                offsets=(0,), control=False, chunk: int = 16, kinds=("linear", "mlp2")) -> dict:
+    """The pipeline's probes (``probes.grid``, layer mean, one seed, ``kinds``, batch 256) on
+    ``gen``'s states (``grid_...``) and on ``init_model``'s states over the same programs
+    (``grid_init_...``), every semantics and offset given; test accuracy by ``grid_key``. With
+    ``control``: under ``original`` also the control task (``grid_control_...``, Hewitt & Liang,
+    trained in the same pass) and the majority baseline on the same split
+    (``grid_majority_<feature>``...)."""
+    labels = make_labels(gen.programs, specs.inputs, semantics, features, offsets)
+    if len(labels) == 0:  # e.g. a babbling model that ends every program at once
+        return {"grid_pairs": 0}
+    cfg = GridConfig(semantics=semantics, features=features, offsets=offsets, probes=tuple(kinds),
+                     seeds=(0,), report=("test",),
+                     train=TrainConfig(epochs=epochs, batch_size=256, device="auto", chunk=chunk))
+    init_hidden = forced_hidden(init_model, specs, gen.programs, vocab)
     out = {}
-    for name, hidden in (("grid", gen.hidden), ("grid_init", forced_hidden(init_model, specs, gen.programs, vocab))):
-        df = probe_grid(hidden, labels, cfg)
-        for r in df.itertuples():
-            out[f"{name}_{r.probe}_{r.feature}"] = float(r.accuracy)
+    for name, hidden in (("grid", gen.hidden), ("grid_init", init_hidden)):
+        if name == "grid" and control:
+            df, _ = selectivity(hidden.astype(np.float32), labels, cfg)
+        else:
+            df = probe_grid(hidden.astype(np.float32), labels, cfg)
+        for r in df[df["split"] == "test"].itertuples():
+            prefix = "grid_control" if r.task == "control" else name
+            out[grid_key(prefix, r.probe, r.feature, r.semantics, r.offset)] = float(r.accuracy)
+    if control:
+        for r in majority_baseline(labels, cfg).itertuples():
+            if r.split == "test":
+                out[grid_key("grid", "majority", r.feature, r.semantics, r.offset)] = float(r.accuracy)
+    out["grid_pairs"] = int(len(labels))
     return out
 
 
@@ -125,6 +156,21 @@ def main():
     ap.add_argument("--grid-features", default=",".join(FEATURES),
                     help="the features of those probes (rel_start's two heads cost a GPU little, unlike the "
                          "logistic fit's 169 joint classes)")
+    ap.add_argument("--grid-steps", default="",
+                    help="comma-separated steps: the probes run at these steps (and at the end) only, "
+                         "each an extra evaluation; empty: at every evaluation")
+    ap.add_argument("--grid-specs", type=int, default=0,
+                    help="probe the programs the model writes for this many train-split specs (the "
+                         "pipeline's probe set; the paper's: 50,000) instead of the evaluation's test specs")
+    ap.add_argument("--grid-semantics", default="original",
+                    help="the semantics probed (targets 4 and 5: original,flip,adversarial)")
+    ap.add_argument("--grid-offsets", default="0", help="the offsets probed (target 6: 0,1,2)")
+    ap.add_argument("--grid-control", action="store_true",
+                    help="the control task and the majority baseline beside the probes (target 3)")
+    ap.add_argument("--grid-kinds", default="linear,mlp2",
+                    help="probe kinds (the pipeline's target 4 reads mlp1's semantic content)")
+    ap.add_argument("--grid-chunk", type=int, default=16,
+                    help="probes trained side by side (a GPU is host-bound: more per chunk, fewer steps)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     name = "smoke" if args.tiny else "cpu"
@@ -143,8 +189,14 @@ def main():
     vocab = karel.Vocab()
     device, model, fwd, opt, blocks = setup(m, t, train_samples, compile_model=False)
     init_model = copy.deepcopy(model).eval() if args.grid_epochs else None  # the random-init control
-    features, grid_features = (tuple(f for f in names.split(",") if f)
-                               for names in (args.probe_features, args.grid_features))
+    features, grid_features, grid_semantics, grid_kinds = (tuple(f for f in names.split(",") if f) for names in (
+        args.probe_features, args.grid_features, args.grid_semantics, args.grid_kinds))
+    grid_offsets = tuple(int(o) for o in args.grid_offsets.split(",") if o.strip())
+    grid_steps = sorted({int(x) for x in args.grid_steps.split(",") if x.strip()})
+    if any(0 < x < WARMUP_STEPS for x in grid_steps):
+        raise ValueError(f"--grid-steps {args.grid_steps}: steps 1-{WARMUP_STEPS - 1} are the timing run's, "
+                         "which evaluates nothing; pick 0 or a step after it")
+    probe_specs = karel.load_split(args.data, "train", limit=args.grid_specs) if args.grid_specs else None
 
     def emit(rec):
         rec = {"tag": args.tag, "time": time.time(), **rec}
@@ -157,12 +209,17 @@ def main():
     start = time.perf_counter()
     step = 0
 
-    def evaluate():
+    def evaluate(with_grid: bool):
         e0 = time.perf_counter()
         gen = generate(model, test, vocab, "constrained", batch_size=250)
         g = generation_metrics(gen, test, vocab)
         ppl = perplexity(model, val, vocab, batch_size=50)
-        grid = grid_scores(gen, test, init_model, vocab, grid_features, args.grid_epochs) if args.grid_epochs else {}
+        grid = {}
+        if args.grid_epochs and with_grid:
+            specs = probe_specs if probe_specs is not None else test
+            probed = generate(model, specs, vocab, "constrained", batch_size=250) if probe_specs is not None else gen
+            grid = grid_scores(probed, specs, init_model, vocab, grid_features, args.grid_epochs, grid_semantics,
+                               grid_offsets, args.grid_control, args.grid_chunk, grid_kinds)
         rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
                "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],
                "acc_all": g["acc_all"], "acc_spec_len6_10": g["acc_spec_len6_10"],
@@ -174,18 +231,18 @@ def main():
         emit(rec)
         model.train()
 
-    evaluate()
+    evaluate(not grid_steps or 0 in grid_steps)
     # time some steps after a warm-up (the first steps carry CUDA's and the optimizer's start-up:
     # timed alone they made the sized schedules of 2026-12-04 end after 60 of 330 s), then size
     # the schedule so its decay ends with the budget
     for timed in (False, True):
         sync(device)
         t_probe = time.perf_counter()
-        for _ in range(20 if timed else 10):
+        for _ in range(WARMUP_STEPS - 10 if timed else 10):
             train_step(fwd, opt, blocks, t, step, device)
             step += 1
         sync(device)
-    rate = 20 / (time.perf_counter() - t_probe)
+    rate = (WARMUP_STEPS - 10) / (time.perf_counter() - t_probe)
     remaining = args.budget - (time.perf_counter() - start)
     n_evals = remaining / args.eval_every_s
     total = step + int(rate * remaining * 0.85) - int(n_evals * 2 * rate)  # leave time for evals
@@ -197,10 +254,13 @@ def main():
     while step < t.steps and time.perf_counter() - start < args.budget:
         train_step(fwd, opt, blocks, t, step, device)
         step += 1
-        if time.perf_counter() - last_eval > args.eval_every_s:
-            evaluate()
+        if step in grid_steps or time.perf_counter() - last_eval > args.eval_every_s:
+            evaluate(not grid_steps or step in grid_steps)
             last_eval = time.perf_counter()
-    evaluate()
+            if step in grid_steps and step == t.steps:
+                break
+    else:
+        evaluate(True)
     emit({"part": "done", "steps": step, "tokens_seen": step * t.tokens_per_step,
           "wall_s": time.perf_counter() - start,
           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None})

@@ -4,11 +4,16 @@
 # schedule (the preset's warm-up and linear decay, stretched to its steps), logging accuracy,
 # diversity and quick direction / facing-wall probes against tokens seen, and (GRID_EPOCHS) the
 # pipeline's probes beside the random-init control; BUDGET seconds stop a run early. ARMS picks
-# the three:
-#   ARMS=seeds (default, next session): is `cpu-long`'s 72.8% on an H200 one draw, and does
-#     depth keep its lead at a GPU batch?
-#     cpu-long-recipe-6k-s1 / -s2  the `cpu-long` model and schedule at training seeds 1 and 2
-#     cpu-long-recipe-b166-6k      the same six layers at 8x the rows a step (384M tokens)
+# the runs:
+#   ARMS=probes (default, next session): issue 7's targets 3-6 on the `cpu-long` recipe, with
+#     probe sets of the pipeline's size (4,000 train-split specs) at chosen checkpoints, and the
+#     control task, the majority and the random-init states beside every probe. Two runs:
+#     cpu-long-probes-curve   seed 0, probed at steps 500, 1,000, 2,000, 3,000, 4,500 and 6,000
+#                             under original, flip and adversarial at offset 0 (targets 3, 4, 5)
+#     cpu-long-probes-future  seed 1, probed at steps 3,000 and 6,000 at offsets 0, +1 and +2
+#                             (targets 3 and 6)
+#   ARMS=seeds (2026-12-04, session 26, RESULTS.md): `cpu-long` at training seeds 1 and 2, and
+#     the same six layers at 8x the rows a step (384M tokens); 284-329 s side by side
 #   ARMS=2026-12-04: that session's three (RESULTS.md; they took 212-262 s together)
 #     cpu-recipe-8k       the `cpu` preset at 8,000 steps (65M tokens; on 2 CPU cores it runs 2,000)
 #     cpu-recipe-b166-6k  the same at 8x the rows a step, 6,000 steps (384M tokens)
@@ -24,11 +29,11 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
-BUDGET=${1:-420}   # a stop, not a schedule: the runs above need ~270 s together on one H200
+BUDGET=${1:-420}   # a stop, not a schedule: `seeds` needed 284-329 s on one H200; give `probes` ~500
 PY=${PY:-python3}
 TINY_FLAG=""; [ "${TINY:-0}" = 1 ] && TINY_FLAG="--tiny"
-ARMS=${ARMS:-seeds}
-case "$ARMS" in seeds|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of seeds, 2026-12-04, none"; exit 2 ;; esac
+ARMS=${ARMS:-probes}
+case "$ARMS" in probes|seeds|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of probes, seeds, 2026-12-04, none"; exit 2 ;; esac
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/env.txt" 2>/dev/null
 
@@ -47,10 +52,12 @@ if [ "${PROBES:-0}" = 1 ]; then
 fi
 
 [ "$ARMS" = none ] && exit 0
-# the cpu preset's data (lengths 1..10), enough programs that neither run repeats one
+# the cpu preset's data (lengths 1..10), enough programs that no run repeats one (`probes`: 6,000
+# steps of 21 rows are 126k samples)
+N_PROGRAMS=1_000_000; [ "$ARMS" = probes ] && N_PROGRAMS=300_000
 $PY -c "
 import karel, os
-n = 2000 if '$TINY_FLAG' else 1_000_000
+n = 2000 if '$TINY_FLAG' else $N_PROGRAMS
 karel.generate_dataset(karel.DataConfig(n_train_generated=n, n_val=500, n_test=2000, train_lengths=tuple(range(1, 11))),
                        '/tmp/d110', workers=min(16, os.cpu_count()), overwrite=True)
 print('data ready')"
@@ -62,11 +69,21 @@ run() {  # tag, then --train / --model overrides of the cpu preset
     > "$OUT/$tag.log" 2>&1 || echo "$tag failed: $(tail -3 "$OUT/$tag.log")"
 }
 STEPS=${STEPS:-1}; [ -n "$TINY_FLAG" ] && STEPS=0.005   # TINY: a few steps each
-# the pipeline's probes (linear, mlp2) and the random-init control at each evaluation (0: off;
-# the 2026-12-04 runs had none)
+# the pipeline's probes and the random-init control at each evaluation, or at the steps an arm
+# names (0: off; session 25's runs had none)
 GRID_EPOCHS=${GRID_EPOCHS:-30}; [ -n "$TINY_FLAG" ] && GRID_EPOCHS=3
 steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
+# probed steps, scaled like the schedules; TINY's would fall in gpu_emergence's timing run (its
+# first 30 steps), so there the end alone is probed
+gsteps() { [ -n "$TINY_FLAG" ] && return; local IFS=,; echo "$*"; }
+PROBED="--grid-specs 4000 --grid-control --grid-chunk 64 --grid-kinds linear,mlp1,mlp2"
+[ -n "$TINY_FLAG" ] && PROBED="--grid-specs 200 --grid-control --grid-kinds linear,mlp1,mlp2"
 case "$ARMS" in
+  probes)
+    run cpu-long-probes-curve --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $PROBED \
+      --grid-steps "$(gsteps 500 1000 2000 3000 4500)" --grid-semantics original,flip,adversarial &
+    run cpu-long-probes-future --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) $PROBED \
+      --grid-steps "$(gsteps 3000)" --grid-offsets 0,1,2 & ;;
   seeds)
     run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
     run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
