@@ -158,7 +158,7 @@ def main():
                          "logistic fit's 169 joint classes)")
     ap.add_argument("--grid-steps", default="",
                     help="comma-separated steps: the probes run at these steps (and at the end) only, "
-                         "each an extra evaluation; empty: at every evaluation")
+                         "each an extra evaluation; 'end': at the end only; empty: at every evaluation")
     ap.add_argument("--grid-specs", type=int, default=0,
                     help="probe the programs the model writes for this many train-split specs (the "
                          "pipeline's probe set; the paper's: 50,000) instead of the evaluation's test specs")
@@ -192,7 +192,9 @@ def main():
     features, grid_features, grid_semantics, grid_kinds = (tuple(f for f in names.split(",") if f) for names in (
         args.probe_features, args.grid_features, args.grid_semantics, args.grid_kinds))
     grid_offsets = tuple(int(o) for o in args.grid_offsets.split(",") if o.strip())
-    grid_steps = sorted({int(x) for x in args.grid_steps.split(",") if x.strip()})
+    items = [x.strip() for x in args.grid_steps.split(",") if x.strip()]
+    grid_every = not items  # no list: the probes run at every evaluation
+    grid_steps = sorted({int(x) for x in items if x != "end"})
     if any(0 < x < WARMUP_STEPS for x in grid_steps):
         raise ValueError(f"--grid-steps {args.grid_steps}: steps 1-{WARMUP_STEPS - 1} are the timing run's, "
                          "which evaluates nothing; pick 0 or a step after it")
@@ -231,7 +233,7 @@ def main():
         emit(rec)
         model.train()
 
-    evaluate(not grid_steps or 0 in grid_steps)
+    evaluate(grid_every or 0 in grid_steps)
     # time some steps after a warm-up (the first steps carry CUDA's and the optimizer's start-up:
     # timed alone they made the sized schedules of 2026-12-04 end after 60 of 330 s), then size
     # the schedule so its decay ends with the budget
@@ -255,7 +257,7 @@ def main():
         train_step(fwd, opt, blocks, t, step, device)
         step += 1
         if step in grid_steps or time.perf_counter() - last_eval > args.eval_every_s:
-            evaluate(not grid_steps or step in grid_steps)
+            evaluate(grid_every or step in grid_steps)
             last_eval = time.perf_counter()
             if step in grid_steps and step == t.steps:
                 break

@@ -12,6 +12,11 @@
 #                             under original, flip and adversarial at offset 0 (targets 3, 4, 5)
 #     cpu-long-probes-future  seed 1, probed at steps 3,000 and 6,000 at offsets 0, +1 and +2
 #                             (targets 3 and 6)
+#     six-layers-b332-sized   the same six layers at 16x the rows a step, its schedule sized to
+#                             the budget (toward the issue's "a billion or more" tokens; 166 rows
+#                             made ~1.7M tokens/s alone), probed at its end
+#     All three in ~450 s (estimated; the probes' GPU time is not yet measured) after ~45 s of
+#     data: `bash benchmarks/gpu_session.sh 450` with a call limit of 600 s.
 #   ARMS=seeds (2026-12-04, session 26, RESULTS.md): `cpu-long` at training seeds 1 and 2, and
 #     the same six layers at 8x the rows a step (384M tokens); 284-329 s side by side
 #   ARMS=2026-12-04: that session's three (RESULTS.md; they took 212-262 s together)
@@ -52,9 +57,9 @@ if [ "${PROBES:-0}" = 1 ]; then
 fi
 
 [ "$ARMS" = none ] && exit 0
-# the cpu preset's data (lengths 1..10), enough programs that no run repeats one (`probes`: 6,000
-# steps of 21 rows are 126k samples)
-N_PROGRAMS=1_000_000; [ "$ARMS" = probes ] && N_PROGRAMS=300_000
+# the cpu preset's data (lengths 1..10): 1M programs (~45 s on 16 cores), so that 6,000 steps of
+# 166 rows see each about once (332 rows for ~8,000 steps: ~2.7 times)
+N_PROGRAMS=1_000_000
 $PY -c "
 import karel, os
 n = 2000 if '$TINY_FLAG' else $N_PROGRAMS
@@ -76,6 +81,7 @@ steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
 # probed steps, scaled like the schedules; TINY's would fall in gpu_emergence's timing run (its
 # first 30 steps), so there the end alone is probed
 gsteps() { [ -n "$TINY_FLAG" ] && return; local IFS=,; echo "$*"; }
+rows() { if [ -n "$TINY_FLAG" ]; then echo 4; else echo "$1"; fi; }   # TINY: rows a step
 PROBED="--grid-specs 4000 --grid-control --grid-chunk 64 --grid-kinds linear,mlp1,mlp2"
 [ -n "$TINY_FLAG" ] && PROBED="--grid-specs 200 --grid-control --grid-kinds linear,mlp1,mlp2"
 case "$ARMS" in
@@ -83,14 +89,15 @@ case "$ARMS" in
     run cpu-long-probes-curve --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $PROBED \
       --grid-steps "$(gsteps 500 1000 2000 3000 4500)" --grid-semantics original,flip,adversarial &
     run cpu-long-probes-future --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) $PROBED \
-      --grid-steps "$(gsteps 3000)" --grid-offsets 0,1,2 & ;;
+      --grid-steps "$(gsteps 3000)" --grid-offsets 0,1,2 &
+    run six-layers-b332-sized --model n_layer=6 --train batch_size=$(rows 332) $PROBED --grid-steps "$(gsteps end)" & ;;
   seeds)
     run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
     run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
-    run cpu-long-recipe-b166-6k --fixed-steps --model n_layer=6 --train batch_size=166 --train steps=$(steps 6000) & ;;
+    run cpu-long-recipe-b166-6k --fixed-steps --model n_layer=6 --train batch_size=$(rows 166) --train steps=$(steps 6000) & ;;
   2026-12-04)
     run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
-    run cpu-recipe-b166-6k --fixed-steps --train batch_size=166 --train steps=$(steps 6000) &
+    run cpu-recipe-b166-6k --fixed-steps --train batch_size=$(rows 166) --train steps=$(steps 6000) &
     run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) & ;;
 esac
 wait
