@@ -111,9 +111,9 @@ def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=
     """The pipeline's probes (``probes.grid``, layer mean, one seed, ``kinds``, batch 256) on
     ``gen``'s states (``grid_...``) and on ``init_model``'s states over the same programs
     (``grid_init_...``), every semantics and offset given; test accuracy by ``grid_key``. With
-    ``control``: under ``original`` also the control task (``grid_control_...``, Hewitt & Liang,
-    trained in the same pass) and the majority baseline on the same split
-    (``grid_majority_<feature>``...)."""
+    ``control``: beside the trained states' probes the control task of each semantics
+    (``grid_control_...``, Hewitt & Liang, trained in the same pass) and the majority baseline on
+    the same split (``grid_majority_<feature>``...)."""
     labels = make_labels(gen.programs, specs.inputs, semantics, features, offsets)
     if len(labels) == 0:  # e.g. a babbling model that ends every program at once
         return {"grid_pairs": 0}

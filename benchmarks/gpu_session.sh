@@ -34,7 +34,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
-BUDGET=${1:-420}   # a stop, not a schedule: `seeds` needed 284-329 s on one H200; give `probes` ~500
+BUDGET=${1:-420}   # a stop, not a schedule: `seeds` needed 284-329 s on one H200; `probes` is planned for 450
 PY=${PY:-python3}
 TINY_FLAG=""; [ "${TINY:-0}" = 1 ] && TINY_FLAG="--tiny"
 ARMS=${ARMS:-probes}
