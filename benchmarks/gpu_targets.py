@@ -35,9 +35,14 @@ def probed(path: str) -> dict[str, list[dict]]:
     with open(path) as f:
         for line in f:
             r = json.loads(line)
-            if r.get("part") == "eval" and r.get("grid_pairs"):
+            # the first runs with probes (2026-12-04) have no grid_pairs
+            if r.get("part") == "eval" and any(k.startswith("grid_") and k != "grid_pairs" for k in r):
                 runs.setdefault(r["tag"], []).append(r)
     return {tag: sorted(rs, key=lambda r: r["step"]) for tag, rs in runs.items()}
+
+
+def pairs(r: dict) -> str:
+    return f"{r['grid_pairs']:,}" if "grid_pairs" in r else "-"
 
 
 def pct(v) -> str:
@@ -63,7 +68,7 @@ def report(tag: str, recs: list[dict], content_kind: str) -> list[str]:
                  for f in MAIN_FEATURES for k in kinds]
         cells += [pct(r.get(grid_key("grid", "majority", f))) for f in MAIN_FEATURES]
         out.append(f"| {r['step']:,} | {r['tokens_seen'] / 1e6:.1f}M | {pct(r['acc_spec'])} | "
-                   f"{pct(r['acc_spec_len6_10'])} | {r['grid_pairs']:,} | " + " | ".join(cells) + " |")
+                   f"{pct(r['acc_spec_len6_10'])} | {pairs(r)} | " + " | ".join(cells) + " |")
     if alts:
         out += ["", f"Semantic content ({content_kind}, mean over {', '.join(MAIN_FEATURES)} and {', '.join(alts)}), pp:", ""]
         points = []
