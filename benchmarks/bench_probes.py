@@ -15,7 +15,8 @@ other work, a 2-thread OpenMP team stalls whenever one of its threads is desched
 to the CPU for scoring), to be read against the same command's CPU figure.
 
 ``--layouts per_probe,batched`` times the grid once per probe layout (``TrainConfig.layout``),
-each against the first in the same run.
+each against the first in the same run; ``+graphs`` after a layout (``batched+graphs``) replays
+each chunk's training step as a CUDA graph (``TrainConfig.graphs``; CUDA only).
 
 Run: .venv/bin/python benchmarks/bench_probes.py [--epochs 1] [--sample 2] [--threads 1] [--device cpu]
      [--only grid|baseline] [--layouts auto]
@@ -82,14 +83,17 @@ def main():
     ap.add_argument("--only", choices=("grid", "baseline"), default=None)
     ap.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where the grid arm trains")
     ap.add_argument("--layouts", default="auto",
-                    help="comma-separated probe layouts (auto, per_probe, batched), each a grid arm; "
-                         "ratios against the first")
+                    help="comma-separated probe layouts (auto, per_probe, batched; +graphs: CUDA graphs), "
+                         "each a grid arm; ratios against the first")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     labels, hidden = make_data(args.programs, args.width)
     layouts = args.layouts.split(",")
+    for layout in layouts:
+        if layout.partition("+")[2] not in ("", "graphs"):
+            raise SystemExit(f"--layouts: {layout!r}: after '+' only 'graphs' is known")
     config = GridConfig(semantics=SEMANTICS, seeds=(0,), report=("test",),
-                        train=TrainConfig(epochs=args.epochs, device=args.device, layout=layouts[0]))
+                        train=TrainConfig(epochs=args.epochs, device=args.device))
     split = row_splits(labels.program, 0, config.split)
     n_train = int(((split == 0) & labels.valid(0)).sum())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
@@ -98,7 +102,8 @@ def main():
           f"epochs {args.epochs}")
     grid_s = None
     for i, layout in enumerate(layouts if args.only != "baseline" else ()):
-        arm = replace(config, train=replace(config.train, layout=layout))
+        name, _, extra = layout.partition("+")
+        arm = replace(config, train=replace(config.train, layout=name, graphs=extra == "graphs"))
         t, c = time.perf_counter(), time.process_time()
         df = probe_grid(hidden, labels, arm)
         took = time.perf_counter() - t

@@ -107,7 +107,7 @@ def grid_key(name: str, kind: str, feature: str, semantics: str = "original", of
 
 
 def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=("original",),
-                offsets=(0,), control=False, chunk: int = 16, kinds=("linear", "mlp2")) -> dict:
+                offsets=(0,), control=False, chunk: int = 16, kinds=("linear", "mlp2"), graphs=False) -> dict:
     """The pipeline's probes (``probes.grid``, layer mean, one seed, ``kinds``, batch 256) on
     ``gen``'s states (``grid_...``) and on ``init_model``'s states over the same programs
     (``grid_init_...``), every semantics and offset given; test accuracy by ``grid_key``. With
@@ -119,7 +119,7 @@ def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=
         return {"grid_pairs": 0}
     cfg = GridConfig(semantics=semantics, features=features, offsets=offsets, probes=tuple(kinds),
                      seeds=(0,), report=("test",),
-                     train=TrainConfig(epochs=epochs, batch_size=256, device="auto", chunk=chunk))
+                     train=TrainConfig(epochs=epochs, batch_size=256, device="auto", chunk=chunk, graphs=graphs))
     init_hidden = forced_hidden(init_model, specs, gen.programs, vocab)
     out = {}
     for name, hidden in (("grid", gen.hidden), ("grid_init", init_hidden)):
@@ -171,6 +171,8 @@ def main():
                     help="probe kinds (the pipeline's target 4 reads mlp1's semantic content)")
     ap.add_argument("--grid-chunk", type=int, default=16,
                     help="probes trained side by side (a GPU is host-bound: more per chunk, fewer steps)")
+    ap.add_argument("--grid-graphs", action="store_true",
+                    help="train the probes' steps as CUDA graphs (probes.stacked.TrainConfig.graphs)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     name = "smoke" if args.tiny else "cpu"
@@ -221,7 +223,7 @@ def main():
             specs = probe_specs if probe_specs is not None else test
             probed = generate(model, specs, vocab, "constrained", batch_size=250) if probe_specs is not None else gen
             grid = grid_scores(probed, specs, init_model, vocab, grid_features, args.grid_epochs, grid_semantics,
-                               grid_offsets, args.grid_control, args.grid_chunk, grid_kinds)
+                               grid_offsets, args.grid_control, args.grid_chunk, grid_kinds, args.grid_graphs)
         rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
                "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],
                "acc_all": g["acc_all"], "acc_spec_len6_10": g["acc_spec_len6_10"],

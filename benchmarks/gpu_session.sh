@@ -28,8 +28,13 @@
 # hundred"; ~4 min on an H200 at the 2026-11-27 184k tokens/s) and reports tokens/s, MFU, peak memory.
 # PAPER=1 PROBES=1 and the arms together exceed one 10-minute call: run `PAPER=1 PROBES=1
 # ARMS=none` first, then the arms at once in a second call while the machine is warm.
-# PROBES=1 first trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU in both
-# probe layouts (per probe, batched; ~1 min), to read against BENCHMARKS.md's figures.
+# PROBES=1 first runs the probe training's tests (the CUDA-graph ones run only on a GPU), then
+# trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU per probe, batched, and
+# batched with CUDA graphs (~1.5 min), to read against BENCHMARKS.md's figures. GRID_GRAPHS=1
+# trains the arms' probes with CUDA graphs (--grid-graphs): only once PROBES=1 showed they pass.
+# Next session, two calls back to back (machine warm): `PROBES=1 ARMS=none bash
+# benchmarks/gpu_session.sh` (~1.5 min), then `bash benchmarks/gpu_session.sh 450`, with
+# GRID_GRAPHS=1 in front if the first call's tests passed and batched+graphs was the fastest.
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1
@@ -50,10 +55,14 @@ fi
 
 if [ "${PROBES:-0}" = 1 ]; then
   DEV=cuda; PROGS=17800; [ -n "$TINY_FLAG" ] && DEV=auto && PROGS=300
-  timeout 150 $PY benchmarks/bench_probes.py --only grid --epochs 2 --device $DEV --programs $PROGS \
-    --layouts per_probe,batched \
+  # the CUDA-only tests of the probe training first (graphs against eager steps; skipped on a CPU)
+  timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_probes_stacked_training.py > "$OUT/probe_tests.log" 2>&1 \
+    || echo "probe tests failed: $(tail -5 "$OUT/probe_tests.log")"
+  tail -1 "$OUT/probe_tests.log"
+  timeout 200 $PY benchmarks/bench_probes.py --only grid --epochs 2 --device $DEV --programs $PROGS \
+    --layouts per_probe,batched,batched+graphs \
     > "$OUT/probes.log" 2>&1 || echo "probe grid failed: $(tail -3 "$OUT/probes.log")"
-  tail -3 "$OUT/probes.log"
+  tail -4 "$OUT/probes.log"
 fi
 
 [ "$ARMS" = none ] && exit 0
@@ -83,6 +92,7 @@ steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
 gsteps() { [ -n "$TINY_FLAG" ] && return; local IFS=,; echo "$*"; }
 rows() { if [ -n "$TINY_FLAG" ]; then echo 4; else echo "$1"; fi; }   # TINY: rows a step
 PROBED="--grid-specs 4000 --grid-control --grid-chunk 64 --grid-kinds linear,mlp1,mlp2"
+[ "${GRID_GRAPHS:-0}" = 1 ] && PROBED="$PROBED --grid-graphs"
 [ -n "$TINY_FLAG" ] && PROBED="--grid-specs 200 --grid-control --grid-kinds linear,mlp1,mlp2"
 case "$ARMS" in
   probes)

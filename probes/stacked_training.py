@@ -37,7 +37,10 @@ class TrainConfig:
     for it), and a chunk stops when all its probes have; 0 trains every epoch. Each probe's
     choice depends on its own val curve only, so a probe still gets the same result in any chunk.
     ``layout``: how the layers after the first run (``stacked_modules.LAYOUTS``; ``auto``: per
-    probe on the CPU, batched matmuls on CUDA).
+    probe on the CPU, batched matmuls on CUDA). ``graphs``: on CUDA, each chunk's training step
+    on full minibatches replays as one CUDA graph (``_GraphedStep``) instead of hundreds of small
+    launches; the optimizer then keeps its learning rate and step count on the device. No effect
+    on the CPU.
     """
 
     epochs: int = 100
@@ -53,6 +56,7 @@ class TrainConfig:
     device: str = "cpu"
     patience: int = 0
     layout: str = "auto"
+    graphs: bool = False
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -166,11 +170,16 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
 
     Returns (best_epoch (p,), best val accuracy (p,) or None, history).
     """
-    opt = torch.optim.AdamW(chunk.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                            fused=True)  # one pass over each tensor (same update rule)
+    graphed = bool(config.graphs) and xs.is_cuda
+    # fused: one pass over each tensor (same update rule); a CUDA graph needs the learning rate
+    # and the step count on the device (capturable), where the scheduler updates them in place
+    lr = torch.tensor(config.lr, dtype=torch.float32, device=xs.device) if graphed else config.lr
+    opt = torch.optim.AdamW(chunk.parameters(), lr=lr, weight_decay=config.weight_decay, fused=True,
+                            capturable=graphed)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     g = torch.Generator().manual_seed(int(shuffle_seed))
     n, p = xs.shape[0], chunk.n_probes
+    graph = _GraphedStep(chunk, xs, target, opt, config.batch_size) if graphed else None
     best_acc = np.full(p, -np.inf)
     best_epoch = np.full(p, config.epochs)
     best_state = None
@@ -184,13 +193,10 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
         chunk.train()
         order = torch.randperm(n, generator=g).to(xs.device)  # drawn on the CPU: the same on every device
         for s, e in batch_bounds(n, config.batch_size):
-            idx = order[s:e]
-            nll = head_nll(chunk.forward_standardised(xs[idx]), target[:, idx],
-                           chunk.col_head, chunk.col_start, chunk.full_heads)
-            loss = nll.mean(1).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if graph is not None:
+                graph.step(order[s:e])
+            else:
+                _train_step(chunk, xs, target, order[s:e], opt)
         sched.step()
         if val is not None and (epoch % every == 0 or epoch == config.epochs):
             n_val = val[0].shape[0]
@@ -215,6 +221,59 @@ def _fit_chunk(chunk: ProbeChunk, xs, target, val, config: TrainConfig, shuffle_
         chunk.load_state_dict(best_state)
     chunk.eval()
     return best_epoch, (None if val is None else best_acc), history
+
+
+def _train_step(chunk: ProbeChunk, xs, target, idx, opt, set_to_none: bool = True) -> None:
+    """One AdamW step of every probe of ``chunk`` on rows ``idx`` of ``xs`` / ``target``."""
+    nll = head_nll(chunk.forward_standardised(xs[idx]), target[:, idx],
+                   chunk.col_head, chunk.col_start, chunk.full_heads)
+    loss = nll.mean(1).sum()
+    opt.zero_grad(set_to_none=set_to_none)
+    loss.backward()
+    opt.step()
+
+
+class _GraphedStep:
+    """``_train_step`` on minibatches of exactly ``size`` rows as a CUDA graph: the gather, the
+    forward, the loss, the backward and AdamW replay as one launch, where eager they are
+    hundreds of small ones that leave the GPU waiting on the host (BENCHMARKS.md, "probes").
+    The rows come in through one static index tensor. The first ``WARMUP`` calls run eagerly on
+    a side stream (capture needs the allocator and the optimizer's state warmed up), the next
+    captures the step and replays it: every call is one real training step, in order. A
+    minibatch of another size (an epoch's last) runs eagerly between replays, on the same
+    parameter, gradient and optimizer tensors, updated in place."""
+
+    WARMUP = 3
+
+    def __init__(self, chunk: ProbeChunk, xs, target, opt, size: int):
+        self.chunk, self.xs, self.target, self.opt = chunk, xs, target, opt
+        self.idx = torch.zeros(size, dtype=torch.long, device=xs.device)
+        self.graph = None
+        self.warm = 0
+        self.side = torch.cuda.Stream(device=xs.device)
+
+    def _step(self) -> None:
+        _train_step(self.chunk, self.xs, self.target, self.idx, self.opt)
+
+    def step(self, idx: torch.Tensor) -> None:
+        if len(idx) != len(self.idx):
+            # after capture the gradients are the graph's own tensors: zeroed in place, not replaced
+            _train_step(self.chunk, self.xs, self.target, idx, self.opt, set_to_none=self.graph is None)
+            return
+        self.idx.copy_(idx)
+        if self.graph is None and self.warm < self.WARMUP:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                self._step()
+            torch.cuda.current_stream().wait_stream(self.side)
+            self.warm += 1
+            return
+        if self.graph is None:
+            self.opt.zero_grad(set_to_none=True)  # the graph's backward allocates the grads it reuses
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records the step without running it
+                self._step()
+        self.graph.replay()
 
 
 def _select(new: torch.Tensor, old: torch.Tensor, better: np.ndarray, n: int):
