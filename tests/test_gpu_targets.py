@@ -37,8 +37,8 @@ def test_content_is_original_minus_alternative_on_each_state():
 
 
 def test_report_fits_content_against_accuracy(tmp_path):
-    # content beyond random-init rises exactly with accuracy (0.2 x acc): R^2 1, slope +0.2;
-    # raw content falls with it: slope negative
+    # raw content falls with accuracy (slope -0.1), content beyond random-init rises with it
+    # (+0.1), both exactly (R^2 1)
     recs = [record(s, a, 0.5, 0.4, 0.5, 0.4 + 0.2 * a) for s, a in ((500, 0.1), (1000, 0.3), (2000, 0.6))]
     for r in recs:  # raw content = 0.1 - 0.1 * acc
         for f in MAIN_FEATURES:

@@ -188,8 +188,9 @@ def test_graphs_leave_the_cpu_path_as_it_was():
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("hidden", [(), (32,), (32, 64)])
 def test_graphed_steps_train_as_the_eager_ones_on_cuda(hidden):
-    """800 rows in minibatches of 128: per epoch 6 full steps (3 eager warm-ups, then captured
-    and replayed) and one of 32 rows eager between replays; the same estimator as eager steps
+    """800 rows in minibatches of 128: per epoch 6 full steps (the first epoch's first 3 eager
+    warm-ups, then captured and replayed) and one of 32 rows, eager between replays; the same
+    estimator as eager steps
     (the optimizer's device-side step count rounds differently: close, not equal)."""
     eager, acc_eager = fit("cuda", hidden=hidden)
     graphed, acc_graphed = fit("cuda", hidden=hidden, graphs=True)
