@@ -12,11 +12,12 @@
 #                             under original, flip and adversarial at offset 0 (targets 3, 4, 5)
 #     cpu-long-probes-future  seed 1, probed at steps 3,000 and 6,000 at offsets 0, +1 and +2
 #                             (targets 3 and 6)
-#     six-layers-b332-sized   the same six layers at 16x the rows a step, its schedule sized to
-#                             the budget (toward the issue's "a billion or more" tokens; 166 rows
-#                             made ~1.7M tokens/s alone), probed at its end
-#     All three in ~450 s (estimated; the probes' GPU time is not yet measured) after ~45 s of
-#     data: `bash benchmarks/gpu_session.sh 450` with a call limit of 600 s.
+#     six-layers-b332-sized   with GRID_GRAPHS=1 only: the same six layers at 16x the rows a
+#                             step, its schedule sized to the budget (toward the issue's "a
+#                             billion or more" tokens; 166 rows made ~1.7M tokens/s alone),
+#                             probed at its end
+#     ~400-500 s (estimated; the probes' GPU time at this size is not yet measured) after ~45 s
+#     of data: `bash benchmarks/gpu_session.sh 450` with a call limit of 600 s.
 #   ARMS=seeds (2026-12-04, session 26, RESULTS.md): `cpu-long` at training seeds 1 and 2, and
 #     the same six layers at 8x the rows a step (384M tokens); 284-329 s side by side
 #   ARMS=2026-12-04: that session's three (RESULTS.md; they took 212-262 s together)
@@ -100,7 +101,10 @@ case "$ARMS" in
       --grid-steps "$(gsteps 500 1000 2000 3000 4500)" --grid-semantics original,flip,adversarial &
     run cpu-long-probes-future --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) $PROBED \
       --grid-steps "$(gsteps 3000)" --grid-offsets 0,1,2 &
-    run six-layers-b332-sized --model n_layer=6 --train batch_size=$(rows 332) $PROBED --grid-steps "$(gsteps end)" & ;;
+    # a third run beside them only when the probes replay as CUDA graphs: eager, the two
+    # probed runs need ~400-500 s of the call alone (the probe sets hold ~10-17k positions)
+    [ "${GRID_GRAPHS:-0}" = 1 ] && run six-layers-b332-sized --model n_layer=6 --train batch_size=$(rows 332) \
+      $PROBED --grid-steps "$(gsteps end)" & ;;
   seeds)
     run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
     run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
