@@ -107,10 +107,13 @@ def grid_key(name: str, kind: str, feature: str, semantics: str = "original", of
 
 
 def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=("original",),
-                offsets=(0,), control=False, chunk: int = 16, kinds=("linear", "mlp2"), graphs=False) -> dict:
+                offsets=(0,), control=False, chunk: int = 16, kinds=("linear", "mlp2"), graphs=False,
+                seeds: int = 1) -> dict:
     """The pipeline's probes (``probes.grid``, layer mean, one seed, ``kinds``, batch 256) on
     ``gen``'s states (``grid_...``) and on ``init_model``'s states over the same programs
-    (``grid_init_...``), every semantics and offset given; test accuracy by ``grid_key``. With
+    (``grid_init_...``), every semantics and offset given; test accuracy by ``grid_key``, the mean
+    over ``seeds`` probe seeds (each its own split and initial weights) and, with more than one,
+    each seed's under ``<key>#seeds`` (in seed order, so two keys pair by seed). With
     ``control``: beside the trained states' probes the control task of each semantics
     (``grid_control_...``, Hewitt & Liang, trained in the same pass) and the majority baseline on
     the same split (``grid_majority_<feature>``...)."""
@@ -118,22 +121,29 @@ def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=
     if len(labels) == 0:  # e.g. a babbling model that ends every program at once
         return {"grid_pairs": 0}
     cfg = GridConfig(semantics=semantics, features=features, offsets=offsets, probes=tuple(kinds),
-                     seeds=(0,), report=("test",),
+                     seeds=tuple(range(seeds)), report=("test",),
                      train=TrainConfig(epochs=epochs, batch_size=256, device="auto", chunk=chunk, graphs=graphs))
     init_hidden = forced_hidden(init_model, specs, gen.programs, vocab)
-    out = {}
+    per_seed: dict[str, dict[int, float]] = {}
+    frames = []
     for name, hidden in (("grid", gen.hidden), ("grid_init", init_hidden)):
         if name == "grid" and control:
             df, _ = selectivity(hidden.astype(np.float32), labels, cfg)
         else:
             df = probe_grid(hidden.astype(np.float32), labels, cfg)
-        for r in df[df["split"] == "test"].itertuples():
-            prefix = "grid_control" if r.task == "control" else name
-            out[grid_key(prefix, r.probe, r.feature, r.semantics, r.offset)] = float(r.accuracy)
+        frames.append(df.assign(prefix=np.where(df["task"] == "control", "grid_control", name)))
     if control:
-        for r in majority_baseline(labels, cfg).itertuples():
-            if r.split == "test":
-                out[grid_key("grid", "majority", r.feature, r.semantics, r.offset)] = float(r.accuracy)
+        frames.append(majority_baseline(labels, cfg).assign(prefix="grid"))  # probe "majority"
+    for df in frames:
+        for r in df[df["split"] == "test"].itertuples():
+            key = grid_key(r.prefix, r.probe, r.feature, r.semantics, r.offset)
+            per_seed.setdefault(key, {})[int(r.seed)] = float(r.accuracy)
+    out = {}
+    for key, by_seed in per_seed.items():
+        values = [by_seed.get(seed, float("nan")) for seed in range(seeds)]
+        out[key] = float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")
+        if seeds > 1:
+            out[key + "#seeds"] = values
     out["grid_pairs"] = int(len(labels))
     return out
 
@@ -171,6 +181,8 @@ def main():
                     help="probe kinds (the pipeline's target 4 reads mlp1's semantic content)")
     ap.add_argument("--grid-chunk", type=int, default=16,
                     help="probes trained side by side (a GPU is host-bound: more per chunk, fewer steps)")
+    ap.add_argument("--grid-seeds", type=int, default=1,
+                    help="probe seeds (splits and initial weights): more than one gives paired confidence intervals")
     ap.add_argument("--grid-graphs", action="store_true",
                     help="train the probes' steps as CUDA graphs (probes.stacked.TrainConfig.graphs)")
     ap.add_argument("--tiny", action="store_true")
@@ -223,7 +235,8 @@ def main():
             specs = probe_specs if probe_specs is not None else test
             probed = generate(model, specs, vocab, "constrained", batch_size=250) if probe_specs is not None else gen
             grid = grid_scores(probed, specs, init_model, vocab, grid_features, args.grid_epochs, grid_semantics,
-                               grid_offsets, args.grid_control, args.grid_chunk, grid_kinds, args.grid_graphs)
+                               grid_offsets, args.grid_control, args.grid_chunk, grid_kinds, args.grid_graphs,
+                               args.grid_seeds)
         rec = {"part": "eval", "step": step, "tokens_seen": step * t.tokens_per_step,
                "elapsed_s": round(time.perf_counter() - start, 1), "acc_spec": g["acc_spec"],
                "acc_all": g["acc_all"], "acc_spec_len6_10": g["acc_spec_len6_10"],

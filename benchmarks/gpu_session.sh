@@ -35,7 +35,8 @@
 # trains the arms' probes with CUDA graphs (--grid-graphs): only once PROBES=1 showed they pass.
 # Next session, two calls back to back (machine warm): `PROBES=1 ARMS=none bash
 # benchmarks/gpu_session.sh` (~1.5 min), then `bash benchmarks/gpu_session.sh 450`, with
-# GRID_GRAPHS=1 in front if the first call's tests passed and batched+graphs was the fastest.
+# GRID_GRAPHS=1 in front if the first call's tests passed and batched+graphs was the fastest,
+# and GRID_SEEDS=3 too if graphs ran the grid >= 3x faster than batched (CIs for targets 3, 5, 6).
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1
@@ -92,9 +93,10 @@ steps() { python3 -c "print(max(int($1 * $STEPS), 2))"; }
 # first 30 steps), so there the end alone is probed
 gsteps() { [ -n "$TINY_FLAG" ] && return; local IFS=,; echo "$*"; }
 rows() { if [ -n "$TINY_FLAG" ]; then echo 4; else echo "$1"; fi; }   # TINY: rows a step
-PROBED="--grid-specs 4000 --grid-control --grid-chunk 64 --grid-kinds linear,mlp1,mlp2"
+SPECS=4000; [ -n "$TINY_FLAG" ] && SPECS=200
+PROBED="--grid-specs $SPECS --grid-control --grid-chunk 64 --grid-kinds linear,mlp1,mlp2"
 [ "${GRID_GRAPHS:-0}" = 1 ] && PROBED="$PROBED --grid-graphs"
-[ -n "$TINY_FLAG" ] && PROBED="--grid-specs 200 --grid-control --grid-kinds linear,mlp1,mlp2"
+PROBED="$PROBED --grid-seeds ${GRID_SEEDS:-1}"   # 3: paired CIs (gpu_targets.py), 3x the probe time
 case "$ARMS" in
   probes)
     run cpu-long-probes-curve --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $PROBED \

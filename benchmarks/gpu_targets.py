@@ -9,8 +9,11 @@ on the random-init states over the same programs, on the control task, and the m
 Semantic content as the pipeline defines it (``tasks.phases``: original minus alternative, mean
 over the main features and the alternatives, one probe kind) and the same net of the random-init
 states, with R^2 and slope against accuracy across the probed checkpoints (target 4). The last
-probed checkpoint's drops per alternative (target 5) and its future offsets (target 6). One probe
-seed: no confidence intervals (the pipeline's runs have them).
+probed checkpoint's drops per alternative (target 5) and its future offsets (target 6). With
+several probe seeds (``gpu_emergence --grid-seeds``), the last checkpoint's margins paired by seed
+with 95% t-intervals, as the pipeline reads "clearly above" (targets 3, 5, 6): over the majority,
+the control task and the random-init states, and the drops under each alternative, raw and
+beyond random-init.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.gpu_emergence import grid_key  # noqa: E402
 from probes.labels import MAIN_FEATURES  # noqa: E402
+from probes.stats import mean_ci  # noqa: E402
 from tasks.report_data import line_fit  # noqa: E402
 
 KINDS = ("linear", "mlp1", "mlp2")
@@ -56,9 +60,49 @@ def content(r: dict, kind: str, alts, name: str = "grid") -> float | None:
     return sum(diffs) / len(diffs) if diffs else None
 
 
+def seed_diffs(r: dict, plus: list[str], minus: list[str]) -> list[float] | None:
+    """Per probe seed: the sum of ``plus`` keys' accuracies minus the sum of ``minus`` keys'
+    (``<key>#seeds`` lists, in seed order); None when a key has no per-seed values."""
+    lists = [r.get(k + "#seeds") for k in plus + minus]
+    if any(v is None for v in lists):
+        return None
+    return [sum(v[i] for v in lists[:len(plus)]) - sum(v[i] for v in lists[len(plus):])
+            for i in range(len(lists[0]))]
+
+
+def ci(diffs: list[float] | None) -> str:
+    if diffs is None:
+        return "-"
+    m, lo, hi = (round(100 * v, 1) + 0.0 for v in mean_ci(diffs))  # + 0.0: no "-0.0"
+    return f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def margins(last: dict, kinds, alts, offsets) -> list[str]:
+    """The last checkpoint's margins paired by probe seed (pp, mean [95% CI])."""
+    n = next((len(v) for k, v in last.items() if k.endswith("#seeds")), 0)
+    out = ["", f"Margins at step {last['step']:,}, paired by probe seed ({n} seeds), pp, mean [95% CI]:", ""]
+    for off in offsets:
+        for f in MAIN_FEATURES:
+            for k in kinds:
+                probe = grid_key("grid", k, f, offset=off)
+                out.append(f"- offset {off:+d}, {f}, {k}: over majority "
+                           f"{ci(seed_diffs(last, [probe], [grid_key('grid', 'majority', f, offset=off)]))}; "
+                           f"over control task {ci(seed_diffs(last, [probe], [grid_key('grid_control', k, f, offset=off)]))}; "
+                           f"over random-init {ci(seed_diffs(last, [probe], [grid_key('grid_init', k, f, offset=off)]))}")
+    for alt in alts:
+        for f in MAIN_FEATURES:
+            for k in kinds:
+                o, a = grid_key("grid", k, f), grid_key("grid", k, f, alt)
+                oi, ai = grid_key("grid_init", k, f), grid_key("grid_init", k, f, alt)
+                out.append(f"- {alt}, {f}, {k}: drop {ci(seed_diffs(last, [o], [a]))}; "
+                           f"beyond random-init {ci(seed_diffs(last, [o, ai], [a, oi]))}")
+    return out
+
+
 def report(tag: str, recs: list[dict], content_kind: str) -> list[str]:
     kinds = [k for k in KINDS if any(grid_key("grid", k, f) in recs[0] for f in MAIN_FEATURES)]
-    alts = sorted({k.split("@")[1].rstrip("+-0123456789") for k in recs[0] if k.startswith("grid_") and "@" in k})
+    alts = sorted({k.split("#")[0].split("@")[1].rstrip("+-0123456789") for k in recs[0]
+                   if k.startswith("grid_") and "@" in k})
     out = [f"## {tag}", "", "Offset 0, original: trained / random-init / control task (majority), test accuracy %.", "",
            "| step | tokens | acc | acc 6..10 | pairs | " + " | ".join(f"{f} {k}" for f in MAIN_FEATURES for k in kinds)
            + " | " + " | ".join(f"{f} majority" for f in MAIN_FEATURES) + " |",
@@ -101,6 +145,8 @@ def report(tag: str, recs: list[dict], content_kind: str) -> list[str]:
             cells = [f"{k} " + " / ".join(pct(last.get(grid_key(n, k, f, offset=off)))
                                           for n in ("grid", "grid_init", "grid_control")) for k in kinds]
             out.append(f"- {f}: " + "; ".join(cells) + f" (majority {pct(last.get(grid_key('grid', 'majority', f, offset=off)))})")
+    if any(k.endswith("#seeds") for k in recs[-1]):
+        out += margins(recs[-1], kinds, alts, [0, *future])
     return out + [""]
 
 

@@ -51,3 +51,20 @@ def test_report_fits_content_against_accuracy(tmp_path):
     assert "- content vs accuracy: R^2 = 1.000, slope -0.100 over 3 checkpoints" in text
     # beyond random-init: (0.1 - 0.1 a) - (0.1 - 0.2 a) = 0.1 a
     assert "- content beyond random-init vs accuracy: R^2 = 1.000, slope +0.100 over 3 checkpoints" in text
+
+
+def test_margins_pair_each_probe_with_its_baseline_by_seed():
+    """Three probe seeds: the probe beats its random-init twin by 10, 20 and 30 points on the
+    same seeds (mean +20, t-interval over the three), and the flip drop is 5 points on every seed
+    (a zero-width interval); a baseline without per-seed values shows no interval."""
+    r = {"part": "eval", "tag": "t", "step": 6000, "tokens_seen": 1, "acc_spec": 0.5, "acc_spec_len6_10": 0.4}
+    for f in MAIN_FEATURES:
+        for name, vals in (("grid", [0.6, 0.7, 0.8]), ("grid_init", [0.5, 0.5, 0.5])):
+            r[grid_key(name, "mlp1", f)] = sum(vals) / 3
+            r[grid_key(name, "mlp1", f) + "#seeds"] = vals
+            alt = [v - 0.05 for v in vals]
+            r[grid_key(name, "mlp1", f, "flip")] = sum(alt) / 3
+            r[grid_key(name, "mlp1", f, "flip") + "#seeds"] = alt
+    text = "\n".join(report("t", [r], "mlp1"))
+    assert "- offset +0, direction, mlp1: over majority -; over control task -; over random-init +20.0 [-4.8, +44.8]" in text
+    assert "- flip, direction, mlp1: drop +5.0 [+5.0, +5.0]; beyond random-init +0.0 [+0.0, +0.0]" in text
