@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU session (device tool), issue 7: the `cpu` preset's recipe (Muon lr 0.01,
-# whole-sample rows of lengths 1..10) on a GPU. Three runs side by side, each on its own fixed
+# whole-sample rows of lengths 1..10) on a GPU. Runs side by side, each on its own fixed
 # schedule (the preset's warm-up and linear decay, stretched to its steps), logging accuracy,
 # diversity and quick direction / facing-wall probes against tokens seen, and (GRID_EPOCHS) the
 # pipeline's probes beside the random-init control; BUDGET seconds stop a run early. ARMS picks
@@ -26,9 +26,9 @@
 #     cpu-long-recipe-6k  the `cpu-long` model and schedule (six layers, 6,000 steps, 48.6M tokens)
 #   ARMS=none: no training arms (for a first call of PAPER=1 PROBES=1 alone)
 # PAPER=1 first runs the `paper` preset for PAPER_STEPS steps (default 300, issue 3's "a few
-# hundred"; ~4 min on an H200 at the 2026-11-27 184k tokens/s) and reports tokens/s, MFU, peak memory.
-# PAPER=1 PROBES=1 and the arms together exceed one 10-minute call: run `PAPER=1 PROBES=1
-# ARMS=none` first, then the arms at once in a second call while the machine is warm.
+# hundred"; ~70 s on an H200 on 2026-12-04) and reports tokens/s, MFU, peak memory.
+# PAPER=1 PROBES=1 and the arms together exceed one 10-minute call: run the arms in a second
+# call at once, while the machine is warm.
 # PROBES=1 first runs the probe training's tests (the CUDA-graph ones run only on a GPU), then
 # trains issue 4's 135-probe grid (2 epochs, synthetic states) on the GPU per probe, batched, and
 # batched with CUDA graphs (~1.5 min), to read against BENCHMARKS.md's figures. GRID_GRAPHS=1
