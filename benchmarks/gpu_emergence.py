@@ -232,8 +232,9 @@ def main():
         ppl = perplexity(model, val, vocab, batch_size=50)
         grid = {}
         if args.grid_epochs and with_grid:
-            specs = probe_specs if probe_specs is not None else test
-            probed = generate(model, specs, vocab, "constrained", batch_size=250) if probe_specs is not None else gen
+            specs, probed = test, gen
+            if probe_specs is not None:
+                specs, probed = probe_specs, generate(model, probe_specs, vocab, "constrained", batch_size=250)
             grid = grid_scores(probed, specs, init_model, vocab, grid_features, args.grid_epochs, grid_semantics,
                                grid_offsets, args.grid_control, args.grid_chunk, grid_kinds, args.grid_graphs,
                                args.grid_seeds)
@@ -248,7 +249,8 @@ def main():
         emit(rec)
         model.train()
 
-    evaluate(grid_every or 0 in grid_steps)
+    probed_at = 0 if grid_every or 0 in grid_steps else None  # the step last evaluated with the probes
+    evaluate(probed_at == 0)
     # time some steps after a warm-up (the first steps carry CUDA's and the optimizer's start-up:
     # timed alone they made the sized schedules of 2026-12-04 end after 60 of 330 s), then size
     # the schedule so its decay ends with the budget
@@ -272,11 +274,11 @@ def main():
         train_step(fwd, opt, blocks, t, step, device)
         step += 1
         if step in grid_steps or time.perf_counter() - last_eval > args.eval_every_s:
-            evaluate(grid_every or step in grid_steps)
+            with_grid = grid_every or step in grid_steps
+            evaluate(with_grid)
             last_eval = time.perf_counter()
-            if step in grid_steps and step == t.steps:
-                break
-    else:
+            probed_at = step if with_grid else probed_at
+    if probed_at != step:  # the end, unless its step was just evaluated with the probes
         evaluate(True)
     emit({"part": "done", "steps": step, "tokens_seen": step * t.tokens_per_step,
           "wall_s": time.perf_counter() - start,

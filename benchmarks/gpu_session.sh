@@ -70,10 +70,9 @@ fi
 [ "$ARMS" = none ] && exit 0
 # the cpu preset's data (lengths 1..10): 1M programs (~45 s on 16 cores), so that 6,000 steps of
 # 166 rows see each about once (332 rows for ~8,000 steps: ~2.7 times)
-N_PROGRAMS=1_000_000
 $PY -c "
 import karel, os
-n = 2000 if '$TINY_FLAG' else $N_PROGRAMS
+n = 2000 if '$TINY_FLAG' else 1_000_000
 karel.generate_dataset(karel.DataConfig(n_train_generated=n, n_val=500, n_test=2000, train_lengths=tuple(range(1, 11))),
                        '/tmp/d110', workers=min(16, os.cpu_count()), overwrite=True)
 print('data ready')"

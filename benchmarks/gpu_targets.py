@@ -117,11 +117,11 @@ def report(tag: str, recs: list[dict], content_kind: str) -> list[str]:
         out += ["", f"Semantic content ({content_kind}, mean over {', '.join(MAIN_FEATURES)} and {', '.join(alts)}), pp:", ""]
         points = []
         for r in recs:
-            c, ci = content(r, content_kind, alts), content(r, content_kind, alts, "grid_init")
-            net = None if c is None or ci is None else c - ci
+            c, c_init = content(r, content_kind, alts), content(r, content_kind, alts, "grid_init")
+            net = None if c is None or c_init is None else c - c_init
             points.append((r["acc_spec"], c, net))
             out.append(f"- step {r['step']:,} (accuracy {pct(r['acc_spec'])}%): content {pct(c)}, "
-                       f"random-init {pct(ci)}, beyond random-init {pct(net)}")
+                       f"random-init {pct(c_init)}, beyond random-init {pct(net)}")
         for label, i in (("content", 1), ("content beyond random-init", 2)):
             pts = [(p[0], p[i]) for p in points if p[i] is not None]
             fit = line_fit(*zip(*pts)) if len(pts) >= 3 else None
