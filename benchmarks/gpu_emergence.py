@@ -114,8 +114,8 @@ def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=
     (``grid_init_...``), every semantics and offset given; test accuracy by ``grid_key``, the mean
     over ``seeds`` probe seeds (each its own split and initial weights) and, with more than one,
     each seed's under ``<key>#seeds`` (in seed order, so two keys pair by seed). With
-    ``control``: beside the trained states' probes the control task of each semantics
-    (``grid_control_...``, Hewitt & Liang, trained in the same pass) and the majority baseline on
+    ``control``: beside the trained states' probes the control task under ``original`` only, as
+    the pipeline (``grid_control_...``, Hewitt & Liang, trained in the same pass) and the majority baseline on
     the same split (``grid_majority_<feature>``...)."""
     labels = make_labels(gen.programs, specs.inputs, semantics, features, offsets)
     if len(labels) == 0:  # e.g. a babbling model that ends every program at once
@@ -128,7 +128,7 @@ def grid_scores(gen, specs, init_model, vocab, features, epochs: int, semantics=
     frames = []
     for name, hidden in (("grid", gen.hidden), ("grid_init", init_hidden)):
         if name == "grid" and control:
-            df, _ = selectivity(hidden.astype(np.float32), labels, cfg)
+            df, _ = selectivity(hidden.astype(np.float32), labels, cfg, control_semantics=("original",))
         else:
             df = probe_grid(hidden.astype(np.float32), labels, cfg)
         frames.append(df.assign(prefix=np.where(df["task"] == "control", "grid_control", name)))

@@ -111,9 +111,15 @@ def control_labels(labels: LabelSet, semantics: str, feature: str, offset: int,
                          f"control/{seed}/{semantics}/{feature}/{offset}")
 
 
-def control_tasks(labels: LabelSet, config: GridConfig, seed: int = 0, surface: str = "emitted") -> list[Task]:
+def control_tasks(labels: LabelSet, config: GridConfig, seed: int = 0, surface: str = "emitted",
+                  semantics=None) -> list[Task]:
+    """The control tasks of ``semantics`` (default: every semantics of ``config``)."""
+    semantics = config.semantics if semantics is None else tuple(semantics)
+    unknown = sorted(set(semantics) - set(config.semantics))
+    if unknown:
+        raise ValueError(f"control semantics {unknown} are not among the grid's {list(config.semantics)}")
     tasks = []
-    for sem in config.semantics:
+    for sem in semantics:
         for feat in config.features:
             for off in config.offsets:
                 key = dict(semantics=sem, feature=feat, offset=int(off), task="control")
@@ -123,15 +129,18 @@ def control_tasks(labels: LabelSet, config: GridConfig, seed: int = 0, surface: 
 
 
 def selectivity(hidden: np.ndarray, labels: LabelSet, config: GridConfig = GridConfig(),
-                layer="mean", control_seed: int = 0, surface: str = "emitted"):
+                layer="mean", control_seed: int = 0, surface: str = "emitted", control_semantics=None):
     """Real and control tasks (types by ``surface``) trained in one pass; (grid rows, selectivity table).
+
+    Every semantics of ``config`` gets its real tasks; the control tasks only those of
+    ``control_semantics`` (default: all of them), and the table only the semantics with both.
 
     The table has one row per semantics/feature/offset/probe/layer with ``acc_real``,
     ``acc_control``, ``selectivity`` (mean paired difference over seeds), ``ci_low``,
     ``ci_high``, ``n_seeds`` (test split).
     """
     x = hidden_rows(hidden, labels)
-    tasks = label_tasks(labels, config) + control_tasks(labels, config, control_seed, surface)
+    tasks = label_tasks(labels, config) + control_tasks(labels, config, control_seed, surface, control_semantics)
     rows = train_tasks(x, labels.program, tasks, config, layer)
     keys = ["semantics", "feature", "offset", "probe", "layer"]
     test = rows[rows["split"] == "test"]

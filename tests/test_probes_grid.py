@@ -122,6 +122,23 @@ def test_control_task_and_selectivity(data):
     assert (sel["acc_real"] > 0.97).all() and (sel["selectivity"] > 0.2).all()
 
 
+def test_control_task_under_chosen_semantics_only(data):
+    _, _, labels, hidden = data
+    grid = cfg(semantics=("original", "flip"), seeds=(0,))
+    rows, sel = selectivity(hidden, labels, grid, control_semantics=("original",))
+    real, control = rows[rows["task"] == "real"], rows[rows["task"] == "control"]
+    assert set(real["semantics"]) == {"original", "flip"}
+    assert set(control["semantics"]) == {"original"}
+    assert list(sel["semantics"]) == ["original"]
+    # the real rows are the ones the full pass trains (controls train beside them, not into them)
+    full = selectivity(hidden, labels, grid)[0]
+    key = ["semantics", "feature", "offset", "probe", "seed", "split"]
+    merged = real.merge(full[full["task"] == "real"], on=key, suffixes=("", "_full"))
+    assert len(merged) == len(real) and (merged["accuracy"] == merged["accuracy_full"]).all()
+    with pytest.raises(ValueError, match="adversarial"):
+        selectivity(hidden, labels, grid, control_semantics=("adversarial",))
+
+
 def read_type_states(labels, n_prog):
     """States that hold only the read surface type (one-hot of (action j-1 or start, j))."""
     types, inverse = np.unique(surface_types(labels, "read"), axis=0, return_inverse=True)
