@@ -2,13 +2,15 @@
 
 ``train`` resumes from the newest checkpoint in ``out_dir`` if there is one. Nothing random is
 replayed on resume: the model, optimizer, RNG states and data position all come from the file,
-so N steps + resume + N steps gives the same weights as 2N steps straight (on CPU, bit for bit).
+so N steps + resume + N steps gives the same weights as 2N steps straight (on CPU, bit for bit,
+on the same torch thread count: see ``model.threads``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from .checkpoint import (
 from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict
 from .data import PackedBlocks, batch_inputs, load_train_blocks
 from .optim import make_optimizer, set_lr
+from .threads import pinned_threads
 from .transformer import Transformer, sample_mask
 
 # Measured by benchmarks/bench_train.py on the 2-core Xeon with AMX (BENCHMARKS.md, ## model):
@@ -100,7 +103,17 @@ def train(
     ``blocks`` replaces the data read from ``data_dir`` (benchmarks).
     ``should_stop()`` is polled after every step; when it turns true a checkpoint is written at
     that step and training returns, so a SIGTERM loses at most one step of work.
+
+    Runs on the process's starting torch thread count, pinned in this thread (``model.threads``),
+    and each checkpoint records it: resuming on another count warns that the curve will differ.
     """
+    with pinned_threads() as threads:
+        return _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, stop_after, blocks,
+                      should_stop, threads)
+
+
+def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, stop_after, blocks, should_stop,
+           threads: int) -> list[tuple[int, Path]]:
     vocab = karel.Vocab(train_cfg.robot_markers)
     if model_cfg.vocab_size < len(vocab):
         raise ValueError(f"vocab_size: {model_cfg.vocab_size} is smaller than the vocabulary ({len(vocab)})")
@@ -124,6 +137,11 @@ def train(
         blocks.load_state_dict(ckpt["data"])
         set_rng_state(ckpt["rng"])
         step = ckpt["step"]
+        saved = ckpt["extra"].get("threads")
+        if device.type == "cpu" and saved is not None and saved != threads:
+            warnings.warn(f"training resumes at step {step} on {threads} torch threads, its checkpoint was "
+                          f"trained on {saved}: the curve will differ from a straight run on {saved} "
+                          f"(OMP_NUM_THREADS={saved} follows it)", stacklevel=3)
     else:
         step = 0
 
@@ -135,7 +153,7 @@ def train(
         return path
 
     if ckpt is None:
-        checkpoint(0, {})
+        checkpoint(0, {"threads": threads})
     bar = None
     if progress and step < last:
         from tqdm.auto import tqdm
@@ -167,7 +185,7 @@ def train(
             bar.update(1)
         stopping = should_stop is not None and should_stop()
         if step in schedule or step == last or stopping:
-            checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss})
+            checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss, "threads": threads})
             losses = []
         if stopping:
             break

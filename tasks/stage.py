@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from model.threads import pinned_threads
 from tasks.cachekey import cache_key, pin_sources
 from tasks.workspace import Workspace
 
@@ -91,7 +92,11 @@ def run_stage(ws_root: str, stage: str, key: str, compute: Callable[[Path], dict
     t = time.perf_counter()
 
     def stamped(tmp: Path) -> dict:
-        return {**(compute(tmp) or {}), "machine": machine()}
+        # On the process's starting thread count, whatever a stage beside it set (model.threads);
+        # a probe grid still sets its own inside.
+        with pinned_threads():
+            meta = compute(tmp) or {}
+        return {**meta, "machine": machine()}
 
     if force:
         with store.lock(stage, key):

@@ -1,11 +1,14 @@
 """Training: loss goes down, resume equals straight, checkpoints fail loudly when wrong."""
 
+import threading
+
 import pytest
 import torch
 
 import karel
 from model.checkpoint import list_checkpoints, load_checkpoint, load_model
 from model.config import checkpoint_steps, preset
+from model.threads import PROCESS_THREADS
 from model.train import train
 
 
@@ -62,6 +65,46 @@ def test_checkpoint_from_before_a_new_field_resumes_at_its_default(data_dir, tmp
     with pytest.raises(ValueError, match=r"differs.*\['anneal_steps'\]"):
         train(m, _cfg(packing="samples", anneal_steps=2)[1], data_dir, tmp_path, progress=False)
     assert train(m, t, data_dir, tmp_path, progress=False)[-1][0] == 4
+
+
+@pytest.mark.skipif(PROCESS_THREADS < 2, reason="needs a process that starts on 2+ torch threads")
+def test_training_keeps_its_thread_count_beside_a_one_thread_neighbour(data_dir, tmp_path):
+    # A probe grid on one thread beside training: torch hands the neighbour's count to any thread
+    # that starts after it, which changed training's bits (one vs two threads differ) until
+    # training pinned its own count.
+    m, t = _cfg()
+    set_, done = threading.Event(), threading.Event()
+
+    def neighbour():
+        torch.set_num_threads(1)
+        set_.set()
+        done.wait()
+
+    seen, box = [], {}
+    other = threading.Thread(target=neighbour)
+    other.start()
+    set_.wait()
+    try:
+        worker = threading.Thread(target=lambda: box.setdefault("found", train(
+            m, t, data_dir, tmp_path, progress=False, on_checkpoint=lambda s, p: seen.append(torch.get_num_threads()))))
+        worker.start()
+        worker.join()
+    finally:
+        done.set()
+        other.join()
+    assert seen and set(seen) == {PROCESS_THREADS}
+    assert [load_checkpoint(p)["extra"]["threads"] for _, p in box["found"]] == [PROCESS_THREADS] * len(seen)
+
+
+def test_resuming_on_another_thread_count_warns(data_dir, tmp_path):
+    m, t = _cfg()
+    train(m, t, data_dir, tmp_path, progress=False, stop_after=3)
+    path = list_checkpoints(tmp_path)[-1][1]
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["extra"]["threads"] = PROCESS_THREADS + 1
+    torch.save(ckpt, path)
+    with pytest.warns(UserWarning, match=rf"on {PROCESS_THREADS} torch threads.*trained on {PROCESS_THREADS + 1}"):
+        train(m, t, data_dir, tmp_path, progress=False)
 
 
 def test_bad_checkpoints_raise(data_dir, tmp_path):
