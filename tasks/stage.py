@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from model.threads import pinned_threads
+from model.threads import PROCESS_THREADS, pinned_threads
 from tasks.cachekey import cache_key, pin_sources
 from tasks.workspace import Workspace
 
@@ -65,12 +65,13 @@ def _host() -> dict:
         cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
     flags = set(info.get("flags", "").split())
     return {"cpu": cpu, "cpu_isa": [f for f in _ISA if f in flags], "cores": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch_threads": PROCESS_THREADS, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def machine() -> dict:
     """Where this process computes, stamped into every artifact it writes (``meta.machine``):
-    ``_host()`` and the GPU this process has put to use (``cuda``; None while it has not, so a
+    ``_host()`` (``torch_threads``: the count stages run on, ``model.threads``; a probe grid
+    trains on its own config's count, one in the flow) and the GPU this process has put to use (``cuda``; None while it has not, so a
     CPU-only stage on a GPU machine never starts a CUDA context just to name the device).
 
     Not in any key: the same config on another machine is the same stage, but its training

@@ -240,14 +240,23 @@ def test_run_stage_stamps_the_machine_that_computed_the_artifact(tmp_path):
 
     from tasks.stage import machine, run_stage
 
+    from model.threads import PROCESS_THREADS
+
     def compute(tmp):
         (tmp / "a").write_text("x")
-        return {"step": 3}
+        return {"step": 3, "threads": torch.get_num_threads()}
 
-    first = run_stage(str(tmp_path), "s", "k", compute)
+    torch.set_num_threads(PROCESS_THREADS + 1)  # what a stage beside it might have set
+    try:
+        first = run_stage(str(tmp_path), "s", "k", compute)
+        assert torch.get_num_threads() == PROCESS_THREADS + 1  # given back afterwards
+    finally:
+        torch.set_num_threads(PROCESS_THREADS)
     assert first["status"] == "computed" and first["meta"]["step"] == 3
+    assert first["meta"]["threads"] == PROCESS_THREADS  # the stage ran on the process's count
     stamp = first["meta"]["machine"]
     assert stamp == machine() and stamp["torch"] == torch.__version__ and stamp["cpu"]
+    assert stamp["torch_threads"] == PROCESS_THREADS
     assert stamp["cuda"] == (torch.cuda.get_device_name() if torch.cuda.is_initialized() else None)
     # a cached artifact keeps its own stamp (what computed it, not what found it) ...
     manifest = tmp_path / "artifacts" / "s" / "k" / "manifest.json"
