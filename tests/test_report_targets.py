@@ -93,12 +93,12 @@ def test_a_stored_paired_margin_decides_over_the_unpaired_comparison(ws):
     _, db = ws
     expect(db, 2, "yes", "compared unpaired")  # the planted run has no margins: it says so
     _margin(db, "control_task_margin_low", -0.01)
-    expect(db, 2, "no", "direction: ", "not above all baselines")
+    expect(db, 2, "no", "direction: ", "(rises, ordered, not above the control task)")
     db.query("DELETE FROM controls WHERE kind LIKE '%_margin_low'")
     populate(db)
     db.query("UPDATE controls SET value = 0.99 WHERE kind = 'random_init' AND feature = 'direction' "
              "AND probe = 'linear' AND step = 800")  # unpaired: the probe's lower bound is below it
-    expect(db, 2, "no")
+    expect(db, 2, "no", "not above the untrained model)")
     _margin(db, "random_init_margin_low", 0.01)  # paired by seed it is above
     expect(db, 2, "yes")
     # target 6 reads the same margins at +1 and +2 (the picked kind, mlp1)
