@@ -71,8 +71,9 @@ def _host() -> dict:
 def machine() -> dict:
     """Where this process computes, stamped into every artifact it writes (``meta.machine``):
     ``_host()`` (``torch_threads``: the count stages run on, ``model.threads``; a probe grid
-    trains on its own config's count, one in the flow) and the GPU this process has put to use (``cuda``; None while it has not, so a
-    CPU-only stage on a GPU machine never starts a CUDA context just to name the device).
+    trains on its own config's count, one in the flow) and the GPU this process has put to use
+    (``cuda``; None while it has not, so a CPU-only stage on a GPU machine never starts a CUDA
+    context just to name the device).
 
     Not in any key: the same config on another machine is the same stage, but its training
     trajectory and rounding differ (RESULTS.md), so an artifact says what computed it."""

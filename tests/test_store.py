@@ -238,9 +238,8 @@ def test_status_shows_a_stage_another_holder_is_computing(tmp_path):
 def test_run_stage_stamps_the_machine_that_computed_the_artifact(tmp_path):
     import torch
 
-    from tasks.stage import machine, run_stage
-
     from model.threads import PROCESS_THREADS
+    from tasks.stage import machine, run_stage
 
     def compute(tmp):
         (tmp / "a").write_text("x")
