@@ -29,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.presets import load_preset
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
+from model.threads import PROCESS_THREADS
 from tasks import record
 from tasks.activations import dump_activations
 from tasks.dataset import generate_dataset
@@ -156,7 +157,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     if record_results:
         experiment = f"semprobe-{preset}"
         init_tracking(ws.root, experiment)
-        parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(), tags={"prefect_flow_run": run_id})
+        parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(),
+                                  tags={"prefect_flow_run": run_id, "torch_threads": PROCESS_THREADS})
         rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent)
     else:
         rec = record.Journal(run_id)

@@ -120,6 +120,9 @@ def test_first_run_fills_every_table_and_report(ws):
     assert {"checkpoint-0", "checkpoint-12", "probes-12-original"} <= names
     # the parent run logs each content measure under its own name, one point per checkpoint
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    # the torch thread count the stages ran on, to compare runs by: the one their artifacts carry
+    stamped = {json.loads(m)["torch_threads"] for m in stage_runs(ws, latest_run(ws))["machine"]}
+    assert stamped == {int(parent.data.tags["torch_threads"])}
     client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     for column, metric in (("content", "semantic_content"), ("content_vs_init", "semantic_content_vs_init")):
         db_rows = content.dropna(subset=[column])
