@@ -151,6 +151,10 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     ws = Workspace.at(workspace)
     root = str(ws.root)
     cfg = load_preset(preset, overrides or [])
+    # what killed writers of this host left (a partial activation dump is hundreds of MB); never
+    # by age, so a long write on another machine sharing the store is left alone
+    for p in ws.store.clean_stale(max_age_s=None):
+        log.info("removed %s, left by a writer that is gone", p)
     run_id = _run_id()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()

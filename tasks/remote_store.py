@@ -33,7 +33,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from tasks.store import (MANIFEST, ArtifactStore, LockTimeout, _check_name, _pid_alive,
+from tasks.store import (MANIFEST, ArtifactStore, LockTimeout, _check_name, _pid_alive, _scratch,
                          flock_file, sha256_file)
 
 _CHUNK = 1 << 20
@@ -253,7 +253,7 @@ class RemoteArtifactStore(ArtifactStore):
         with flock_file(self.stage_dir(stage) / f".{key}.fetch.lock", what="another download"):
             if self._cache_matches(local, m, rehash):  # another thread or process fetched it
                 return local
-            tmp = local.parent / f".{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            tmp = _scratch(local.parent, key, "tmp")
             tmp.mkdir(parents=True)
             try:
                 for rel, info in m["files"].items():
@@ -291,7 +291,7 @@ class RemoteArtifactStore(ArtifactStore):
         then the manifest, and keep the folder as this machine's cache copy."""
         local = self.stage_dir(stage) / _check_name("key", key)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.parent / f".{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = _scratch(local.parent, key, "tmp")
         tmp.mkdir()
         try:
             yield tmp
@@ -330,7 +330,7 @@ class RemoteArtifactStore(ArtifactStore):
             removed = True
         local = self.stage_dir(stage) / key
         if local.exists():
-            aside = local.parent / f".{key}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            aside = _scratch(local.parent, key, "old")
             os.rename(local, aside)
             shutil.rmtree(aside, ignore_errors=True)
         return removed

@@ -3,7 +3,7 @@
 Layout under ``root``::
 
     <root>/<stage>/<key>/                  a complete artifact (files + manifest.json)
-    <root>/<stage>/.<key>.tmp-<pid>-<rand>/ a write in progress (never looks complete)
+    <root>/<stage>/.<key>.tmp-<pid>-<host><rand>/ a write in progress (never looks complete)
     <root>/<stage>/.<key>.lock             the per-key lock file (fcntl.flock)
 
 Completeness is decided by the data, not by any cache: an artifact is complete only when its
@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -78,6 +79,17 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# 8 hex digits naming this host in scratch folder names, so that a store shared by several
+# machines never judges another machine's writer by a pid of this one.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_SCRATCH = re.compile(r"^\..+\.(tmp|old)-(\d+)-([0-9a-f]+)$")
+
+
+def _scratch(folder: Path, name: str, kind: str) -> Path:
+    """A scratch path beside ``folder/name``: ``.<name>.<kind>-<pid>-<host tag><random>``."""
+    return folder / f".{name}.{kind}-{os.getpid()}-{HOST_TAG}{secrets.token_hex(4)}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -248,7 +260,7 @@ class ArtifactStore:
         """
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = _scratch(final.parent, key, "tmp")
         tmp.mkdir()
         try:
             yield tmp
@@ -297,7 +309,7 @@ class ArtifactStore:
                 raise
             # A previous (incomplete, corrupt or stale) folder is in the way: move it aside,
             # move ours in, then delete the old one. Readers never see a half-written folder.
-            old = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            old = _scratch(final.parent, final.name, "old")
             os.rename(final, old)
             os.rename(tmp, final)
             if old.is_dir():
@@ -311,33 +323,36 @@ class ArtifactStore:
         p = self.path(stage, key)
         if not p.exists():
             return False
-        aside = p.parent / f".{key}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        aside = _scratch(p.parent, key, "old")
         os.rename(p, aside)  # so the key disappears atomically
         shutil.rmtree(aside, ignore_errors=True)
         return True
 
-    def clean_stale(self, stage: str | None = None, max_age_s: float = 24 * 3600) -> list[Path]:
+    def clean_stale(self, stage: str | None = None, max_age_s: float | None = 24 * 3600) -> list[Path]:
         """Delete temporary/aside folders left by killed writers.
 
-        A folder is removed when its writer pid (from the name) is not alive on this host, or
-        when it is older than ``max_age_s`` (for writers on other hosts sharing the store).
+        A folder is removed when its writer (pid and host tag, from the name) ran on this host
+        and is no longer alive, or when it is older than ``max_age_s`` (None: never by age; for
+        writers on other hosts sharing the store). A name without a host tag (written before
+        the tags) counts as this host's.
         """
         stages = [self.stage_dir(stage)] if stage else [p for p in self.root.glob("*") if p.is_dir()]
         removed = []
-        pat = re.compile(r"^\..+\.(tmp|old)-(\d+)-[0-9a-f]+$")
         now = time.time()
         for sd in stages:
             if not sd.is_dir():
                 continue
             for p in sd.iterdir():
-                mt = pat.match(p.name)
+                mt = _SCRATCH.match(p.name)
                 if not mt:
                     continue
+                tag = mt.group(3)
+                here = len(tag) == 8 or tag[:8] == HOST_TAG
                 try:
                     age = now - p.stat().st_mtime
                 except OSError:
                     continue
-                if not _pid_alive(int(mt.group(2))) or age > max_age_s:
+                if (here and not _pid_alive(int(mt.group(2)))) or (max_age_s is not None and age > max_age_s):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p)
         return removed

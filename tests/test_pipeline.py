@@ -137,8 +137,15 @@ def test_first_run_fills_every_table_and_report(ws):
 
 
 def test_rerun_recomputes_nothing_and_results_are_identical(ws):
+    from tasks.store import HOST_TAG
+
     before = snapshot(ws)
+    # a dump its killed writer left half-written goes; nothing complete is touched
+    stale = ws / "artifacts" / "activations" / f".deadbeefdeadbeef.tmp-999999999-{HOST_TAG}0123abcd"
+    stale.mkdir()
+    (stale / "activations.npz").write_bytes(b"partial")
     semprobe(ws, "run", "--preset", "smoke", "--quiet")
+    assert not stale.exists()
     runs = stage_runs(ws, latest_run(ws))
     assert len(runs) > 10 and set(runs["status"]) == {"cached"}, runs
     after = snapshot(ws)

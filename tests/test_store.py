@@ -126,14 +126,25 @@ def test_non_json_meta_fails_and_cleans_up(tmp_path):
 
 
 def test_clean_stale_removes_dead_writer_temp(tmp_path):
+    from tasks.store import HOST_TAG
+
     s = ArtifactStore(tmp_path)
     (tmp_path / "data").mkdir()
-    dead = tmp_path / "data" / ".k.tmp-999999999-abcd1234"
-    dead.mkdir()
-    live = tmp_path / "data" / f".k.tmp-{os.getpid()}-abcd1234"
-    live.mkdir()
-    removed = s.clean_stale("data")
-    assert removed == [dead] and live.exists() and not dead.exists()
+    dead = tmp_path / "data" / f".k.tmp-999999999-{HOST_TAG}abcd1234"
+    legacy = tmp_path / "data" / ".k.old-999999999-abcd1234"  # named before the host tags
+    live = tmp_path / "data" / f".k.tmp-{os.getpid()}-{HOST_TAG}abcd1234"
+    other_host = "11111111" if HOST_TAG != "11111111" else "22222222"
+    elsewhere = tmp_path / "data" / f".k.tmp-999999999-{other_host}abcd1234"
+    for p in (dead, legacy, live, elsewhere):
+        p.mkdir()
+    # another host's writer is never judged by this host's pids, only by age
+    assert sorted(s.clean_stale("data", max_age_s=None)) == sorted([dead, legacy])
+    assert live.exists() and elsewhere.exists() and not dead.exists() and not legacy.exists()
+    os.utime(elsewhere, (time.time() - 7200, time.time() - 7200))
+    assert s.clean_stale("data", max_age_s=3600) == [elsewhere]
+    # the store's own scratch folders carry this host's tag
+    with s.write("data", "k2") as tmp:
+        assert tmp.name.startswith(".k2.tmp-") and f"-{HOST_TAG}" in tmp.name
 
 
 def _hold_lock(root, ready, release):
