@@ -153,6 +153,19 @@ def test_rerun_recomputes_nothing_and_results_are_identical(ws):
         pd.testing.assert_frame_equal(before[t], after[t], obj=t)
 
 
+def test_a_fresh_workspace_reproduces_every_number(ws, tmp_path):
+    """Same seed and config, another workspace, on this CPU: every table of results bit for bit
+    (dataset bytes, training curve, evaluations, probes, controls, phases), not just found in a
+    cache."""
+    semprobe(tmp_path, "run", "--preset", "smoke", "--quiet")
+    assert set(stage_runs(tmp_path, latest_run(tmp_path))["status"]) == {"computed"}
+    first, again = snapshot(ws), snapshot(tmp_path)
+    for t in RESULT_TABLES:
+        if "path" in again[t]:  # where the artifact lies is the workspace's, not a result
+            first[t], again[t] = first[t].drop(columns="path"), again[t].drop(columns="path")
+        pd.testing.assert_frame_equal(first[t], again[t], check_exact=True, obj=t)
+
+
 def test_deleted_activation_recomputes_only_its_checkpoint(ws):
     acts = read_only_query(ws / "results.duckdb",
                            "SELECT key FROM stage_runs WHERE stage = 'activations'")["key"].unique()
