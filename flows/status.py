@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from flows.presets import load_preset
+from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
 from tasks.activations import activations_key
 from tasks.dataset import dataset_key
@@ -36,7 +37,11 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
 
     ds = dataset_key(cfg.data)
     tk = train_key(cfg.model, cfg.train, ds)
-    rows = [row("dataset", ds), row("train", tk, f"{cfg.train.steps} steps")]
+    train_detail = f"{cfg.train.steps} steps"
+    saved = list_checkpoints(ws.work_dir / "train" / tk)
+    if saved and not store.is_complete("train", tk, verify="stat"):  # where training stands or resumes
+        train_detail += f", checkpointed at step {saved[-1][0]}"
+    rows = [row("dataset", ds), row("train", tk, train_detail)]
     probed = probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)
     for step in checkpoint_steps(cfg.train):
         ck = checkpoint_key(tk, step)

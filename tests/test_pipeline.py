@@ -311,6 +311,9 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
             pass
     kept = {p: p.stat().st_mtime_ns for p in sorted(work.glob("*/step-*.pt")) if p.suffix != ".tmp"}
     assert kept, "no checkpoint survived the kill"
+    last = max(int(p.stem.split("-")[1]) for p in kept)  # status says where training will resume
+    status = semprobe(tmp_path, "status", "--preset", "smoke", *overrides).stdout
+    assert f"400 steps, checkpointed at step {last}" in status, status
     semprobe(tmp_path, "run", "--preset", "smoke", "--quiet", *overrides)
     for p, mtime in kept.items():  # resumed: nothing before the kill was trained or written again
         assert p.stat().st_mtime_ns == mtime, p
