@@ -232,11 +232,13 @@ def dedupe(df, keys, values, notes, what, stage="probe"):
 
 
 def machine_label(machine: dict | str | None) -> str:
-    """A ``meta.machine`` stamp in a few words: CPU, cores, torch, and the GPU it used."""
+    """A ``meta.machine`` stamp in a few words: CPU, cores, torch threads (stamps since
+    2026-12-05), torch, and the GPU it used."""
     m = json.loads(machine) if isinstance(machine, str) else machine
     if not isinstance(m, dict):  # a row recorded before schema 8: NULL
         return ""
-    return ", ".join([f"{m.get('cpu', '?')} x {m.get('cores', '?')}", f"torch {m.get('torch', '?')}",
+    threads = [f"{m['torch_threads']} torch threads"] if m.get("torch_threads") else []
+    return ", ".join([f"{m.get('cpu', '?')} x {m.get('cores', '?')}", *threads, f"torch {m.get('torch', '?')}",
                       *([m["cuda"]] if m.get("cuda") else [])])
 
 

@@ -123,8 +123,10 @@ def test_time_per_stage_is_the_runs_own(ws):
     at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
     db.upsert("runs", [dict(run_id=RUN, preset="smoke", config={"x": 1}, data_key="d", train_key=TK,
                             status="finished", started_at=t0, finished_at=at(3725))])
-    cpu = {"cpu": "AMD EPYC (family 25, model 17)", "cores": 2, "torch": "2.13.0+cpu", "cuda": None}
-    gpu = {**cpu, "cores": 16, "torch": "2.11.0+cu130", "cuda": "NVIDIA H200"}
+    cpu = {"cpu": "AMD EPYC (family 25, model 17)", "cores": 2, "torch_threads": 2, "torch": "2.13.0+cpu",
+           "cuda": None}
+    gpu = {"cpu": "AMD EPYC (family 25, model 17)", "cores": 16, "torch": "2.11.0+cu130",
+           "cuda": "NVIDIA H200"}  # stamped before the thread count was
     db.upsert("stage_runs", [
         dict(run_id=RUN, stage="probes", key="p1", status="computed", seconds=50.0, finished_at=at(160), machine=cpu),
         dict(run_id=RUN, stage="probes", key="p2", status="computed", seconds=50.0, finished_at=at(170), machine=gpu),
@@ -136,7 +138,7 @@ def test_time_per_stage_is_the_runs_own(ws):
     assert [(r["stage"], r["computed"], r["cached"], r["seconds, summed"], r["wall"]) for r in rows] == [
         ("train", 1, 0, 100.0, "0:01:40"), ("evaluate", 0, 1, 0.0, ""),
         ("probes", 2, 0, 100.0, "0:01:00"), ("phases", 1, 0, 2.0, ""), ("whole run", "", "", "", "1:02:05")]
-    on_cpu, on_gpu = "AMD EPYC (family 25, model 17) x 2, torch 2.13.0+cpu", \
+    on_cpu, on_gpu = "AMD EPYC (family 25, model 17) x 2, 2 torch threads, torch 2.13.0+cpu", \
         "AMD EPYC (family 25, model 17) x 16, torch 2.11.0+cu130, NVIDIA H200"
     assert [r["computed on"] for r in rows] == [on_gpu, "", "; ".join(sorted([on_cpu, on_gpu])), "", ""]
 
