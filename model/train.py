@@ -94,6 +94,7 @@ def train(
     stop_after: int | None = None,
     blocks: PackedBlocks | None = None,
     should_stop=None,
+    threads: int | None = None,
 ) -> list[tuple[int, Path]]:
     """Train (or resume) and return (step, path) of every checkpoint in ``out_dir``.
 
@@ -104,10 +105,11 @@ def train(
     ``should_stop()`` is polled after every step; when it turns true a checkpoint is written at
     that step and training returns, so a SIGTERM loses at most one step of work.
 
-    Runs on the process's starting torch thread count, pinned in this thread (``model.threads``),
-    and each checkpoint records it: resuming on another count warns that the curve will differ.
+    Runs on ``threads`` torch threads (default: the process's starting count, not whatever
+    ``torch.set_num_threads`` last set), pinned in this thread (``model.threads``); each checkpoint
+    records the count, and resuming on another one warns that the curve will differ.
     """
-    with pinned_threads() as threads:
+    with pinned_threads(threads) as threads:
         return _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, stop_after, blocks,
                       should_stop, threads)
 

@@ -104,7 +104,17 @@ def test_resuming_on_another_thread_count_warns(data_dir, tmp_path):
     ckpt["extra"]["threads"] = PROCESS_THREADS + 1
     torch.save(ckpt, path)
     with pytest.warns(UserWarning, match=rf"on {PROCESS_THREADS} torch threads.*trained on {PROCESS_THREADS + 1}"):
-        train(m, t, data_dir, tmp_path, progress=False)
+        found = train(m, t, data_dir, tmp_path, progress=False)
+    assert load_checkpoint(found[-1][1])["extra"]["threads"] == PROCESS_THREADS
+
+
+def test_an_explicit_thread_count_is_used_and_recorded(data_dir, tmp_path):
+    m, t = _cfg()
+    seen, before = [], torch.get_num_threads()
+    found = train(m, t, data_dir, tmp_path, progress=False, threads=1,
+                  on_checkpoint=lambda s, p: seen.append(torch.get_num_threads()))
+    assert set(seen) == {1} and {load_checkpoint(p)["extra"]["threads"] for _, p in found} == {1}
+    assert torch.get_num_threads() == before  # given back
 
 
 def test_bad_checkpoints_raise(data_dir, tmp_path):
