@@ -39,7 +39,7 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
     tk = train_key(cfg.model, cfg.train, ds)
     train_detail = f"{cfg.train.steps} steps"
     saved = list_checkpoints(ws.work_dir / "train" / tk)
-    if saved and not store.is_complete("train", tk, verify="stat"):  # where training stands or resumes
+    if saved and saved[-1][0] < cfg.train.steps:  # training unfinished: where it stands or resumes
         train_detail += f", checkpointed at step {saved[-1][0]}"
     rows = [row("dataset", ds), row("train", tk, train_detail)]
     probed = probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)

@@ -19,6 +19,7 @@ import pytest
 
 import karel
 from flows.presets import load_preset
+from model.checkpoint import list_checkpoints
 from tasks.activations import concat_samples, reference_programs
 from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
 from tasks.results import TABLES, read_only_query
@@ -311,7 +312,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
             pass
     kept = {p: p.stat().st_mtime_ns for p in sorted(work.glob("*/step-*.pt")) if p.suffix != ".tmp"}
     assert kept, "no checkpoint survived the kill"
-    last = max(int(p.stem.split("-")[1]) for p in kept)  # status says where training will resume
+    last = max(step for run in work.iterdir() for step, _ in list_checkpoints(run))  # where it will resume
     status = semprobe(tmp_path, "status", "--preset", "smoke", *overrides).stdout
     assert f"400 steps, checkpointed at step {last}" in status, status
     semprobe(tmp_path, "run", "--preset", "smoke", "--quiet", *overrides)
