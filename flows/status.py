@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from flows.presets import load_preset
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
+from probes.resume import saved_units
 from tasks.activations import activations_key
 from tasks.dataset import dataset_key
 from tasks.evaluation import evaluate_key
@@ -52,5 +53,10 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
         ak = activations_key(cfg.activations, ds, ck)
         rows.append(row("activations", ak, f"step {step}"))
         for sem in cfg.probe.semantics:
-            rows.append(row("probes", probe_key(probe_config_at(cfg.probe, step, probed), ak, sem), f"step {step} {sem}"))
+            pk = probe_key(probe_config_at(cfg.probe, step, probed), ak, sem)
+            r = row("probes", pk, f"step {step} {sem}")
+            units = saved_units(ws.work_dir / "probes" / pk)
+            if units and r["state"] != "done":  # what a resumed grid will not train again
+                r["detail"] += f", {units} (seed, kind) units saved"
+            rows.append(r)
     return rows

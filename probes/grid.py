@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import resume
 from .labels import MAIN_FEATURES, OFFSETS, LabelSet, check_feature, check_semantics, hidden_rows
 from .stacked import TrainConfig, evaluate, fit_stacked
 
@@ -124,6 +125,7 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
     """Train every task's probes at once on rows ``x`` (n, d); ``program`` (n,) for the split.
 
     One stacked call per (seed, probe kind) holds all tasks (grouped by shared rows inside).
+    Inside ``probes.resume.resumable`` each such unit is saved as it finishes and reused.
     """
     config.check()
     x = np.asarray(x)
@@ -137,25 +139,51 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
     if not tasks:
         raise ValueError("tasks: nothing to train")
     n_head = max(len(t.heads) for t in tasks)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    xt = torch.from_numpy(x)
+    folder = resume.active()
+    digest = resume.inputs_digest(x, program, tasks, layer, config) if folder is not None else None
     out = []
     for seed in config.seeds:
-        split = row_splits(program, seed, config.split)
-        rows = {name: np.flatnonzero(split == i) for i, name in enumerate(SPLITS)}
-        data = {}
-        for name, r in rows.items():
-            target, weight = _stack_targets(tasks, r, n_head)
-            data[name] = (xt[r], target, weight)
+        saved = {kind: resume.load_unit(resume.unit_path(folder, digest, seed, kind)) if folder else None
+                 for kind in config.probes}
+        data = None
         for kind in config.probes:
-            seeds = [probe_seed(seed, kind, t.key) for t in tasks]
-            fitted = fit_stacked(*data["train"], [t.heads for t in tasks], config.hidden[kind],
-                                 seeds, shuffle_seed=seed, config=config.train, val=data["val"])
-            for name in config.report:
-                acc, n = evaluate(fitted.model, *data[name], batch=config.train.eval_batch)
-                for i, t in enumerate(tasks):
-                    out.append({**t.key, "probe": kind, "layer": layer, "seed": seed,
-                                "split": name, "accuracy": float(acc[i]), "n": int(n[i]),
-                                "best_epoch": int(fitted.best_epoch[i])})
+            if saved[kind] is not None:
+                out.append(saved[kind])
+                continue
+            if data is None:
+                data = _split_data(xt, program, tasks, n_head, seed, config.split)
+            rows = _fit_unit(data, tasks, config, seed, kind, layer)
+            if folder is not None:
+                resume.save_unit(resume.unit_path(folder, digest, seed, kind), rows)
+            out.append(rows)
+    return pd.concat(out, ignore_index=True)
+
+
+def _split_data(xt: torch.Tensor, program: np.ndarray, tasks: list[Task], n_head: int, seed: int, fractions) -> dict:
+    """Per split name: (x rows, stacked targets, weights) of one seed's split by program."""
+    split = row_splits(program, seed, fractions)
+    data = {}
+    for i, name in enumerate(SPLITS):
+        r = np.flatnonzero(split == i)
+        target, weight = _stack_targets(tasks, r, n_head)
+        data[name] = (xt[r], target, weight)
+    return data
+
+
+def _fit_unit(data: dict, tasks: list[Task], config: GridConfig, seed: int, kind: str, layer) -> pd.DataFrame:
+    """The rows of one (seed, kind) unit: every task's probe trained and scored on ``config.report``."""
+    seeds = [probe_seed(seed, kind, t.key) for t in tasks]
+    fitted = fit_stacked(*data["train"], [t.heads for t in tasks], config.hidden[kind],
+                         seeds, shuffle_seed=seed, config=config.train, val=data["val"])
+    out = []
+    for name in config.report:
+        acc, n = evaluate(fitted.model, *data[name], batch=config.train.eval_batch)
+        for i, t in enumerate(tasks):
+            out.append({**t.key, "probe": kind, "layer": layer, "seed": seed,
+                        "split": name, "accuracy": float(acc[i]), "n": int(n[i]),
+                        "best_epoch": int(fitted.best_epoch[i])})
     return pd.DataFrame(out)
 
 

@@ -12,12 +12,16 @@ paired drops beyond random-init of ``tasks.phases``). Under ``original`` also th
 probes that read the action each offset-0 state emits, on the trained and the random-init states
 (``emitted_action_rows``).
 Controls rows carry the grid's ``probe_key`` and ``semantics``.
+Each (seed, kind) unit of its grids is kept in ``<workspace>/work/probes/<key>`` as it finishes
+(``probes.resume``), so a grid killed half way resumes there; the folder goes once the artifact
+is complete.
 The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
 DuckDB tables' columns (layer -1 = the layer mean).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +32,13 @@ from prefect.cache_policies import NONE
 from probes.controls import EMITTED_ACTION, emitted_action, majority_baseline, selectivity
 from probes.grid import GridConfig, probe_grid
 from probes.labels import make_labels
+from probes.resume import resumable
 from probes.stacked import TrainConfig
 from probes.stats import paired_diff, summarize
 from tasks.activations import load_activations
 from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import MEAN_LAYER, ProbeConfig, current_offset
+from tasks.workspace import Workspace
 
 # task modules whose code counts in the key too (stage_key)
 HELPERS = ("tasks.activations", "tasks.stage_configs")
@@ -82,7 +88,13 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
     current = current_offset(programs)
     step, ckpt_key = acts["meta"]["step"], acts["meta"]["checkpoint_key"]
 
+    units = Workspace.at(ws_root).work_dir / "probes" / key
+
     def compute(tmp: Path) -> dict:
+        with resumable(units):
+            return _compute(tmp)
+
+    def _compute(tmp: Path) -> dict:
         a = subsample(load_activations(acts), cfg.max_train_pairs)
         offsets = cfg.offsets_for(semantics)
         labels = make_labels(a["programs"], a["inputs"], (semantics,), cfg.features, offsets, cfg.drop_last)
@@ -129,7 +141,9 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
             init_results.assign(**ids).to_parquet(tmp / "random_init_results.parquet", index=False)
         return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": len(labels)}
 
-    return run_stage(ws_root, "probes", key, compute, force=recomputed(acts))
+    done = run_stage(ws_root, "probes", key, compute, force=recomputed(acts))
+    shutil.rmtree(units, ignore_errors=True)
+    return done
 
 
 def random_init_results(hidden_init: np.ndarray, labels, cfg: ProbeConfig, semantics: str = "original",

@@ -19,10 +19,12 @@ import pytest
 
 import karel
 from flows.presets import load_preset
+from flows.status import stage_status
 from model.checkpoint import list_checkpoints
 from tasks.activations import concat_samples, reference_programs
 from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
 from tasks.results import TABLES, read_only_query
+from tasks.workspace import Workspace
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
                  "controls", "semantic_content", "phases", "checkpoints"]
@@ -211,7 +213,18 @@ def test_cli_status_sql_and_bad_input(ws):
     status = semprobe(ws, "status", "--preset", "smoke").stdout
     assert "missing" not in status and status.count("done") >= 1 + 1 + 3 * (3 + 3)
     changed = semprobe(ws, "status", "--preset", "smoke", "--set", "probe.seeds=3").stdout
-    assert "probes" in changed and "missing" in changed
+    assert "probes" in changed and "missing" in changed and "units saved" not in changed
+    # a grid stopped half way: status counts the units its rerun will not train again
+    missing = [r for r in stage_status(Workspace.at(str(ws)), "smoke", ["probe.seeds=3"]) if r["stage"] == "probes"]
+    units = ws / "work" / "probes" / missing[0]["key"]
+    units.mkdir(parents=True)
+    for name in ("a", "b"):
+        (units / f"{name}.parquet").write_bytes(b"")
+    try:
+        changed = semprobe(ws, "status", "--preset", "smoke", "--set", "probe.seeds=3").stdout
+        assert changed.count("2 (seed, kind) units saved") == 1, changed
+    finally:
+        shutil.rmtree(units)
     out = semprobe(ws, "sql", "SELECT count(*) AS n FROM checkpoints", "--format", "csv").stdout
     assert out.strip().splitlines()[-1] == "3"
     bad = semprobe(ws, "sql", "DELETE FROM checkpoints", check=False)

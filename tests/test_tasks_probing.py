@@ -201,3 +201,74 @@ def test_the_dump_says_which_programs_it_holds(tmp_path):
     cfg = ProbeConfig(offsets=(0,), kinds=("linear",), seeds=2, epochs=1)
     with pytest.raises(ValueError, match="actsk: its meta does not say which programs"):
         train_probes.fn(str(tmp_path / "ws"), cfg, acts, "original")
+
+
+def test_a_grid_killed_half_way_resumes_from_its_saved_units(tmp_path, monkeypatch):
+    """A probe stage stopped after some (seed, kind) units keeps them in the workspace's work
+    folder; the rerun trains only the rest, gives the straight run's results, and removes the
+    folder when its artifact is complete. A damaged unit, or other inputs, train again."""
+    import dataclasses
+
+    import pandas as pd
+    import pytest
+
+    import probes.grid as grid
+    from probes.resume import resumable, saved_units
+    from tasks.probing import probe_key
+
+    rng = np.random.default_rng(5)
+    programs = rng.integers(0, 5, size=(60, 14)).astype(np.int8)
+    programs[:, 7:] = -1
+    acts = fake_activations(tmp_path, programs, random_init=True)
+    path = tmp_path / "acts" / "activations.npz"
+    arrays = dict(np.load(path))
+    arrays["hidden"] = rng.normal(size=arrays["hidden"].shape).astype(np.float16)
+    np.savez(path, **arrays)
+    cfg = ProbeConfig(offsets=(0, 1), kinds=("linear", "mlp1"), seeds=2, epochs=2)
+
+    fit, trained, stop_after = grid._fit_unit, [], [None]
+
+    def fit_unit(*args, **kw):
+        if stop_after[0] is not None and len(trained) == stop_after[0]:
+            raise KeyboardInterrupt  # the process is stopped here
+        trained.append(args[3:5])  # (seed, kind)
+        return fit(*args, **kw)
+
+    monkeypatch.setattr(grid, "_fit_unit", fit_unit)
+    straight = train_probes.fn(str(tmp_path / "straight"), cfg, acts, "original")
+    total = len(trained)  # the main grid, the random-init and the alignment grids: 2 seeds x 2 kinds each
+    assert total >= 3 * 4 and not list((tmp_path / "straight" / "work" / "probes").glob("*"))
+
+    ws = tmp_path / "ws"
+    units = ws / "work" / "probes" / probe_key(cfg, acts["key"], "original")
+    trained.clear()
+    stop_after[0] = 5
+    with pytest.raises(KeyboardInterrupt):
+        train_probes.fn(str(ws), cfg, acts, "original")
+    assert saved_units(units) == 5
+    trained.clear()
+    stop_after[0] = None
+    resumed = train_probes.fn(str(ws), cfg, acts, "original")
+    assert len(trained) == total - 5 and not units.exists()
+    for name in ("probe_results", "controls", "random_init_results"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(f"{straight['path']}/{name}.parquet").drop(columns="probe_key", errors="ignore"),
+            pd.read_parquet(f"{resumed['path']}/{name}.parquet").drop(columns="probe_key", errors="ignore"))
+
+    # the library alone: a damaged unit file trains again; other labels share no unit
+    from probes.labels import make_labels
+    a = np.load(path)
+    labels = make_labels(programs, karel.random_worlds(np.random.default_rng(0), 600), ("original", "flip"),
+                         ("direction",), (0,))
+    hidden = a["hidden"].astype(np.float32)
+    conf = grid.GridConfig(semantics=("original",), features=("direction",), offsets=(0,), probes=("linear",),
+                           seeds=(0, 1), train=grid.TrainConfig(epochs=2))
+    with resumable(tmp_path / "lib") as folder:
+        trained.clear()
+        first = grid.probe_grid(hidden, labels, conf)
+        next(folder.glob("*-s1-linear.parquet")).write_bytes(b"not parquet")
+        again = grid.probe_grid(hidden, labels, conf)
+        assert trained == [(0, "linear"), (1, "linear"), (1, "linear")]
+        pd.testing.assert_frame_equal(first, again)
+        grid.probe_grid(hidden, labels, dataclasses.replace(conf, semantics=("flip",)))
+        assert len(trained) == 5
