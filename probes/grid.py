@@ -27,6 +27,7 @@ import torch
 from . import resume
 from .labels import MAIN_FEATURES, OFFSETS, LabelSet, check_feature, check_semantics, hidden_rows
 from .stacked import TrainConfig, evaluate, fit_stacked
+from .stacked_training import resolve_device
 
 PROBE_KINDS: dict[str, tuple[int, ...]] = {"linear": (), "mlp1": (256,), "mlp2": (256, 1024)}
 SPLITS = ("train", "val", "test")
@@ -142,7 +143,7 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
     x = np.ascontiguousarray(x, dtype=np.float32)
     xt = torch.from_numpy(x)
     folder = resume.active()
-    digest = resume.inputs_digest(x, program, tasks, layer, config) if folder is not None else None
+    digest = resume.inputs_digest(x, program, tasks, layer, config, _arithmetic(config)) if folder is not None else None
     out = []
     for seed in config.seeds:
         saved = {kind: resume.load_unit(resume.unit_path(folder, digest, seed, kind)) if folder else None
@@ -159,6 +160,12 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
                 resume.save_unit(resume.unit_path(folder, digest, seed, kind), rows)
             out.append(rows)
     return pd.concat(out, ignore_index=True)
+
+
+def _arithmetic(config: GridConfig) -> str:
+    """Where a grid's arithmetic runs (its bits depend on it): ``cpu`` or the CUDA device's name."""
+    device = resolve_device(config.train.device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _split_data(xt: torch.Tensor, program: np.ndarray, tasks: list[Task], n_head: int, seed: int, fractions) -> dict:

@@ -7,8 +7,9 @@ finished (seed, kind) unit in ``folder`` and, on a later call with the same inpu
 instead of training again.
 
 A unit's file is named by a digest of everything its rows depend on: the rows ``x``, each row's
-program, every task's key, heads and labels, the layer name and the whole ``GridConfig`` (probe
-widths, training settings, threads, device), with the seed and kind. A unit is therefore reused
+program, every task's key, heads and labels, the layer name, the whole ``GridConfig`` (probe
+widths, training settings, threads, device) and where the arithmetic runs (the CPU, or the CUDA
+device's name, for ``device="auto"``), with the seed and kind. A unit is therefore reused
 only for the same inputs, and a grid resumed from saved units returns the rows a straight run
 returns (each unit seeds its own generators, so it does not depend on which units ran before it
 in the process). Files are written whole (a temporary name, then a rename): a process killed
@@ -47,7 +48,7 @@ def active() -> Path | None:
     return _FOLDER.get()
 
 
-def inputs_digest(x: np.ndarray, program: np.ndarray, tasks, layer, config) -> str:
+def inputs_digest(x: np.ndarray, program: np.ndarray, tasks, layer, config, arithmetic: str = "") -> str:
     """Digest of one ``train_tasks`` call's inputs (see the module docstring)."""
     h = hashlib.blake2b(digest_size=16)
     for arr in (x, program):
@@ -59,7 +60,7 @@ def inputs_digest(x: np.ndarray, program: np.ndarray, tasks, layer, config) -> s
         lab = np.ascontiguousarray(t.labels)
         h.update(f"{lab.dtype.str}{lab.shape}".encode())
         h.update(lab.data)
-    h.update(repr((layer, config)).encode())
+    h.update(repr((layer, config, arithmetic)).encode())
     return h.hexdigest()
 
 
