@@ -3,7 +3,7 @@
 ``train`` resumes from the newest checkpoint in ``out_dir`` if there is one. Nothing random is
 replayed on resume: the model, optimizer, RNG states and data position all come from the file,
 so N steps + resume + N steps gives the same weights as 2N steps straight (on CPU, bit for bit,
-on the same torch thread count: see ``model.threads``).
+on the same CPU and torch thread count: see ``model.threads`` and ``model.machine``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .checkpoint import (
 from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict
 from .data import PackedBlocks, batch_inputs, load_train_blocks
 from .optim import make_optimizer, set_lr
+from .machine import cpu_identity
 from .threads import pinned_threads
 from .transformer import Transformer, sample_mask
 
@@ -144,6 +145,11 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
             warnings.warn(f"training resumes at step {step} on {threads} torch threads, its checkpoint was "
                           f"trained on {saved}: the curve will differ from a straight run on {saved} "
                           f"(OMP_NUM_THREADS={saved} follows it)", stacklevel=3)
+        cpu = ckpt["extra"].get("cpu")
+        if device.type == "cpu" and cpu is not None and cpu != cpu_identity():
+            warnings.warn(f"training resumes at step {step} on another CPU ({cpu_identity()['cpu']}) than its "
+                          f"checkpoint's ({cpu['cpu']}): its rounding differs, so the curve will differ from "
+                          "a straight run on either", stacklevel=3)
     else:
         step = 0
 
@@ -155,7 +161,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
         return path
 
     if ckpt is None:
-        checkpoint(0, {"threads": threads})
+        checkpoint(0, {"threads": threads, "cpu": cpu_identity()})
     bar = None
     if progress and step < last:
         from tqdm.auto import tqdm
@@ -187,7 +193,8 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
             bar.update(1)
         stopping = should_stop is not None and should_stop()
         if step in schedule or step == last or stopping:
-            checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss, "threads": threads})
+            checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss, "threads": threads,
+                                                "cpu": cpu_identity()})
             losses = []
         if stopping:
             break

@@ -79,12 +79,13 @@ def load_unit(path: Path) -> pd.DataFrame | None:
 
 
 def save_unit(path: Path, rows: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     rows.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
 
 def saved_units(folder: str | os.PathLike) -> int:
-    """How many units a folder holds (for progress reports)."""
+    """How many units a folder and its subfolders hold (for progress reports)."""
     path = Path(folder)
-    return len(list(path.glob("*.parquet"))) if path.is_dir() else 0
+    return len(list(path.rglob("*.parquet"))) if path.is_dir() else 0

@@ -12,9 +12,10 @@ paired drops beyond random-init of ``tasks.phases``). Under ``original`` also th
 probes that read the action each offset-0 state emits, on the trained and the random-init states
 (``emitted_action_rows``).
 Controls rows carry the grid's ``probe_key`` and ``semantics``.
-Each (seed, kind) unit of its grids is kept in ``<workspace>/work/probes/<key>`` as it finishes
-(``probes.resume``), so a grid killed half way resumes there; the folder goes once the artifact
-is complete.
+Each (seed, kind) unit of its grids is kept in ``<workspace>/work/probes/<key>/<arithmetic tag>``
+as it finishes (``probes.resume``), so a grid killed half way resumes there on a machine whose
+arithmetic matches (``tasks.stage.arithmetic_tag``); the folder goes once this process has
+computed the artifact.
 The artifact holds ``probe_results``, ``probe_summary`` and ``controls`` as Parquet, in the
 DuckDB tables' columns (layer -1 = the layer mean).
 """
@@ -36,7 +37,7 @@ from probes.resume import resumable
 from probes.stacked import TrainConfig
 from probes.stats import paired_diff, summarize
 from tasks.activations import load_activations
-from tasks.stage import recomputed, run_stage, stage_key
+from tasks.stage import arithmetic_tag, recomputed, run_stage, stage_key
 from tasks.stage_configs import MEAN_LAYER, ProbeConfig, current_offset
 from tasks.workspace import Workspace
 
@@ -91,7 +92,7 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
     units = Workspace.at(ws_root).work_dir / "probes" / key
 
     def compute(tmp: Path) -> dict:
-        with resumable(units):
+        with resumable(units / arithmetic_tag()):
             return _compute(tmp)
 
     def _compute(tmp: Path) -> dict:
@@ -142,7 +143,8 @@ def train_probes(ws_root: str, cfg: ProbeConfig, acts: dict, semantics: str) -> 
         return {"step": step, "checkpoint_key": ckpt_key, "semantics": semantics, "n_pairs": len(labels)}
 
     done = run_stage(ws_root, "probes", key, compute, force=recomputed(acts))
-    shutil.rmtree(units, ignore_errors=True)
+    if done["status"] == "computed":  # found cached, another process may be recomputing it (forced)
+        shutil.rmtree(units, ignore_errors=True)
     return done
 
 

@@ -9,6 +9,8 @@ checked on the files themselves (a missing or corrupt artifact is recomputed).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import platform
 import time
@@ -18,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from model.machine import cpu_identity
 from model.threads import PROCESS_THREADS, pinned_threads
 from tasks.cachekey import cache_key, pin_sources
 from tasks.workspace import Workspace
@@ -46,26 +49,20 @@ def stage_key(stage: str, config, upstream: list[str], packages: list[str], own:
     return cache_key(stage, config, upstream, packages, own=(own, *helpers) if helpers else own)
 
 
-_ISA = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # what sets CPU bf16 speed and rounding
-
-
 @functools.lru_cache(maxsize=1)
 def _host() -> dict:
     """This machine's CPU, cores and software (read once per process)."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                info.setdefault(name.strip(), value.strip())
-    except OSError:
-        pass
-    cpu = info.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in info:
-        cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
-    flags = set(info.get("flags", "").split())
-    return {"cpu": cpu, "cpu_isa": [f for f in _ISA if f in flags], "cores": os.cpu_count(),
-            "torch_threads": PROCESS_THREADS, "torch": torch.__version__, "python": platform.python_version()}
+    return {**cpu_identity(), "cores": os.cpu_count(), "torch_threads": PROCESS_THREADS,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def arithmetic_tag() -> str:
+    """A short name for what sets a CPU computation's bits here (CPU model, its bf16 ISA, the torch
+    thread count and version): work kept to resume on, like a probe grid's units, is only mixed
+    with work of the same tag (a CUDA device is told apart inside ``probes.resume``)."""
+    host = _host()
+    what = [host[k] for k in ("cpu", "cpu_isa", "torch_threads", "torch")]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
 
 
 def machine() -> dict:

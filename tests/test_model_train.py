@@ -8,6 +8,7 @@ import torch
 import karel
 from model.checkpoint import list_checkpoints, load_checkpoint, load_model
 from model.config import checkpoint_steps, preset
+from model.machine import cpu_identity
 from model.threads import PROCESS_THREADS
 from model.train import train
 
@@ -96,16 +97,24 @@ def test_training_keeps_its_thread_count_beside_a_one_thread_neighbour(data_dir,
     assert [load_checkpoint(p)["extra"]["threads"] for _, p in box["found"]] == [PROCESS_THREADS] * len(seen)
 
 
-def test_resuming_on_another_thread_count_warns(data_dir, tmp_path):
+@pytest.mark.parametrize("changed", ["threads", "cpu"])
+def test_resuming_on_another_thread_count_or_cpu_warns(data_dir, tmp_path, changed):
     m, t = _cfg()
     train(m, t, data_dir, tmp_path, progress=False, stop_after=3)
     path = list_checkpoints(tmp_path)[-1][1]
     ckpt = torch.load(path, weights_only=True)
-    ckpt["extra"]["threads"] = PROCESS_THREADS + 1
+    assert ckpt["extra"]["cpu"] == cpu_identity() and ckpt["extra"]["threads"] == PROCESS_THREADS
+    if changed == "threads":
+        ckpt["extra"]["threads"] = PROCESS_THREADS + 1
+        expect = rf"on {PROCESS_THREADS} torch threads.*trained on {PROCESS_THREADS + 1}"
+    else:
+        ckpt["extra"]["cpu"] = {"cpu": "Some Other CPU (family 6, model 143)", "cpu_isa": ["amx_bf16"]}
+        expect = r"another CPU \(.*\) than its checkpoint's \(Some Other CPU"
     torch.save(ckpt, path)
-    with pytest.warns(UserWarning, match=rf"on {PROCESS_THREADS} torch threads.*trained on {PROCESS_THREADS + 1}"):
+    with pytest.warns(UserWarning, match=expect):
         found = train(m, t, data_dir, tmp_path, progress=False)
-    assert load_checkpoint(found[-1][1])["extra"]["threads"] == PROCESS_THREADS
+    extra = load_checkpoint(found[-1][1])["extra"]
+    assert extra["threads"] == PROCESS_THREADS and extra["cpu"] == cpu_identity()
 
 
 def test_an_explicit_thread_count_is_used_and_recorded(data_dir, tmp_path):

@@ -205,8 +205,9 @@ def test_the_dump_says_which_programs_it_holds(tmp_path):
 
 def test_a_grid_killed_half_way_resumes_from_its_saved_units(tmp_path, monkeypatch):
     """A probe stage stopped after some (seed, kind) units keeps them in the workspace's work
-    folder; the rerun trains only the rest, gives the straight run's results, and removes the
-    folder when its artifact is complete. A damaged unit, or other inputs, train again."""
+    folder, under this machine's arithmetic tag; the rerun trains only the rest, gives the
+    straight run's results, and removes the folder when it has computed the artifact. A damaged
+    unit, other inputs, or another machine's units train again."""
     import dataclasses
 
     import pandas as pd
@@ -215,6 +216,7 @@ def test_a_grid_killed_half_way_resumes_from_its_saved_units(tmp_path, monkeypat
     import probes.grid as grid
     from probes.resume import resumable, saved_units
     from tasks.probing import probe_key
+    from tasks.stage import arithmetic_tag
 
     rng = np.random.default_rng(5)
     programs = rng.integers(0, 5, size=(60, 14)).astype(np.int8)
@@ -245,11 +247,23 @@ def test_a_grid_killed_half_way_resumes_from_its_saved_units(tmp_path, monkeypat
     stop_after[0] = 5
     with pytest.raises(KeyboardInterrupt):
         train_probes.fn(str(ws), cfg, acts, "original")
-    assert saved_units(units) == 5
+    here = units / arithmetic_tag()
+    assert saved_units(here) == 5
+    # units kept by a machine whose arithmetic differs (another CPU, thread count or torch) are not mixed in
+    here.rename(units / "another-machine")
+    trained.clear()
+    stop_after[0] = 2
+    with pytest.raises(KeyboardInterrupt):
+        train_probes.fn(str(ws), cfg, acts, "original")
+    assert saved_units(here) == 2 and saved_units(units) == 7
     trained.clear()
     stop_after[0] = None
     resumed = train_probes.fn(str(ws), cfg, acts, "original")
-    assert len(trained) == total - 5 and not units.exists()
+    assert len(trained) == total - 2 and not units.exists()
+    # found cached, the stage leaves a units folder alone (a forced recompute elsewhere may be writing it)
+    (here / "x.parquet").parent.mkdir(parents=True)
+    (here / "x.parquet").write_bytes(b"")
+    assert train_probes.fn(str(ws), cfg, acts, "original")["status"] == "cached" and saved_units(units) == 1
     for name in ("probe_results", "controls", "random_init_results"):
         pd.testing.assert_frame_equal(
             pd.read_parquet(f"{straight['path']}/{name}.parquet").drop(columns="probe_key", errors="ignore"),
