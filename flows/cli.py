@@ -198,14 +198,18 @@ def cmd_compare(args, ws) -> int:
     from tasks.report_targets import issue_targets, side_by_side
     from tasks.results import ReadOnlyResults
 
-    columns = []
+    columns, caveats = [], []
     for spec in args.workspaces:
         folder, _, run_id = spec.partition(":")
         db = ReadOnlyResults(Path(folder) / "results.duckdb").current_schema()
         run_id, preset = _finished_run(db, run_id or None)
         notes: list[str] = []
-        columns.append((f"{preset}, run {run_id[:8]} ({Path(folder).name})", issue_targets(RunData(db, run_id, preset, notes))))
+        title = f"{preset}, run {run_id[:8]} ({Path(folder).name})"
+        columns.append((title, issue_targets(RunData(db, run_id, preset, notes))))
+        caveats += [f"- {title}: {note}" for note in notes]  # what each run's report would say beside its table
     print(side_by_side(columns), end="")
+    if caveats:
+        print("\nNotes:\n" + "\n".join(caveats))
     return 0
 
 

@@ -129,9 +129,16 @@ def test_compare_sets_runs_side_by_side_and_never_writes(tmp_path, capsys):
     populate(ResultsDB(b / "results.duckdb"), steps=STEPS[:3])
     want = [targets(ResultsDB(p / "results.duckdb")) for p in (a, b)]
     before = (a / "results.duckdb").read_bytes()
+    # run b has a checkpoint evaluated under two configurations: its report would say so, and so does compare
+    ResultsDB(b / "results.duckdb").upsert("checkpoint_metrics", [dict(
+        checkpoint_key="ck0", eval_key="ev-other", train_key=TK, step=0, metric="acc_spec", value=0.0)])
     assert main(["--workspace", str(tmp_path / "w"), "compare", str(a), f"{b}:{RUN}"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines, notes = out.split("\n\nNotes:\n")
+    lines = lines.splitlines()
     assert lines[0] == f"| target | smoke, run {RUN[:8]} (a) | smoke, run {RUN[:8]} (b) |" and len(lines) == 2 + 6
+    assert notes.splitlines() == [f"- smoke, run {RUN[:8]} (b): checkpoint metrics: some checkpoints have rows "
+                                  "from several evaluation configurations; their values are averaged."]
     for line, ra, rb in zip(lines[2:], *want):
         assert line.startswith(f"| {ra['target']} | **{ra['met']}**")
         assert f"**{rb['met']}**: {rb['measured'].replace('|', chr(92) + '|')} |" in line
