@@ -47,7 +47,8 @@ from tasks.activations import ACTIVATIONS_FILE, dump_activations, reference_prog
 from tasks.dataset import data_dir, generate_dataset
 from tasks.evaluation import evaluate
 from tasks.probing import train_probes
-from tasks.stage_configs import probe_config_at, probed_steps
+from tasks.probe_config import probe_config_at
+from tasks.stage_configs import probed_steps
 from tasks.training import published_checkpoint, publish_checkpoint
 from tasks.workspace import ARTIFACT_CACHE_ENV, ARTIFACTS_ENV, Workspace
 

@@ -38,7 +38,8 @@ from tasks.phases import phase_metrics
 from tasks.probing import train_probes
 from tasks.report import build_report
 from tasks.results import ResultsDB
-from tasks.stage_configs import current_offset, probe_config_at, probed_steps
+from tasks.probe_config import probe_config_at
+from tasks.stage_configs import current_offset, probed_steps
 from tasks.tracking import finish_run, init_tracking, start_parent_run
 from tasks.training import STOP, publish_checkpoint, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace

@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from karel import DataConfig
 from model import config as mcfg
-from tasks.stage_configs import (
-    ActivationConfig, EvalConfig, ProbeConfig, current_offset, paper_activations, paper_probe,
-)
+from tasks.probe_config import ProbeConfig, paper_probe
+from tasks.stage_configs import ActivationConfig, EvalConfig, current_offset, paper_activations
 
 SECTIONS = ("data", "model", "train", "eval", "activations", "probe")
 

@@ -17,7 +17,8 @@ from tasks.activations import activations_key
 from tasks.dataset import dataset_key
 from tasks.evaluation import evaluate_key
 from tasks.probing import probe_key
-from tasks.stage_configs import probe_config_at, probed_steps
+from tasks.probe_config import probe_config_at
+from tasks.stage_configs import probed_steps
 from tasks.training import checkpoint_key, train_key
 from tasks.workspace import Workspace
 

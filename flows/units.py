@@ -30,7 +30,8 @@ from tasks.dataset import dataset_key, generate_dataset
 from tasks.evaluation import evaluate
 from tasks.probing import train_probes
 from tasks.stage import RUN_CODE
-from tasks.stage_configs import probe_config_at, probed_steps
+from tasks.probe_config import probe_config_at
+from tasks.stage_configs import probed_steps
 from tasks.training import STOP, checkpoint_key, published_checkpoint, train_key, train_lm
 from tasks.workspace import Workspace
 

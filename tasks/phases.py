@@ -30,9 +30,10 @@ from model.phases import label_phases
 from probes.labels import MAIN_FEATURES
 from probes.stats import mean_ci
 from tasks.stage import recomputed, run_stage, stage_key
-from tasks.stage_configs import MEAN_LAYER, ProbeConfig
+from tasks.probe_config import ProbeConfig
+from tasks.stage_configs import MEAN_LAYER
 
-HELPERS = ("tasks.stage_configs",)  # task modules whose code counts in the key too (stage_key)
+HELPERS = ("tasks.stage_configs", "tasks.probe_config")  # task modules whose code counts in the key too (stage_key)
 
 CONTENT_PROBE = "mlp1"
 MEAN_FEATURE = "main_mean"  # interventions_vs_init rows over the mean of the main features

@@ -38,11 +38,12 @@ from probes.stacked import TrainConfig
 from probes.stats import paired_diff, summarize
 from tasks.activations import load_activations
 from tasks.stage import arithmetic_tag, recomputed, run_stage, stage_key
-from tasks.stage_configs import MEAN_LAYER, ProbeConfig, current_offset
+from tasks.probe_config import ProbeConfig
+from tasks.stage_configs import MEAN_LAYER, current_offset
 from tasks.workspace import Workspace
 
 # task modules whose code counts in the key too (stage_key)
-HELPERS = ("tasks.activations", "tasks.stage_configs")
+HELPERS = ("tasks.activations", "tasks.stage_configs", "tasks.probe_config")
 
 
 def probe_key(cfg: ProbeConfig, acts_key: str, semantics: str) -> str:

@@ -21,7 +21,8 @@ import pandas as pd
 
 from probes.stats import proportion_ci
 from tasks.results import ResultsDB
-from tasks.stage_configs import MEAN_LAYER, current_offset, paper_activations, paper_probe
+from tasks.probe_config import paper_probe
+from tasks.stage_configs import MEAN_LAYER, current_offset, paper_activations
 
 MAIN_FEATURES = ("direction", "rel_start", "facing_wall")
 PROBE_KINDS = ("linear", "mlp1", "mlp2")
@@ -44,7 +45,7 @@ OPERATIONAL = {"device", "autocast", "seed", "shard_size", "ckpt_every", "ckpt_l
 def setup_differences(run_config) -> list[dict]:
     """``[{"field", "this run", "paper"}]`` for every data, model, training, activations and probe
     field of the run's config that differs from the paper preset (``karel.DataConfig.paper()``,
-    ``model.config.paper()``, ``tasks.stage_configs.paper_activations()`` / ``paper_probe()``);
+    ``model.config.paper()``, ``tasks.stage_configs.paper_activations()`` / ``tasks.probe_config.paper_probe()``);
     operational fields (device, seeds, checkpoint schedule, ...) are left out."""
     from karel import DataConfig
     from model.config import paper

@@ -44,7 +44,8 @@ def stage_key(stage: str, config, upstream: list[str], packages: list[str], own:
     task module's own code (``own``, pass ``__name__``): a task module holds the wiring (which
     programs, splits and controls a stage asks for), so an edit there must re-key it too. So
     must an edit to ``helpers``, the other task modules whose code shapes the stage's output
-    (``tasks.stage_configs``' offsets and device, ``tasks.activations``' loader); the ones that
+    (``tasks.stage_configs``' offsets and device, ``tasks.probe_config``' offset rules for the
+    grids, ``tasks.activations``' loader); the ones that
     only find paths and run the stage (``PLUMBING``) do not count."""
     return cache_key(stage, config, upstream, packages, own=(own, *helpers) if helpers else own)
 

@@ -285,17 +285,23 @@ def test_every_task_module_a_stage_imports_counts_in_its_key_or_is_plumbing(modu
     assert helpers <= imported  # a helper it no longer imports would re-key it for nothing
 
 
-def test_a_helpers_code_re_keys_the_stages_that_read_it_and_no_other(monkeypatch):
-    """``tasks.stage_configs`` holds the probe offsets' rules, the layer-mean marker and the
-    stages' device: an edit there re-keys evaluation, dumps, probes and phases, not training."""
+@pytest.mark.parametrize("edited, rekeyed", [
+    ("stage_configs.py", (False, True, True, True, True)),  # the stages' device, offsets, layer-mean marker
+    ("probe_config.py", (False, False, False, True, True)),  # the probe grids' config: not the evaluations or dumps
+])
+def test_a_helpers_code_re_keys_the_stages_that_read_it_and_no_other(monkeypatch, edited, rekeyed):
+    """An edit to a helper re-keys exactly the stages that read it (training, evaluation, dumps,
+    probes, phases): ``tasks.stage_configs`` all but training, ``tasks.probe_config`` the probe
+    grids and the phases only."""
     from model.config import smoke
     from tasks import cachekey
     from tasks.activations import activations_key
     from tasks.evaluation import evaluate_key
     from tasks.phases import HELPERS as phases_helpers
+    from tasks.probe_config import ProbeConfig
     from tasks.probing import probe_key
     from tasks.stage import stage_key
-    from tasks.stage_configs import ActivationConfig, EvalConfig, ProbeConfig
+    from tasks.stage_configs import ActivationConfig, EvalConfig
     from tasks.training import train_key
 
     keys = lambda: (train_key(*smoke(), "data"), evaluate_key(EvalConfig(), "d", "c"),  # noqa: E731
@@ -303,7 +309,8 @@ def test_a_helpers_code_re_keys_the_stages_that_read_it_and_no_other(monkeypatch
                     stage_key("phases", {}, [], ["model.phases"], "tasks.phases", phases_helpers))
     before = keys()
     files = cachekey._sources("tasks")
-    monkeypatch.setitem(cachekey._PINNED, "tasks", [(rel, data + b"\nEDITED = 1\n" if rel == "stage_configs.py" else data)
+    assert edited in {rel for rel, _ in files}
+    monkeypatch.setitem(cachekey._PINNED, "tasks", [(rel, data + b"\nEDITED = 1\n" if rel == edited else data)
                                                    for rel, data in files])
     after = keys()
-    assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:]))
+    assert tuple(a != b for a, b in zip(after, before)) == rekeyed

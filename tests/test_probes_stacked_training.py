@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from probes.stacked import TrainConfig, evaluate, fit_stacked
-from tasks.stage_configs import ProbeConfig
+from tasks.probe_config import ProbeConfig
 
 CUDA = torch.cuda.is_available()
 

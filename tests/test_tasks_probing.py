@@ -6,7 +6,7 @@ import karel
 from tasks.probing import train_probes
 from tasks.record import Recorder
 from tasks.results import ResultsDB
-from tasks.stage_configs import ProbeConfig
+from tasks.probe_config import ProbeConfig
 
 
 def fake_activations(tmp_path, programs, layers=0, random_init=False):
@@ -103,7 +103,7 @@ def test_offsets_before_last_probe_the_last_checkpoint_in_full():
     import pytest
 
     from tasks.probing import probe_key
-    from tasks.stage_configs import probe_config_at
+    from tasks.probe_config import probe_config_at
 
     full = ProbeConfig(alternative_offsets=(0,))
     plan = ProbeConfig(alternative_offsets=(0,), offsets_before_last=(0,))
