@@ -81,9 +81,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# 8 hex digits naming this host in scratch folder names, so that a store shared by several
-# machines never judges another machine's writer by a pid of this one.
-HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+def _pid_space() -> str:
+    """The host name and pid namespace, within which a pid names one process: two containers may
+    share a host name (``--network host``) and a volume while numbering their processes apart."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return f"{socket.gethostname()}/{ns}"
+
+
+# 8 hex digits naming this pid space in scratch folder names, so that a store shared by several
+# machines (or containers) never judges another one's writer by a pid of this one.
+HOST_TAG = hashlib.sha256(_pid_space().encode()).hexdigest()[:8]
 _SCRATCH = re.compile(r"^\..+\.(tmp|old)-(\d+)-([0-9a-f]+)$")
 
 
@@ -332,7 +342,7 @@ class ArtifactStore:
         """Delete temporary/aside folders left by killed writers.
 
         A folder is removed when its writer (pid and host tag, from the name) ran on this host
-        and is no longer alive, or when it is older than ``max_age_s`` (None: never by age; for
+        (this pid namespace) and is no longer alive, or when it is older than ``max_age_s`` (None: never by age; for
         writers on other hosts sharing the store). A name without a host tag (written before
         the tags) counts as this host's.
         """
