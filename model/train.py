@@ -24,8 +24,8 @@ from .checkpoint import (
 )
 from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict
 from .data import PackedBlocks, batch_inputs, load_train_blocks
-from .optim import make_optimizer, set_lr
 from .machine import cpu_identity
+from .optim import make_optimizer, set_lr
 from .threads import pinned_threads
 from .transformer import Transformer, sample_mask
 
@@ -194,7 +194,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
         stopping = should_stop is not None and should_stop()
         if step in schedule or step == last or stopping:
             checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss, "threads": threads,
-                                                "cpu": cpu_identity()})
+                              "cpu": cpu_identity()})
             losses = []
         if stopping:
             break

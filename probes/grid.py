@@ -143,7 +143,7 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
     x = np.ascontiguousarray(x, dtype=np.float32)
     xt = torch.from_numpy(x)
     folder = resume.active()
-    digest = resume.inputs_digest(x, program, tasks, layer, config, _arithmetic(config)) if folder is not None else None
+    digest = None if folder is None else resume.inputs_digest(x, program, tasks, layer, config, _arithmetic(config))
     out = []
     for seed in config.seeds:
         saved = {kind: resume.load_unit(resume.unit_path(folder, digest, seed, kind)) if folder else None
