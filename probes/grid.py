@@ -146,18 +146,16 @@ def train_tasks(x: np.ndarray, program: np.ndarray, tasks: list[Task], config: G
     digest = None if folder is None else resume.inputs_digest(x, program, tasks, layer, config, _arithmetic(config))
     out = []
     for seed in config.seeds:
-        saved = {kind: resume.load_unit(resume.unit_path(folder, digest, seed, kind)) if folder else None
-                 for kind in config.probes}
         data = None
         for kind in config.probes:
-            if saved[kind] is not None:
-                out.append(saved[kind])
-                continue
-            if data is None:
-                data = _split_data(xt, program, tasks, n_head, seed, config.split)
-            rows = _fit_unit(data, tasks, config, seed, kind, layer)
-            if folder is not None:
-                resume.save_unit(resume.unit_path(folder, digest, seed, kind), rows)
+            path = None if folder is None else resume.unit_path(folder, digest, seed, kind)
+            rows = None if path is None else resume.load_unit(path)
+            if rows is None:
+                if data is None:
+                    data = _split_data(xt, program, tasks, n_head, seed, config.split)
+                rows = _fit_unit(data, tasks, config, seed, kind, layer)
+                if path is not None:
+                    resume.save_unit(path, rows)
             out.append(rows)
     return pd.concat(out, ignore_index=True)
 

@@ -51,15 +51,17 @@ def active() -> Path | None:
 def inputs_digest(x: np.ndarray, program: np.ndarray, tasks, layer, config, arithmetic: str = "") -> str:
     """Digest of one ``train_tasks`` call's inputs (see the module docstring)."""
     h = hashlib.blake2b(digest_size=16)
-    for arr in (x, program):
+
+    def array(arr) -> None:  # its dtype and shape too: the same bytes may be another array
         a = np.ascontiguousarray(arr)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.data)
+
+    array(x)
+    array(program)
     for t in tasks:
         h.update(json.dumps([t.key, list(t.heads)], sort_keys=True, default=str).encode())
-        lab = np.ascontiguousarray(t.labels)
-        h.update(f"{lab.dtype.str}{lab.shape}".encode())
-        h.update(lab.data)
+        array(t.labels)
     h.update(repr((layer, config, arithmetic)).encode())
     return h.hexdigest()
 
