@@ -48,7 +48,6 @@ from tasks.dataset import data_dir, generate_dataset
 from tasks.evaluation import evaluate
 from tasks.probing import train_probes
 from tasks.probe_config import probe_config_at
-from tasks.stage_configs import probed_steps
 from tasks.training import published_checkpoint, publish_checkpoint
 from tasks.workspace import ARTIFACT_CACHE_ENV, ARTIFACTS_ENV, Workspace
 
@@ -195,7 +194,7 @@ def estimate(cfg: StudyConfig, train_steps: int = 3, cores: int | None = None) -
         parts.append(Part("evaluate", len(schedule), each, each * len(schedule),
                           f"{ev.n_test_specs:,} test specs, {ev.n_val_samples:,} val samples"))
 
-        probed = sorted(probed_steps(schedule, ac.checkpoints))
+        probed = sorted(cfg.probed_steps())
         t = [_timed(dump_activations.fn, root, replace(ac, n_train_specs=_share(ac.n_train_specs, f),
                                                        n_test_specs=_share(ac.n_test_specs, f)), ds, ckpt) for f in fa]
         each = linear(t[0], fa[0], t[1], fa[1], 1.0)

@@ -39,7 +39,7 @@ from tasks.probing import train_probes
 from tasks.report import build_report
 from tasks.results import ResultsDB
 from tasks.probe_config import probe_config_at
-from tasks.stage_configs import current_offset, probed_steps
+from tasks.stage_configs import current_offset
 from tasks.tracking import finish_run, init_tracking, start_parent_run
 from tasks.training import STOP, publish_checkpoint, published_checkpoints, train_key, train_lm
 from tasks.workspace import Workspace
@@ -180,7 +180,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         training = train_lm.submit(root, cfg.model, cfg.train, ds, progress=progress)
         per_ckpt: dict[str, tuple] = {}
 
-        probed = probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)
+        probed = cfg.probed_steps()
 
         def submit_new():
             for c in published_checkpoints(root, tkey):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from karel import DataConfig
 from model import config as mcfg
+from model.config import checkpoint_steps
 from tasks.probe_config import ProbeConfig, paper_probe
 from tasks.stage_configs import ActivationConfig, EvalConfig, current_offset, paper_activations
 
@@ -47,6 +48,26 @@ class StudyConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def probed_steps(self) -> set[int]:
+        """The checkpoint steps this study dumps and probes (``spread_steps``)."""
+        return spread_steps(checkpoint_steps(self.train), self.activations.checkpoints, self.activations.probe_step0)
+
+
+def spread_steps(schedule: list[int], n: int, step0: bool = True) -> set[int]:
+    """``n`` of the scheduled steps, spread over training (all when ``n`` is 0 or covers them).
+
+    Always the last, and step 0 (the untrained model) when ``step0``; the rest are the scheduled
+    steps nearest to evenly spaced points of training (the phases fill its later part, not the
+    log-spaced start): ``last * i / (n - 1)`` from step 0, else ``last * i / n``."""
+    steps = sorted(schedule) if step0 else sorted(s for s in schedule if s > 0)
+    if n <= 0 or n >= len(steps):
+        return set(steps)
+    chosen = {steps[-1]} | ({steps[0]} if step0 else set())
+    for i in range(1, n - 1 if step0 else n):
+        target = steps[-1] * i / (n - 1 if step0 else n)
+        chosen.add(min((s for s in steps if s not in chosen), key=lambda s: abs(s - target)))
+    return chosen
+
 
 def _smoke() -> StudyConfig:
     m, t = mcfg.smoke()
@@ -70,21 +91,25 @@ def _cpu() -> StudyConfig:
         EvalConfig(n_test_specs=300, n_val_samples=100, batch_size=100),
         # Probing sized to see what the model holds within ~60 minutes (RESULTS.md, "The `cpu`
         # preset now probes enough to see"; 54:45 end to end): 3,150 probed specs (~11k action
-        # positions) and 30 epochs at batch 256 at 3 checkpoints (steps 0, 1,000, 2,000). Fewer
+        # positions) and 30 epochs at batch 256 at the probed checkpoints. Fewer
         # programs or epochs leave the MLPs under-trained (direction, mlp2, step 2,000: 38.5% at
         # 15 epochs, 50.2% at 30, 57.5% at 60 by benchmarks/probe_budget.py; the random-init
         # states 27-35%). Alternative semantics at offset 0 only (what every intervention measure
         # reads); the other offsets (future, past) only at the last checkpoint, where target 6
         # reads them, with the random-init control at the future ones (its floor there); bf16
         # decoding (2.1x) and random-init pass (1.75x).
-        ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=3, batch_size=100, bf16=True),
+        # Two trained checkpoints (steps 750 and 1,500): the step-0 model's own programs are no
+        # target's floor beside the random-init control, and their dump and grids cost ~4 of the
+        # hour on the 2-core Zen 4 (RESULTS.md, "The `cpu` preset in an hour").
+        ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=2, batch_size=100, bf16=True,
+                         probe_step0=False),
         ProbeConfig(seeds=3, epochs=30, batch_size=256, max_train_pairs=12_000, alternative_offsets=(0,),
                     offsets_before_last=(0,), random_init_offsets=(0, 1, 2)),
     )
 
 
 def _cpu_long() -> StudyConfig:
-    """The ``cpu`` recipe and data with six layers for three times the steps (``mcfg.cpu_long``),
+    """The ``cpu`` recipe and data with six layers for four times the steps (``mcfg.cpu_long``),
     probed at 5 checkpoints with twice the probed specs and 60 probe epochs; like ``cpu``, the
     alternative semantics at offset 0 only, which is all that the interventions, the semantic
     content and the paper read, and the other offsets at the last checkpoint only. With the
@@ -95,7 +120,7 @@ def _cpu_long() -> StudyConfig:
     m, t = mcfg.cpu_long()
     return replace(
         cpu, preset="cpu-long", model=m, train=t,
-        activations=replace(cpu.activations, n_train_specs=6_000, n_test_specs=300, checkpoints=5),
+        activations=replace(cpu.activations, n_train_specs=6_000, n_test_specs=300, checkpoints=5, probe_step0=True),
         probe=replace(cpu.probe, epochs=60, max_train_pairs=24_000),
     )
 

@@ -18,7 +18,6 @@ from tasks.dataset import dataset_key
 from tasks.evaluation import evaluate_key
 from tasks.probing import probe_key
 from tasks.probe_config import probe_config_at
-from tasks.stage_configs import probed_steps
 from tasks.training import checkpoint_key, train_key
 from tasks.workspace import Workspace
 
@@ -44,7 +43,7 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
     if saved and saved[-1][0] < cfg.train.steps:  # training unfinished: where it stands or resumes
         train_detail += f", checkpointed at step {saved[-1][0]}"
     rows = [row("dataset", ds), row("train", tk, train_detail)]
-    probed = probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)
+    probed = cfg.probed_steps()
     for step in checkpoint_steps(cfg.train):
         ck = checkpoint_key(tk, step)
         rows.append(row("checkpoint", ck, f"step {step}"))

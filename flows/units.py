@@ -31,7 +31,6 @@ from tasks.evaluation import evaluate
 from tasks.probing import train_probes
 from tasks.stage import RUN_CODE
 from tasks.probe_config import probe_config_at
-from tasks.stage_configs import probed_steps
 from tasks.training import STOP, checkpoint_key, published_checkpoint, train_key, train_lm
 from tasks.workspace import Workspace
 
@@ -43,12 +42,12 @@ def train_unit_key(cfg: StudyConfig) -> str:
 
 def is_probed(cfg: StudyConfig, step: int) -> bool:
     """Whether the config dumps activations and probes the checkpoint at ``step``."""
-    return step in probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints)
+    return step in cfg.probed_steps()
 
 
 def probe_config(cfg: StudyConfig, step: int):
     """The probe config of the (probed) checkpoint at ``step`` (``ProbeConfig.at_checkpoint``)."""
-    return probe_config_at(cfg.probe, step, probed_steps(checkpoint_steps(cfg.train), cfg.activations.checkpoints))
+    return probe_config_at(cfg.probe, step, cfg.probed_steps())
 
 
 def checkpoint_unit_key(cfg: StudyConfig, step: int) -> str:

@@ -42,9 +42,9 @@ def concat_samples(a: karel.Samples, b: karel.Samples) -> karel.Samples:
 
 
 def activations_key(cfg: ActivationConfig, dataset_key: str, checkpoint_key: str) -> str:
-    """The dump's key: which checkpoints are dumped (``cfg.checkpoints``) is not part of what a
-    dump holds, so probing more of them reuses the dumps already made."""
-    return stage_key("activations", replace(cfg, checkpoints=0), [dataset_key, checkpoint_key],
+    """The dump's key: which checkpoints are dumped (``cfg.checkpoints``, ``cfg.probe_step0``) is
+    not part of what a dump holds, so probing more of them reuses the dumps already made."""
+    return stage_key("activations", replace(cfg, checkpoints=0, probe_step0=True), [dataset_key, checkpoint_key],
                      ["karel", "model.checkpoint", "model.decode"], __name__, HELPERS)
 
 

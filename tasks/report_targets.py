@@ -18,7 +18,7 @@ is there already fails):
    mean, and so does the first-checkpoint fallback below).
    The untrained model is the random-init control (the step-0 model's states over the last
    checkpoint's own programs and labels: only training differs), else the same probe on the first
-   probed checkpoint. The step-0 model's own programs are no baseline where the control exists:
+   probed checkpoint (none when the last is the only one). The step-0 model's own programs are no baseline where the control exists:
    they are degenerate (at seed 0 of ``cpu-long``: pick_marker, put_marker seven times for every
    spec; the robot never moves or turns, so probes read its position at 100%): that measures the
    programs, not the model;
@@ -123,14 +123,14 @@ def _current_probes(d: RunData) -> dict:
             "majority, control task and the untrained model (the random-init model's states on the "
             "same programs, else the first probed checkpoint), paired by seed")
     cur = d.probe_curve()
-    if cur.empty or cur["step"].nunique() < 2:
+    if cur.empty:
         return _row(3, "current-state probes", crit, "", None)
     first, last = int(cur["step"].min()), int(cur["step"].max())
     ok, missing, parts, unpaired = True, [], [], []
     for f in MAIN_FEATURES:
         cf = cur[cur["feature"] == f]
         end = cf[cf["step"] == last].set_index("probe")
-        start = cf[cf["step"] == first].set_index("probe")
+        start = cf[cf["step"] == first].set_index("probe") if first < last else cf.iloc[:0]
         init = {k: _baseline(d, last, f, d.current, "random_init", k) for k in PROBE_KINDS}
         untrained = {k: init[k] if init[k] is not None else (start.loc[k, "mean"] if k in start.index else None)
                      for k in PROBE_KINDS}

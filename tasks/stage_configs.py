@@ -59,10 +59,18 @@ class ActivationConfig:
     # (the model might have written another), so offset 0's label (the state after action j) is
     # not in it; offset -1 (after the last action it read) is what it can hold (RESULTS.md).
     programs: str = "generated"
+    # also dump and probe the step-0 checkpoint on its own programs. Where ``random_init`` is on,
+    # no target reads them (tasks/report_targets.py: they are degenerate, the robot barely moves;
+    # the random-init control reads the untrained model on the trained model's programs), so
+    # ``cpu`` leaves them out to fit its hour; ``checkpoints`` then counts the others
+    probe_step0: bool = True
 
     def __post_init__(self):
         if self.programs not in PROGRAM_SOURCES:
             raise ValueError(f"activations.programs: {self.programs!r} is not one of {PROGRAM_SOURCES}")
+        if not (self.probe_step0 or self.random_init):
+            raise ValueError("activations.probe_step0=false needs activations.random_init=true: without "
+                             "either, no probe reads the untrained model (targets 3 and 6 lose their floor)")
 
 
 PROGRAM_SOURCES = ("generated", "reference")
@@ -81,19 +89,3 @@ def current_offset(programs: str) -> int:
 def paper_activations() -> ActivationConfig:
     """The paper's probed specs (PAPER.md, "Probing": 50,000 train-split specs and the test specs)."""
     return ActivationConfig(n_train_specs=50_000, n_test_specs=10_000, batch_size=512)
-
-
-def probed_steps(schedule: list[int], n: int) -> set[int]:
-    """The ``n`` checkpoint steps to probe (all when ``n`` is 0 or covers the schedule).
-
-    Always step 0 (the random-init baseline) and the last; the rest are the scheduled steps
-    nearest to evenly spaced points of training (the phases fill its later part, not the
-    log-spaced start)."""
-    steps = sorted(schedule)
-    if n <= 0 or n >= len(steps):
-        return set(steps)
-    chosen = {steps[0], steps[-1]}
-    for i in range(1, n - 1):
-        target = steps[-1] * i / (n - 1)
-        chosen.add(min((s for s in steps if s not in chosen), key=lambda s: abs(s - target)))
-    return chosen

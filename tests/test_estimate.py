@@ -14,7 +14,6 @@ import pytest
 from flows.estimate import Part, linear, probe_wall, steps_within, SIDE_BY_SIDE
 from flows.presets import load_preset
 from model.config import checkpoint_steps
-from tasks.stage_configs import probed_steps
 
 
 def test_linear_splits_a_fixed_and_a_per_unit_cost():
@@ -65,7 +64,7 @@ def test_estimate_times_every_stage_of_the_run_and_writes_nowhere(tmp_path):
     cfg = load_preset("smoke", ["activations.checkpoints=2"])
     schedule = checkpoint_steps(cfg.train)
     assert parts["evaluate"]["runs"] == len(schedule)
-    assert parts["activations"]["runs"] == len(probed_steps(schedule, 2)) == 2
+    assert parts["activations"]["runs"] == len(cfg.probed_steps()) == 2
     assert parts["probes"]["runs"] == 2 * len(cfg.probe.semantics)
     assert all(p["seconds"] > 0 and p["each"] > 0 for p in out["parts"])
     assert out["seconds"] == pytest.approx(sum(p["seconds"] for p in out["parts"]))

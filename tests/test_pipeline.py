@@ -354,6 +354,25 @@ def test_offsets_before_last_probe_other_offsets_at_the_last_checkpoint_only(ws)
                        for sem in ("original", "flip", "adversarial")}, offsets
 
 
+def test_without_step0_probes_the_trained_checkpoints_and_reads_random_init_as_untrained(ws):
+    """``activations.probe_step0=false`` (the ``cpu`` preset): no dump or grid of the step-0
+    checkpoint; the others' dumps and grids are the plain config's (found, not recomputed), and
+    the report's current-state target still has its untrained floor (the random-init control)."""
+    plan = ["--set", "activations.probe_step0=false"]
+    status = semprobe(ws, "status", "--preset", "smoke", *plan).stdout.splitlines()
+    probed = [line for line in status if line.lstrip().startswith(("activations", "probes"))]
+    assert len(probed) == 2 + 2 * 3 and not any("step 0" in line for line in probed), status
+    semprobe(ws, "run", "--preset", "smoke", "--quiet", *plan)
+    run = latest_run(ws)
+    runs = stage_runs(ws, run)
+    assert len(runs[runs["stage"] == "activations"]) == 2 and len(runs[runs["stage"] == "probes"]) == 6
+    assert set(runs[runs["stage"].isin(["activations", "probes"])]["status"]) == {"cached"}
+    assert set(read_only_query(ws / "results.duckdb", "SELECT step FROM controls WHERE kind = 'random_init' AND "
+                               "probe_key IN (SELECT UNNEST(?))", [runs["key"].tolist()])["step"]) == {6, 12}
+    # target 3 reads the probes from step 6 on (smoke has no mlp2, so no verdict)
+    assert "step 6 -&gt; 12; linear/mlp1/mlp2" in (ws / "reports" / run / "report.html").read_text()
+
+
 def test_start_costliest_starts_the_costliest_ready_grid_when_a_worker_is_free():
     from flows.pipeline import start_costliest
 

@@ -2,10 +2,9 @@ from dataclasses import replace
 
 import pytest
 
-from flows.presets import PRESETS, apply_overrides, load_preset
+from flows.presets import PRESETS, apply_overrides, load_preset, spread_steps
 from model.config import checkpoint_steps
 from tasks.probing import grid_config
-from tasks.stage_configs import probed_steps
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -55,22 +54,37 @@ def test_unknown_preset():
 
 def test_probed_steps_spread_over_training():
     schedule = checkpoint_steps(load_preset("cpu").train)
-    chosen = probed_steps(schedule, 10)
+    chosen = spread_steps(schedule, 10)
     assert len(chosen) == 10 and {0, schedule[-1]} <= chosen and chosen <= set(schedule)
-    assert probed_steps(schedule, 0) == set(schedule) == probed_steps(schedule, 999)
-    assert probed_steps([0, 6, 12], 2) == {0, 12}
+    assert spread_steps(schedule, 0) == set(schedule) == spread_steps(schedule, 999)
+    assert spread_steps([0, 6, 12], 2) == {0, 12}
+    # without step 0, n steps at last * i / n
+    assert spread_steps([0, 6, 12], 2, step0=False) == {6, 12} == spread_steps([0, 6, 12], 0, step0=False)
+    assert spread_steps([0, 250, 500, 750, 1000, 1250, 1500, 1750, 2000], 2, step0=False) == {1000, 2000}
+    assert spread_steps([0, 250, 500, 750, 1000, 1500, 2000], 4, step0=False) == {500, 1000, 1500, 2000}
+
+
+def test_probe_step0_off_needs_the_random_init_control():
+    """Without the step-0 grids and without the random-init control no probe reads the
+    untrained model: a config error that names both keys, not a report without floors."""
+    assert 0 not in load_preset("smoke", ["activations.probe_step0=false"]).probed_steps()
+    assert 0 in load_preset("smoke").probed_steps()
+    with pytest.raises(ValueError, match="probe_step0.*random_init"):
+        load_preset("smoke", ["activations.probe_step0=false", "activations.random_init=false"])
 
 
 def test_cpu_long_is_the_cpu_recipe_for_longer():
     """Issue 7: cpu-long is the cpu recipe (optimiser, rows, data, test specs) with six layers,
-    longer: the budget measured to reach the accuracy target (RESULTS.md)."""
+    longer (the budget measured to reach the accuracy target, RESULTS.md), and probes step 0's
+    own programs too, as its recorded runs did."""
     long, cpu = load_preset("cpu-long"), load_preset("cpu")
     assert long.preset == "cpu-long" and long.data == cpu.data
     assert long.model == replace(cpu.model, n_layer=6) and cpu.model.n_layer == 4
     assert long.eval == cpu.eval  # the same 300 test specs, so the curves line up
     assert replace(long.train, steps=cpu.train.steps, ckpt_every=cpu.train.ckpt_every) == cpu.train
-    assert long.train.steps == 3 * cpu.train.steps
+    assert long.train.steps == 4 * cpu.train.steps == 6000
     assert long.activations.n_train_specs > cpu.activations.n_train_specs
+    assert long.activations.probe_step0 and not cpu.activations.probe_step0
     assert long.probe.epochs > cpu.probe.epochs and long.probe.max_train_pairs > cpu.probe.max_train_pairs
     # both probe the alternative semantics at offset 0 only (all the interventions read); an
     # empty override restores every offset

@@ -70,6 +70,16 @@ def test_the_untrained_model_is_the_random_init_states_on_the_same_programs(ws):
     expect(db, 2, "no", "step 0 99.0%/99.0%/99.0% (no rise", sql="DELETE FROM controls WHERE kind = 'random_init'")
 
 
+def test_one_probed_checkpoint_is_read_against_the_random_init_states(ws):
+    """Probing only the last checkpoint (``activations.probe_step0=false``, one checkpoint)
+    leaves the random-init control as the untrained floor; without it, nothing is untrained:
+    no data, never the last checkpoint compared with itself."""
+    _, db = ws
+    db.query("DELETE FROM probe_summary WHERE step <> (SELECT max(step) FROM probe_summary)")
+    expect(db, 2, "yes", "random-init 27.0%/27.0%/27.0%")
+    expect(db, 2, "no data", "none untrained", sql="DELETE FROM controls WHERE kind = 'random_init'")
+
+
 def test_future_probes_need_their_baselines_and_beat_the_random_init_states(ws):
     _, db = ws
     expect(db, 5, "no data", "facing_wall +2: ", sql="DELETE FROM controls WHERE kind = 'majority' AND \"offset\" = 2")
