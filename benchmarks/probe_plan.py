@@ -56,7 +56,7 @@ def main() -> None:
     # a dump made before dumps recorded their programs holds the config's
     meta = {"programs": cfg.activations.programs, **manifest["meta"]}
     acts = {"key": manifest["key"], "path": str(folder), "meta": meta, "status": "cached"}
-    n = cfg.activations.checkpoints
+    n = len(cfg.probed_steps())
     arms = {"full": cfg.probe.at_checkpoint(True), "before_last": cfg.probe.at_checkpoint(False)}
     print(f"{folder}: step {manifest['meta']['step']}, {manifest['meta']['n_specs']} specs; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}")

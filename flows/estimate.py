@@ -1,7 +1,7 @@
 """``semprobe estimate``: how long a preset will take on this machine, measured before it runs.
 
-Preset times are machine-bound (the ``cpu`` preset end to end: 45-48 minutes on a 2-core Xeon,
-55-59 on a 2-core Zen 5 EPYC, 78 on a 2-core Zen 4 EPYC; RESULTS.md). This runs each stage's own code at a
+Preset times are machine-bound (the ``cpu`` preset end to end at 2,000 steps: 45-48 minutes on a
+2-core Xeon, 55-59 on a 2-core Zen 5 EPYC, 78 on a 2-core Zen 4 EPYC; RESULTS.md). This runs each stage's own code at a
 small scale in a temporary workspace and scales it to the preset's size:
 
 - dataset: the stage's task on two shares of the preset's programs (``_fractions``), linear in them;

@@ -44,6 +44,11 @@ class StudyConfig:
                     f"probe.{name} {offsets} lacks offset {current}, the current state on "
                     f"activations.programs={self.activations.programs}: {loses}; add it "
                     f"(e.g. probe.{name}={','.join(map(str, sorted({current, *offsets})))}) or empty it")
+        # the random-init control grids run with the controls (tasks/probing.py)
+        if not (self.activations.probe_step0 or (self.activations.random_init and self.probe.controls)):
+            raise ValueError("activations.probe_step0=false needs activations.random_init=true and "
+                             "probe.controls=true: without the step-0 grids or the random-init control, no "
+                             "probe reads the untrained model (target 3 loses its floor)")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,13 +61,15 @@ class StudyConfig:
 def spread_steps(schedule: list[int], n: int, step0: bool = True) -> set[int]:
     """``n`` of the scheduled steps, spread over training (all when ``n`` is 0 or covers them).
 
-    Always the last, and step 0 (the untrained model) when ``step0``; the rest are the scheduled
-    steps nearest to evenly spaced points of training (the phases fill its later part, not the
-    log-spaced start): ``last * i / (n - 1)`` from step 0, else ``last * i / n``."""
-    steps = sorted(schedule) if step0 else sorted(s for s in schedule if s > 0)
+    Always the last, and step 0 (the untrained model) when ``step0`` (so never fewer than two);
+    the rest are the scheduled steps nearest to evenly spaced points of training (the phases fill
+    its later part, not the log-spaced start): ``last * i / (n - 1)`` from step 0, else
+    ``last * i / n``."""
+    steps = sorted({s for s in schedule if step0 or s > 0})
+    step0 = step0 and steps[0] == 0
     if n <= 0 or n >= len(steps):
         return set(steps)
-    chosen = {steps[-1]} | ({steps[0]} if step0 else set())
+    chosen = {steps[-1]} | ({0} if step0 else set())
     for i in range(1, n - 1 if step0 else n):
         target = steps[-1] * i / (n - 1 if step0 else n)
         chosen.add(min((s for s in steps if s not in chosen), key=lambda s: abs(s - target)))
@@ -98,7 +105,7 @@ def _cpu() -> StudyConfig:
         # reads); the other offsets (future, past) only at the last checkpoint, where target 6
         # reads them, with the random-init control at the future ones (its floor there); bf16
         # decoding (2.1x) and random-init pass (1.75x).
-        # Two trained checkpoints (steps 750 and 1,500): the step-0 model's own programs are no
+        # Two trained checkpoints (steps 750 and 1,750): the step-0 model's own programs are no
         # target's floor beside the random-init control, and their dump and grids cost ~4 of the
         # hour on the 2-core Zen 4 (RESULTS.md, "The `cpu` preset in an hour").
         ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=2, batch_size=100, bf16=True,
@@ -109,7 +116,7 @@ def _cpu() -> StudyConfig:
 
 
 def _cpu_long() -> StudyConfig:
-    """The ``cpu`` recipe and data with six layers for four times the steps (``mcfg.cpu_long``),
+    """The ``cpu`` recipe and data with six layers for 6,000 steps (``mcfg.cpu_long``),
     probed at 5 checkpoints with twice the probed specs and 60 probe epochs; like ``cpu``, the
     alternative semantics at offset 0 only, which is all that the interventions, the semantic
     content and the paper read, and the other offsets at the last checkpoint only. With the

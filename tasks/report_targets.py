@@ -18,7 +18,7 @@ is there already fails):
    mean, and so does the first-checkpoint fallback below).
    The untrained model is the random-init control (the step-0 model's states over the last
    checkpoint's own programs and labels: only training differs), else the same probe on the first
-   probed checkpoint (none when the last is the only one). The step-0 model's own programs are no baseline where the control exists:
+   probed checkpoint when that is step 0 (else none: ``activations.probe_step0``). The step-0 model's own programs are no baseline where the control exists:
    they are degenerate (at seed 0 of ``cpu-long``: pick_marker, put_marker seven times for every
    spec; the robot never moves or turns, so probes read its position at 100%): that measures the
    programs, not the model;
@@ -130,7 +130,8 @@ def _current_probes(d: RunData) -> dict:
     for f in MAIN_FEATURES:
         cf = cur[cur["feature"] == f]
         end = cf[cf["step"] == last].set_index("probe")
-        start = cf[cf["step"] == first].set_index("probe") if first < last else cf.iloc[:0]
+        # the first probed checkpoint is the untrained model only at step 0
+        start = cf[cf["step"] == first].set_index("probe") if first == 0 < last else cf.iloc[:0]
         init = {k: _baseline(d, last, f, d.current, "random_init", k) for k in PROBE_KINDS}
         untrained = {k: init[k] if init[k] is not None else (start.loc[k, "mean"] if k in start.index else None)
                      for k in PROBE_KINDS}
@@ -160,7 +161,7 @@ def _current_probes(d: RunData) -> dict:
                      + f", {what} " + "/".join(pct(untrained[k]) for k in PROBE_KINDS)
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
                      + f"{'above baselines' if not below else 'not above the ' + ', '.join(below)})")
-    shown = f"step {first} -> {last}; linear/mlp1/mlp2 " + "; ".join(parts + missing) + (UNPAIRED if unpaired else "")
+    shown = (f"step {first} -> {last}" if first < last else f"step {last}") + "; linear/mlp1/mlp2 " + "; ".join(parts + missing) + (UNPAIRED if unpaired else "")
     return _row(3, "current-state probes", crit, shown, False if not ok else (None if missing else True))
 
 

@@ -1,6 +1,6 @@
 """Configs of the evaluation and activations stages, which have no library-owned config, and what
 several stages share about where and how they run (``stage_device``, ``MEAN_LAYER``, the current
-offset of a dump's programs, which checkpoints are probed). The probe stage's config is in
+offset of a dump's programs). Which checkpoints are probed is the flows' (``flows.presets``). The probe stage's config is in
 ``tasks.probe_config``, so an edit to it re-keys the probe grids and phases, not the evaluations
 and dumps.
 
@@ -68,9 +68,6 @@ class ActivationConfig:
     def __post_init__(self):
         if self.programs not in PROGRAM_SOURCES:
             raise ValueError(f"activations.programs: {self.programs!r} is not one of {PROGRAM_SOURCES}")
-        if not (self.probe_step0 or self.random_init):
-            raise ValueError("activations.probe_step0=false needs activations.random_init=true: without "
-                             "either, no probe reads the untrained model (targets 3 and 6 lose their floor)")
 
 
 PROGRAM_SOURCES = ("generated", "reference")

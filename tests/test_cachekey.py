@@ -260,6 +260,7 @@ def test_probing_more_checkpoints_reuses_the_dumps():
     cfg = ActivationConfig(checkpoints=3)
     key = activations_key(cfg, "data", "ckpt")
     assert activations_key(replace(cfg, checkpoints=7), "data", "ckpt") == key
+    assert activations_key(replace(cfg, probe_step0=False), "data", "ckpt") == key
     assert activations_key(replace(cfg, n_train_specs=10), "data", "ckpt") != key
     assert activations_key(replace(cfg, programs="reference"), "data", "ckpt") != key
 
