@@ -59,7 +59,8 @@ class ActivationConfig:
     # (the model might have written another), so offset 0's label (the state after action j) is
     # not in it; offset -1 (after the last action it read) is what it can hold (RESULTS.md).
     programs: str = "generated"
-    # also dump and probe the step-0 checkpoint on its own programs. Where ``random_init`` is on,
+    # also dump and probe the step-0 checkpoint on its own programs. Where ``random_init`` (and
+    # ``probe.controls``, which runs its grids) is on,
     # no target reads them (tasks/report_targets.py: they are degenerate, the robot barely moves;
     # the random-init control reads the untrained model on the trained model's programs), so
     # ``cpu`` leaves them out to fit its hour; ``checkpoints`` then counts the others
