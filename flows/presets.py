@@ -69,9 +69,10 @@ def spread_steps(schedule: list[int], n: int, step0: bool = True) -> set[int]:
     step0 = step0 and steps[0] == 0
     if n <= 0 or n >= len(steps):
         return set(steps)
-    chosen = {steps[-1]} | ({0} if step0 else set())
-    for i in range(1, n - 1 if step0 else n):
-        target = steps[-1] * i / (n - 1 if step0 else n)
+    chosen = {0, steps[-1]} if step0 else {steps[-1]}
+    gaps = n - 1 if step0 else n  # the points last * i / gaps for 0 < i < gaps
+    for i in range(1, gaps):
+        target = steps[-1] * i / gaps
         chosen.add(min((s for s in steps if s not in chosen), key=lambda s: abs(s - target)))
     return chosen
 
