@@ -63,10 +63,46 @@ def decode_batch(
     autocast: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Greedy-decode one batch; returns tensors (see ``Generation`` for the meanings)."""
-    if mode not in MODES:
-        raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+    return decode_batch_modes(model, prompts, vocab, (mode,), keep_layers, use_cache, autocast)[mode]
+
+
+@torch.no_grad()
+def decode_batch_modes(
+    model: Transformer,
+    prompts: torch.Tensor,  # (B, T0) int64, all the same length
+    vocab: karel.Vocab,
+    modes: tuple[str, ...],
+    keep_layers: bool = False,
+    use_cache: bool = True,
+    autocast: bool = False,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``decode_batch`` in each of ``modes`` from one pass over the prompts: the prompt is most of
+    the work (~374 of ~390 tokens), and decoding never writes the cache below the prompt's length,
+    so each mode restarts from the same prefix; the results are those of separate calls, bit for
+    bit (tests/test_model_decode.py)."""
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"mode: {bad[0] if bad else modes!r} is not one of {MODES}")
     cfg, device = model.cfg, prompts.device
     b, t0 = prompts.shape
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else torch.autocast(device.type, enabled=False)
+    cache = KVCache.empty(cfg, b, t0 + MAX_ACTIONS + 1, device, _cache_dtype(model, autocast)) if use_cache else None
+    with ctx:
+        first = model(prompts, cache=cache, return_hidden=True, last_only=True)
+    out = {}
+    for mode in modes:
+        if cache is not None:
+            cache.length = t0  # the prefix stays; the previous mode's steps are overwritten
+        out[mode] = _decode_steps(model, prompts, first, cache, vocab, mode, keep_layers, ctx)
+    return out
+
+
+def _decode_steps(model: Transformer, prompts: torch.Tensor, first: tuple, cache: KVCache | None,
+                  vocab: karel.Vocab, mode: str, keep_layers: bool, ctx) -> dict[str, torch.Tensor]:
+    """The greedy loop of ``decode_batch`` after the prompt's pass (``first``: its logits and
+    states at the last position)."""
+    cfg, device = model.cfg, prompts.device
+    b = prompts.shape[0]
     n_states = cfg.n_layer + 1
     close = vocab.id("}")
     action_of = torch.full((cfg.vocab_size,), -1, dtype=torch.long, device=device)
@@ -80,11 +116,8 @@ def decode_batch(
     ended = torch.zeros(b, dtype=torch.bool, device=device)
     parsed = torch.zeros(b, dtype=torch.bool, device=device)
 
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else torch.autocast(device.type, enabled=False)
-    cache = KVCache.empty(cfg, b, t0 + MAX_ACTIONS + 1, device, _cache_dtype(model, autocast)) if use_cache else None
     seq = prompts
-    with ctx:
-        logits, states = model(prompts, cache=cache, return_hidden=True, last_only=True)
+    logits, states = first
     for j in range(MAX_ACTIONS + 1):
         # logits/states belong to the last position, the one that emits slot j.
         scores = logits[:, -1].float()
@@ -145,6 +178,22 @@ def generate(
     ``autocast=None`` uses bf16 on CUDA only: decoding is latency-bound, and exact agreement
     with a teacher-forced pass is easier to check in float32.
     """
+    return generate_modes(model, samples, vocab, (mode,), batch_size, keep_layers, use_cache, autocast, progress)[mode]
+
+
+def generate_modes(
+    model: Transformer,
+    samples: karel.Samples,
+    vocab: karel.Vocab,
+    modes: tuple[str, ...],
+    batch_size: int = 256,
+    keep_layers: bool = False,
+    use_cache: bool = True,
+    autocast: bool | None = None,
+    progress: bool = False,
+) -> dict[str, Generation]:
+    """``generate`` in each of ``modes``, each batch's prompts read once for all of them
+    (``decode_batch_modes``); the same Generations as one ``generate`` call per mode."""
     if model.cfg.vocab_size < len(vocab):
         raise ValueError(f"vocab: {len(vocab)} tokens but the model has vocab_size {model.cfg.vocab_size}")
     device = next(model.parameters()).device
@@ -152,28 +201,30 @@ def generate(
     prompts = torch.from_numpy(spec_prompts(samples, vocab))
     was_training = model.training
     model.eval()
-    parts = []
+    parts = {mode: [] for mode in modes}
     starts = range(0, len(prompts), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"decode ({mode})", unit="batch")
+        starts = tqdm(starts, desc=f"decode ({', '.join(modes)})", unit="batch")
     for lo in starts:
-        out = decode_batch(model, prompts[lo : lo + batch_size].to(device), vocab, mode, keep_layers, use_cache, autocast)
-        parts.append({k: (v.cpu() if v is not None else None) for k, v in out.items()})
+        outs = decode_batch_modes(model, prompts[lo : lo + batch_size].to(device), vocab, modes, keep_layers,
+                                  use_cache, autocast)
+        for mode, out in outs.items():
+            parts[mode].append({k: (v.cpu() if v is not None else None) for k, v in out.items()})
     model.train(was_training)
 
-    def cat(key, dtype):
-        return torch.cat([p[key] for p in parts]).numpy().astype(dtype)
+    def cat(mode, key, dtype):
+        return torch.cat([p[key] for p in parts[mode]]).numpy().astype(dtype)
 
-    return Generation(
-        programs=cat("programs", np.int8),
-        lengths=cat("lengths", np.int64),
-        ended=cat("ended", bool),
-        parsed=cat("parsed", bool),
-        hidden=cat("hidden", np.float16),
-        hidden_layers=cat("hidden_layers", np.float16) if keep_layers else None,
-    )
+    return {mode: Generation(
+        programs=cat(mode, "programs", np.int8),
+        lengths=cat(mode, "lengths", np.int64),
+        ended=cat(mode, "ended", bool),
+        parsed=cat(mode, "parsed", bool),
+        hidden=cat(mode, "hidden", np.float16),
+        hidden_layers=cat(mode, "hidden_layers", np.float16) if keep_layers else None,
+    ) for mode in modes}
 
 
 def forced_hidden(

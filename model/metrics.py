@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import karel
 
-from .decode import Generation, generate
+from .decode import Generation, generate_modes
 from .transformer import Transformer
 
 MIN_TRAIN_LENGTH = 6  # the paper's headline accuracy is on specs of the training lengths 6..10
@@ -149,9 +149,9 @@ def evaluate_checkpoint(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """All metrics of one model: constrained and greedy decoding on ``test``, perplexity on ``val``."""
-    gen = generate(model, test, vocab, "constrained", batch_size=batch_size)
-    out = generation_metrics(gen, test, vocab)
-    greedy = generate(model, test, vocab, "greedy", batch_size=batch_size)
+    gens = generate_modes(model, test, vocab, ("constrained", "greedy"), batch_size=batch_size)
+    out = generation_metrics(gens["constrained"], test, vocab)
+    greedy = gens["greedy"]
     out["parse_rate"] = float(greedy.parsed.mean())
     out["greedy_acc_spec"] = float((correct_pairs(greedy.programs, test, vocab)[:, :5].all(axis=1) & greedy.parsed).mean())
     if val is not None:

@@ -8,8 +8,8 @@ import torch
 
 import karel
 from model.config import ModelConfig
-from model.decode import (MAX_ACTIONS, Generation, forced_hidden, forced_states, generate, program_tokens,
-                          spec_prompts)
+from model.decode import (MAX_ACTIONS, Generation, forced_hidden, forced_states, generate, generate_modes,
+                          program_tokens, spec_prompts)
 from model.metrics import correct_pairs, correct_states, evaluate_checkpoint, generation_metrics, perplexity
 from model.transformer import Transformer
 
@@ -189,6 +189,23 @@ def test_decoding_without_cache_agrees(data):
     b = generate(model, test, VOCAB, "constrained", use_cache=False)
     assert np.array_equal(a.programs, b.programs)
     np.testing.assert_allclose(a.hidden.astype(np.float32), b.hidden.astype(np.float32), atol=2e-3)
+
+
+@pytest.mark.parametrize("modes,use_cache", [(("constrained", "greedy"), True), (("greedy", "constrained"), True),
+                                              (("constrained", "greedy"), False)])
+def test_modes_from_one_prompt_pass_are_separate_calls_bit_for_bit(data, modes, use_cache):
+    """Evaluation decodes both modes from one pass over each batch's prompts; each mode must be
+    what its own call writes (programs, hidden states, every layer), whichever mode goes first."""
+    test, _ = data
+    model = _model(1, sharpen=5.0)  # greedy writes a mix of lengths, constrained other programs
+    both = generate_modes(model, test, VOCAB, modes, batch_size=7, keep_layers=True, use_cache=use_cache)
+    for mode in modes:
+        alone = generate(model, test, VOCAB, mode, batch_size=7, keep_layers=True, use_cache=use_cache)
+        for field in ("programs", "lengths", "ended", "parsed", "hidden", "hidden_layers"):
+            assert np.array_equal(getattr(both[mode], field), getattr(alone, field)), (mode, field)
+    assert not np.array_equal(both["constrained"].programs, both["greedy"].programs)  # the test can tell them apart
+    with pytest.raises(ValueError, match="'beam' is not one of"):
+        generate_modes(model, test, VOCAB, ("constrained", "beam"))
 
 
 def test_correct_means_the_text_matches_as_in_the_paper():
