@@ -106,7 +106,7 @@ def _cpu() -> StudyConfig:
         # reads); the other offsets (future, past) only at the last checkpoint, where target 6
         # reads them, with the random-init control at the future ones (its floor there); bf16
         # decoding (2.1x) and random-init pass (1.75x).
-        # Two trained checkpoints (steps 750 and 1,750): the step-0 model's own programs are no
+        # Two trained checkpoints (steps 1,000 and 1,850): the step-0 model's own programs are no
         # target's floor beside the random-init control, and their dump and grids cost ~4 minutes of the
         # hour on the 2-core Zen 4 (RESULTS.md, "The `cpu` preset in an hour").
         ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=2, batch_size=100, bf16=True,

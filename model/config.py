@@ -208,9 +208,10 @@ def smoke() -> tuple[ModelConfig, TrainConfig]:
 
 def cpu() -> tuple[ModelConfig, TrainConfig]:
     """Small enough for a laptop CPU: the default preset's model, sized for 60 minutes end to end on
-    the slowest 2-core machine measured, a Zen 4 EPYC without AMX (1,750 steps, 14.2M training
+    the slowest 2-core machine measured, a Zen 4 EPYC without AMX (1,850 steps, 15.0M training
     tokens at ~6k tokens/s with bf16 autocast; ~11k on the Xeon with AMX; 2,000 steps took 1:18
-    there, 1,500 took 52 minutes, RESULTS.md, "The `cpu` preset in an hour"). One whole sample per row (``packing="samples"``, 21 x 386
+    there, 1,500 took 52 minutes and 1,750 57, RESULTS.md, "The `cpu` preset in an hour"; 1,850
+    since evaluation decodes both modes from one pass over the prompts, 1.8x faster). One whole sample per row (``packing="samples"``, 21 x 386
     tokens a step): 1.6x the program tokens that see their whole spec per second of packed
     1,024-token blocks (benchmarks/bench_packing.py). Muon for the hidden matrices: about 1.7x
     fewer steps to the same program loss than AdamW at lr 0.02, more at 0.01 (RESULTS.md, lever
@@ -220,7 +221,7 @@ def cpu() -> tuple[ModelConfig, TrainConfig]:
     (RESULTS.md); issue 7 is the work of closing that gap."""
     return (
         ModelConfig(vocab_size=64, n_layer=4, d_model=256, n_head=8, rotary_dim=16, d_mlp=1024, context=1024),
-        TrainConfig(lr=1e-3, warmup_steps=100, steps=1750, batch_size=21, block_len=386, packing="samples",
+        TrainConfig(lr=1e-3, warmup_steps=100, steps=1850, batch_size=21, block_len=386, packing="samples",
                     optimizer="muon", muon_lr=0.01, weight_decay=0.1, ckpt_every=250, ckpt_log_count=4),
     )
 
