@@ -18,9 +18,9 @@ small scale in a temporary workspace and scales it to the preset's size:
 
 End to end is the sum of the stages, with the probe grids ``min(WORKERS, cores)`` at a time after
 training as the flow runs them. On a machine whose cores every stage keeps busy (the 2-core CPUs)
-evaluating beside training shares the cores rather than saving time (within 3 minutes of 78,
-BENCHMARKS.md), so the sum is what a run takes there; where training has a GPU to itself the
-overlap hides part of evaluation and the sum is an upper bound. Recording and the report (seconds)
+evaluating beside training shares the cores rather than saving time (the `cpu` preset: 57:03
+estimated, 57:23 measured; BENCHMARKS.md), so the sum is what a run takes there; where training
+has a GPU to itself the overlap hides part of evaluation and the sum is an upper bound. Recording and the report (seconds)
 are left out. Nothing is written outside the temporary folder, whatever ``SEMPROBE_ARTIFACTS`` says.
 """
 
