@@ -24,19 +24,8 @@ from benchmarks.probe_scale import checkpoint  # noqa: E402
 from benchmarks.random_init_control import finished_run  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.decode import generate, generate_modes  # noqa: E402
-from model.metrics import correct_pairs, generation_metrics, perplexity  # noqa: E402
+from model.metrics import DECODING_MODES as MODES, decoding_metrics, perplexity  # noqa: E402
 from tasks.training import checkpoint_file  # noqa: E402
-
-MODES = ("constrained", "greedy")
-
-
-def metrics(gens: dict, test: karel.Samples, vocab: karel.Vocab) -> dict:
-    """The decoding half of ``evaluate_checkpoint``, from either arm's Generations."""
-    out = generation_metrics(gens["constrained"], test, vocab)
-    greedy = gens["greedy"]
-    out["parse_rate"] = float(greedy.parsed.mean())
-    out["greedy_acc_spec"] = float((correct_pairs(greedy.programs, test, vocab)[:, :5].all(axis=1) & greedy.parsed).mean())
-    return out
 
 
 def main() -> None:
@@ -60,7 +49,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, fn in arms.items():
             t = time.perf_counter()
-            outs[name] = metrics(fn(), test, vocab)
+            outs[name] = decoding_metrics(fn(), test, vocab)
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
     t = time.perf_counter()
     perplexity(model, val, vocab, batch_size=max(ev.batch_size // 4, 1))

@@ -141,6 +141,20 @@ def perplexity(model: Transformer, samples: karel.Samples, vocab: karel.Vocab, b
     return {f"ppl_{name}": math.exp(total / count) for name, (total, count) in sums.items() if count}
 
 
+DECODING_MODES = ("constrained", "greedy")
+
+
+def decoding_metrics(gens: dict[str, Generation], test: karel.Samples, vocab: karel.Vocab) -> dict[str, float]:
+    """The decoding half of ``evaluate_checkpoint``, from its Generations by mode
+    (``DECODING_MODES``): the constrained programs' metrics, and the greedy ones' parse rate and
+    accuracy (a program that does not parse counts as wrong)."""
+    out = generation_metrics(gens["constrained"], test, vocab)
+    greedy = gens["greedy"]
+    out["parse_rate"] = float(greedy.parsed.mean())
+    out["greedy_acc_spec"] = float((correct_pairs(greedy.programs, test, vocab)[:, :5].all(axis=1) & greedy.parsed).mean())
+    return out
+
+
 def evaluate_checkpoint(
     model: Transformer,
     vocab: karel.Vocab,
@@ -149,11 +163,7 @@ def evaluate_checkpoint(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """All metrics of one model: constrained and greedy decoding on ``test``, perplexity on ``val``."""
-    gens = generate_modes(model, test, vocab, ("constrained", "greedy"), batch_size=batch_size)
-    out = generation_metrics(gens["constrained"], test, vocab)
-    greedy = gens["greedy"]
-    out["parse_rate"] = float(greedy.parsed.mean())
-    out["greedy_acc_spec"] = float((correct_pairs(greedy.programs, test, vocab)[:, :5].all(axis=1) & greedy.parsed).mean())
+    out = decoding_metrics(generate_modes(model, test, vocab, DECODING_MODES, batch_size=batch_size), test, vocab)
     if val is not None:
         out.update(perplexity(model, val, vocab, batch_size=max(batch_size // 4, 1)))
     return out
