@@ -20,8 +20,9 @@ End to end is the sum of the stages, with the probe grids ``min(WORKERS, cores)`
 training as the flow runs them. On a machine whose cores every stage keeps busy (the 2-core CPUs)
 evaluating beside training shares the cores rather than saving time (the `cpu` preset: 57:03
 estimated, 57:23 measured; BENCHMARKS.md), so the sum is what a run takes there; where training
-has a GPU to itself the overlap hides part of evaluation and the sum is an upper bound. Recording and the report (seconds)
-are left out. Nothing is written outside the temporary folder, whatever ``SEMPROBE_ARTIFACTS`` says.
+has a GPU to itself the overlap hides part of evaluation and the sum is an upper bound. Recording
+and the report (seconds) are left out. Nothing is written outside the temporary folder, whatever
+``SEMPROBE_ARTIFACTS`` says.
 """
 
 from __future__ import annotations
