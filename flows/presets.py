@@ -107,8 +107,8 @@ def _cpu() -> StudyConfig:
         # reads them, with the random-init control at the future ones (its floor there); bf16
         # decoding (2.1x) and random-init pass (1.75x).
         # Two trained checkpoints (steps 1,000 and 1,850): the step-0 model's own programs are no
-        # target's floor beside the random-init control, and their dump and grids cost ~4 minutes of the
-        # hour on the 2-core Zen 4 (RESULTS.md, "The `cpu` preset in an hour").
+        # target's floor beside the random-init control, and their dump and grids cost ~4 minutes
+        # of the hour on the 2-core Zen 4 (RESULTS.md, "The `cpu` preset in an hour").
         ActivationConfig(n_train_specs=3_000, n_test_specs=150, checkpoints=2, batch_size=100, bf16=True,
                          probe_step0=False),
         ProbeConfig(seeds=3, epochs=30, batch_size=256, max_train_pairs=12_000, alternative_offsets=(0,),

@@ -213,10 +213,11 @@ def cpu() -> tuple[ModelConfig, TrainConfig]:
     there, 1,500 took 52 minutes and 1,750 57, RESULTS.md, "The `cpu` preset in an hour"; 1,850
     took 58 since evaluation decodes both modes from one pass over the prompts, 1.8x faster). One
     whole sample per row (``packing="samples"``, 21 x 386 tokens a step): 1.6x the program tokens
-    that see their whole spec per second of packed 1,024-token blocks (benchmarks/bench_packing.py). Muon for the hidden matrices: about 1.7x
-    fewer steps to the same program loss than AdamW at lr 0.02, more at 0.01 (RESULTS.md, lever
-    rounds 5 and 6; end to end at 0.01 and 2,000 steps: 71% / 68% accuracy by the paper's check at
-    seeds 0 / 1 on the Zen 5 EPYC, 45-78 minutes end to end on the 2-core machines).
+    that see their whole spec per second of packed 1,024-token blocks (benchmarks/bench_packing.py).
+    Muon for the hidden matrices: about 1.7x fewer steps to the same program loss than AdamW at lr
+    0.02, more at 0.01 (RESULTS.md, lever rounds 5 and 6; end to end at 0.01 and 2,000 steps: 71% /
+    68% accuracy by the paper's check at seeds 0 / 1 on the Zen 5 EPYC, 45-78 minutes end to end on
+    the 2-core machines).
     Emergence at this size took a few hundred million tokens on a GPU with the paper's recipe
     (RESULTS.md); issue 7 is the work of closing that gap."""
     return (

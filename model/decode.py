@@ -53,20 +53,6 @@ def _allowed_mask(vocab: karel.Vocab, size: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_batch(
-    model: Transformer,
-    prompts: torch.Tensor,  # (B, T0) int64, all the same length
-    vocab: karel.Vocab,
-    mode: str = "constrained",
-    keep_layers: bool = False,
-    use_cache: bool = True,
-    autocast: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Greedy-decode one batch; returns tensors (see ``Generation`` for the meanings)."""
-    return decode_batch_modes(model, prompts, vocab, (mode,), keep_layers, use_cache, autocast)[mode]
-
-
-@torch.no_grad()
 def decode_batch_modes(
     model: Transformer,
     prompts: torch.Tensor,  # (B, T0) int64, all the same length
@@ -76,10 +62,11 @@ def decode_batch_modes(
     use_cache: bool = True,
     autocast: bool = False,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """``decode_batch`` in each of ``modes`` from one pass over the prompts: the prompt is most of
-    the work (~374 of ~390 tokens), and decoding never writes the cache below the prompt's length,
-    so each mode restarts from the same prefix; the results are those of separate calls, bit for
-    bit (tests/test_model_decode.py)."""
+    """Greedy-decode one batch in each of ``modes``; returns per mode a dict of tensors (see
+    ``Generation`` for the meanings). One pass over the prompts serves every mode: the prompt is
+    most of the work (~374 of ~390 tokens), and decoding never writes the cache below the prompt's
+    length, so each mode restarts from the same prefix; the results are those of one call per
+    mode, bit for bit (tests/test_model_decode.py)."""
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"mode: {bad[0] if bad else modes!r} is not one of {MODES}")
@@ -99,8 +86,8 @@ def decode_batch_modes(
 
 def _decode_steps(model: Transformer, prompts: torch.Tensor, first: tuple, cache: KVCache | None,
                   vocab: karel.Vocab, mode: str, keep_layers: bool, ctx) -> dict[str, torch.Tensor]:
-    """The greedy loop of ``decode_batch`` after the prompt's pass (``first``: its logits and
-    states at the last position)."""
+    """The greedy loop of one mode after the prompt's pass (``first``: its logits and states at
+    the last position)."""
     cfg, device = model.cfg, prompts.device
     b = prompts.shape[0]
     n_states = cfg.n_layer + 1
