@@ -2,9 +2,9 @@
 
 Baseline: ``transformers.CodeGenForCausalLM`` (optional extra ``bench``) with the shape of the
 ``cpu`` preset (or ``--preset``), dropout off, trained with the same AdamW step on the same random
-batch. Prints tokens/s of both, their ratio (target >= 1.5x), our bf16-autocast speed (which
-decides ``CPU_BF16_FASTER`` in model/train.py) and achieved FLOP/s as a share of this machine's
-measured matmul peak.
+batch. Prints tokens/s of both, their ratio (target >= 1.5x), our bf16-autocast speed against
+float32 (``autocast="auto"`` picks bf16 where ``model.machine.bf16_native``: AMX or avx512_bf16)
+and achieved FLOP/s as a share of this machine's measured matmul peak.
 
     .venv/bin/python benchmarks/bench_train.py [--preset cpu] [--batch 4] [--steps 3] [--threads N]
 """

@@ -107,7 +107,7 @@ class TrainConfig:
     ckpt_every: int = 250  # regular checkpoints every K steps ...
     ckpt_log_count: int = 8  # ... plus this many log-spaced ones in 1..ckpt_every (step 0 always)
     device: str = "auto"
-    autocast: str = "auto"
+    autocast: str = "auto"  # bf16 / off; auto: bf16 where the device has it in hardware (model.machine)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "block_len", "ckpt_every"):

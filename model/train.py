@@ -24,16 +24,10 @@ from .checkpoint import (
 )
 from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict
 from .data import PackedBlocks, batch_inputs, load_train_blocks
-from .machine import cpu_identity
+from .machine import bf16_native, cpu_identity
 from .optim import make_optimizer, set_lr
 from .threads import pinned_threads
 from .transformer import Transformer, sample_mask
-
-# Measured by benchmarks/bench_train.py on the 2-core Xeon with AMX (BENCHMARKS.md, ## model):
-# bf16 autocast trains the cpu preset about 2x faster than float32 there (AMX bf16 matmuls), and
-# 1.6x on the 2-core AMD EPYC (Zen 5, avx512_bf16, no AMX) that replaced it.
-# "auto" on CPU follows these measurements; set autocast="off" on CPUs without AMX/avx512_bf16.
-CPU_BF16_FASTER = True
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
@@ -45,10 +39,9 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def autocast_context(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast on CUDA; on CPU only where it was measured faster (or when forced)."""
-    on = cfg.autocast == "bf16" or (
-        cfg.autocast == "auto" and (device.type == "cuda" or CPU_BF16_FASTER)
-    )
+    """bf16 autocast when forced, or under "auto" where the device has bf16 in hardware
+    (``model.machine.bf16_native``: CUDA, AMX, avx512_bf16); float32 otherwise."""
+    on = cfg.autocast == "bf16" or (cfg.autocast == "auto" and bf16_native(device))
     if not on:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -7,7 +7,8 @@ weights as one (p, in, out) tensor: the first layer of every probe is one wide (
 ``StackedProbes`` gathers the chunks of one ``fit_stacked`` call (``probes.stacked_training``)
 back into the order of its probes.
 
-Arithmetic: matmuls take bfloat16 inputs with float32 accumulation (AMX on recent x86);
+Arithmetic: matmuls take bfloat16 inputs with float32 accumulation where the device has bf16
+in hardware (``stacked_training.bf16_native``: AMX, avx512_bf16, CUDA), float32 inputs elsewhere;
 parameters, optimizer state, BatchNorm statistics and the loss are float32. Inputs are
 standardised in float32 before the cast. The bias of a layer followed by BatchNorm is omitted
 (BatchNorm removes it exactly).

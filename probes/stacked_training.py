@@ -27,7 +27,8 @@ class TrainConfig:
 
     ``chunk``: most probes trained side by side (memory/cache, not results); ``eval_every``:
     val accuracy (model selection) every that many epochs and at the last epoch;
-    ``bf16``: bfloat16 matmul inputs (float32 accumulation); ``threads``: intra-op threads while
+    ``bf16``: bfloat16 matmul inputs (float32 accumulation); ``None``: where the device has bf16
+    in hardware (``bf16_native``), else float32; ``threads``: intra-op threads while
     training (1 is the robust choice on a small shared machine: the ops are small and an OpenMP
     team whose other thread is descheduled waits for it at every op); ``device``: where the
     probes train (``cpu``, ``cuda``, or ``auto``: CUDA when torch sees it). Parameters are
@@ -35,7 +36,8 @@ class TrainConfig:
     fitted probes come back to the CPU. ``patience``: with val, a probe whose val accuracy has
     not improved for that many epochs keeps the best epoch it has (later epochs no longer count
     for it), and a chunk stops when all its probes have; 0 trains every epoch. Each probe's
-    choice depends on its own val curve only, so a probe still gets the same result in any chunk.
+    choice depends on its own val curve only, so a probe still gets the same result in any chunk
+    (bit for bit with bf16 matmul inputs; in float32 to the CPU BLAS's rounding of other widths).
     ``layout``: how the layers after the first run (``stacked_modules.LAYOUTS``; ``auto``: per
     probe on the CPU, batched matmuls on CUDA). ``graphs``: on CUDA, each chunk's training step
     on full minibatches replays as one CUDA graph (``_GraphedStep``) instead of hundreds of small
@@ -51,7 +53,7 @@ class TrainConfig:
     eval_batch: int = 4096
     chunk: int = 16
     eval_every: int = 1
-    bf16: bool = True
+    bf16: bool | None = None
     threads: int | None = None  # torch intra-op threads while training (None: leave as is)
     device: str = "cpu"
     patience: int = 0
@@ -60,6 +62,12 @@ class TrainConfig:
 
 
 DEVICES = ("cpu", "cuda", "auto")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """CUDA, or a CPU with bf16 dot products (AMX or avx512_bf16). Elsewhere (AVX2 only) torch
+    emulates bf16 matmuls: a probe trained ~10x slower than in float32 on a 2-core Zen 1 EPYC."""
+    return device.type == "cuda" or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -322,6 +330,7 @@ def fit_stacked(
 
 def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, val, device) -> Fitted:
     p = target.shape[0]
+    bf16 = bf16_native(device) if config.bf16 is None else config.bf16
     best_epoch = np.full(p, config.epochs)
     best_acc = np.full(p, np.nan)
     histories = []
@@ -333,7 +342,7 @@ def _fit_groups(x, target, weight, heads, hidden, seeds, shuffle_seed, config, v
         for s in range(0, len(group), max(1, int(config.chunk))):
             idx = group[s:s + max(1, int(config.chunk))]
             chunk = ProbeChunk(x.shape[1], hidden, [heads[i] for i in idx],
-                               [seeds[i] for i in idx], bf16=config.bf16,
+                               [seeds[i] for i in idx], bf16=bf16,
                                layout=config.layout).to(device)
             if xs is None:
                 xg = x[rows].to(device)

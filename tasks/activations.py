@@ -25,6 +25,7 @@ from prefect.cache_policies import NONE
 import karel
 from model.checkpoint import load_model
 from model.decode import MAX_ACTIONS, forced_hidden, forced_states, generate
+from model.machine import bf16_native
 from tasks.dataset import data_dir
 from tasks.stage import recomputed, run_stage, stage_key
 from tasks.stage_configs import ActivationConfig, stage_device
@@ -57,7 +58,7 @@ def dump_activations(ws_root: str, cfg: ActivationConfig, dataset: dict, ckpt: d
         train = karel.load_split(data_dir(dataset), "train", limit=cfg.n_train_specs)
         test = karel.load_split(data_dir(dataset), "test", limit=cfg.n_test_specs)
         specs = concat_samples(train, test)
-        autocast = True if cfg.bf16 else None
+        autocast = True if cfg.bf16 and bf16_native(stage_device()) else None
         if cfg.programs == "reference":
             programs = reference_programs(specs)
             hidden, layers = forced_states(model, specs, programs, saved["vocab_obj"], cfg.batch_size, autocast,

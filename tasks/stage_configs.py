@@ -47,9 +47,11 @@ class ActivationConfig:
     checkpoints: int = 0  # how many checkpoints to dump and probe, spread over the schedule (0 = all)
     # also the random-init model's states on each checkpoint's own generated programs (a control)
     random_init: bool = True
-    # bf16 autocast for decoding and the random-init pass on CPU too (always on CUDA): 2.1x / 1.75x
-    # faster on avx512_bf16 (BENCHMARKS.md); ~4% of greedy programs differ from float32 decoding
-    # (near-ties), so the dumped programs can differ from the evaluate stage's float32 ones
+    # bf16 autocast for decoding and the random-init pass on CPU too (always on CUDA), where the
+    # CPU has bf16 in hardware (model.machine.bf16_native; AVX2-only CPUs emulate it, several
+    # times slower, and stay in float32): 2.1x / 1.75x faster on avx512_bf16 (BENCHMARKS.md); ~4%
+    # of greedy programs differ from float32 decoding (near-ties), so the dumped programs can
+    # differ from the evaluate stage's float32 ones
     bf16: bool = False
     # Which programs the states read: "generated" (the paper: each checkpoint's own greedy
     # programs, so the probed programs and their labels change from checkpoint to checkpoint) or

@@ -8,9 +8,10 @@ import torch
 import karel
 from model.checkpoint import list_checkpoints, load_checkpoint, load_model
 from model.config import checkpoint_steps, preset
+from model import machine
 from model.machine import cpu_identity
 from model.threads import PROCESS_THREADS
-from model.train import train
+from model.train import autocast_context, train
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,20 @@ def test_bad_checkpoints_raise(data_dir, tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     model, loaded = load_model(path)
     assert loaded["step"] == 1 and not model.training
+
+
+@pytest.mark.parametrize("isa, native", [(["avx2"], False), (["avx512_bf16", "avx512f", "avx2"], True),
+                                         (["amx_bf16", "avx512_bf16", "avx512f", "avx2"], True), ([], False)])
+def test_auto_autocast_is_bf16_only_where_the_cpu_multiplies_bf16_in_hardware(monkeypatch, isa, native):
+    """An AVX2-only CPU emulates bf16 matmuls (5x float32's step on a Zen 1 EPYC): "auto" stays
+    in float32 there; "bf16" still forces it, "off" never; CUDA is always native."""
+    monkeypatch.setattr(machine, "cpu_identity", lambda: {"cpu": "Test CPU", "cpu_isa": isa})
+    cpu = torch.device("cpu")
+    assert machine.bf16_native(cpu) is native and machine.bf16_native("cuda") is True
+
+    def bf16_on(autocast):
+        with autocast_context(_cfg(autocast=autocast)[1], cpu):
+            return torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+    assert bf16_on("auto") is native
+    assert bf16_on("bf16") is True and bf16_on("off") is False

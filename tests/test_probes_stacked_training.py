@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from probes.stacked import TrainConfig, evaluate, fit_stacked
+from probes.stacked_training import bf16_native
 from tasks.probe_config import ProbeConfig
 
 CUDA = torch.cuda.is_available()
@@ -64,9 +65,12 @@ def test_cuda_without_a_cuda_device_is_a_clear_error():
         fit("cuda")
 
 
+# A probe's bits do not depend on the probes beside it with bf16 matmul inputs; in float32 the
+# CPU's BLAS may round a product of another width differently (seen on a Zen 1 EPYC, AVX2), so the
+# bit-for-bit checks of chunking below train in bf16.
 def test_patience_stops_a_probe_on_its_own_val_curve():
-    full, _ = fit(hidden=(32,), epochs=40, lr=0.05)
-    early, acc = fit(hidden=(32,), epochs=40, lr=0.05, patience=3)
+    full, _ = fit(hidden=(32,), epochs=40, lr=0.05, bf16=True)
+    early, acc = fit(hidden=(32,), epochs=40, lr=0.05, patience=3, bf16=True)
     assert len(early.history) < 40  # the chunk stopped once both probes had stalled
     for p in range(2):
         curve = np.array([h[p] for h in early.history])
@@ -79,7 +83,7 @@ def test_patience_stops_a_probe_on_its_own_val_curve():
     assert acc.min() > 0.9
     # each probe alone (chunk of one) stops and chooses exactly as in the chunk of two
     for p in range(2):
-        alone, _ = fit(hidden=(32,), probes=(p,), epochs=40, lr=0.05, patience=3)
+        alone, _ = fit(hidden=(32,), probes=(p,), epochs=40, lr=0.05, patience=3, bf16=True)
         assert alone.best_epoch[0] == early.best_epoch[p]
         for layer in range(2):
             assert torch.equal(alone.model.chunks[0].layer_weight(layer, 0),
@@ -109,7 +113,7 @@ def test_a_probe_beside_wider_probes_is_the_probe_trained_alone(hidden):
     x, target, weight, heads = mixed_widths()
     tr, va, te = slice(0, 500), slice(500, 700), slice(700, 900)
     split = lambda s, idx: (x[s], target[idx][:, s], weight[idx][:, s])  # noqa: E731
-    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.02)
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.02, bf16=True)
     together = fit_stacked(*split(tr, [0, 1, 2]), heads, hidden, [5, 6, 7], 0, cfg, val=split(va, [0, 1, 2]))
     acc, _ = evaluate(together.model, *split(te, [0, 1, 2]))
     for p in range(3):
@@ -174,6 +178,22 @@ def test_the_batched_layout_computes_each_probe_as_the_per_probe_layout(hidden):
 def test_an_unknown_layout_names_itself():
     with pytest.raises(ValueError, match=r"layout: 'stacked' is not one of"):
         fit(layout="stacked")
+
+
+def test_default_precision_is_bf16_only_where_the_cpu_has_it_in_hardware(monkeypatch):
+    """``bf16=None`` trains as the explicit choice ``bf16_native`` makes for the device: bf16 on a
+    CPU with AMX or avx512_bf16, float32 on one that would emulate it; and the choice shows."""
+    native = bf16_native(torch.device("cpu"))
+    default, _ = fit("cpu")
+    chosen, _ = fit("cpu", bf16=native)
+    other, _ = fit("cpu", bf16=not native)
+    assert all(torch.equal(a, b) for a, b in zip(default.model.parameters(), chosen.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(default.model.parameters(), other.model.parameters()))
+    for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert bf16_native(torch.device("cpu")) is expected
+        assert bf16_native(torch.device("cuda")) is True
 
 
 def test_graphs_leave_the_cpu_path_as_it_was():
