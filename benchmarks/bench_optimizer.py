@@ -4,7 +4,9 @@ Real training steps of the ``cpu`` preset (whole-sample rows of real Karel sampl
 where ``autocast="auto"`` picks it, gradient clipping), the two optimizers alternating in rounds so
 that drift in the machine's speed hits both alike. Prints seconds per step of each and the ratio
 AdamW / Muon (above 1: Muon is faster per step). What Muon buys per step in learning is in
-RESULTS.md (lever round 5); this script checks that it does not cost throughput.
+RESULTS.md (lever round 5); this script checks that it does not cost throughput. On a CPU
+without bf16 hardware it also times torch's Muon (bf16 Newton-Schulz, emulated there) against
+``Float32Muon``, which ``make_optimizer`` picks on such a CPU.
 
     .venv/bin/python benchmarks/bench_optimizer.py [--steps 6] [--rounds 2] [--threads N]
 """
@@ -25,11 +27,15 @@ import torch  # noqa: E402
 
 import karel  # noqa: E402
 from benchmarks.gpu_check import setup, train_step  # noqa: E402
+from model import machine, optim  # noqa: E402
 from model.config import preset  # noqa: E402
 
 
-def seconds_per_step(optimizer: str, samples, steps: int) -> float:
-    m, t = preset("cpu", train={"optimizer": optimizer})
+def seconds_per_step(arm: str, samples, steps: int) -> float:
+    """``adamw``, ``muon`` (as ``make_optimizer`` picks it here) or ``muon-torch`` (torch's Muon,
+    whose Newton-Schulz iteration is bf16 whatever the CPU)."""
+    optim.bf16_native = (lambda device: True) if arm == "muon-torch" else machine.bf16_native
+    m, t = preset("cpu", train={"optimizer": arm.removesuffix("-torch")})
     device, _, fwd, opt, blocks = setup(m, t, samples, compile_model=False)
     train_step(fwd, opt, blocks, t, 0, device)  # warm-up
     t0 = time.perf_counter()
@@ -50,17 +56,23 @@ def main():
         cfg = karel.DataConfig(n_train_generated=4_000, n_val=10, n_test=10, train_lengths=tuple(range(1, 11)))
         karel.generate_dataset(cfg, tmp, workers=1, overwrite=True)
         samples = karel.load_split(tmp, "train")
-    times = {"adamw": [], "muon": []}
+    arms = ["adamw", "muon"] + ([] if machine.bf16_native(torch.device("cpu")) else ["muon-torch"])
+    times = {name: [] for name in arms}
     for _ in range(args.rounds):
         for name in times:
             times[name].append(seconds_per_step(name, samples, args.steps))
-    adamw, muon = min(times["adamw"]), min(times["muon"])
+    best = {name: min(t) for name, t in times.items()}
+    adamw, muon = best["adamw"], best["muon"]
     tokens = preset("cpu")[1].tokens_per_step
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                      "adamw_s_per_step": round(adamw, 4), "muon_s_per_step": round(muon, 4),
-                      "adamw_tokens_per_s": round(tokens / adamw), "muon_tokens_per_s": round(tokens / muon),
+    print(json.dumps({"machine": platform.processor() or platform.machine(), **machine.cpu_identity(),
+                      "threads": torch.get_num_threads(),
+                      **{f"{name}_s_per_step": round(s, 4) for name, s in best.items()},
+                      **{f"{name}_tokens_per_s": round(tokens / s) for name, s in best.items()},
                       "ratio_adamw_over_muon": round(adamw / muon, 3)}))
     print(f"Muon step {muon:.3f} s vs AdamW (baseline) {adamw:.3f} s: {adamw / muon:.2f}x")
+    if "muon-torch" in best:
+        print(f"Muon with the float32 iteration {muon:.3f} s vs torch's bf16 iteration (baseline) "
+              f"{best['muon-torch']:.3f} s on this CPU without bf16 hardware: {best['muon-torch'] / muon:.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ MLPProbe(hidden=(256, 1024), seed=0).fit(X, y, X_val, y_val)   # best epoch chos
 ``rel_start``'s (dy, dx)), scored jointly: a row is right only if every column is. Labels are
 encoded per column from the training (and val) labels (``classes_``); a test label never
 seen there counts as wrong. These are ``probes.stacked`` with a single probe, so the batched grid
-(``probes.grid``) trains exactly these models, many at once, wherever the heads are as wide: an
+(``probes.grid``) trains exactly these models, many at once (bit for bit with bf16 matmul inputs;
+in float32 to the BLAS's rounding), wherever the heads are as wide: an
 estimator's head has a column per class it sees, a grid probe's one per value the feature can take.
 """
 

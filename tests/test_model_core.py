@@ -12,7 +12,10 @@ from model.config import (
     ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, lr_at, preset, replace_fields,
 )
 from model.data import PackedBlocks, SampleRows, batch_inputs, make_stream, tokenize
-from model.optim import make_optimizer, set_lr
+import torch.optim._muon as torch_muon
+
+from model import machine
+from model.optim import Float32Muon, make_optimizer, newton_schulz_float32, set_lr
 from model.phases import label_phases
 from model.transformer import KVCache, Transformer, sample_mask
 
@@ -259,6 +262,40 @@ def test_muon_optimizer_covers_every_parameter_once_and_follows_the_schedule():
     plain = make_optimizer(model, replace(t, optimizer="adamw"))
     with pytest.raises(ValueError, match="not a Muon\\+AdamW state"):
         opt.load_state_dict(plain.state_dict())
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
+def test_float32_newton_schulz_is_torchs_iteration_at_float32(shape):
+    """The same orthogonalisation as torch's bf16 one, to bf16's rounding, for wide and tall
+    matrices: singular values pulled towards 1 (the quintic's ~0.7-1.2), directions kept."""
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    coefficients, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
+    ours = newton_schulz_float32(g, coefficients, steps, eps)
+    theirs = torch_muon._zeropower_via_newtonschulz(g, coefficients, steps, eps).float()
+    assert ours.dtype == torch.float32 and ours.shape == g.shape
+    assert (ours - theirs).norm() < 0.02 * theirs.norm()  # bf16 rounds ~0.4% an operation
+    # U S' V^T with G's own singular vectors and S' near 1, not G's spread of singular values
+    u, sv, vh = torch.linalg.svd(g, full_matrices=False)
+    core = u.T @ ours @ vh.T
+    assert (core - torch.diag(core.diagonal())).abs().max() < 0.05
+    assert core.diagonal().min() > 0.3 and core.diagonal().max() < 1.3 and sv.max() / sv.min() > 3
+
+
+@pytest.mark.parametrize("isa, expected", [(["avx2"], Float32Muon), (["avx512_bf16", "avx512f", "avx2"], torch.optim.Muon)])
+def test_muon_iterates_in_float32_only_where_the_cpu_would_emulate_bf16(monkeypatch, isa, expected):
+    monkeypatch.setattr(machine, "cpu_identity", lambda: {"cpu": "Test CPU", "cpu_isa": isa})
+    m, t = preset("smoke", train={"optimizer": "muon"})
+    model = Transformer(m)
+    opt = make_optimizer(model, t)
+    assert type(opt.parts[1]) is expected
+    loss = model(torch.randint(0, m.vocab_size, (2, 16)))[0].float().square().mean()
+    loss.backward()
+    before = [p.detach().clone() for g in opt.parts[1].param_groups for p in g["params"]]
+    original = torch_muon._zeropower_via_newtonschulz
+    opt.step()
+    assert torch_muon._zeropower_via_newtonschulz is original  # torch's own is back after the step
+    after = [p for g in opt.parts[1].param_groups for p in g["params"]]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))
 
 
 def test_phase_rule():

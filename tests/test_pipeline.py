@@ -25,14 +25,30 @@ from tasks.activations import concat_samples, reference_programs
 from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
 from tasks.results import TABLES, read_only_query
 from tasks.workspace import Workspace
+from distributed_cluster import free_port, http_ok, stop, wait_for
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
                  "controls", "semantic_content", "phases", "checkpoints"]
 
 
-def semprobe(ws: Path, *args, check=True, **kw) -> subprocess.CompletedProcess:
+SHARED_SERVER: dict[str, str] = {}  # PREFECT_API_URL of the module's own server, once it runs
+
+
+def temporary_server_env() -> dict[str, str]:
+    """The environment of a run that starts Prefect's temporary server, as ``make run`` does."""
+    return {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+
+
+def semprobe(ws: Path, *args, check=True, temporary_server=False, **kw) -> subprocess.CompletedProcess:
+    """``semprobe`` in a subprocess, against the module's Prefect server unless
+    ``temporary_server`` (each run's own temporary server: ~13 s more a run on a 2-core Zen 1)."""
     cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    env = temporary_server_env()
+    if not temporary_server and "url" in SHARED_SERVER:
+        url = SHARED_SERVER["url"]
+        wait_for("the Prefect server", lambda: http_ok(url + "/health"), 120)
+        env["PREFECT_API_URL"] = url
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -54,10 +70,30 @@ def latest_run(ws: Path) -> str:
     return read_only_query(ws / "results.duckdb", "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")["run_id"][0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server(tmp_path_factory):
+    """One real Prefect server (``prefect server start``) for the module's runs, so that each run
+    does not start and stop a temporary one; the first run of ``ws`` and the killed run keep
+    the temporary server that ``make run`` uses."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {**temporary_server_env(), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    with open(home / "server.log", "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                 "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:  # it starts while the first run of ``ws`` runs; a run waits for it at first use
+        SHARED_SERVER["url"] = f"http://127.0.0.1:{port}/api"
+        yield SHARED_SERVER["url"]
+    finally:
+        SHARED_SERVER.clear()
+        stop(proc)
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws")
-    semprobe(root, "run", "--preset", "smoke", "--quiet")
+    semprobe(root, "run", "--preset", "smoke", "--quiet", temporary_server=True)
     return root
 
 
@@ -294,9 +330,14 @@ def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path):
-    overrides = ["--set", "train.steps=400", "--set", "train.ckpt_every=40", "--set", "data.n_train_generated=2000"]
+    # long enough to be killed while training; probing two of its checkpoints is all the resumed
+    # run needs to finish (every one of them made the test ~4 minutes on a 2-core Zen 1)
+    overrides = ["--set", "train.steps=150", "--set", "train.ckpt_every=50", "--set", "data.n_train_generated=2000",
+                 "--set", "activations.checkpoints=2"]
     cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "run", "--preset", "smoke", "--quiet", *overrides]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # the temporary server, as `make run` has it: the kill must not leave it behind
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=temporary_server_env())
     work = tmp_path / "work" / "train"
     deadline = time.time() + 300
     seen: list[Path] = []
@@ -327,12 +368,12 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert kept, "no checkpoint survived the kill"
     last = max(step for run in work.iterdir() for step, _ in list_checkpoints(run))  # where it will resume
     status = semprobe(tmp_path, "status", "--preset", "smoke", *overrides).stdout
-    assert f"400 steps, checkpointed at step {last}" in status, status
+    assert f"150 steps, checkpointed at step {last}" in status, status
     semprobe(tmp_path, "run", "--preset", "smoke", "--quiet", *overrides)
     for p, mtime in kept.items():  # resumed: nothing before the kill was trained or written again
         assert p.stat().st_mtime_ns == mtime, p
     steps = read_only_query(tmp_path / "results.duckdb", "SELECT step FROM checkpoints ORDER BY step")["step"]
-    assert steps.iloc[-1] == 400 and 0 in set(steps)
+    assert steps.iloc[-1] == 150 and 0 in set(steps)
 
 
 def test_offsets_before_last_probe_other_offsets_at_the_last_checkpoint_only(ws):
