@@ -31,17 +31,31 @@ from model import machine, optim  # noqa: E402
 from model.config import preset  # noqa: E402
 
 
-def seconds_per_step(arm: str, samples, steps: int) -> float:
-    """``adamw``, ``muon`` (as ``make_optimizer`` picks it here) or ``muon-torch`` (torch's Muon,
-    whose Newton-Schulz iteration is bf16 whatever the CPU)."""
-    optim.bf16_native = (lambda device: True) if arm == "muon-torch" else machine.bf16_native
-    m, t = preset("cpu", train={"optimizer": arm.removesuffix("-torch")})
+def train_samples(n: int = 4_000):
+    """``n`` real Karel training samples of the ``cpu`` preset's lengths (1..10)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = karel.DataConfig(n_train_generated=n, n_val=10, n_test=10, train_lengths=tuple(range(1, 11)))
+        karel.generate_dataset(cfg, tmp, workers=1, overwrite=True)
+        return karel.load_split(tmp, "train")
+
+
+def timed_steps(train: dict, samples, steps: int) -> float:
+    """Seconds per real training step of the ``cpu`` preset with ``train`` overrides, after one
+    warm-up step."""
+    m, t = preset("cpu", train=train)
     device, _, fwd, opt, blocks = setup(m, t, samples, compile_model=False)
     train_step(fwd, opt, blocks, t, 0, device)  # warm-up
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         train_step(fwd, opt, blocks, t, step, device)
     return (time.perf_counter() - t0) / steps
+
+
+def seconds_per_step(arm: str, samples, steps: int) -> float:
+    """``adamw``, ``muon`` (as ``make_optimizer`` picks it here) or ``muon-torch`` (torch's Muon,
+    whose Newton-Schulz iteration is bf16 whatever the CPU)."""
+    optim.bf16_native = (lambda device: True) if arm == "muon-torch" else machine.bf16_native
+    return timed_steps({"optimizer": arm.removesuffix("-torch")}, samples, steps)
 
 
 def main():
@@ -52,10 +66,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = karel.DataConfig(n_train_generated=4_000, n_val=10, n_test=10, train_lengths=tuple(range(1, 11)))
-        karel.generate_dataset(cfg, tmp, workers=1, overwrite=True)
-        samples = karel.load_split(tmp, "train")
+    samples = train_samples()
     arms = ["adamw", "muon"] + ([] if machine.bf16_native(torch.device("cpu")) else ["muon-torch"])
     times = {name: [] for name in arms}
     for _ in range(args.rounds):

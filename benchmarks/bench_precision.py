@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 
@@ -31,22 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import karel  # noqa: E402
-from benchmarks.gpu_check import setup, train_step  # noqa: E402
-from model.config import preset  # noqa: E402
+from benchmarks.bench_optimizer import timed_steps, train_samples  # noqa: E402
 from model.machine import bf16_native, cpu_identity  # noqa: E402
 from probes import MLPProbe  # noqa: E402
 from probes.stacked_training import bf16_native as probes_bf16_native  # noqa: E402
-
-
-def train_seconds(autocast: str, samples, steps: int) -> float:
-    m, t = preset("cpu", train={"autocast": autocast})
-    device, _, fwd, opt, blocks = setup(m, t, samples, compile_model=False)
-    train_step(fwd, opt, blocks, t, 0, device)  # warm-up
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        train_step(fwd, opt, blocks, t, step, device)
-    return (time.perf_counter() - t0) / steps
 
 
 class _Precision(MLPProbe):
@@ -79,10 +66,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = karel.DataConfig(n_train_generated=2_000, n_val=10, n_test=10, train_lengths=tuple(range(1, 11)))
-        karel.generate_dataset(cfg, tmp, workers=1, overwrite=True)
-        samples = karel.load_split(tmp, "train")
+    samples = train_samples(2_000)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((12_000, 256)).astype(np.float32)
     y = rng.integers(0, 4, 12_000)
@@ -90,7 +74,7 @@ def main():
     probe = {False: [], True: []}
     for _ in range(args.rounds):
         for autocast in train:
-            train[autocast].append(train_seconds(autocast, samples, args.steps))
+            train[autocast].append(timed_steps({"autocast": autocast}, samples, args.steps))
         for bf16 in probe:
             probe[bf16].append(probe_seconds(bf16, x, y))
     cpu = torch.device("cpu")

@@ -208,7 +208,8 @@ def smoke() -> tuple[ModelConfig, TrainConfig]:
 
 def cpu() -> tuple[ModelConfig, TrainConfig]:
     """Small enough for a laptop CPU: the default preset's model, sized for 60 minutes end to end on
-    the slowest 2-core machine measured, a Zen 4 EPYC without AMX (1,850 steps, 15.0M training
+    a 2-core Zen 4 EPYC without AMX (an AVX2-only Zen 1 trains in float32 at ~1/3 of its speed;
+    BENCHMARKS.md) (1,850 steps, 15.0M training
     tokens at ~6k tokens/s with bf16 autocast; ~11k on the Xeon with AMX; 2,000 steps took 1:18
     there, 1,500 took 52 minutes and 1,750 57, RESULTS.md, "The `cpu` preset in an hour"; 1,850
     took 58 since evaluation decodes both modes from one pass over the prompts, 1.8x faster). One
