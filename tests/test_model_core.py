@@ -5,16 +5,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.optim._muon as torch_muon
 
 import karel
 from karel.text import program_actions
+from model import machine
 from model.config import (
     ModelConfig, TrainConfig, checkpoint_steps, config_from_dict, lr_at, preset, replace_fields,
 )
 from model.data import PackedBlocks, SampleRows, batch_inputs, make_stream, tokenize
-import torch.optim._muon as torch_muon
-
-from model import machine
 from model.optim import Float32Muon, make_optimizer, newton_schulz_float32, set_lr
 from model.phases import label_phases
 from model.transformer import KVCache, Transformer, sample_mask

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import karel
+from model import machine
 from model.checkpoint import list_checkpoints, load_checkpoint, load_model
 from model.config import checkpoint_steps, preset
-from model import machine
 from model.machine import cpu_identity
 from model.threads import PROCESS_THREADS
 from model.train import autocast_context, train
