@@ -18,14 +18,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/semprobe run --preset cpu
 
+# Two pytest-xdist workers, one test file each at a time (a file's tests share its module fixtures,
+# test_pipeline's one workspace): one worker waits on subprocess starts and Prefect round trips for
+# much of its time, leaving a core idle (18:14 -> 13:39 on the 2-core Zen 1, BENCHMARKS.md).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 # The speed goals' scripts (issues 2, 3, 4), each a ratio against a baseline in the same run;
-# ~10 minutes on 2 cores. The others in benchmarks/ need a run's workspace (BENCHMARKS.md).
+# ~10 minutes on 2 cores with bf16 in hardware; ~35 on the AVX2-only Zen 1 (float32, the probe grid
+# on one thread ~30 of them, from its 1,755 cpu-seconds on two). The others in
+# benchmarks/ need a run's workspace (BENCHMARKS.md).
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python benchmarks/bench_karel.py

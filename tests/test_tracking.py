@@ -17,20 +17,26 @@ class ModelCfg:
 
 @pytest.fixture(scope="module")
 def shared_ws(tmp_path_factory):
-    # one migrated SQLite store for the module: creating one costs seconds
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    w = tmp_path_factory.mktemp("shared") / "ws"
-    T.init_tracking(w, experiment="smoke")
-    return w
+    # one migrated SQLite store for the module: creating one costs seconds. Not exported: a
+    # MLFLOW_TRACKING_URI left in this process would be "the user's" store to every later test's
+    # subprocess, which then logged there (and, for an experiment that store lacked, into
+    # ./mlruns of its working directory: the repository)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        w = tmp_path_factory.mktemp("shared") / "ws"
+        T.init_tracking(w, experiment="smoke", export_env=False)
+        yield w
+    T._state.update(uri=None, artifact_root=None, exported=None)
 
 
 @pytest.fixture
 def ws(shared_ws, tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so what init_tracking exports is undone
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)  # anything written to the cwd would show up here
     uri = T.init_tracking(shared_ws, experiment="smoke")
     yield shared_ws, uri
-    mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI
+    mlflow.set_tracking_uri(None)
     T._state.update(uri=None, artifact_root=None, exported=None)
 
 
