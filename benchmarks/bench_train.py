@@ -124,5 +124,6 @@ def main():
              f"vs HF default fp32 {trained / res['tok_s_hf_fp32']:.2f}x (target >= 1.5x)")
     print(line)
 
+
 if __name__ == "__main__":
     main()
