@@ -12,20 +12,20 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_probes import SEMANTICS, make_data  # noqa: E402
-from probes.grid import GridConfig, row_splits  # noqa: E402
-from probes.labels import MAIN_FEATURES, OFFSETS  # noqa: E402
+from benchmarks.bench_probes import SEMANTICS, make_data  # noqa: E402
+from probes.grid import PROBE_KINDS, GridConfig, row_splits  # noqa: E402
+from probes.labels import FEATURES, MAIN_FEATURES, OFFSETS  # noqa: E402
 
-OUTPUTS = {"direction": 4, "rel_start": 26, "facing_wall": 2}  # logits per feature (rel_start: 13 + 13)
-WIDTH = 256
-KINDS = {  # multiply-adds per row of one probe with ``c`` logits (the hidden-layer biases left out)
-    "linear": lambda c: WIDTH * c,
-    "mlp1": lambda c: WIDTH * 256 + 256 * c,
-    "mlp2": lambda c: WIDTH * 256 + 256 * 1024 + 1024 * c,
-}
+WIDTH = 256  # bench_probes' default --width
+
+
+def multiply_adds(kind: str, feature: str) -> int:
+    """Per row, one probe of ``kind`` (its hidden widths, ``PROBE_KINDS``) on ``feature`` (a logit
+    per class of each of its heads); biases left out."""
+    widths = (WIDTH, *PROBE_KINDS[kind], sum(FEATURES[feature][0]))
+    return sum(a * b for a, b in zip(widths, widths[1:]))
 
 
 def main():
@@ -36,13 +36,13 @@ def main():
     args = ap.parse_args()
     labels, _ = make_data(args.programs, WIDTH)
     split = row_splits(labels.program, 0, GridConfig().split)
-    total = dict.fromkeys(KINDS, 0.0)
+    total = dict.fromkeys(PROBE_KINDS, 0.0)
     for offset in OFFSETS:
         ok = labels.valid(offset)
         train, val, test = (int(((split == i) & ok).sum()) for i in range(3))
-        for kind, macs in KINDS.items():
+        for kind in PROBE_KINDS:
             for feature in MAIN_FEATURES:
-                m = macs(OUTPUTS[feature]) * len(SEMANTICS)
+                m = multiply_adds(kind, feature) * len(SEMANTICS)
                 total[kind] += (6 * train + 2 * val) * m * args.epochs + 2 * test * m
     flops = sum(total.values())
     print({k: f"{v / 1e12:.2f} TFLOP" for k, v in total.items()}, f"total {flops / 1e12:.2f} TFLOP")
