@@ -31,8 +31,7 @@ def shared_ws(tmp_path_factory):
 
 @pytest.fixture
 def ws(shared_ws, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so what init_tracking exports is undone
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # what init_tracking exports: conftest undoes it
     monkeypatch.chdir(tmp_path)  # anything written to the cwd would show up here
     uri = T.init_tracking(shared_ws, experiment="smoke")
     yield shared_ws, uri
