@@ -208,11 +208,11 @@ def smoke() -> tuple[ModelConfig, TrainConfig]:
 
 def cpu() -> tuple[ModelConfig, TrainConfig]:
     """Small enough for a laptop CPU: the default preset's model, sized for 60 minutes end to end on
-    a 2-core Zen 4 EPYC without AMX (an AVX2-only Zen 1 trains in float32 at ~1/3 of its speed;
-    BENCHMARKS.md) (1,850 steps, 15.0M training
-    tokens at ~6k tokens/s with bf16 autocast; ~11k on the Xeon with AMX; 2,000 steps took 1:18
-    there, 1,500 took 52 minutes and 1,750 57, RESULTS.md, "The `cpu` preset in an hour"; 1,850
-    took 58 since evaluation decodes both modes from one pass over the prompts, 1.8x faster). One
+    a 2-core Zen 4 EPYC without AMX (1,850 steps, 15.0M training tokens at ~6k tokens/s with bf16
+    autocast, ~11k on the Xeon with AMX; on the Zen 4 2,000 steps took 1:18, 1,500 took 52 minutes
+    and 1,750 57, RESULTS.md, "The `cpu` preset in an hour"; 1,850 took 58 since evaluation decodes
+    both modes from one pass over the prompts, 1.8x faster). An AVX2-only CPU (a Zen 1 EPYC) trains
+    it in float32 at ~1/3 of the Zen 4's speed (BENCHMARKS.md). One
     whole sample per row (``packing="samples"``, 21 x 386 tokens a step): 1.6x the program tokens
     that see their whole spec per second of packed 1,024-token blocks (benchmarks/bench_packing.py).
     Muon for the hidden matrices: about 1.7x fewer steps to the same program loss than AdamW at lr
