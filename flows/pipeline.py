@@ -5,7 +5,8 @@ dataset -> train (publishing checkpoints as it goes) -> per checkpoint: evaluate
 
 Evaluation and activation dumps of early checkpoints start while training continues
 (``overlap=True``): the flow polls the store for newly published checkpoints. Only this flow
-process writes DuckDB; tasks hand back manifests whose artifacts hold the rows.
+process writes DuckDB; tasks hand back manifests whose artifacts hold the rows. Each evaluation
+and probe grid is recorded as it finishes, so a run stopped half way has them in DuckDB.
 
 With ``record_results=False`` (a sweep point on a worker) the flow writes neither DuckDB nor
 MLflow: it keeps a journal of what it would have recorded (``tasks.record.Journal``) on the
@@ -169,6 +170,24 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         rec = record.Journal(run_id)
     training = None
     ds, tkey = {}, None
+    per_ckpt: dict[str, tuple] = {}  # checkpoint key -> (checkpoint, evaluation, activations or None)
+    grids: dict = {}  # (step, semantics index) -> probe grid future
+    recorded: set = set()
+
+    def record_finished() -> int:
+        """Record each evaluation and probe grid that has finished since the last call, as it
+        finishes: a run stopped half way (a session's end, a lost machine) leaves them in DuckDB,
+        where before they waited for the last grid. Returns how many grids are recorded."""
+        for c, ev, _ in sorted(per_ckpt.values(), key=lambda v: v[0]["step"]):
+            if c["key"] not in recorded and ev.state.is_completed():
+                rec.checkpoint(c, ev.result())
+                recorded.add(c["key"])
+        for k in sorted(grids):
+            if k not in recorded and grids[k].state.is_completed():
+                rec.probes(grids[k].result())
+                recorded.add(k)
+        return sum(k in recorded for k in grids)
+
     STOP.clear()
     try:
         ds = generate_dataset(root, cfg.data)
@@ -178,8 +197,6 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         log.info("dataset %s (%s); training %s", ds["key"], ds["status"], tkey)
 
         training = train_lm.submit(root, cfg.model, cfg.train, ds, progress=progress)
-        per_ckpt: dict[str, tuple] = {}
-
         probed = cfg.probed_steps()
 
         def submit_new():
@@ -190,6 +207,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
 
         while overlap and not training.state.is_final():
             submit_new()
+            record_finished()
             time.sleep(POLL_S)
         trained = _result(training)
         rec.stage(trained)
@@ -201,7 +219,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         ordered = sorted(per_ckpt.values(), key=lambda v: v[0]["step"])
         current = current_offset(cfg.activations.programs)
         pending = [(c, acts) for c, _, acts in ordered if acts is not None]
-        ready, grids = [], {}
+        ready = []
         others = [f for _, ev, acts in ordered for f in (ev, acts) if f is not None]  # they hold task threads too
 
         def submit_grid(item):  # item: ((step, semantics index), (probe config, activations, semantics))
@@ -218,14 +236,21 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             running = sum(not f.state.is_final() for f in [*others, *grids.values()])
             for (key, _), fut in start_costliest(ready, running, WORKERS, submit_grid):
                 grids[key] = fut
+            record_finished()
             if pending or ready:
                 time.sleep(POLL_S)
-        for c, ev, _ in tqdm(ordered, desc="evaluate checkpoints", unit="ckpt", disable=not progress):
-            rec.checkpoint(c, _result(ev))
-        probe_outs = [_result(grids[k]) for k in tqdm(sorted(grids), desc="probe grids", unit="grid",
-                                                      disable=not progress)]
-        for out in probe_outs:
-            rec.probes(out)
+        waiting = [ev for _, ev, _ in ordered] + [grids[k] for k in sorted(grids)]
+        with tqdm(total=len(grids), desc="probe grids", unit="grid", disable=not progress) as bar:
+            while True:
+                done = all(f.state.is_final() for f in waiting)  # before recording: none ends unrecorded
+                bar.update(record_finished() - bar.n)
+                for f in waiting:
+                    if f.state.is_final() and not f.state.is_completed():
+                        f.result()  # a failed evaluation or grid raises here, without waiting for the rest
+                if done:
+                    break
+                time.sleep(POLL_S)
+        probe_outs = [grids[k].result() for k in sorted(grids)]
 
         phases = phase_metrics(root, cfg.probe, probe_outs, rec.checkpoint_rows(), current)
         rec.phases(phases, tkey)
@@ -246,6 +271,10 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         STOP.set()
         if training is not None:
             training.wait(timeout=120)
+        try:  # what finished before the stop; a recording error must not hide the one that stopped the run
+            record_finished()
+        except Exception as e:
+            log.warning("could not record the finished evaluations and grids: %s", e)
         rec.run(preset, cfg, ds.get("key"), tkey, started, status="failed")
         if record_results:
             finish_run(parent, "FAILED")

@@ -339,13 +339,16 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env=temporary_server_env())
     work = tmp_path / "work" / "train"
+    store = Workspace.at(tmp_path).store
     deadline = time.time() + 300
     seen: list[Path] = []
+    evaluated: set[str] = set()
     try:
         while time.time() < deadline and proc.poll() is None:
             seen = sorted(work.glob("*/step-*.pt")) if work.exists() else []
             steps = [p for p in seen if not p.name.endswith(".tmp")]
-            if len(steps) >= 3:
+            evaluated = {k for k in store.keys("evaluate") if store.is_complete("evaluate", k, verify=False)}
+            if len(steps) >= 3 and evaluated:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "training finished before it could be interrupted; make it longer"
@@ -366,6 +369,11 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
             pass
     kept = {p: p.stat().st_mtime_ns for p in sorted(work.glob("*/step-*.pt")) if p.suffix != ".tmp"}
     assert kept, "no checkpoint survived the kill"
+    # the evaluations that had finished before the kill are in DuckDB already, under the stopped run
+    db = tmp_path / "results.duckdb"
+    recorded = read_only_query(db, "SELECT DISTINCT eval_key FROM checkpoint_metrics")["eval_key"]
+    assert evaluated <= set(recorded), (evaluated, set(recorded))
+    assert read_only_query(db, "SELECT status FROM runs")["status"].tolist() == ["failed"]
     last = max(step for run in work.iterdir() for step, _ in list_checkpoints(run))  # where it will resume
     status = semprobe(tmp_path, "status", "--preset", "smoke", *overrides).stdout
     assert f"150 steps, checkpointed at step {last}" in status, status
