@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-attempts", type=int, default=3, help="runs per point before it counts as failed")
     sw.add_argument("--dry-run", action="store_true", help="print the points and their keys, run nothing")
     rep = sub.add_parser("report", help="(re)build the report of a run from DuckDB")
-    rep.add_argument("--run-id", default=None, help="default: the latest finished run")
+    rep.add_argument("--run-id", default=None, help="default: the latest finished run; a stopped run's report "
+                                                    "holds the evaluations and grids it finished")
     cmp_ = sub.add_parser("compare", help="issue 7's targets of several runs side by side, as Markdown (reads only)")
     cmp_.add_argument("workspaces", nargs="+", metavar="WORKSPACE[:RUN_ID]",
                       help="a workspace folder, its latest finished run unless a run id follows a colon")
@@ -172,12 +173,16 @@ def cmd_sweep(args, ws) -> int:
 
 
 def _finished_run(db, run_id: str | None) -> tuple[str, str]:
-    """(run id, preset): ``run_id`` if it finished, else the latest finished run of ``db``."""
-    runs = db.query("SELECT run_id, preset FROM runs WHERE status = 'finished' ORDER BY finished_at DESC")
+    """(run id, preset): ``run_id`` whatever its status (a stopped run's report holds what it
+    recorded: each evaluation and grid is recorded as it finishes), else the latest finished run."""
     if run_id:
-        runs = runs[runs["run_id"] == run_id]
-    if runs.empty:
-        raise ValueError(f"no finished run{' ' + run_id if run_id else ''} in {db.path}")
+        runs = db.query("SELECT run_id, preset FROM runs WHERE run_id = ?", [run_id])
+        if runs.empty:
+            raise ValueError(f"no run {run_id} in {db.path}")
+    else:
+        runs = db.query("SELECT run_id, preset FROM runs WHERE status = 'finished' ORDER BY finished_at DESC")
+        if runs.empty:
+            raise ValueError(f"no finished run in {db.path} (name a stopped one with its run id)")
     return str(runs["run_id"].iloc[0]), str(runs["preset"].iloc[0])
 
 

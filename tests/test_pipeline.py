@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 
 import karel
+from flows.cli import _finished_run
 from flows.presets import load_preset
 from flows.status import stage_status
 from model.checkpoint import list_checkpoints
 from tasks.activations import concat_samples, reference_programs
 from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
-from tasks.results import TABLES, read_only_query
+from tasks.results import TABLES, ReadOnlyResults, read_only_query
 from tasks.workspace import Workspace
 from distributed_cluster import free_port, http_ok, stop, wait_for
 
@@ -373,7 +374,13 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     db = tmp_path / "results.duckdb"
     recorded = read_only_query(db, "SELECT DISTINCT eval_key FROM checkpoint_metrics")["eval_key"]
     assert evaluated <= set(recorded), (evaluated, set(recorded))
-    assert read_only_query(db, "SELECT status FROM runs")["status"].tolist() == ["failed"]
+    stopped = read_only_query(db, "SELECT run_id, status FROM runs")
+    assert stopped["status"].tolist() == ["failed"]
+    # its report holds what it finished, and says the run stopped
+    html = Path(semprobe(tmp_path, "report", "--run-id", stopped["run_id"][0]).stdout.strip()).read_text()
+    assert "<td>failed</td>" in html and "Per-checkpoint metrics" in html
+    with pytest.raises(ValueError, match="no finished run"):  # what `semprobe report` says without --run-id
+        _finished_run(ReadOnlyResults(db), None)
     last = max(step for run in work.iterdir() for step, _ in list_checkpoints(run))  # where it will resume
     status = semprobe(tmp_path, "status", "--preset", "smoke", *overrides).stdout
     assert f"150 steps, checkpointed at step {last}" in status, status
