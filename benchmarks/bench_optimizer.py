@@ -55,7 +55,10 @@ def seconds_per_step(arm: str, samples, steps: int) -> float:
     """``adamw``, ``muon`` (as ``make_optimizer`` picks it here) or ``muon-torch`` (torch's Muon,
     whose Newton-Schulz iteration is bf16 whatever the CPU)."""
     optim.bf16_native = (lambda device: True) if arm == "muon-torch" else machine.bf16_native
-    return timed_steps({"optimizer": arm.removesuffix("-torch")}, samples, steps)
+    try:
+        return timed_steps({"optimizer": arm.removesuffix("-torch")}, samples, steps)
+    finally:
+        optim.bf16_native = machine.bf16_native  # the module as the other arms and callers expect it
 
 
 def main():
