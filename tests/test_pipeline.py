@@ -4,6 +4,8 @@ and a run killed in the middle of training resumes from its last checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -18,7 +20,7 @@ import pandas as pd
 import pytest
 
 import karel
-from flows.cli import _finished_run
+from flows.cli import _finished_run, main
 from flows.presets import load_preset
 from flows.status import stage_status
 from model.checkpoint import list_checkpoints
@@ -41,8 +43,12 @@ def temporary_server_env() -> dict[str, str]:
 
 
 def semprobe(ws: Path, *args, check=True, temporary_server=False, **kw) -> subprocess.CompletedProcess:
-    """``semprobe`` in a subprocess, against the module's Prefect server unless
-    ``temporary_server`` (each run's own temporary server: ~13 s more a run on a 2-core Zen 1)."""
+    """``semprobe run`` in a subprocess, against the module's Prefect server unless
+    ``temporary_server`` (each run's own temporary server: ~13 s more a run on a 2-core Zen 1).
+    The commands that start no flow (status, sql, export, report) run the same ``main`` in this
+    process: a subprocess spent ~9 s importing torch, prefect and sklearn on the Zen 1."""
+    if args[0] != "run":
+        return _in_process(["--workspace", str(ws), *args], check)
     cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), *args]
     env = temporary_server_env()
     if not temporary_server and "url" in SHARED_SERVER:
@@ -53,6 +59,19 @@ def semprobe(ws: Path, *args, check=True, temporary_server=False, **kw) -> subpr
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def _in_process(argv: list[str], check: bool) -> subprocess.CompletedProcess:
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:  # what main() configures for its workspace must not reach a later run's subprocess
+        os.environ.clear()
+        os.environ.update(saved)
+    if check and code != 0:
+        raise AssertionError(f"semprobe {argv} failed ({code}):\n{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}")
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def snapshot(ws: Path) -> dict[str, pd.DataFrame]:
