@@ -161,4 +161,4 @@ def test_compare_sets_runs_side_by_side_and_never_writes(tmp_path, capsys):
     with duckdb.connect(str(b / "results.duckdb")) as con:
         assert con.execute("SELECT max(version) FROM schema_info").fetchone()[0] == 5
     assert main(["--workspace", str(tmp_path / "w"), "compare", f"{a}:no-such-run"]) == 2
-    assert "no finished run no-such-run" in capsys.readouterr().err
+    assert "no run no-such-run in" in capsys.readouterr().err
