@@ -38,7 +38,7 @@ from tasks.evaluation import evaluate
 from tasks.phases import phase_metrics
 from tasks.probing import train_probes
 from tasks.report import build_report
-from tasks.results import ResultsDB
+from tasks.results import DatabaseLockedError, ResultsDB
 from tasks.probe_config import probe_config_at
 from tasks.stage_configs import current_offset
 from tasks.tracking import finish_run, init_tracking, start_parent_run
@@ -173,19 +173,30 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     per_ckpt: dict[str, tuple] = {}  # checkpoint key -> (checkpoint, evaluation, activations or None)
     grids: dict = {}  # (step, semantics index) -> probe grid future
     recorded: set = set()
+    stages: list[dict] = []  # stage rows to write (training's, each dump's) at the next record_finished
 
-    def record_finished() -> int:
+    def record_finished(final: bool = False) -> int:
         """Record each evaluation and probe grid that has finished since the last call, as it
         finishes: a run stopped half way (a session's end, a lost machine) leaves them in DuckDB,
-        where before they waited for the last grid. Returns how many grids are recorded."""
-        for c, ev, _ in sorted(per_ckpt.values(), key=lambda v: v[0]["step"]):
-            if c["key"] not in recorded and ev.state.is_completed():
-                rec.checkpoint(c, ev.result())
-                recorded.add(c["key"])
-        for k in sorted(grids):
-            if k not in recorded and grids[k].state.is_completed():
-                rec.probes(grids[k].result())
-                recorded.add(k)
+        where before they waited for the last grid. A results file held by another process (a
+        notebook's open connection) does not stop the run: what could not be written is written
+        at a later call; only the ``final`` one raises. Returns how many grids are recorded."""
+        try:
+            while stages:
+                rec.stage(stages[0])
+                stages.pop(0)
+            for c, ev, _ in sorted(per_ckpt.values(), key=lambda v: v[0]["step"]):
+                if c["key"] not in recorded and ev.state.is_completed():
+                    rec.checkpoint(c, ev.result())
+                    recorded.add(c["key"])
+            for k in sorted(grids):
+                if k not in recorded and grids[k].state.is_completed():
+                    rec.probes(grids[k].result())
+                    recorded.add(k)
+        except DatabaseLockedError as e:
+            if final:
+                raise
+            log.warning("%s; recording it at the next poll", e)
         return sum(k in recorded for k in grids)
 
     STOP.clear()
@@ -210,7 +221,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             record_finished()
             time.sleep(POLL_S)
         trained = _result(training)
-        rec.stage(trained)
+        stages.append(trained)
         for step in republish_missing(root, tkey, cfg.train):
             log.warning("checkpoint at step %d was missing from the artifact store: republished from the "
                         "training work folder", step)
@@ -229,7 +240,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             for c, acts in [p for p in pending if p[1].state.is_final()]:
                 pending.remove((c, acts))
                 a = acts.result()
-                rec.stage(a)
+                stages.append(a)
                 pcfg = probe_config_at(cfg.probe, c["step"], probed)
                 ready += [(pcfg.grid_cost(sem, current), ((c["step"], i), (pcfg, a, sem)))
                           for i, sem in enumerate(cfg.probe.semantics)]
@@ -243,7 +254,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         with tqdm(total=len(grids), desc="probe grids", unit="grid", disable=not progress) as bar:
             while True:
                 done = all(f.state.is_final() for f in waiting)  # before recording: none ends unrecorded
-                bar.update(record_finished() - bar.n)
+                bar.update(record_finished(final=done) - bar.n)
                 for f in waiting:
                     if f.state.is_final() and not f.state.is_completed():
                         f.result()  # a failed evaluation or grid raises here, without waiting for the rest
