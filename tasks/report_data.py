@@ -95,6 +95,9 @@ class RunData:
                 notes.append(f"run {run_id!r} has no training key (status "
                              f"{self.run.get('status')!r}); no checkpoints to report.")
                 self.train_key = None
+            elif self.run.get("status") != "finished":
+                notes.append(f"run {run_id!r} did not finish (status {self.run.get('status')!r}): this report holds "
+                             "the evaluations and probe grids it recorded before it stopped; rerun it to finish.")
         self.current = self._current_offset()
         self.stages = db.query("SELECT stage, key, status, seconds, finished_at, machine FROM stage_runs WHERE run_id = ?",
                                [run_id])

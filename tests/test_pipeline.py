@@ -414,7 +414,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert stopped["status"].tolist() == ["failed"]
     # its report holds what it finished, and says the run stopped
     html = Path(semprobe(tmp_path, "report", "--run-id", stopped["run_id"][0]).stdout.strip()).read_text()
-    assert "<td>failed</td>" in html and "Per-checkpoint metrics" in html
+    assert "<td>failed</td>" in html and "Per-checkpoint metrics" in html and "did not finish (status" in html
     with pytest.raises(ValueError, match="no finished run"):  # what `semprobe report` says without --run-id
         _finished_run(ReadOnlyResults(db), None)
     last = max(step for run in work.iterdir() for step, _ in list_checkpoints(run))  # where it will resume
