@@ -172,7 +172,7 @@ def cmd_sweep(args, ws) -> int:
     return 0
 
 
-def _finished_run(db, run_id: str | None) -> tuple[str, str]:
+def _chosen_run(db, run_id: str | None) -> tuple[str, str]:
     """(run id, preset): ``run_id`` whatever its status (a stopped run's report holds what it
     recorded: each evaluation and grid is recorded as it finishes), else the latest finished run."""
     if run_id:
@@ -190,7 +190,7 @@ def cmd_report(args, ws) -> int:
     from tasks.report import build_report
     from tasks.results import ReadOnlyResults
 
-    run_id, preset = _finished_run(ReadOnlyResults(ws.db_path), args.run_id)
+    run_id, preset = _chosen_run(ReadOnlyResults(ws.db_path), args.run_id)
     out = build_report(str(ws.root), run_id, preset)
     print(out["html"])
     return 0
@@ -207,7 +207,7 @@ def cmd_compare(args, ws) -> int:
     for spec in args.workspaces:
         folder, _, run_id = spec.partition(":")
         db = ReadOnlyResults(Path(folder) / "results.duckdb").current_schema()
-        run_id, preset = _finished_run(db, run_id or None)
+        run_id, preset = _chosen_run(db, run_id or None)
         notes: list[str] = []
         title = f"{preset}, run {run_id[:8]} ({Path(folder).name})"
         columns.append((title, issue_targets(RunData(db, run_id, preset, notes))))

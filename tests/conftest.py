@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from environment import environment_kept
 
 
 @pytest.fixture(autouse=True)
@@ -13,8 +13,5 @@ def environment_restored():
     MLFLOW_TRACKING_URI, the SEMPROBE_* settings) into ``os.environ``; left there, a later test's
     subprocess ran against that test's workspace and stores. (A module-scoped fixture sets up
     before this snapshot, so it must undo its own changes.)"""
-    saved = dict(os.environ)
-    yield
-    for name in set(os.environ) - set(saved):
-        del os.environ[name]
-    os.environ.update(saved)
+    with environment_kept():
+        yield

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import karel
-from flows.cli import _finished_run, main
+from flows.cli import _chosen_run, main
 from flows.presets import load_preset
 from flows.status import stage_status
 from model.checkpoint import list_checkpoints
@@ -30,6 +30,7 @@ from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
 from tasks.results import TABLES, ReadOnlyResults, read_only_query
 from tasks.workspace import Workspace
 from distributed_cluster import free_port, http_ok, stop, wait_for
+from environment import environment_kept
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
                  "controls", "semantic_content", "phases", "checkpoints"]
@@ -63,13 +64,10 @@ def semprobe(ws: Path, *args, check=True, temporary_server=False, **kw) -> subpr
 
 
 def _in_process(argv: list[str], check: bool) -> subprocess.CompletedProcess:
-    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-    finally:  # what main() configures for its workspace must not reach a later run's subprocess
-        os.environ.clear()
-        os.environ.update(saved)
+    out, err = io.StringIO(), io.StringIO()
+    # what main() configures for its workspace must not reach a later run's subprocess in the same test
+    with environment_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
     if check and code != 0:
         raise AssertionError(f"semprobe {argv} failed ({code}):\n{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}")
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
@@ -416,14 +414,14 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     html = Path(semprobe(tmp_path, "report", "--run-id", stopped["run_id"][0]).stdout.strip()).read_text()
     assert "<td>failed</td>" in html and "Per-checkpoint metrics" in html and "did not finish (status" in html
     with pytest.raises(ValueError, match="no finished run"):  # what `semprobe report` says without --run-id
-        _finished_run(ReadOnlyResults(db), None)
+        _chosen_run(ReadOnlyResults(db), None)
     last = max(step for run in work.iterdir() for step, _ in list_checkpoints(run))  # where it will resume
     status = semprobe(tmp_path, "status", "--preset", "smoke", *overrides).stdout
     assert f"300 steps, checkpointed at step {last}" in status, status
     semprobe(tmp_path, "run", "--preset", "smoke", "--quiet", *overrides)
     for p, mtime in kept.items():  # resumed: nothing before the kill was trained or written again
         assert p.stat().st_mtime_ns == mtime, p
-    steps = read_only_query(tmp_path / "results.duckdb", "SELECT step FROM checkpoints ORDER BY step")["step"]
+    steps = read_only_query(db, "SELECT step FROM checkpoints ORDER BY step")["step"]
     assert steps.iloc[-1] == 300 and 0 in set(steps)
 
 
