@@ -1,4 +1,4 @@
-"""The ``semprobe`` command line: run, estimate, sweep, report, compare, status, sql, export, ui.
+"""The ``semprobe`` command line: run, estimate, sweep, report, compare, status, sql, export, import, ui.
 
 The workspace (``--workspace``, else $SEMPROBE_WORKSPACE, else ./.semprobe) is configured before
 prefect is imported, because Prefect reads its settings at import time. ``--artifacts`` (else
@@ -51,17 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-attempts", type=int, default=3, help="runs per point before it counts as failed")
     sw.add_argument("--dry-run", action="store_true", help="print the points and their keys, run nothing")
     rep = sub.add_parser("report", help="(re)build the report of a run from DuckDB")
-    rep.add_argument("--run-id", default=None, help="default: the latest finished run; a stopped run's report "
-                                                    "holds the evaluations and grids it finished")
+    rep.add_argument("--run-id", default=None, help="a run id or its beginning (default: the latest finished run); "
+                                                    "a stopped run's report holds the evaluations and grids it finished")
     cmp_ = sub.add_parser("compare", help="issue 7's targets of several runs side by side, as Markdown (reads only)")
     cmp_.add_argument("workspaces", nargs="+", metavar="WORKSPACE[:RUN_ID]",
-                      help="a workspace folder, its latest finished run unless a run id follows a colon")
+                      help="a workspace folder or an export (`semprobe export`, e.g. results/<run>), its latest "
+                           "finished run unless a run id follows a colon")
     sql = sub.add_parser("sql", help="read-only SQL on the results database")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     export = sub.add_parser("export", help="every results table into a folder (CSV; per-seed probe rows as Parquet) "
                                                   "and each run's report.html")
     export.add_argument("folder")
+    imp = sub.add_parser("import", help="an export folder (e.g. results/<run>) into the workspace's results, for "
+                                        "report, compare and sql; rows already there must be the same")
+    imp.add_argument("folder")
     ui = sub.add_parser("ui", help="how to start (or --start) the Prefect and MLflow UIs on 127.0.0.1")
     ui.add_argument("--start", action="store_true", help="start both servers and wait")
     return p
@@ -173,12 +177,16 @@ def cmd_sweep(args, ws) -> int:
 
 
 def _chosen_run(db, run_id: str | None) -> tuple[str, str]:
-    """(run id, preset): ``run_id`` whatever its status (a stopped run's report holds what it
-    recorded: each evaluation and grid is recorded as it finishes), else the latest finished run."""
+    """(run id, preset): ``run_id`` (or the one run it begins, as reports and ``compare`` show the
+    first 8 characters) whatever its status (a stopped run's report holds what it recorded: each
+    evaluation and grid is recorded as it finishes), else the latest finished run."""
     if run_id:
-        runs = db.query("SELECT run_id, preset FROM runs WHERE run_id = ?", [run_id])
+        runs = db.query("SELECT run_id, preset FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [run_id])
         if runs.empty:
             raise ValueError(f"no run {run_id} in {db.path}")
+        if len(runs) > 1 and run_id not in set(runs["run_id"]):
+            raise ValueError(f"run id {run_id} begins {len(runs)} runs in {db.path}: {', '.join(runs['run_id'])}")
+        runs = runs[runs["run_id"] == run_id] if run_id in set(runs["run_id"]) else runs
     else:
         runs = db.query("SELECT run_id, preset FROM runs WHERE status = 'finished' ORDER BY finished_at DESC")
         if runs.empty:
@@ -196,22 +204,38 @@ def cmd_report(args, ws) -> int:
     return 0
 
 
+def _results_of(folder: str, scratch: str):
+    """The results of a workspace ``folder``, or of an export folder (``runs.csv``, no results
+    file) loaded into a new results file in the folder ``scratch``."""
+    from pathlib import Path
+
+    from tasks.results import ReadOnlyResults, ResultsDB
+    from tasks.results_import import import_export
+
+    path = Path(folder) / "results.duckdb"
+    if not path.is_file() and (Path(folder) / "runs.csv").is_file():
+        path = Path(scratch) / "results.duckdb"
+        import_export(folder, ResultsDB(path))
+    return ReadOnlyResults(path).current_schema()
+
+
 def cmd_compare(args, ws) -> int:
+    import tempfile
     from pathlib import Path
 
     from tasks.report_data import RunData
     from tasks.report_targets import issue_targets, side_by_side
-    from tasks.results import ReadOnlyResults
 
     columns, caveats = [], []
-    for spec in args.workspaces:
-        folder, _, run_id = spec.partition(":")
-        db = ReadOnlyResults(Path(folder) / "results.duckdb").current_schema()
-        run_id, preset = _chosen_run(db, run_id or None)
-        notes: list[str] = []
-        title = f"{preset}, run {run_id[:8]} ({Path(folder).name})"
-        columns.append((title, issue_targets(RunData(db, run_id, preset, notes))))
-        caveats += [f"- {title}: {note}" for note in notes]  # what each run's report would say beside its table
+    with tempfile.TemporaryDirectory(prefix="semprobe-compare-") as scratch:
+        for i, spec in enumerate(args.workspaces):
+            folder, _, run_id = spec.partition(":")
+            db = _results_of(folder, f"{scratch}/{i}")
+            run_id, preset = _chosen_run(db, run_id or None)
+            notes: list[str] = []
+            title = f"{preset}, run {run_id[:8]} ({Path(folder).name})"
+            columns.append((title, issue_targets(RunData(db, run_id, preset, notes))))
+            caveats += [f"- {title}: {note}" for note in notes]  # what each run's report would say beside its table
     print(side_by_side(columns), end="")
     if caveats:
         print("\nNotes:\n" + "\n".join(caveats))
@@ -260,6 +284,21 @@ def cmd_ui(args, ws) -> int:
     return 0
 
 
+def cmd_import(args, ws) -> int:
+    from tasks.results import ResultsDB
+    from tasks.results_import import import_export
+
+    db = ResultsDB(ws.db_path)
+    for table, counts in import_export(args.folder, db).items():
+        missing = f"; not in the export, so '' or NULL: {', '.join(counts['missing_columns'])}" \
+            if counts["missing_columns"] else ""
+        print(f"{table:<22} {counts['added']:>7} added, {counts['present']:>7} there already{missing}")
+    runs = db.query("SELECT run_id, preset, status FROM runs ORDER BY started_at")
+    print("runs in " + str(ws.db_path) + ":\n" + "\n".join(f"  {r.run_id}  {r.preset}  {r.status}"
+                                                            for r in runs.itertuples()))
+    return 0
+
+
 def cmd_export(args, ws) -> int:
     from tasks.report import export_reports
     from tasks.results import export_tables
@@ -269,7 +308,7 @@ def cmd_export(args, ws) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "estimate": cmd_estimate, "export": cmd_export, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
+COMMANDS = {"compare": cmd_compare, "estimate": cmd_estimate, "export": cmd_export, "import": cmd_import, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status, "sql": cmd_sql, "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -246,7 +246,8 @@ def read_only_query(path: str | Path, sql: str, params: Any = None,
 
 def export_tables(path: str | Path, out_dir: str | Path) -> list[Path]:
     """Every results table into ``out_dir``: CSV with a header, ``probe_results`` (one row per
-    probe seed, the bulk of the data) as zstd Parquet. Read-only; returns the files written."""
+    probe seed, the bulk of the data) as zstd Parquet, and ``schema_info.csv`` (the schema version,
+    for ``semprobe import``). Read-only; returns the files written."""
     p = Path(path).expanduser().absolute()
     if not p.is_file():
         raise FileNotFoundError(f"no results database at {p} (has a pipeline run yet?)")
@@ -262,6 +263,9 @@ def export_tables(path: str | Path, out_dir: str | Path) -> list[Path]:
             order = ", ".join(map(_q, key))
             con.execute(f"COPY (SELECT * FROM {_q(table)} ORDER BY {order}) TO '{dest.as_posix()}' ({fmt})")
             written.append(dest)
+        dest = out / "schema_info.csv"
+        con.execute(f"COPY (SELECT max(version) AS version FROM schema_info) TO '{dest.as_posix()}' (HEADER)")
+        written.append(dest)
     finally:
         con.close()
     return written

@@ -83,6 +83,20 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
 }
 
 
+# what a migration gave the rows recorded before a column existed (an export of an older file is
+# imported by the same rules, ``tasks.results_import``): a stage-key column added to a primary key
+# is '' (which stage wrote an old row is not in it), and these metrics left ``checkpoint_metrics``
+STAGE_KEY_COLUMNS = {"checkpoint_metrics": ("eval_key",), "phases": ("phases_key",),
+                     "interventions": ("phases_key",), "interventions_vs_init": ("phases_key",)}
+CONTENT_METRICS = ("semantic_content", "semantic_content_vs_init")
+
+
+def grid_semantics(summary: str = "probe_summary") -> str:
+    """SQL: each probe key's grid semantics, as the ``summary`` table (``probe_summary``'s
+    columns) names it; a controls row recorded before schema 3 gets its ``semantics`` from it."""
+    return f"SELECT probe_key, any_value(semantics) AS semantics FROM {_q(summary)} GROUP BY probe_key"
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -131,8 +145,7 @@ def _migrate_controls(con) -> None:
     rebuilt with its rows, in one transaction."""
     con.execute(_ddl("probe_summary"))
     _transaction(con, *_rebuilt_with("controls", "semantics", "s.semantics",
-                                     "LEFT JOIN (SELECT probe_key, any_value(semantics) AS semantics FROM "
-                                     "probe_summary GROUP BY probe_key) s ON s.probe_key = o.probe_key"),
+                                     f"LEFT JOIN ({grid_semantics()}) s ON s.probe_key = o.probe_key"),
                  "UPDATE schema_info SET version = 3")
 
 
@@ -143,8 +156,7 @@ def _migrate_content(con) -> None:
     lost: the values are re-derived from the ``interventions`` and ``controls`` rows kept here, and a
     rerun of the run records them into the ``semantic_content`` table under its phases key."""
     con.execute(_ddl("checkpoint_metrics"))
-    _transaction(con, "DELETE FROM checkpoint_metrics WHERE metric IN "
-                      "('semantic_content', 'semantic_content_vs_init')",
+    _transaction(con, f"DELETE FROM checkpoint_metrics WHERE metric IN ({', '.join(map(repr, CONTENT_METRICS))})",
                  "UPDATE schema_info SET version = 4")
 
 
@@ -162,7 +174,7 @@ def _with_stage_key(con, table_keys: tuple[tuple[str, str], ...], version: int) 
 def _migrate_stage_keys(con) -> None:
     """Version 4 -> 5: ``checkpoint_metrics`` gains ``eval_key`` and ``phases`` gains
     ``phases_key`` in their primary keys."""
-    _with_stage_key(con, (("checkpoint_metrics", "eval_key"), ("phases", "phases_key")), 5)
+    _with_stage_key(con, tuple((t, *STAGE_KEY_COLUMNS[t]) for t in ("checkpoint_metrics", "phases")), 5)
 
 
 def _migrate_margin_kinds(con) -> None:
@@ -175,7 +187,7 @@ def _migrate_margin_kinds(con) -> None:
 def _migrate_intervention_keys(con) -> None:
     """Version 6 -> 7: ``interventions`` and ``interventions_vs_init`` gain ``phases_key`` in their
     primary keys, as 5 gave it to ``phases``."""
-    _with_stage_key(con, (("interventions", "phases_key"), ("interventions_vs_init", "phases_key")), 7)
+    _with_stage_key(con, tuple((t, *STAGE_KEY_COLUMNS[t]) for t in ("interventions", "interventions_vs_init")), 7)
 
 
 def _migrate_stage_machine(con) -> None:

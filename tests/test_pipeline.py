@@ -294,12 +294,20 @@ def test_export_writes_tables_and_each_report(ws, tmp_path):
     out = tmp_path / "export"
     written = semprobe(ws, "export", str(out)).stdout.split()
     reports = sorted((ws / "reports").glob("*/report.html"))
-    assert reports and len(written) == len(TABLES) + len(reports)
+    assert reports and len(written) == len(TABLES) + 1 + len(reports)  # and schema_info.csv
     for html_path in reports:
         copy = out / f"report-{html_path.parent.name[:8]}.html"
         assert str(copy) in written and copy.read_bytes() == html_path.read_bytes()
     assert pd.read_csv(out / "runs.csv")["run_id"].nunique() >= len(reports)
     assert (out / "probe_results.parquet").is_file()
+    # ... and `semprobe import` reads it back: every table as the workspace holds it, bit for bit
+    back = tmp_path / "back"
+    semprobe(back, "import", str(out))
+    for t in TABLES:
+        first, again = (read_only_query(w / "results.duckdb", f"SELECT * FROM {t}") for w in (ws, back))
+        pd.testing.assert_frame_equal(again.sort_values(list(again.columns)).reset_index(drop=True),
+                                      first.sort_values(list(first.columns)).reset_index(drop=True),
+                                      check_exact=True, obj=t)
 
 
 def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):

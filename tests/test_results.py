@@ -126,7 +126,8 @@ def test_export_round_trips(db, tmp_path):
     db.upsert("probe_results", _probe_rows())
     files = export_tables(db.path, tmp_path / "out")
     assert sorted(f.name for f in files) == sorted(
-        f"{t}.{'parquet' if t == 'probe_results' else 'csv'}" for t in TABLES)
+        [f"{t}.{'parquet' if t == 'probe_results' else 'csv'}" for t in TABLES] + ["schema_info.csv"])
+    assert pd.read_csv(tmp_path / "out" / "schema_info.csv")["version"].tolist() == [SCHEMA_VERSION]
     back = pd.read_parquet(tmp_path / "out" / "probe_results.parquet")
     pd.testing.assert_frame_equal(back.reset_index(drop=True), db.table("probe_results").reset_index(drop=True),
                                   check_dtype=False)

@@ -1,0 +1,102 @@
+"""An export folder (``semprobe export``) read back into a results file, so that the runs
+committed under ``results/`` are read by ``report``, ``compare`` and ``sql`` as any workspace's.
+
+Exports written before a column existed load by the rules of the migration that added it
+(``tasks.results_schema``): a missing stage-key column is '' (unknown), another missing column
+NULL, a controls row's grid semantics comes from ``probe_summary``, and ``checkpoint_metrics``
+keeps no semantic-content rows. Nothing in the target file is overwritten: a row whose key is
+there already must be the same row, or the import stops with nothing written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from tasks.results import ResultsDB
+from tasks.results_schema import (CONTENT_METRICS, SCHEMA_VERSION, STAGE_KEY_COLUMNS, TABLES, _base_type, _q,
+                                  _transaction, grid_semantics)
+
+
+def _export_file(folder: Path, table: str) -> Path | None:
+    for suffix in (".parquet", ".csv"):
+        if (folder / f"{table}{suffix}").is_file():
+            return folder / f"{table}{suffix}"
+    return None
+
+
+def _columns(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+
+
+def _source(path: Path) -> str:
+    where = "'" + path.as_posix().replace("'", "''") + "'"
+    if path.suffix == ".parquet":
+        return f"read_parquet({where})"
+    return f"read_csv({where}, header = true, all_varchar = true)"  # each column cast to the schema's type
+
+
+def _staged(con: duckdb.DuckDBPyConnection, folder: Path, table: str) -> tuple[str, list[str]] | None:
+    """A SELECT of the export's ``table`` in the current schema's columns and types, and the
+    columns the export lacks; None when the export has no such table."""
+    path = _export_file(folder, table)
+    if path is None:
+        return None
+    have = _columns(con, _source(path))
+    cols = TABLES[table][0]
+    unknown = [c for c in have if c not in dict(cols)]
+    if unknown:
+        raise ValueError(f"{path}: column(s) {unknown} are not in table {table!r} of results schema "
+                         f"{SCHEMA_VERSION} (an export of newer code?)")
+    missing = [c for c, _ in cols if c not in have]
+    exprs = []
+    for c, decl in cols:
+        value = _q(c) if c in have else ("''" if c in STAGE_KEY_COLUMNS.get(table, ()) else "NULL")
+        exprs.append(f"CAST({value} AS {_base_type(decl)}) AS {_q(c)}")
+    return f"SELECT {', '.join(exprs)} FROM {_source(path)}", missing
+
+
+def import_export(folder: str | Path, db: ResultsDB) -> dict[str, dict]:
+    """Load the export in ``folder`` into ``db``, in one transaction; returns, per table of the
+    export, ``{"added": n, "present": n, "missing_columns": [...]}`` (``present``: rows ``db`` held
+    already, identical). Raises ValueError when ``folder`` is no export, when the export's schema is
+    newer than this code's, or when a row has the key of a different row in ``db``."""
+    folder = Path(folder)
+    if not (folder / "runs.csv").is_file():
+        raise ValueError(f"{folder} is not a `semprobe export` folder: it has no runs.csv")
+    version_file = folder / "schema_info.csv"
+    if version_file.is_file():
+        version = int(version_file.read_text().split()[-1])
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"{folder} was exported with results schema {version}; this code reads up to "
+                             f"{SCHEMA_VERSION}: import it with newer code")
+    out: dict[str, dict] = {}
+    statements = []
+    with db.connect() as con:
+        for table, (cols, pk) in TABLES.items():
+            staged = _staged(con, folder, table)
+            if staged is None:
+                continue
+            select, missing = staged
+            stage = _q(f"_import_{table}")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {stage} AS {select}")
+            if table == "checkpoint_metrics":  # recorded here before schema 4; semantic_content holds them now
+                con.execute(f"DELETE FROM {stage} WHERE metric IN ({', '.join(map(repr, CONTENT_METRICS))})")
+            if table == "controls" and "semantics" in missing:
+                con.execute(f"UPDATE {stage} o SET semantics = s.semantics FROM ({grid_semantics('_import_probe_summary')}) s "
+                            f"WHERE s.probe_key = o.probe_key")
+            same_key = " AND ".join(f"t.{_q(c)} = i.{_q(c)}" for c in pk)
+            same_row = " AND ".join(f"t.{_q(c)} IS NOT DISTINCT FROM i.{_q(c)}" for c, _ in cols)
+            clash = con.execute(f"SELECT {', '.join('i.' + _q(c) for c in pk)} FROM {stage} i JOIN {_q(table)} t "
+                                f"ON {same_key} WHERE NOT ({same_row}) LIMIT 1").fetchone()
+            if clash is not None:
+                raise ValueError(f"{folder}: table {table!r} row {dict(zip(pk, clash))} differs from the row of the "
+                                 f"same key in {db.path}; nothing was imported (import it into another workspace)")
+            present = con.execute(f"SELECT count(*) FROM {stage} i JOIN {_q(table)} t ON {same_key}").fetchone()[0]
+            total = con.execute(f"SELECT count(*) FROM {stage}").fetchone()[0]
+            out[table] = {"added": total - present, "present": present, "missing_columns": missing}
+            statements.append(f"INSERT INTO {_q(table)} SELECT * FROM {stage} i "
+                              f"WHERE NOT EXISTS (SELECT 1 FROM {_q(table)} t WHERE {same_key})")
+        _transaction(con, *statements)
+    return out
