@@ -16,6 +16,7 @@ shared storage, and the sweep flow, the single writer, replays it.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import os
 import signal
 import time
@@ -86,6 +87,32 @@ def _result(future):
     while not future.state.is_final():
         future.wait(timeout=POLL_S)
     return future.result()
+
+
+def _ended(future) -> bool:
+    """Whether a task future has ended (in any final state), asked of its thread's future where it
+    has one: no server round trip. An ended one then holds its final state as the thread returned
+    it, so ``future.state`` no longer asks the server either, whose copy can lag the thread (read
+    there, a grid that had ended still looked running, and the run finished without recording it)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if not isinstance(wrapped, concurrent.futures.Future):
+        return future.state.is_final()
+    if wrapped.done():
+        future.wait(0)
+        return True
+    return False
+
+
+def _pause(futures) -> None:
+    """Until one of ``futures`` (those still running) ends, or POLL_S at most; none: no wait. A
+    poll does not sleep a whole second while finished work waits."""
+    wrapped = [getattr(f, "wrapped_future", None) for f in futures]
+    if not wrapped:
+        return
+    if all(isinstance(w, concurrent.futures.Future) for w in wrapped):
+        concurrent.futures.wait(wrapped, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
+    else:
+        time.sleep(POLL_S)
 
 
 def _run_id() -> str:
@@ -186,11 +213,11 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                 rec.stage(stages[0])
                 stages.pop(0)
             for c, ev, _ in sorted(per_ckpt.values(), key=lambda v: v[0]["step"]):
-                if c["key"] not in recorded and ev.state.is_completed():
+                if c["key"] not in recorded and _ended(ev) and ev.state.is_completed():
                     rec.checkpoint(c, ev.result())
                     recorded.add(c["key"])
             for k in sorted(grids):
-                if k not in recorded and grids[k].state.is_completed():
+                if k not in recorded and _ended(grids[k]) and grids[k].state.is_completed():
                     rec.probes(grids[k].result())
                     recorded.add(k)
         except DatabaseLockedError as e:
@@ -216,10 +243,10 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                     acts = dump_activations.submit(root, cfg.activations, ds, c) if c["step"] in probed else None
                     per_ckpt[c["key"]] = (c, evaluate.submit(root, cfg.eval, ds, c), acts)
 
-        while overlap and not training.state.is_final():
+        while overlap and not _ended(training):
             submit_new()
             record_finished()
-            time.sleep(POLL_S)
+            _pause([training])
         trained = _result(training)
         stages.append(trained)
         for step in republish_missing(root, tkey, cfg.train):
@@ -237,30 +264,30 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             return train_probes.submit(root, *item[1])
 
         while pending or ready:
-            for c, acts in [p for p in pending if p[1].state.is_final()]:
+            for c, acts in [p for p in pending if _ended(p[1])]:
                 pending.remove((c, acts))
                 a = acts.result()
                 stages.append(a)
                 pcfg = probe_config_at(cfg.probe, c["step"], probed)
                 ready += [(pcfg.grid_cost(sem, current), ((c["step"], i), (pcfg, a, sem)))
                           for i, sem in enumerate(cfg.probe.semantics)]
-            running = sum(not f.state.is_final() for f in [*others, *grids.values()])
+            running = sum(not _ended(f) for f in [*others, *grids.values()])
             for (key, _), fut in start_costliest(ready, running, WORKERS, submit_grid):
                 grids[key] = fut
             record_finished()
-            if pending or ready:
-                time.sleep(POLL_S)
+            if pending or ready:  # a dump to end, or a task to free a worker
+                _pause([acts for _, acts in pending] + [f for f in [*others, *grids.values()] if not _ended(f)])
         waiting = [ev for _, ev, _ in ordered] + [grids[k] for k in sorted(grids)]
         with tqdm(total=len(grids), desc="probe grids", unit="grid", disable=not progress) as bar:
             while True:
-                done = all(f.state.is_final() for f in waiting)  # before recording: none ends unrecorded
+                done = all(_ended(f) for f in waiting)  # before recording: none ends unrecorded
                 bar.update(record_finished(final=done) - bar.n)
                 for f in waiting:
-                    if f.state.is_final() and not f.state.is_completed():
+                    if _ended(f) and not f.state.is_completed():
                         f.result()  # a failed evaluation or grid raises here, without waiting for the rest
                 if done:
                     break
-                time.sleep(POLL_S)
+                _pause([f for f in waiting if not _ended(f)])
         probe_outs = [grids[k].result() for k in sorted(grids)]
 
         phases = phase_metrics(root, cfg.probe, probe_outs, rec.checkpoint_rows(), current)

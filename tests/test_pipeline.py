@@ -482,3 +482,22 @@ def test_start_costliest_starts_the_costliest_ready_grid_when_a_worker_is_free()
     assert ready == [(2, "flip@0"), (2, "adversarial@0")]  # ties wait in the order they came
     assert start_costliest(ready, running=3, slots=3, start=started.append) == []  # no free worker
     assert len(ready) == 2
+
+
+def test_a_poll_waits_for_a_task_to_end_not_for_the_poll_interval(monkeypatch):
+    import concurrent.futures
+    import threading
+    import types
+
+    from flows import pipeline
+
+    monkeypatch.setattr(pipeline, "POLL_S", 3600.0)  # were it slept through, the thread below would not end
+    task = types.SimpleNamespace(wrapped_future=concurrent.futures.Future())
+    waiter = threading.Thread(target=pipeline._pause, args=([task],), daemon=True)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # still waiting on the running task
+    task.wrapped_future.set_result(None)
+    waiter.join(30)
+    assert not waiter.is_alive()
+    pipeline._pause([])  # nothing running: no wait at all
