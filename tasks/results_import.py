@@ -5,7 +5,8 @@ Exports written before a column existed load by the rules of the migration that 
 (``tasks.results_schema``): a missing stage-key column is '' (unknown), another missing column
 NULL, a controls row's grid semantics comes from ``probe_summary``, and ``checkpoint_metrics``
 keeps no semantic-content rows. Nothing in the target file is overwritten: a row whose key is
-there already must be the same row, or the import stops with nothing written.
+there already must be the same row, and no key may come twice (rows of several runs in an export
+that lacks the key column that tells them apart), or the import stops with nothing written.
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def import_export(folder: str | Path, db: ResultsDB) -> dict[str, dict]:
             if table == "controls" and "semantics" in missing:
                 con.execute(f"UPDATE {stage} o SET semantics = s.semantics FROM ({grid_semantics('_import_probe_summary')}) s "
                             f"WHERE s.probe_key = o.probe_key")
+            twice = con.execute(f"SELECT {', '.join(map(_q, pk))} FROM {stage} GROUP BY ALL HAVING count(*) > 1 "
+                                "LIMIT 1").fetchone()
+            if twice is not None:  # e.g. a key column the export lacks, filled '' for rows of several runs
+                raise ValueError(f"{folder}: table {table!r} holds key {dict(zip(pk, twice))} more than once"
+                                 + (f" (the export has no {', '.join(missing)} column)" if missing else "")
+                                 + "; nothing was imported")
             same_key = " AND ".join(f"t.{_q(c)} = i.{_q(c)}" for c in pk)
             same_row = " AND ".join(f"t.{_q(c)} IS NOT DISTINCT FROM i.{_q(c)}" for c, _ in cols)
             clash = con.execute(f"SELECT {', '.join('i.' + _q(c) for c in pk)} FROM {stage} i JOIN {_q(table)} t "
