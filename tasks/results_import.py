@@ -5,8 +5,8 @@ Exports written before a column existed load by the rules of the migration that 
 (``tasks.results_schema``): a missing stage-key column is '' (unknown), another missing column
 NULL, a controls row's grid semantics comes from ``probe_summary``, and ``checkpoint_metrics``
 keeps no semantic-content rows. Nothing in the target file is overwritten: a row whose key is
-there already must be the same row, and no key may come twice (rows of several runs in an export
-that lacks the key column that tells them apart), or the import stops with nothing written.
+there already must be the same row, and no key may come twice in the export (a hand-edited one),
+or the import stops with nothing written.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def import_export(folder: str | Path, db: ResultsDB) -> dict[str, dict]:
                             f"WHERE s.probe_key = o.probe_key")
             twice = con.execute(f"SELECT {', '.join(map(_q, pk))} FROM {stage} GROUP BY ALL HAVING count(*) > 1 "
                                 "LIMIT 1").fetchone()
-            if twice is not None:  # e.g. a key column the export lacks, filled '' for rows of several runs
+            if twice is not None:  # which of the rows is the run's cannot be told
                 raise ValueError(f"{folder}: table {table!r} holds key {dict(zip(pk, twice))} more than once"
                                  + (f" (the export has no {', '.join(missing)} column)" if missing else "")
                                  + "; nothing was imported")

@@ -29,8 +29,10 @@ from __future__ import annotations
 # grid's semantics); 4: semantic content in its own table, keyed by phases stage; 5:
 # checkpoint_metrics keyed by evaluate stage, phases by phases stage; 6: controls kinds of the
 # paired margins over each baseline (*_margin_low); 7: interventions and interventions_vs_init
-# keyed by phases stage too; 8: stage_runs.machine (what computed each artifact); 1-7 are migrated
-SCHEMA_VERSION = 8
+# keyed by phases stage too; 8: stage_runs.machine (what computed each artifact); 9: phases keyed
+# by training run too (rows migrated from before 5 got phases_key '', and two training runs' rows
+# of one phase then collided: such a file could not be opened); 1-8 are migrated
+SCHEMA_VERSION = 9
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
                  "emitted_action", "emitted_action_init", "emitted_action_majority",
                  "majority_margin_low", "control_task_margin_low", "random_init_margin_low")
@@ -75,7 +77,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
                           ("step", "BIGINT"), ("offset", "INTEGER"), ("content", "DOUBLE"),
                           ("content_vs_init", "DOUBLE")], ["phases_key", "checkpoint_key"]),
     "phases": ([("phases_key", "VARCHAR"), ("train_key", "VARCHAR"), ("phase", "VARCHAR"),
-                ("start_step", "BIGINT")], ["phases_key", "phase"]),
+                ("start_step", "BIGINT")], ["phases_key", "train_key", "phase"]),
     "stage_runs": ([("run_id", "VARCHAR"), ("stage", "VARCHAR"), ("key", "VARCHAR"),
                     ("status", "VARCHAR CHECK (status IN ('computed', 'cached'))"),
                     ("seconds", "DOUBLE"), ("finished_at", "TIMESTAMP"), ("machine", "JSON")],
@@ -199,5 +201,14 @@ def _migrate_stage_machine(con) -> None:
     _transaction(con, *add, "UPDATE schema_info SET version = 8")
 
 
+def _migrate_phases_key(con) -> None:
+    """Version 8 -> 9: ``phases`` gains ``train_key`` in its primary key (a phases stage reads one
+    training run, so its own rows are unchanged; the rows a migration gave phases_key '' stay
+    apart by training run); rebuilt with every row, in one transaction."""
+    con.execute(_ddl("phases"))  # a file may not have one yet
+    _transaction(con, *_rebuilt_with("phases"), "UPDATE schema_info SET version = 9")
+
+
 _MIGRATIONS = {1: _migrate_controls, 2: _migrate_controls, 3: _migrate_content, 4: _migrate_stage_keys,
-               5: _migrate_margin_kinds, 6: _migrate_intervention_keys, 7: _migrate_stage_machine}
+               5: _migrate_margin_kinds, 6: _migrate_intervention_keys, 7: _migrate_stage_machine,
+               8: _migrate_phases_key}

@@ -291,20 +291,22 @@ def test_schema_4_metrics_and_phases_gain_their_stage_keys(tmp_path):
     con.execute(OLD_METRICS)
     con.execute(OLD_PHASES)
     con.execute("INSERT INTO checkpoint_metrics VALUES ('ck', 'tk', 5, 'acc_spec', 0.5), ('ck', 'tk', 5, 'ppl', 3.0)")
-    con.execute("INSERT INTO phases VALUES ('tk', 'syntax', 5), ('tk', 'semantics', NULL)")
+    # and another training run's phases (a workspace that ran two presets): '' must not merge them
+    con.execute("INSERT INTO phases VALUES ('tk', 'syntax', 5), ('tk', 'semantics', NULL), ('tk2', 'syntax', 7)")
     con.close()
     db = ResultsDB(path)
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [8]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [9]
     got = db.query("SELECT eval_key, train_key, step, metric, value FROM checkpoint_metrics ORDER BY metric")
     assert got.values.tolist() == [["", "tk", 5, "acc_spec", 0.5], ["", "tk", 5, "ppl", 3.0]]
-    got = db.query("SELECT phases_key, train_key, phase, start_step FROM phases ORDER BY phase")
+    got = db.query("SELECT phases_key, train_key, phase, start_step FROM phases WHERE train_key = 'tk' ORDER BY phase")
     assert got["phases_key"].tolist() == ["", ""] and got["start_step"].isna().tolist() == [True, False]
+    assert db.query("SELECT start_step FROM phases WHERE train_key = 'tk2'")["start_step"].tolist() == [7]
     db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck", eval_key="ev2", train_key="tk", step=5,
                                           metric="acc_spec", value=0.6)])
     db.upsert("phases", [dict(phases_key="ph2", train_key="tk", phase="syntax", start_step=4)])
     got = db.query("SELECT eval_key, value FROM checkpoint_metrics WHERE metric = 'acc_spec' ORDER BY eval_key")
     assert got.values.tolist() == [["", 0.5], ["ev2", 0.6]]
-    assert db.count("phases") == 3
+    assert db.count("phases") == 4
     assert ResultsDB(path).count("checkpoint_metrics") == 3  # opening it again: nothing to migrate
 
 
@@ -330,7 +332,7 @@ def test_schema_6_interventions_gain_their_phases_key(tmp_path):
                 "0.1, 0.02, 0.08, 0.0, 0.16)")
     con.close()
     db = ResultsDB(path)
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [8]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [9]
     got = db.query("SELECT phases_key, semantics, content FROM interventions ORDER BY semantics")
     assert got.values.tolist() == [["", "adversarial", 0.2], ["", "flip", 0.1]]
     got = db.query("SELECT phases_key, trained_drop, init_drop, content FROM interventions_vs_init")
@@ -356,7 +358,7 @@ def test_schema_7_stage_runs_gain_the_machine(tmp_path):
     con.execute("INSERT INTO stage_runs VALUES ('r0', 'train', 'tk', 'computed', 60.0, '2026-12-04 10:00:00')")
     con.close()
     db = ResultsDB(path)
-    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [8]
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [9]
     old = db.query("SELECT * FROM stage_runs")
     assert old[["run_id", "stage", "seconds"]].values.tolist() == [["r0", "train", 60.0]]
     assert old["machine"].isna().all()
@@ -368,3 +370,25 @@ def test_schema_7_stage_runs_gain_the_machine(tmp_path):
                    "machine->'cpu_isa' AS isa FROM stage_runs WHERE run_id = 'r1'")
     assert got.values.tolist() == [[machine["cpu"], 2, '["avx512_bf16","avx512f","avx2"]']]
     assert ResultsDB(path).count("stage_runs") == 2  # opening it again: nothing to migrate
+
+
+def test_schema_8_phases_are_keyed_by_training_run_too(tmp_path):
+    """Schema 8 keyed phases by phases stage and phase: every row is kept, and the primary key
+    becomes (phases_key, train_key, phase), so rows a migration left with phases_key '' for two
+    training runs stand apart."""
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (8)")
+    con.execute("CREATE TABLE phases (phases_key VARCHAR, train_key VARCHAR, phase VARCHAR, start_step BIGINT, "
+                "PRIMARY KEY (phases_key, phase))")
+    con.execute("INSERT INTO phases VALUES ('', 'tk', 'syntax', 5), ('ph', 'tk', 'syntax', 4)")
+    con.close()
+    db = ResultsDB(path)
+    assert db.query("SELECT version FROM schema_info")["version"].tolist() == [SCHEMA_VERSION] == [9]
+    pk = db.query("SELECT constraint_column_names AS c FROM duckdb_constraints() "
+                  "WHERE table_name = 'phases' AND constraint_type = 'PRIMARY KEY'")["c"].tolist()
+    assert [list(c) for c in pk] == [["phases_key", "train_key", "phase"]]
+    db.upsert("phases", [dict(phases_key="", train_key="tk2", phase="syntax", start_step=7)])
+    got = db.query("SELECT phases_key, train_key, start_step FROM phases ORDER BY ALL")
+    assert got.values.tolist() == [["", "tk", 5], ["", "tk2", 7], ["ph", "tk", 4]]

@@ -81,13 +81,14 @@ def test_what_is_not_an_export_is_refused(tmp_path):
     (newer / "schema_info.csv").write_text(f"version\n{SCHEMA_VERSION + 1}\n")
     with pytest.raises(ValueError, match=f"results schema {SCHEMA_VERSION + 1}"):
         import_export(newer, db)
-    # phases of two training runs exported before phases_key existed: one key ('', phase) twice
+    # a key twice (a hand-edited export): which of its rows is the run's cannot be told
     twice = tmp_path / "twice"
     shutil.copytree(FIRST, twice)
     phases = pd.read_csv(twice / "phases.csv")
-    pd.concat([phases, phases.assign(train_key="another")]).to_csv(twice / "phases.csv", index=False)
-    with pytest.raises(ValueError, match=r"'phases' holds key \{'phases_key': '', 'phase': '\w+'\} more than once "
-                                         r"\(the export has no phases_key column\); nothing was imported"):
+    pd.concat([phases, phases.assign(start_step=1)]).to_csv(twice / "phases.csv", index=False)
+    with pytest.raises(ValueError, match=r"'phases' holds key \{'phases_key': '', 'train_key': '\w+', 'phase': "
+                                         r"'\w+'\} more than once \(the export has no phases_key column\); "
+                                         r"nothing was imported"):
         import_export(twice, db)
     odd = tmp_path / "odd"
     shutil.copytree(CPU, odd)
