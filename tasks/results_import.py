@@ -5,7 +5,7 @@ Exports written before a column existed load by the rules of the migration that 
 (``tasks.results_schema``): a missing stage-key column is '' (unknown), another missing column
 NULL, a controls row's grid semantics comes from ``probe_summary``, and ``checkpoint_metrics``
 keeps no semantic-content rows. Nothing in the target file is overwritten: a row whose key is
-there already must be the same row, and no key may come twice in the export (a hand-edited one),
+there already must be the same row (but for when and where it was made: ``BOOKKEEPING_COLUMNS``), and no key may come twice in the export (a hand-edited one),
 or the import stops with nothing written.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import duckdb
 
 from tasks.results import ResultsDB
-from tasks.results_schema import (CONTENT_METRICS, SCHEMA_VERSION, STAGE_KEY_COLUMNS, TABLES, _base_type, _q,
-                                  _transaction, grid_semantics)
+from tasks.results_schema import (BOOKKEEPING_COLUMNS, CONTENT_METRICS, SCHEMA_VERSION, STAGE_KEY_COLUMNS, TABLES,
+                                  _base_type, _q, _transaction, grid_semantics)
 
 
 def _export_file(folder: Path, table: str) -> Path | None:
@@ -94,7 +94,8 @@ def import_export(folder: str | Path, db: ResultsDB) -> dict[str, dict]:
                                  + (f" (the export has no {', '.join(missing)} column)" if missing else "")
                                  + "; nothing was imported")
             same_key = " AND ".join(f"t.{_q(c)} = i.{_q(c)}" for c in pk)
-            same_row = " AND ".join(f"t.{_q(c)} IS NOT DISTINCT FROM i.{_q(c)}" for c, _ in cols)
+            same_row = " AND ".join(f"t.{_q(c)} IS NOT DISTINCT FROM i.{_q(c)}" for c, _ in cols
+                                    if c not in BOOKKEEPING_COLUMNS.get(table, ()))
             clash = con.execute(f"SELECT {', '.join('i.' + _q(c) for c in pk)} FROM {stage} i JOIN {_q(table)} t "
                                 f"ON {same_key} WHERE NOT ({same_row}) LIMIT 1").fetchone()
             if clash is not None:

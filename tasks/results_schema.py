@@ -91,6 +91,9 @@ TABLES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
 STAGE_KEY_COLUMNS = {"checkpoint_metrics": ("eval_key",), "phases": ("phases_key",),
                      "interventions": ("phases_key",), "interventions_vs_init": ("phases_key",)}
 CONTENT_METRICS = ("semantic_content", "semantic_content_vs_init")
+# columns that say when or where a row was made in its own workspace, not what was computed: two
+# workspaces' rows of one key differ there and are still the same result
+BOOKKEEPING_COLUMNS = {"datasets": ("created_at",), "checkpoints": ("path",)}
 
 
 def grid_semantics(summary: str = "probe_summary") -> str:

@@ -40,6 +40,11 @@ def test_import_again_adds_nothing_and_a_different_row_stops_it_with_nothing_wri
     before = {t: db.count(t) for t in TABLES}
     again = import_export(CPU, db)
     assert all(c["added"] == 0 and c["present"] == before[t] for t, c in again.items())
+    # another run of the same dataset, on another day: the dataset row was made at another time, the same result
+    made = {pd.read_csv(f / "datasets.csv")["created_at"][0] for f in (CPU, CPU_LONG)}
+    assert len(made) == 2 and import_export(CPU_LONG, db)["datasets"] == {"added": 0, "present": 1,
+                                                                          "missing_columns": []}
+    before = {t: db.count(t) for t in TABLES}
     # another machine's run of the same stage keys: its numbers must not replace the workspace's own
     other = tmp_path / "other"
     shutil.copytree(CPU, other)
