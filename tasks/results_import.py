@@ -5,8 +5,9 @@ Exports written before a column existed load by the rules of the migration that 
 (``tasks.results_schema``): a missing stage-key column is '' (unknown), another missing column
 NULL, a controls row's grid semantics comes from ``probe_summary``, and ``checkpoint_metrics``
 keeps no semantic-content rows. Nothing in the target file is overwritten: a row whose key is
-there already must be the same row (but for when and where it was made: ``BOOKKEEPING_COLUMNS``), and no key may come twice in the export (a hand-edited one),
-or the import stops with nothing written.
+there already must be the same row (but for when and where it was made, ``BOOKKEEPING_COLUMNS``),
+and no key may come twice in the export (a hand-edited one), or the import stops with nothing
+written.
 """
 
 from __future__ import annotations
