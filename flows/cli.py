@@ -182,11 +182,12 @@ def _chosen_run(db, run_id: str | None) -> tuple[str, str]:
     evaluation and grid is recorded as it finishes), else the latest finished run."""
     if run_id:
         runs = db.query("SELECT run_id, preset FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [run_id])
+        exact = runs[runs["run_id"] == run_id]
         if runs.empty:
             raise ValueError(f"no run {run_id} in {db.path}")
-        if len(runs) > 1 and run_id not in set(runs["run_id"]):
+        if exact.empty and len(runs) > 1:
             raise ValueError(f"run id {run_id} begins {len(runs)} runs in {db.path}: {', '.join(runs['run_id'])}")
-        runs = runs[runs["run_id"] == run_id] if run_id in set(runs["run_id"]) else runs
+        runs = runs if exact.empty else exact
     else:
         runs = db.query("SELECT run_id, preset FROM runs WHERE status = 'finished' ORDER BY finished_at DESC")
         if runs.empty:

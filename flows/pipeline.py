@@ -84,7 +84,7 @@ def _termination_code(exc: BaseException) -> int | None:
 def _result(future):
     """A task future's result, waiting in short slices so SIGTERM and Ctrl-C are handled at once
     (a single blocking wait can hold the signal until the task finishes)."""
-    while not future.state.is_final():
+    while not _ended(future):
         future.wait(timeout=POLL_S)
     return future.result()
 
