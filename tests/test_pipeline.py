@@ -1,81 +1,37 @@
 """The smoke preset end to end through Prefect (real temporary server, DuckDB, MLflow SQLite),
-then the cache: a rerun recomputes nothing, a deleted artifact recomputes only what needs it,
-and a run killed in the middle of training resumes from its last checkpoint."""
+then the cache: a rerun recomputes nothing, a deleted artifact recomputes only what needs it.
+A run killed in the middle of training: test_pipeline_resume."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import signal
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
 import karel
-from flows.cli import _chosen_run, main
 from flows.presets import load_preset
 from flows.status import stage_status
-from model.checkpoint import list_checkpoints
 from tasks.activations import concat_samples, reference_programs
 from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
-from tasks.results import TABLES, ReadOnlyResults, read_only_query
+from tasks.results import TABLES, read_only_query
 from tasks.workspace import Workspace
-from distributed_cluster import free_port, http_ok, stop, wait_for
-from environment import environment_kept
+from distributed_cluster import free_port, stop
+from pipeline_cli import SHARED_SERVER, semprobe, temporary_server_env
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
                  "controls", "semantic_content", "phases", "checkpoints"]
 
 
-SHARED_SERVER: dict[str, str] = {}  # PREFECT_API_URL of the module's own server, once it runs
-
-
-def temporary_server_env() -> dict[str, str]:
-    """The environment of a run that starts Prefect's temporary server, as ``make run`` does."""
-    return {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-
-
-def semprobe(ws: Path, *args, check=True, temporary_server=False, **kw) -> subprocess.CompletedProcess:
-    """``semprobe run`` in a subprocess, against the module's Prefect server unless
-    ``temporary_server`` (each run's own temporary server: ~13 s more a run on a 2-core Zen 1).
-    The commands that start no flow (status, sql, export, report) run the same ``main`` in this
-    process: a subprocess spent ~9 s importing torch, prefect and sklearn on the Zen 1."""
-    if args[0] != "run":
-        return _in_process(["--workspace", str(ws), *args], check)
-    cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), *args]
-    env = temporary_server_env()
-    if not temporary_server and "url" in SHARED_SERVER:
-        url = SHARED_SERVER["url"]
-        wait_for("the Prefect server", lambda: http_ok(url + "/health"), 120)
-        env["PREFECT_API_URL"] = url
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def _in_process(argv: list[str], check: bool) -> subprocess.CompletedProcess:
-    out, err = io.StringIO(), io.StringIO()
-    # what main() configures for its workspace must not reach a later run's subprocess in the same test
-    with environment_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    if check and code != 0:
-        raise AssertionError(f"semprobe {argv} failed ({code}):\n{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}")
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
-
-
-def snapshot(ws: Path) -> dict[str, pd.DataFrame]:
+def snapshot(ws: Path, tables=RESULT_TABLES) -> dict[str, pd.DataFrame]:
     out = {}
-    for t in RESULT_TABLES:
+    for t in tables:
         df = read_only_query(ws / "results.duckdb", f"SELECT * FROM {t}")
         out[t] = df.sort_values(list(df.columns)).reset_index(drop=True)
     return out
@@ -303,11 +259,9 @@ def test_export_writes_tables_and_each_report(ws, tmp_path):
     # ... and `semprobe import` reads it back: every table as the workspace holds it, bit for bit
     back = tmp_path / "back"
     semprobe(back, "import", str(out))
+    first, again = snapshot(ws, TABLES), snapshot(back, TABLES)
     for t in TABLES:
-        first, again = (read_only_query(w / "results.duckdb", f"SELECT * FROM {t}") for w in (ws, back))
-        pd.testing.assert_frame_equal(again.sort_values(list(again.columns)).reset_index(drop=True),
-                                      first.sort_values(list(first.columns)).reset_index(drop=True),
-                                      check_exact=True, obj=t)
+        pd.testing.assert_frame_equal(again[t], first[t], check_exact=True, obj=t)
 
 
 def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
@@ -356,83 +310,6 @@ def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
     assert bad.returncode == 2 and "activations.programs" in bad.stderr and "teacher" in bad.stderr
 
 
-def test_killed_training_resumes_from_last_checkpoint(tmp_path):
-    # long enough to be killed while training; probing two of its checkpoints is all the resumed
-    # run needs to finish (every one of them made the test ~4 minutes on a 2-core Zen 1)
-    overrides = ["--set", "train.steps=300", "--set", "train.ckpt_every=50", "--set", "data.n_train_generated=2000",
-                 "--set", "activations.checkpoints=2"]
-    cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "run", "--preset", "smoke", "--quiet", *overrides]
-    # the temporary server, as `make run` has it: the kill must not leave it behind
-    flow_log = tmp_path.parent / f"{tmp_path.name}-flow.log"
-    with open(flow_log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                env=temporary_server_env())
-    work = tmp_path / "work" / "train"
-    store = Workspace.at(tmp_path).store
-    db = tmp_path / "results.duckdb"
-    deadline = time.time() + 300
-    seen: list[Path] = []
-    evaluated: set[str] = set()
-    holder = None  # a reader holding the results file (a notebook's open connection) from the first checkpoint on
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if holder is None and any(store.is_complete("checkpoint", k, verify=False) for k in store.keys("checkpoint")):
-                try:
-                    holder = duckdb.connect(str(db), read_only=True)
-                except duckdb.IOException:  # the flow is writing: the next poll
-                    pass
-            seen = sorted(work.glob("*/step-*.pt")) if work.exists() else []
-            steps = [p for p in seen if not p.name.endswith(".tmp")]
-            evaluated = {k for k in store.keys("evaluate") if store.is_complete("evaluate", k, verify=False)}
-            if len(steps) >= 2 and evaluated and "recording it at the next poll" in flow_log.read_text():
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, ("the run ended before it could be interrupted (make it longer), or the held "
-                                     f"results file stopped it:\n{flow_log.read_text()[-3000:]}")
-        assert holder is not None and "recording it at the next poll" in flow_log.read_text(), flow_log.read_text()
-        holder.close()  # the evaluation it could not record goes in at a later poll, while training goes on
-        wait_for("the evaluation recorded", lambda: not read_only_query(
-            db, "SELECT 1 FROM checkpoint_metrics LIMIT 1").empty, 60)
-        assert proc.poll() is None, "training finished before it could be interrupted; make it longer"
-        os.kill(proc.pid, signal.SIGTERM)  # as a scheduler stops a job
-        assert proc.wait(timeout=60) != 0
-        # Prefect's temporary server (uvicorn) is stopped at exit but may take a few seconds to go.
-        leftovers = "?"
-        for _ in range(30):
-            time.sleep(0.5)
-            leftovers = subprocess.run(["pgrep", "-a", "-g", str(proc.pid)], capture_output=True, text=True).stdout
-            if not leftovers:
-                break
-        assert not leftovers, f"processes left behind by the killed run (15 s after it exited): {leftovers}"
-    finally:
-        if holder is not None:
-            holder.close()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    kept = {p: p.stat().st_mtime_ns for p in sorted(work.glob("*/step-*.pt")) if p.suffix != ".tmp"}
-    assert kept, "no checkpoint survived the kill"
-    # the evaluations that had finished before the kill are in DuckDB already, under the stopped run
-    recorded = read_only_query(db, "SELECT DISTINCT eval_key FROM checkpoint_metrics")["eval_key"]
-    assert evaluated <= set(recorded), (evaluated, set(recorded))
-    stopped = read_only_query(db, "SELECT run_id, status FROM runs")
-    assert stopped["status"].tolist() == ["failed"]
-    # its report holds what it finished, and says the run stopped
-    html = Path(semprobe(tmp_path, "report", "--run-id", stopped["run_id"][0]).stdout.strip()).read_text()
-    assert "<td>failed</td>" in html and "Per-checkpoint metrics" in html and "did not finish (status" in html
-    with pytest.raises(ValueError, match="no finished run"):  # what `semprobe report` says without --run-id
-        _chosen_run(ReadOnlyResults(db), None)
-    last = max(step for run in work.iterdir() for step, _ in list_checkpoints(run))  # where it will resume
-    status = semprobe(tmp_path, "status", "--preset", "smoke", *overrides).stdout
-    assert f"300 steps, checkpointed at step {last}" in status, status
-    semprobe(tmp_path, "run", "--preset", "smoke", "--quiet", *overrides)
-    for p, mtime in kept.items():  # resumed: nothing before the kill was trained or written again
-        assert p.stat().st_mtime_ns == mtime, p
-    steps = read_only_query(db, "SELECT step FROM checkpoints ORDER BY step")["step"]
-    assert steps.iloc[-1] == 300 and 0 in set(steps)
-
-
 def test_offsets_before_last_probe_other_offsets_at_the_last_checkpoint_only(ws):
     """``probe.offsets_before_last=0``: the steps before the last probe offset 0 only; the last
     step's grids are the plain config's, found in the store, not recomputed."""
@@ -469,35 +346,3 @@ def test_without_step0_probes_the_trained_checkpoints_and_reads_random_init_as_u
                                "probe_key IN (SELECT UNNEST(?))", [runs["key"].tolist()])["step"]) == {6, 12}
     # target 3 reads the probes from step 6 on (smoke has no mlp2, so no verdict)
     assert "step 6 -&gt; 12; linear/mlp1/mlp2" in (ws / "reports" / run / "report.html").read_text()
-
-
-def test_start_costliest_starts_the_costliest_ready_grid_when_a_worker_is_free():
-    from flows.pipeline import start_costliest
-
-    started = []
-    ready = [(2, "flip@0"), (3, "original@0"), (2, "adversarial@0"), (13, "original@2000")]
-    out = start_costliest(ready, running=1, slots=3, start=lambda g: started.append(g) or len(started))
-    assert started == ["original@2000", "original@0"]
-    assert out == [("original@2000", 1), ("original@0", 2)]
-    assert ready == [(2, "flip@0"), (2, "adversarial@0")]  # ties wait in the order they came
-    assert start_costliest(ready, running=3, slots=3, start=started.append) == []  # no free worker
-    assert len(ready) == 2
-
-
-def test_a_poll_waits_for_a_task_to_end_not_for_the_poll_interval(monkeypatch):
-    import concurrent.futures
-    import threading
-    import types
-
-    from flows import pipeline
-
-    monkeypatch.setattr(pipeline, "POLL_S", 3600.0)  # were it slept through, the thread below would not end
-    task = types.SimpleNamespace(wrapped_future=concurrent.futures.Future())
-    waiter = threading.Thread(target=pipeline._pause, args=([task],), daemon=True)
-    waiter.start()
-    waiter.join(0.2)
-    assert waiter.is_alive()  # still waiting on the running task
-    task.wrapped_future.set_result(None)
-    waiter.join(30)
-    assert not waiter.is_alive()
-    pipeline._pause([])  # nothing running: no wait at all
