@@ -38,16 +38,30 @@ def newton_schulz_float32(update: torch.Tensor, coefficients, steps: int, eps: f
 
 class Float32Muon(torch.optim.Muon):
     """``torch.optim.Muon`` (same arguments, state and update rule) with its Newton-Schulz
-    iteration in float32, for devices that would emulate bf16."""
+    iteration in float32, for devices that would emulate bf16.
+
+    Its ``step`` is torch's single-tensor Muon step with ``newton_schulz_float32`` in place of
+    torch's bf16 iteration. It leaves torch's module as it is, so a ``torch.optim.Muon`` stepping
+    in another thread keeps its own bf16 iteration."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        bf16_iteration = torch_muon._zeropower_via_newtonschulz
-        torch_muon._zeropower_via_newtonschulz = newton_schulz_float32
-        try:
-            return super().step(closure)
-        finally:
-            torch_muon._zeropower_via_newtonschulz = bf16_iteration
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            if self._init_group(group, params, grads, bufs):
+                raise ValueError("Muon: complex parameters are not supported")
+            lr, momentum = group["lr"], group["momentum"]
+            for param, grad, buf in zip(params, grads, bufs):
+                buf.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = newton_schulz_float32(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                param.mul_(1 - lr * group["weight_decay"])
+                param.add_(update, alpha=-torch_muon._adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+        return loss
 
 
 class OptimizerPair:

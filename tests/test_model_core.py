@@ -280,6 +280,40 @@ def test_float32_newton_schulz_is_torchs_iteration_at_float32(shape):
     assert core.diagonal().min() > 0.3 and core.diagonal().max() < 1.3 and sv.max() / sv.min() > 3
 
 
+def test_float32_muon_is_torchs_step_with_the_float32_iteration(monkeypatch):
+    """Bit for bit torch's Muon step with the float32 iteration in place of the bf16 one (weight
+    decay, Nesterov momentum, the shape's lr adjustment), without touching torch's module: a
+    torch Muon stepping meanwhile in another thread must keep its bf16 iteration."""
+    import model.optim as optim
+
+    def params():
+        g = torch.Generator().manual_seed(1)
+        return [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in ((24, 40), (40, 24))]
+
+    ours, theirs = params(), params()
+    kwargs = dict(lr=0.02, weight_decay=0.1, momentum=0.9)
+    float32_muon, torch_muon_opt = Float32Muon(ours, **kwargs), torch.optim.Muon(theirs, **kwargs)
+    original = torch_muon._zeropower_via_newtonschulz
+    seen = []
+
+    def watched(*args):
+        seen.append(torch_muon._zeropower_via_newtonschulz is original)
+        return newton_schulz_float32(*args)
+
+    monkeypatch.setattr(optim, "newton_schulz_float32", watched)
+    for step in range(3):
+        g = torch.Generator().manual_seed(10 + step)
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        float32_muon.step()
+        with monkeypatch.context() as swap:  # torch's step, its iteration swapped here, in the test
+            swap.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_float32)
+            torch_muon_opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert seen == [True] * 6  # two matrices, three steps; torch's own iteration stayed in place
+
+
 @pytest.mark.parametrize("isa, expected", [(["avx2"], Float32Muon), (["avx512_bf16", "avx512f", "avx2"], torch.optim.Muon)])
 def test_muon_iterates_in_float32_only_where_the_cpu_would_emulate_bf16(monkeypatch, isa, expected):
     monkeypatch.setattr(machine, "cpu_identity", lambda: {"cpu": "Test CPU", "cpu_isa": isa})
