@@ -31,7 +31,8 @@ from __future__ import annotations
 # paired margins over each baseline (*_margin_low); 7: interventions and interventions_vs_init
 # keyed by phases stage too; 8: stage_runs.machine (what computed each artifact); 9: phases keyed
 # by training run too (rows migrated from before 5 got phases_key '', and two training runs' rows
-# of one phase then collided: such a file could not be opened); 1-8 are migrated
+# of one phase then collided: such a file could not be opened); 1-8 are migrated. A new version:
+# add the one it replaces to tests/old_schemas.json (its DDL, as test_results_migrations says)
 SCHEMA_VERSION = 9
 CONTROL_KINDS = ("majority", "control_task", "selectivity", "random_init", "embedding",
                  "emitted_action", "emitted_action_init", "emitted_action_majority",
