@@ -3,7 +3,7 @@ runs evaluate, probe or label the same checkpoints, or a rerun stopped partway."
 
 import pytest
 
-from tasks import report
+from tasks import report, report_data
 from tasks.report import build_report
 
 from report_db import RUN, STEPS, TK, ws  # noqa: F401 (ws: a fixture)
@@ -42,7 +42,7 @@ def test_semantic_content_is_the_runs_own(ws, monkeypatch):
     db.upsert("controls", ctrl)
     mine, theirs = (build_report(str(root), r, "smoke")["numbers"] for r in (RUN, other))
     # this run: content 0.15 acc^2 at each checkpoint (no random-init rows of the alternatives)
-    assert mine["r2"] == pytest.approx(report.line_fit([0, .05, .2, .6, .85], [.15 * a * a for a in
+    assert mine["r2"] == pytest.approx(report_data.line_fit([0, .05, .2, .6, .85], [.15 * a * a for a in
                                                       (0, .05, .2, .6, .85)])[0])
     assert "content_vs_init" not in mine
     # run-2: 0.3 trained, minus the random-init drop (0.05 flip, 0.15 adversarial: 0.1), at step 800
@@ -86,7 +86,7 @@ def test_a_rerun_that_stopped_partway_keeps_the_older_rows_of_the_checkpoints_it
                                           step=step, metric="acc_spec", value=0.5) for step in STEPS[:2]])
     assert build_report(str(root), RUN, "smoke")["numbers"]["acc_spec"] == pytest.approx(0.85)  # an older row
     notes = []
-    m = report.RunData(db, RUN, "smoke", notes).metric_frame()
+    m = report_data.RunData(db, RUN, "smoke", notes).metric_frame()
     assert list(m["acc_spec"]) == pytest.approx([0.5, 0.5, 0.2, 0.6, 0.85])
     assert m[["diversity"]].loc[[0, 200]].isna().all().all()  # the rerun wrote no diversity there
     assert list(m["diversity"].loc[[400, 600, 800]]) == pytest.approx([0.7, 1.0, 1.0])
@@ -100,13 +100,13 @@ def test_metrics_from_several_evaluations_are_averaged_with_a_note(ws):
     db.upsert("checkpoint_metrics", [dict(checkpoint_key="ck800", eval_key="again", train_key=TK, step=800,
                                           metric="acc_spec", value=0.65)])
     notes = []
-    m = report.RunData(db, RUN, "smoke", notes).metric_frame()
+    m = report_data.RunData(db, RUN, "smoke", notes).metric_frame()
     assert m.loc[800, "acc_spec"] == pytest.approx(0.75) and m.loc[600, "acc_spec"] == pytest.approx(0.6)
     assert any("several evaluation configurations" in n for n in notes)
     with db.connect() as con:
         con.execute("DELETE FROM checkpoint_metrics WHERE eval_key = 'again'")
     notes.clear()
-    report.RunData(db, RUN, "smoke", notes).metric_frame()
+    report_data.RunData(db, RUN, "smoke", notes).metric_frame()
     assert not notes
 
 
@@ -155,7 +155,7 @@ def test_a_run_that_probed_nothing_reads_no_other_runs_probes(ws):
                              for r in (RUN, other) for step in STEPS]
               + [dict(run_id=RUN, stage="probes", key=f"pk{step}", status="computed", seconds=1.0) for step in STEPS]
               + [dict(run_id=RUN, stage="phases", key="ph", status="computed", seconds=1.0)])
-    mine, theirs = report.RunData(db, RUN, "smoke", []), report.RunData(db, other, "smoke", [])
+    mine, theirs = report_data.RunData(db, RUN, "smoke", []), report_data.RunData(db, other, "smoke", [])
     assert not mine.summary.empty and not mine.interventions.empty
     assert theirs.summary.empty and theirs.controls.empty and theirs.interventions.empty
     assert theirs.metric_frame()["acc_spec"].iloc[-1] == pytest.approx(0.85)  # the shared evaluation
@@ -174,7 +174,7 @@ def test_interventions_are_the_phases_stages_own(ws):
                  for r, k in ((RUN, "ph"), (other, "ph-new"))])
     theirs = db.query("SELECT * FROM interventions WHERE feature = 'direction'").assign(phases_key="ph-new", content=0.5)
     db.upsert("interventions", theirs)
-    mine, new = report.RunData(db, RUN, "smoke", []), report.RunData(db, other, "smoke", [])
+    mine, new = report_data.RunData(db, RUN, "smoke", []), report_data.RunData(db, other, "smoke", [])
     assert set(new.interventions["phases_key"]) == {"ph-new"} and (new.interventions["content"] == 0.5).all()
     assert set(mine.interventions["phases_key"]) == {"ph"} and (mine.interventions["content"] < 0.5).all()
     assert set(mine.interventions["feature"]) == {"direction", "rel_start", "facing_wall"}
