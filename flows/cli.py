@@ -97,10 +97,28 @@ def _exit_on_signal(signum, frame):
     exit_now(128 + signum)
 
 
+def slow_cpu_note(preset: str, cfg) -> str | None:
+    """A line for a ``cpu``/``cpu-long`` run that trains on a CPU without bf16 in hardware: those
+    presets were sized on CPUs with it, and float32 takes several times as long (README)."""
+    from model.machine import bf16_native, cpu_identity
+    from model.train import resolve_device
+
+    if preset not in ("cpu", "cpu-long") or resolve_device(cfg.train).type != "cpu" or bf16_native("cpu"):
+        return None
+    return (f"semprobe: this CPU ({cpu_identity()['cpu']}) has no bf16 in hardware, so the run computes in "
+            f"float32. The `{preset}` preset is sized for a 2-core CPU with bf16 (`cpu`: an hour on a Zen 4 EPYC); "
+            "`semprobe estimate` put `cpu` at 3:43 on a 2-core AVX2-only Zen 1. To know before you wait: "
+            f"`semprobe estimate --preset {preset} --minutes 60` times every stage here and names the "
+            "training steps that fit an hour.")
+
+
 def cmd_run(args, ws) -> int:
     from flows.presets import load_preset
 
-    load_preset(args.preset, args.overrides)  # fail fast on a bad preset or override
+    cfg = load_preset(args.preset, args.overrides)  # fail fast on a bad preset or override
+    note = slow_cpu_note(args.preset, cfg)
+    if note and not args.fanout:
+        print(note, file=sys.stderr)
     from flows.pipeline import pipeline
 
     # Prefect turns SIGTERM into a flow crash (the flow stops training) and then re-sends it.

@@ -80,3 +80,19 @@ def test_estimate_rejects_a_bad_override_before_measuring(tmp_path, capsys):
     assert "epochz" in capsys.readouterr().err
     assert main(["--workspace", str(tmp_path), "estimate", "--preset", "smoke", "--train-steps", "0"]) == 2
     assert "--train-steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("isa, preset, noted", [(["avx2"], "cpu", True), (["avx2"], "cpu-long", True),
+                                                (["avx2"], "smoke", False),
+                                                (["avx512_bf16", "avx512f", "avx2"], "cpu", False)])
+def test_run_points_to_estimate_on_a_cpu_that_would_emulate_bf16(monkeypatch, isa, preset, noted):
+    """`semprobe run` of a preset sized on bf16 CPUs, on a float32-only one, says so and names the
+    estimate command before the hours start; on a CPU with bf16, or for smoke, it says nothing."""
+    from flows.cli import slow_cpu_note
+    from model import machine
+
+    monkeypatch.setattr(machine, "cpu_identity", lambda: {"cpu": "Test CPU", "cpu_isa": isa})
+    note = slow_cpu_note(preset, load_preset(preset, ["train.device=cpu"]))
+    assert (note is not None) == noted
+    if noted:
+        assert "Test CPU" in note and f"semprobe estimate --preset {preset} --minutes 60" in note
