@@ -33,7 +33,7 @@ import duckdb
 import pandas as pd
 
 from tasks.results_schema import (  # noqa: F401 (CONTROL_KINDS: re-exported for callers)
-    _MIGRATIONS, CONTROL_KINDS, SCHEMA_VERSION, TABLES, _base_type, _ddl, _q,
+    _MIGRATIONS, CONTROL_KINDS, SCHEMA_VERSION, TABLES, _base_type, _ddl, _path_literal, _q,
 )
 
 DEFAULT_LOCK_TIMEOUT_S = 5.0
@@ -252,19 +252,23 @@ def export_tables(path: str | Path, out_dir: str | Path) -> list[Path]:
     if not p.is_file():
         raise FileNotFoundError(f"no results database at {p} (has a pipeline run yet?)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     con = _connect(p, read_only=True, lock_timeout=DEFAULT_LOCK_TIMEOUT_S)
     written = []
     try:
+        version, = con.execute("SELECT max(version) FROM schema_info").fetchone()
+        if version != SCHEMA_VERSION:  # its tables are not this schema's: refused before a file is written
+            raise ValueError(f"{p}: results schema version {version}, this code exports {SCHEMA_VERSION}; "
+                             f"`semprobe --workspace {p.parent} report` migrates it")
+        out.mkdir(parents=True, exist_ok=True)
         for table, (_, key) in TABLES.items():
             parquet = table == "probe_results"
             dest = out / f"{table}.{'parquet' if parquet else 'csv'}"
             fmt = "FORMAT parquet, COMPRESSION zstd" if parquet else "HEADER"
             order = ", ".join(map(_q, key))
-            con.execute(f"COPY (SELECT * FROM {_q(table)} ORDER BY {order}) TO '{dest.as_posix()}' ({fmt})")
+            con.execute(f"COPY (SELECT * FROM {_q(table)} ORDER BY {order}) TO {_path_literal(dest)} ({fmt})")
             written.append(dest)
         dest = out / "schema_info.csv"
-        con.execute(f"COPY (SELECT max(version) AS version FROM schema_info) TO '{dest.as_posix()}' (HEADER)")
+        con.execute(f"COPY (SELECT max(version) AS version FROM schema_info) TO {_path_literal(dest)} (HEADER)")
         written.append(dest)
     finally:
         con.close()

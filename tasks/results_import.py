@@ -18,7 +18,7 @@ import duckdb
 
 from tasks.results import ResultsDB
 from tasks.results_schema import (BOOKKEEPING_COLUMNS, CONTENT_METRICS, SCHEMA_VERSION, STAGE_KEY_COLUMNS, TABLES,
-                                  _base_type, _q, _transaction, grid_semantics)
+                                  _base_type, _path_literal, _q, _transaction, grid_semantics)
 
 
 def _export_file(folder: Path, table: str) -> Path | None:
@@ -33,10 +33,12 @@ def _columns(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
 
 
 def _source(path: Path) -> str:
-    where = "'" + path.as_posix().replace("'", "''") + "'"
+    where = _path_literal(path)
     if path.suffix == ".parquet":
         return f"read_parquet({where})"
-    return f"read_csv({where}, header = true, all_varchar = true)"  # each column cast to the schema's type
+    # each column cast to the schema's type; a quoted empty field is '' (the stage key the migrations
+    # give older rows), an unquoted one NULL, as DuckDB's COPY writes them
+    return f"read_csv({where}, header = true, all_varchar = true, allow_quoted_nulls = false)"
 
 
 def _staged(con: duckdb.DuckDBPyConnection, folder: Path, table: str) -> tuple[str, list[str]] | None:

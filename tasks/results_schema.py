@@ -107,6 +107,11 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _path_literal(path) -> str:
+    """A file path as an SQL string literal (``COPY ... TO``, ``read_csv``)."""
+    return "'" + path.as_posix().replace("'", "''") + "'"
+
+
 def _base_type(decl: str) -> str:
     return decl.split()[0]
 

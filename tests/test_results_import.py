@@ -77,6 +77,38 @@ def test_older_exports_load_by_the_migrations_rules(tmp_path):
     assert import_export(CPU_LONG, db)["stage_runs"]["missing_columns"] == ["machine"]
 
 
+def test_a_workspace_holding_older_rows_exports_and_imports_again_with_its_empty_stage_keys(tmp_path):
+    """The '' stage keys that older rows got (migrations, older exports) come back as '', not
+    NULL, from the export of such a workspace, into a folder whose name has a quote."""
+    db = ResultsDB(tmp_path / "ws" / "results.duckdb")
+    import_export(FIRST, db)
+    again = tmp_path / "bob's export"
+    export_tables(db.path, again)
+    copy = ResultsDB(tmp_path / "copy" / "results.duckdb")
+    counts = import_export(again, copy)
+    for table in TABLES:
+        assert counts[table]["added"] == db.count(table), table
+        pd.testing.assert_frame_equal(copy.table(table), db.table(table), check_exact=True, obj=table)
+    assert set(copy.query("SELECT DISTINCT phases_key FROM phases")["phases_key"]) == {""}
+
+
+def test_a_workspace_of_an_older_schema_is_not_exported_half(tmp_path):
+    """Its tables are not this code's: refused by name before a file is written (a half export
+    without schema_info.csv would have imported as a run without its metrics)."""
+    import duckdb
+
+    path = tmp_path / "ws" / "results.duckdb"
+    path.parent.mkdir()
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER)")
+    con.execute("INSERT INTO schema_info VALUES (4)")
+    con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY)")
+    con.close()
+    with pytest.raises(ValueError, match="results schema version 4, this code exports 9; .* report` migrates it"):
+        export_tables(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_what_is_not_an_export_is_refused(tmp_path):
     db = ResultsDB(tmp_path / "ws" / "results.duckdb")
     with pytest.raises(ValueError, match="not a `semprobe export` folder: it has no runs.csv"):
