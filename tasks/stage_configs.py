@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.config import check_positive_int
+
 
 MEAN_LAYER = -1  # the layer column's value for the layer-mean representation
 
@@ -31,6 +33,10 @@ class EvalConfig:
     n_test_specs: int = 500  # test specs (lengths 1..10) decoded with the grammar
     n_val_samples: int = 200  # val samples for perplexity
     batch_size: int = 128
+
+    def __post_init__(self):  # a bad value fails here, not in the first evaluation after training
+        for name in ("n_test_specs", "n_val_samples", "batch_size"):
+            check_positive_int(self, name, "eval.")
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,11 @@ class ActivationConfig:
     # ``cpu`` leaves them out to fit its hour; ``checkpoints`` then counts the others
     probe_step0: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self):  # a bad value fails here, not in the first dump after training
+        for name in ("n_train_specs", "n_test_specs", "batch_size"):
+            check_positive_int(self, name, "activations.")
+        if not isinstance(self.checkpoints, int) or isinstance(self.checkpoints, bool) or self.checkpoints < 0:
+            raise ValueError(f"activations.checkpoints: must be an int >= 0 (0 = all), got {self.checkpoints!r}")
         if self.programs not in PROGRAM_SOURCES:
             raise ValueError(f"activations.programs: {self.programs!r} is not one of {PROGRAM_SOURCES}")
 

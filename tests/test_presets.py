@@ -41,6 +41,10 @@ def test_overrides_parse_by_field_type():
     ("trian.lr=1", "trian"), ("train.lrr=1", "lrr"), ("train.lr=fast", "train.lr"),
     ("data.remove_train_overlap=perhaps", "remove_train_overlap"), ("train.lr", "section.field=value"),
     ("model.d_model=30", "d_model"), ("probe.batch_size=0", "probe.batch_size"), ("probe.epochs=-1", "probe.epochs"),
+    # the evaluation and dump settings fail when the run is set up, not after hours of training
+    ("eval.batch_size=0", "eval.batch_size"), ("eval.n_test_specs=-5", "eval.n_test_specs"),
+    ("eval.n_val_samples=0", "eval.n_val_samples"), ("activations.batch_size=0", "activations.batch_size"),
+    ("activations.n_train_specs=0", "activations.n_train_specs"), ("activations.checkpoints=-1", "activations.checkpoints"),
 ])
 def test_bad_overrides_are_named(bad, named):
     with pytest.raises(ValueError, match=named):
