@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import os
 import signal
 import time
@@ -101,6 +102,31 @@ def _ended(future) -> bool:
         future.wait(0)
         return True
     return False
+
+
+def _running(futures) -> list:
+    """Those of ``futures`` whose task is executing now (not queued, not ended), as their thread's
+    future tells; none where a task runner gives no thread future."""
+    wrapped = [(f, getattr(f, "wrapped_future", None)) for f in futures]
+    return [f for f, w in wrapped if isinstance(w, concurrent.futures.Future) and w.running()]
+
+
+def _finish(futures) -> None:
+    """Wait until each of ``futures`` has ended, in short slices as ``_result`` does."""
+    for future in futures:
+        try:
+            while not _ended(future):
+                future.wait(timeout=POLL_S)
+        except Exception:  # its engine crashed: it has ended, with nothing to record
+            pass
+
+
+def _logged(log, what: str, action) -> None:
+    """``action()``; an exception it raises is logged (on ``log``) as what could not be done, not raised."""
+    try:
+        action()
+    except Exception as e:
+        log.warning("could not %s: %s", what, e)
 
 
 def _pause(futures) -> None:
@@ -202,28 +228,36 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     recorded: set = set()
     stages: list[dict] = []  # stage rows to write (training's, each dump's) at the next record_finished
 
-    def record_finished(final: bool = False) -> int:
+    def record_finished(final: bool = False, best_effort: bool = False) -> int:
         """Record each evaluation and probe grid that has finished since the last call, as it
         finishes: a run stopped half way (a session's end, a lost machine) leaves them in DuckDB,
         where before they waited for the last grid. A results file held by another process (a
         notebook's open connection) does not stop the run: what could not be written is written
-        at a later call; only the ``final`` one raises. Returns how many grids are recorded."""
+        at a later call; only the ``final`` one raises. ``best_effort`` (a stopped run's last
+        call): an item that cannot be recorded is logged and the items after it still are.
+        Returns how many grids are recorded."""
+        items = [(c["key"], ev, functools.partial(rec.checkpoint, c))
+                 for c, ev, _ in sorted(per_ckpt.values(), key=lambda v: v[0]["step"])]
+        items += [(k, grids[k], rec.probes) for k in sorted(grids)]
         try:
             while stages:
                 rec.stage(stages[0])
                 stages.pop(0)
-            for c, ev, _ in sorted(per_ckpt.values(), key=lambda v: v[0]["step"]):
-                if c["key"] not in recorded and _ended(ev) and ev.state.is_completed():
-                    rec.checkpoint(c, ev.result())
-                    recorded.add(c["key"])
-            for k in sorted(grids):
-                if k not in recorded and _ended(grids[k]) and grids[k].state.is_completed():
-                    rec.probes(grids[k].result())
-                    recorded.add(k)
+            for key, future, write in items:
+                try:
+                    if key not in recorded and _ended(future) and future.state.is_completed():
+                        write(future.result())
+                        recorded.add(key)
+                except DatabaseLockedError:
+                    raise
+                except Exception as e:
+                    if not best_effort:
+                        raise
+                    log.warning("could not record %s: %s", key, e)
         except DatabaseLockedError as e:
             if final:
                 raise
-            log.warning("%s; recording it at the next poll", e)
+            log.warning("%s; %s", e, "not recorded" if best_effort else "recording it at the next poll")
         return sum(k in recorded for k in grids)
 
     STOP.clear()
@@ -304,21 +338,26 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         log.info("finished in %.0fs", time.perf_counter() - t0)
         return {**out, "seconds": time.perf_counter() - t0}
     except BaseException as exc:
-        # SIGTERM (Prefect raises it here as TerminationSignal) or Ctrl-C: training checkpoints
-        # at its next step and stops, so a rerun resumes from there rather than from scratch.
+        # SIGTERM (Prefect raises it here as TerminationSignal), Ctrl-C or a failed stage: training
+        # checkpoints at its next step and stops, so a rerun resumes from there, not from scratch.
         STOP.set()
+        code = _termination_code(exc)
         if training is not None:
             training.wait(timeout=120)
-        try:  # what finished before the stop; a recording error must not hide the one that stopped the run
-            record_finished()
-        except Exception as e:
-            log.warning("could not record the finished evaluations and grids: %s", e)
-        rec.run(preset, cfg, ds.get("key"), tkey, started, status="failed")
+        if code is None:
+            # a failed stage: the tasks already running finish before the flow exits all the same
+            # (Prefect's task runner waits for them; queued ones are cancelled), so what they
+            # compute is recorded too, not left in the artifact store alone
+            _finish(_running([f for _, ev, acts in per_ckpt.values() for f in (ev, acts) if f is not None]
+                             + list(grids.values())))
+        # what finished before the stop; a recording error must not hide the one that stopped the run
+        _logged(log, "record the finished evaluations and grids", lambda: record_finished(best_effort=True))
+        _logged(log, f"mark run {run_id} failed in the results",
+                lambda: rec.run(preset, cfg, ds.get("key"), tkey, started, status="failed"))
         if record_results:
-            finish_run(parent, "FAILED")
+            _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
         else:
-            rec.write(root)
-        code = _termination_code(exc)
+            _logged(log, "write the run's journal", lambda: rec.write(root))
         if code is not None:
             # Prefect's task runner would otherwise wait for every task in flight to finish
             exit_now(code)
