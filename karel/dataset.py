@@ -60,6 +60,13 @@ class DataConfig:
         for name in ("n_train_generated", "n_val", "n_test", "shard_size"):
             if getattr(self, name) < (1 if name == "shard_size" else 0):
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if not self.train_lengths:
+            raise ValueError("train_lengths: empty, so no program would be kept for training")
+        if len(self.token_weights) != len(TOKEN_WEIGHTS) or not all(w > 0 for w in self.token_weights):
+            raise ValueError(f"token_weights: need {len(TOKEN_WEIGHTS)} positive weights (one per action), "
+                             f"got {self.token_weights}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: must be an int >= 0, got {self.seed!r}")
 
     @classmethod
     def paper(cls, **overrides) -> "DataConfig":

@@ -121,8 +121,10 @@ class TrainConfig:
             raise ValueError(f"micro_batch: {self.micro_batch} does not divide batch_size {self.batch_size}")
         if not 0 <= self.prompt_loss_weight <= 1:
             raise ValueError(f"prompt_loss_weight: must be in [0, 1], got {self.prompt_loss_weight}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay/grad_clip: must be >= 0")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0):  # NaN fails too: it would switch clipping off
+            raise ValueError(f"weight_decay/grad_clip: must be >= 0, got {self.weight_decay}, {self.grad_clip}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1/beta2: must be in [0, 1), got {self.beta1}, {self.beta2}")
         if not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1):
             raise ValueError(f"muon_lr/muon_momentum: need muon_lr > 0 and momentum in [0, 1), "
                              f"got {self.muon_lr}, {self.muon_momentum}")

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from karel import SEMANTICS
 from model.config import check_positive_int
+from probes.grid import PROBE_KINDS
+from probes.labels import FEATURES
 from probes.stacked_training import DEVICES as PROBE_DEVICES
 
 
@@ -49,6 +52,14 @@ class ProbeConfig:
     def __post_init__(self):
         for name in ("seeds", "epochs", "batch_size", "max_train_pairs"):
             check_positive_int(self, name, "probe.")
+        for name, known in (("semantics", SEMANTICS), ("features", FEATURES), ("kinds", PROBE_KINDS)):
+            values = getattr(self, name)
+            unknown = [v for v in values if v not in known]
+            if not values or unknown:
+                raise ValueError(f"probe.{name}: {'empty' if not values else f'unknown {unknown}'}; "
+                                 f"known: {', '.join(known)}")
+        if not self.offsets:
+            raise ValueError("probe.offsets: empty, so no probe would be trained")
         if self.device not in PROBE_DEVICES:
             raise ValueError(f"probe.device: {self.device!r} is not one of {PROBE_DEVICES}")
         if not isinstance(self.patience, int) or self.patience < 0:

@@ -45,6 +45,10 @@ def test_overrides_parse_by_field_type():
     ("eval.batch_size=0", "eval.batch_size"), ("eval.n_test_specs=-5", "eval.n_test_specs"),
     ("eval.n_val_samples=0", "eval.n_val_samples"), ("activations.batch_size=0", "activations.batch_size"),
     ("activations.n_train_specs=0", "activations.n_train_specs"), ("activations.checkpoints=-1", "activations.checkpoints"),
+    ("probe.semantics=original,bogus", r"probe.semantics: unknown \['bogus'\]"), ("probe.features=", "probe.features: empty"),
+    ("probe.kinds=linear,mlp9", r"probe.kinds: unknown \['mlp9'\]"), ("probe.offsets=", "probe.offsets: empty"),
+    ("data.train_lengths=", "train_lengths: empty"), ("data.token_weights=1,2", "token_weights"),
+    ("data.seed=-1", "seed"), ("train.grad_clip=nan", "grad_clip"), ("train.beta2=1", "beta1/beta2"),
 ])
 def test_bad_overrides_are_named(bad, named):
     with pytest.raises(ValueError, match=named):
