@@ -44,6 +44,12 @@ class StudyConfig:
                     f"probe.{name} {offsets} lacks offset {current}, the current state on "
                     f"activations.programs={self.activations.programs}: {loses}; add it "
                     f"(e.g. probe.{name}={','.join(map(str, sorted({current, *offsets})))}) or empty it")
+        # the library allows empty splits; a study trains on one, measures perplexity on another and
+        # evaluates on the third, and an empty one would fail only after training
+        for split in ("train", "val", "test"):
+            if self.data.split_size(split) < 1:
+                raise ValueError(f"data: the {split} split is empty ({split}: {self.data.split_size(split)} programs; "
+                                 "see data.n_train_generated, data.n_val, data.n_test)")
         # the random-init control grids run with the controls (tasks/probing.py)
         if not (self.activations.probe_step0 or (self.activations.random_init and self.probe.controls)):
             raise ValueError("activations.probe_step0=false needs activations.random_init=true and "

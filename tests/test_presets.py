@@ -48,6 +48,7 @@ def test_overrides_parse_by_field_type():
     ("probe.semantics=original,bogus", r"probe.semantics: unknown \['bogus'\]"), ("probe.features=", "probe.features: empty"),
     ("probe.kinds=linear,mlp9", r"probe.kinds: unknown \['mlp9'\]"), ("probe.offsets=", "probe.offsets: empty"),
     ("data.train_lengths=", "train_lengths: empty"), ("data.token_weights=1,2", "token_weights"),
+    ("data.n_test=0", "the test split is empty"), ("data.n_train_generated=1", "the train split is empty"),
     ("data.seed=-1", "seed"), ("train.grad_clip=nan", "grad_clip"), ("train.beta2=1", "beta1/beta2"),
 ])
 def test_bad_overrides_are_named(bad, named):
