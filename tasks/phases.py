@@ -103,9 +103,10 @@ def _main_mean(both: pd.DataFrame) -> pd.DataFrame:
 
 
 def semantic_content(inter: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
-    """One ``semantic_content`` value per checkpoint at ``offset`` (see module docstring)."""
+    """One ``semantic_content`` value per checkpoint at ``offset`` (see module docstring): the
+    main features among ``features`` (a run that probes more features has the same content)."""
     sel = inter[(inter["offset"] == offset) & (inter["layer"] == MEAN_LAYER) & (inter["probe"] == CONTENT_PROBE)
-                & inter["feature"].isin(features)]
+                & inter["feature"].isin(set(features) & set(MAIN_FEATURES))]
     return sel.groupby(["checkpoint_key", "step"], as_index=False)["content"].mean()
 
 
@@ -126,7 +127,7 @@ def init_drops(controls: pd.DataFrame, features, probe: str = CONTENT_PROBE, off
 def init_content(controls: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
     """Per checkpoint: ``init_drops`` of ``CONTENT_PROBE`` at ``offset``, the mean over main
     features and alternatives: column ``init_content``."""
-    drops = init_drops(controls, features, offset=offset)
+    drops = init_drops(controls, set(features) & set(MAIN_FEATURES), offset=offset)
     return drops.groupby(["checkpoint_key", "step"], as_index=False)["init_drop"].mean() \
         .rename(columns={"init_drop": "init_content"})
 

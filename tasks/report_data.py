@@ -282,12 +282,15 @@ def clock(seconds: float) -> str:
 
 def line_fit(x, y) -> tuple[float, float] | None:
     """(R^2, slope) of the least-squares line y ~ a x + b; None with fewer than 3 points or no
-    spread. R^2 alone cannot tell content that rises with accuracy from content that falls."""
+    spread in x. A flat y tracks nothing: (0, 0). R^2 alone cannot tell content that rises with
+    accuracy from content that falls."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < 3 or np.ptp(x) == 0:
         return None
+    if np.ptp(y) == 0:
+        return 0.0, 0.0
     a, b = np.polyfit(x, y, 1)
     ss_res = float(np.sum((y - (a * x + b)) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
@@ -301,6 +304,8 @@ def r_squared(x, y) -> float | None:
 
 
 def trend(slope: float) -> str:
+    if slope == 0:
+        return "content flat as accuracy rises"
     return "content rises with accuracy" if slope > 0 else "content falls as accuracy rises"
 
 

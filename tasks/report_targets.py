@@ -32,7 +32,9 @@ is there already fails):
    random-init control where the run has it there (``ProbeConfig.init_offsets``), for every main
    feature.
 
-A bound that cannot be computed (one probe seed) is ``no data``, not ``no``.
+A bound that cannot be computed (one probe seed) is ``no data``, not ``no``. "The last checkpoint"
+is the run's (``RunData.last_step``): a stopped run that evaluated it but did not probe it has no
+data for targets 3, 5 and 6, not verdicts on an earlier checkpoint.
 """
 
 from __future__ import annotations
@@ -101,6 +103,15 @@ def _baseline(d: RunData, step, feature, offset, kind, probe=None):
 UNPAIRED = " (compared unpaired: the run was recorded before the paired margins)"
 
 
+def _at_the_end(d: RunData, row: dict, step: int) -> dict:
+    """``row``, a target read "at the end" from rows whose last step is ``step``: no data when the
+    run has a later checkpoint (a stopped run), whose probes would decide it."""
+    last = d.last_step()
+    if last is None or step >= last:
+        return row
+    return dict(row, met="no data", measured=f"the last checkpoint (step {last}) is not probed: {row['measured']}")
+
+
 def _above(d: RunData, step, feature, offset, probe, kind: str | None, ci_low, base,
            unpaired: list) -> bool | None:
     """Is ``probe`` clearly above the baseline ``kind`` (value ``base``, its mean over seeds):
@@ -162,7 +173,7 @@ def _current_probes(d: RunData) -> dict:
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
                      + f"{'above baselines' if not below else 'not above the ' + ', '.join(below)})")
     shown = (f"step {first} -> {last}" if first < last else f"step {last}") + "; linear/mlp1/mlp2 " + "; ".join(parts + missing) + (UNPAIRED if unpaired else "")
-    return _row(3, "current-state probes", crit, shown, False if not ok else (None if missing else True))
+    return _at_the_end(d, _row(3, "current-state probes", crit, shown, False if not ok else (None if missing else True)), last)
 
 
 def _r2(d: RunData) -> dict:
@@ -187,18 +198,22 @@ def _interventions(d: RunData) -> dict:
     kind = pick_kind(set(iv["probe"])) if not iv.empty else None
     if kind is None:
         return _row(5, "interventions", crit, "", None)
-    iv = iv[(iv["probe"] == kind) & (iv["step"] == iv["step"].max()) & iv["feature"].isin(MAIN_FEATURES)]
-    ok, mean = True, {}
+    last = int(iv["step"].max())
+    iv = iv[(iv["probe"] == kind) & (iv["step"] == last) & iv["feature"].isin(MAIN_FEATURES)]
+    ok, complete, mean = True, True, {}
     for alt in ("flip", "adversarial"):
         sel = iv[iv["semantics"] == alt]
         if sel.empty:
             return _row(5, "interventions", crit, f"no {alt} rows", None)
         mean[alt] = float(sel["content"].mean())
-        ok &= bool((sel["ci_low"] > 0).all()) and sel["feature"].nunique() == len(MAIN_FEATURES)
+        ok &= bool((sel["ci_low"].dropna() > 0).all())
+        # a bound one seed cannot give, or a main feature without rows: no data unless another fails
+        complete &= bool(sel["ci_low"].notna().all()) and sel["feature"].nunique() == len(MAIN_FEATURES)
     ok &= mean["adversarial"] > mean["flip"]
-    shown = (f"{kind}, step {int(iv['step'].max())}: drop flip {100 * mean['flip']:+.1f} pp, "
-             f"adversarial {100 * mean['adversarial']:+.1f} pp (mean of features)")
-    return _row(5, "interventions", crit, shown, ok)
+    shown = (f"{kind}, step {last}: drop flip {100 * mean['flip']:+.1f} pp, "
+             f"adversarial {100 * mean['adversarial']:+.1f} pp (mean of features)"
+             + ("" if complete else "; a feature's rows or 95% bound missing"))
+    return _at_the_end(d, _row(5, "interventions", crit, shown, False if not ok else (True if complete else None)), last)
 
 
 def _future(d: RunData) -> dict:
@@ -224,8 +239,9 @@ def _future(d: RunData) -> dict:
         parts.append(f"{r.feature} {r.offset:+d}: {pct(r.mean)} vs "
                      + "/".join("-" if b is None else pct(b) for b in floors))
     complete &= len(parts) == 2 * len(MAIN_FEATURES)
-    return _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control/random-init): "
-                + "; ".join(parts) + (UNPAIRED if unpaired else ""), False if not ok else (True if complete else None))
+    return _at_the_end(d, _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control/random-init): "
+                               + "; ".join(parts) + (UNPAIRED if unpaired else ""),
+                               False if not ok else (True if complete else None)), last)
 
 
 def issue_targets(d: RunData) -> list[dict]:

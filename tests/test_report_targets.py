@@ -125,6 +125,45 @@ def test_a_bound_one_seed_cannot_give_is_no_data(ws):
     expect(db, 5, "no data")
 
 
+def test_the_targets_read_at_the_end_wait_for_the_last_checkpoints_probes(ws):
+    """A stopped run evaluated its last checkpoint but did not probe it: targets 3, 5 and 6 are
+    no data, not verdicts on an earlier checkpoint."""
+    _, db = ws
+    for table in ("probe_summary", "controls", "interventions"):
+        db.query(f"DELETE FROM {table} WHERE step = 800")
+    t = targets(db)
+    assert [t[n]["met"] for n in (2, 4, 5)] == ["no data"] * 3, t
+    assert all(t[n]["measured"].startswith("the last checkpoint (step 800) is not probed: ") for n in (2, 4, 5))
+
+
+def test_interventions_without_a_bound_are_no_data_and_adversarial_must_drop_more(ws):
+    _, db = ws
+    expect(db, 4, "yes", "drop flip +7.2 pp, adversarial +14.4 pp")
+    expect(db, 4, "no data", "95% bound missing", sql="UPDATE interventions SET ci_low = 'NaN'::DOUBLE")
+    populate(db)
+    expect(db, 4, "no data", sql="DELETE FROM interventions WHERE feature = 'rel_start'")
+    populate(db)
+    expect(db, 4, "no", sql="UPDATE interventions SET ci_low = -0.01 WHERE feature = 'rel_start' AND semantics = 'flip'")
+    populate(db)
+    expect(db, 4, "no", sql="UPDATE interventions SET content = 0.5 WHERE semantics = 'flip'")
+
+
+def test_semantic_content_is_the_main_features_and_flat_content_tracks_nothing(ws):
+    """Target 4 reads the content of the three main features, whatever else a run probes, and a
+    content that does not move as accuracy rises is R^2 0 (no), not a fit that cannot be made."""
+    import json
+
+    _, db = ws
+    expect(db, 3, "yes")
+    db.query("UPDATE runs SET config = ?", [json.dumps({"probe": {"features": [
+        "direction", "rel_start", "facing_wall", "abs_position"]}})])
+    extra = db.query("SELECT * FROM interventions WHERE feature = 'direction'")
+    db.upsert("interventions", extra.assign(feature="abs_position", content=[0.5 if s == 0 else 0.0
+                                                                             for s in extra["step"]]))
+    expect(db, 3, "yes")
+    expect(db, 3, "no", "R^2 = 0.000 over 5 checkpoints", "content flat", sql="UPDATE interventions SET content = 0.0")
+
+
 def test_compare_sets_runs_side_by_side_and_never_writes(tmp_path, capsys):
     """``semprobe compare``: one column per workspace (its latest finished run, or the run named
     after a colon), each cell the run's own verdict and measurement; a file of another schema
