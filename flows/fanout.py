@@ -75,6 +75,9 @@ def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recor
                 log.info("%s finished (flow run %s on %s)", u.label, u.flow_run, u.journal.where.get("worker"))
             if runs.failed():
                 raise RuntimeError(f"units did not finish: {[u.summary() for u in runs.failed()]}")
+            if train.state == "finished" and expected - set(ckpts):  # scanned after training finished
+                raise RuntimeError(f"training {tkey} finished, but its checkpoints at steps "
+                                   f"{sorted(expected - set(ckpts))} are not in the artifact store {ws.store}")
             if train.state == "finished" and set(ckpts) == expected \
                     and all(u.state == "finished" for u in ckpts.values()):
                 return grids

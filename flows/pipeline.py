@@ -173,11 +173,12 @@ def start_costliest(ready: list, running: int, slots: int, start) -> list:
 WORKERS = 3  # the flow's task threads: training beside an evaluation and a dump; after it, up to three grids
 
 
-def republish_missing(root: str, tkey: str, train_cfg) -> list[int]:
+def republish_missing(root: str, tkey: str, train_cfg, log) -> list[int]:
     """The scheduled checkpoints of a finished training that the artifact store lacks (deleted
     after training, when the cached train stage no longer publishes), republished from the
-    training work folder; returns their steps. One the work folder lacks too is an error that
-    says how to rebuild it: the flow would otherwise skip that checkpoint without a word."""
+    training work folder, each with a warning on ``log``; returns their steps. One the work folder
+    lacks too is an error that says how to rebuild it: the flow would otherwise skip that
+    checkpoint without a word (or, fanned out, wait for it for ever)."""
     have = {c["step"] for c in published_checkpoints(root, tkey)}
     lost = sorted(set(checkpoint_steps(train_cfg)) - have)
     if not lost:
@@ -192,6 +193,8 @@ def republish_missing(root: str, tkey: str, train_cfg) -> list[int]:
             f"({ws.store.path('train', tkey)}) and the work folder to retrain them")
     for step in lost:
         publish_checkpoint(ws, tkey, step, work[step], train_cfg.tokens_per_step)
+        log.warning("checkpoint at step %d was missing from the artifact store: republished from the "
+                    "training work folder", step)
     return lost
 
 
@@ -283,9 +286,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             _pause([training])
         trained = _result(training)
         stages.append(trained)
-        for step in republish_missing(root, tkey, cfg.train):
-            log.warning("checkpoint at step %d was missing from the artifact store: republished from the "
-                        "training work folder", step)
+        republish_missing(root, tkey, cfg.train, log)
         submit_new()
 
         ordered = sorted(per_ckpt.values(), key=lambda v: v[0]["step"])

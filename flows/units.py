@@ -20,7 +20,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import _result, _run_id, _termination_code, exit_now
+from flows.pipeline import _result, _run_id, _termination_code, exit_now, republish_missing
 from flows.presets import StudyConfig, load_preset
 from model.config import checkpoint_steps
 from tasks import record
@@ -83,6 +83,9 @@ def train_model(preset: str = "smoke", overrides: list[str] | None = None, works
         rec.dataset(ds, cfg.data)
         training = train_lm.submit(root, cfg.model, cfg.train, ds, progress=progress)
         trained = _result(training)
+        # a cached training publishes nothing: checkpoints deleted since would be waited for by the
+        # fan-out for ever
+        republish_missing(root, trained["key"], cfg.train, get_run_logger())
         rec.stage(trained)
         rec.unit("train", "finished", {"train_key": trained["key"], "data_key": ds["key"],
                                        "steps": [c["step"] for c in trained["meta"]["checkpoints"]]})

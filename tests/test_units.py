@@ -96,6 +96,11 @@ from tasks.workspace import configure_environment
 ws = configure_environment(sys.argv[1])
 from flows.units import probe_checkpoint, train_model
 out = {"train": train_model(preset="smoke", workspace=str(ws.root))}
+from tasks.training import checkpoint_key
+lost = checkpoint_key(out["train"]["train"], 6)
+ws.store.delete("checkpoint", lost)  # a cached training publishes nothing: the unit republishes it
+train_model(preset="smoke", workspace=str(ws.root))
+out["republished"] = ws.store.is_complete("checkpoint", lost)
 out["ckpt"] = probe_checkpoint(preset="smoke", step=12, workspace=str(ws.root))
 out["again"] = probe_checkpoint(preset="smoke", step=12, workspace=str(ws.root))
 try:
@@ -122,6 +127,7 @@ def test_units_in_process_journal_what_the_study_records(tmp_path):
     out = json.loads(proc.stdout[proc.stdout.rindex("RESULT") + 6:].splitlines()[0])
     cfg = load_preset("smoke")
 
+    assert out["republished"]
     train = journal(ws, out["train"]["run_id"])
     assert [n for n, _ in train] == ["dataset", "stage", "unit"]
     assert train[1][1][0]["stage"] == "train" and train[1][1][0]["key"] == train_unit_key(cfg)
