@@ -177,6 +177,8 @@ def cmd_sweep(args, ws) -> int:
     from flows.sweep import DEPLOYMENT, load_spec
 
     spec = load_spec(args.spec)  # fail fast on a bad spec or override
+    if args.max_attempts < 1:
+        raise ValueError(f"--max-attempts: must be at least 1, got {args.max_attempts}")
     if args.dry_run:
         for p in spec.points:
             print(f"{p.key}  {p.label}")

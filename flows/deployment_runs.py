@@ -102,8 +102,11 @@ class UnitRuns:
                 get_run_logger().warning("%s: flow run %s ended %s; submitting attempt %d",
                                          u.label, fr.name, fr.state.name, u.attempt + 1)
                 self.submit(u)
-            else:
-                u.state, u.detail = "failed", f"{fr.state.name}: {fr.state.message}"
+            else:  # a resubmission would find these same runs by their keys, and fail again at once
+                u.state = "failed"
+                u.detail = (f"{fr.state.name}: {fr.state.message} (attempt {u.attempt} of {self.max_attempts}; "
+                            "submitted again, it finds these same failed runs: fix the cause, then submit with "
+                            f"--max-attempts above {u.attempt})")
         return done
 
     def failed(self) -> list[Unit]:

@@ -101,6 +101,10 @@ def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
     preset = str(data.get("preset", "cpu"))
     if preset not in PRESETS:
         raise ValueError(f"sweep spec: preset {preset!r} is not one of {sorted(PRESETS)}")
+    for part in ("set", "grid"):
+        if not isinstance(data.get(part) or {}, dict):
+            raise ValueError(f"sweep spec: {part} must be a mapping of section.field to "
+                             f"{'value' if part == 'set' else 'a list of values'}, got {data[part]!r}")
     shared = [f"{k}={_fmt(v)}" for k, v in (data.get("set") or {}).items()]
     grid = data.get("grid") or {}
     for k, values in grid.items():
@@ -131,7 +135,10 @@ def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     p = Path(path)
     text = p.read_text()
-    data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"sweep spec {p}: not valid YAML: {e}") from None
     return parse_spec(data, name=p.stem)
 
 

@@ -94,9 +94,19 @@ def test_spec_grid_points_and_keys(tmp_path):
                       ({"preset": "huge", "grid": {"train.seed": [1]}}, "huge"),
                       ({"preset": "smoke", "grid": {"train.seed": [1, 1]}}, "same config"),
                       ({"preset": "smoke", "gird": {}}, "gird"),
-                      ({"preset": "smoke"}, "no points")]:
+                      ({"preset": "smoke"}, "no points"),
+                      ({"preset": "smoke", "set": ["train.steps=12"]}, "set must be a mapping"),
+                      ({"preset": "smoke", "grid": [{"train.seed": 1}]}, "grid must be a mapping")]:
         with pytest.raises(ValueError, match=word):
             parse_spec(bad, "s")
+    broken = tmp_path / "b.yaml"
+    broken.write_text("preset: smoke\ngrid: {train.seed: [0, 1}\n")
+    with pytest.raises(ValueError, match="b.yaml: not valid YAML"):
+        load_spec(broken)
+    from pipeline_cli import semprobe
+
+    refused = semprobe(tmp_path / "ws", "sweep", str(toml), "--max-attempts", "0", "--local", check=False)
+    assert refused.returncode == 2 and "--max-attempts: must be at least 1, got 0" in refused.stderr
 
 
 def test_journal_replays_what_a_recorder_would_write(tmp_path):
