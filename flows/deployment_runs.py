@@ -106,7 +106,7 @@ class UnitRuns:
                 u.state = "failed"
                 u.detail = (f"{fr.state.name}: {fr.state.message} (attempt {u.attempt} of {self.max_attempts}; "
                             "submitted again, it finds these same failed runs: fix the cause, then submit with "
-                            f"--max-attempts above {u.attempt})")
+                            f"max_attempts above {u.attempt}, e.g. semprobe sweep --max-attempts {u.attempt + 1})")
         return done
 
     def failed(self) -> list[Unit]:
