@@ -157,6 +157,14 @@ class SweepRecorder:
                 self.experiment, f"sweep-{spec.name}", {"sweep": spec.source, "points": len(spec.points)},
                 tags={"semprobe.sweep": spec.key, "prefect_flow_run": flow_run_id})
 
+    def earlier(self, point: Point) -> record.Journal | None:
+        """The journal of the point's run that this sweep recorded before (its MLflow child names
+        the flow run), when every artifact it names is still complete; else None."""
+        logged = record.find_mlflow_run(self.experiment, {"semprobe.point": point.key},
+                                        parent=self.parent, finished=True)
+        run_id = tracking.run_tags(logged).get("prefect_flow_run") if logged else None
+        return journal_if_complete(self.ws, run_id) if run_id else None
+
     def point(self, point: Point, journal: record.Journal) -> dict:
         """Replay a finished point into DuckDB (always: upserts are idempotent) and MLflow (once)."""
         logged = record.find_mlflow_run(self.experiment, {"semprobe.point": point.key},
@@ -209,12 +217,16 @@ def _run_local(spec: SweepSpec, ws: Workspace, rec: SweepRecorder) -> list[dict]
     out = []
     for p in spec.points:
         st = {"point": p.label, "key": p.key, "attempt": 1}
-        try:
-            res = pipeline(preset=spec.preset, overrides=list(p.overrides), workspace=str(ws.root),
-                           record_results=False, progress=False)
-            journal = journal_if_complete(ws, res["run_id"])
-        except Exception as e:
-            journal, res = None, e
+        journal = rec.earlier(p)  # resubmitted: its finished run is found, as the deployment mode finds it
+        if journal is not None:
+            log.info("point %s: finished before, in flow run %s", p.label, journal.run_id)
+        else:
+            try:
+                res = pipeline(preset=spec.preset, overrides=list(p.overrides), workspace=str(ws.root),
+                               record_results=False, progress=False)
+                journal = journal_if_complete(ws, res["run_id"])
+            except Exception as e:
+                journal, res = None, e
         if journal is None:
             st.update(state="failed", detail=repr(res)[:500])
             log.error("point %s failed: %r", p.label, res)

@@ -240,6 +240,11 @@ def nested_run(parent_run_id: str, name: str, params: Any = None,
     return run.info.run_id
 
 
+def run_tags(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """The tags of a run."""
+    return dict(_client(tracking_uri).get_run(run_id).data.tags)
+
+
 def finish_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
     """End a run: status is FINISHED, FAILED or KILLED."""
     RunStatus.from_string(status)  # validates
