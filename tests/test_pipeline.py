@@ -274,7 +274,8 @@ def test_reference_programs_are_probed_the_same_at_every_checkpoint(ws):
     computed = runs[runs["status"] == "computed"]
     assert set(computed["stage"]) == {"activations", "probes", "phases"}, computed
     cfg = load_preset("smoke").activations
-    data = next((ws / "artifacts" / "dataset").iterdir()) / "data"
+    # the dataset's artifact folder (beside it lies its lock file, .<key>.lock)
+    data = next(p for p in (ws / "artifacts" / "dataset").iterdir() if not p.name.startswith(".")) / "data"
     specs = concat_samples(karel.load_split(data, "train", limit=cfg.n_train_specs),
                            karel.load_split(data, "test", limit=cfg.n_test_specs))
     dumps = {}
