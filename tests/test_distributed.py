@@ -109,29 +109,6 @@ def test_spec_grid_points_and_keys(tmp_path):
     assert refused.returncode == 2 and "--max-attempts: must be at least 1, got 0" in refused.stderr
 
 
-def test_a_local_sweep_submitted_again_finds_its_finished_point(tmp_path):
-    """`sweep --local` a second time runs no pipeline for a point it recorded before: one run row,
-    one MLflow child, as a resubmitted deployment sweep finds its runs by their keys."""
-    import subprocess
-    import sys
-
-    from pipeline_cli import temporary_server_env
-    from tasks.results import read_only_query
-
-    spec = tmp_path / "one.yaml"
-    spec.write_text("preset: smoke\nset: {activations.checkpoints: 1, probe.epochs: 1, probe.seeds: 1}\n"
-                    "points: [{train.seed: 3}]\n")
-    ws = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), "sweep", str(spec), "--local"]
-    first, again = (subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=temporary_server_env())
-                    for _ in range(2))
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert again.returncode == 0, again.stderr[-3000:]
-    runs = read_only_query(ws / "results.duckdb", "SELECT run_id, status FROM runs")
-    assert runs["status"].tolist() == ["finished"]
-    assert json.loads(again.stdout)["points"][0]["flow_run"] == runs["run_id"][0]
-
-
 def test_journal_replays_what_a_recorder_would_write(tmp_path):
     from datetime import datetime, timezone
 

@@ -22,7 +22,7 @@ from tasks.activations import concat_samples, reference_programs
 from tasks.phases import CONTENT_PROBE, MEAN_FEATURE
 from tasks.results import TABLES, read_only_query
 from tasks.workspace import Workspace
-from distributed_cluster import free_port, stop
+from distributed_cluster import free_port, http_ok, stop, wait_for
 from pipeline_cli import SHARED_SERVER, semprobe, temporary_server_env
 
 RESULT_TABLES = ["checkpoint_metrics", "probe_results", "probe_summary", "interventions", "interventions_vs_init",
@@ -347,3 +347,20 @@ def test_without_step0_probes_the_trained_checkpoints_and_reads_random_init_as_u
                                "probe_key IN (SELECT UNNEST(?))", [runs["key"].tolist()])["step"]) == {6, 12}
     # target 3 reads the probes from step 6 on (smoke has no mlp2, so no verdict)
     assert "step 6 -&gt; 12; linear/mlp1/mlp2" in (ws / "reports" / run / "report.html").read_text()
+
+
+def test_a_local_sweep_submitted_again_finds_its_finished_point(ws, tmp_path):
+    """`sweep --local` a second time runs no pipeline for a point it recorded before: one run row
+    for two submissions, as a resubmitted deployment sweep finds its runs by their keys. The point
+    is the smoke config itself, so even its first run finds every stage cached."""
+    spec = tmp_path / "one.yaml"
+    spec.write_text(f"preset: smoke\nset: {{train.seed: {load_preset('smoke').train.seed}}}\n")
+    runs = lambda: set(read_only_query(ws / "results.duckdb", "SELECT run_id FROM runs")["run_id"])  # noqa: E731
+    before = runs()
+    wait_for("the Prefect server", lambda: http_ok(SHARED_SERVER["url"] + "/health"), 120)
+    env = {**temporary_server_env(), "PREFECT_API_URL": SHARED_SERVER["url"]}
+    cmd = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), "sweep", str(spec), "--local"]
+    outs = [subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env) for _ in range(2)]
+    assert all(o.returncode == 0 for o in outs), outs[-1].stderr[-3000:]
+    new = runs() - before
+    assert len(new) == 1 and {json.loads(o.stdout)["points"][0]["flow_run"] for o in outs} == new
