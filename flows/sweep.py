@@ -9,6 +9,8 @@ cartesian product) and/or a list of points::
     grid: {train.seed: [0, 1, 2, 3], train.lr: [1e-3, 3e-4]}
     points: [{model.n_layer: 4, train.seed: 9}]
 
+In TOML the same keys are TOML's own dotted keys (``[grid]`` then ``train.seed = [0, 1, 2, 3]``).
+
 Two ways to run the points, one way to record them:
 
 * ``mode="deployment"``: each point is a run of the ``semprobe-pipeline/point`` deployment
@@ -91,6 +93,18 @@ def point_key(preset: str, overrides) -> str:
     return cache_key("point", cfg.as_dict(), [], RUN_CODE)
 
 
+def _dotted(mapping: dict) -> dict:
+    """``{"train": {"seed": x}}`` (TOML's ``train.seed = x``, nested YAML) as ``{"train.seed": x}``;
+    keys already dotted stay as they are."""
+    out = {}
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{field}": value for field, value in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
 def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
     """A spec from its parsed YAML/TOML; every point is validated against the preset."""
     if not isinstance(data, dict):
@@ -105,8 +119,8 @@ def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
         if not isinstance(data.get(part) or {}, dict):
             raise ValueError(f"sweep spec: {part} must be a mapping of section.field to "
                              f"{'value' if part == 'set' else 'a list of values'}, got {data[part]!r}")
-    shared = [f"{k}={_fmt(v)}" for k, v in (data.get("set") or {}).items()]
-    grid = data.get("grid") or {}
+    shared = [f"{k}={_fmt(v)}" for k, v in _dotted(data.get("set") or {}).items()]
+    grid = _dotted(data.get("grid") or {})
     for k, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"sweep spec: grid {k!r} must be a non-empty list")
@@ -115,7 +129,7 @@ def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
     for p in data.get("points") or []:
         if not isinstance(p, dict):
             raise ValueError(f"sweep spec: each of points must be a mapping, got {p!r}")
-        varying.append([f"{k}={_fmt(v)}" for k, v in p.items()])
+        varying.append([f"{k}={_fmt(v)}" for k, v in _dotted(p).items()])
     if not varying:
         varying = [[]] if shared else []
     if not varying:

@@ -90,6 +90,9 @@ def test_spec_grid_points_and_keys(tmp_path):
     toml.write_text('preset = "smoke"\n[grid]\n"train.seed" = [0, 1]\n')
     assert [p.label for p in load_spec(toml).points] == ["train.seed=0", "train.seed=1"]
     assert load_spec(toml).name == "t"
+    toml.write_text('preset = "smoke"\n[set]\ntrain.steps = 6\n[grid]\ntrain.seed = [0, 1]\n')  # TOML's own dotted keys
+    assert [p.overrides for p in load_spec(toml).points] == [("train.steps=6", "train.seed=0"),
+                                                              ("train.steps=6", "train.seed=1")]
     for bad, word in [({"preset": "smoke", "grid": {"train.lrr": [1]}}, "lrr"),
                       ({"preset": "huge", "grid": {"train.seed": [1]}}, "huge"),
                       ({"preset": "smoke", "grid": {"train.seed": [1, 1]}}, "same config"),
