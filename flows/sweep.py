@@ -119,8 +119,11 @@ def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
         if not isinstance(data.get(part) or {}, dict):
             raise ValueError(f"sweep spec: {part} must be a mapping of section.field to "
                              f"{'value' if part == 'set' else 'a list of values'}, got {data[part]!r}")
-    shared = [f"{k}={_fmt(v)}" for k, v in _dotted(data.get("set") or {}).items()]
-    grid = _dotted(data.get("grid") or {})
+    fixed, grid = _dotted(data.get("set") or {}), _dotted(data.get("grid") or {})
+    both = sorted(set(fixed) & set(grid))
+    if both:  # the grid's values would replace the set one without a word
+        raise ValueError(f"sweep spec: {both} in both set and grid; give each field in one of them")
+    shared = [f"{k}={_fmt(v)}" for k, v in fixed.items()]
     for k, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"sweep spec: grid {k!r} must be a non-empty list")

@@ -99,7 +99,9 @@ def test_spec_grid_points_and_keys(tmp_path):
                       ({"preset": "smoke", "gird": {}}, "gird"),
                       ({"preset": "smoke"}, "no points"),
                       ({"preset": "smoke", "set": ["train.steps=12"]}, "set must be a mapping"),
-                      ({"preset": "smoke", "grid": [{"train.seed": 1}]}, "grid must be a mapping")]:
+                      ({"preset": "smoke", "grid": [{"train.seed": 1}]}, "grid must be a mapping"),
+                      ({"preset": "smoke", "set": {"train.seed": 5}, "grid": {"train": {"seed": [0, 1]}}},
+                       r"\['train.seed'\] in both set and grid")]:
         with pytest.raises(ValueError, match=word):
             parse_spec(bad, "s")
     broken = tmp_path / "b.yaml"
