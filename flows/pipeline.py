@@ -82,12 +82,23 @@ def _termination_code(exc: BaseException) -> int | None:
     return 128 + int(signum) if type(exc).__name__ == "TerminationSignal" and signum else None
 
 
-def _result(future):
-    """A task future's result, waiting in short slices so SIGTERM and Ctrl-C are handled at once
-    (a single blocking wait can hold the signal until the task finishes)."""
+def _wait_ended(future) -> None:
+    """Until a task future has ended, waiting in short slices so SIGTERM and Ctrl-C are handled at
+    once (a single blocking wait can hold the signal until the task finishes)."""
     while not _ended(future):
         future.wait(timeout=POLL_S)
+
+
+def _result(future):
+    """A task future's result, once it has ended (``_wait_ended``)."""
+    _wait_ended(future)
     return future.result()
+
+
+def _thread_future(future) -> concurrent.futures.Future | None:
+    """The task's thread future (the thread pool task runner's), else None."""
+    wrapped = getattr(future, "wrapped_future", None)
+    return wrapped if isinstance(wrapped, concurrent.futures.Future) else None
 
 
 def _ended(future) -> bool:
@@ -95,10 +106,10 @@ def _ended(future) -> bool:
     has one: no server round trip. An ended one then holds its final state as the thread returned
     it, so ``future.state`` no longer asks the server either, whose copy can lag the thread (read
     there, a grid that had ended still looked running, and the run finished without recording it)."""
-    wrapped = getattr(future, "wrapped_future", None)
-    if not isinstance(wrapped, concurrent.futures.Future):
+    thread = _thread_future(future)
+    if thread is None:
         return future.state.is_final()
-    if wrapped.done():
+    if thread.done():
         future.wait(0)
         return True
     return False
@@ -107,16 +118,14 @@ def _ended(future) -> bool:
 def _running(futures) -> list:
     """Those of ``futures`` whose task is executing now (not queued, not ended), as their thread's
     future tells; none where a task runner gives no thread future."""
-    wrapped = [(f, getattr(f, "wrapped_future", None)) for f in futures]
-    return [f for f, w in wrapped if isinstance(w, concurrent.futures.Future) and w.running()]
+    return [f for f in futures if (thread := _thread_future(f)) is not None and thread.running()]
 
 
 def _finish(futures) -> None:
-    """Wait until each of ``futures`` has ended, in short slices as ``_result`` does."""
+    """Wait until each of ``futures`` has ended (``_wait_ended``)."""
     for future in futures:
         try:
-            while not _ended(future):
-                future.wait(timeout=POLL_S)
+            _wait_ended(future)
         except Exception:  # its engine crashed: it has ended, with nothing to record
             pass
 
@@ -132,11 +141,11 @@ def _logged(log, what: str, action) -> None:
 def _pause(futures) -> None:
     """Until one of ``futures`` (those still running) ends, or POLL_S at most; none: no wait. A
     poll does not sleep a whole second while finished work waits."""
-    wrapped = [getattr(f, "wrapped_future", None) for f in futures]
-    if not wrapped:
+    threads = [_thread_future(f) for f in futures]
+    if not threads:
         return
-    if all(isinstance(w, concurrent.futures.Future) for w in wrapped):
-        concurrent.futures.wait(wrapped, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
+    if None not in threads:
+        concurrent.futures.wait(threads, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
     else:
         time.sleep(POLL_S)
 
@@ -231,6 +240,10 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     recorded: set = set()
     stages: list[dict] = []  # stage rows to write (training's, each dump's) at the next record_finished
 
+    def submitted() -> list:
+        """The task futures besides training's (evaluations, dumps, grids): they hold task threads too."""
+        return [f for _, ev, acts in per_ckpt.values() for f in (ev, acts) if f is not None] + list(grids.values())
+
     def record_finished(final: bool = False, best_effort: bool = False) -> int:
         """Record each evaluation and probe grid that has finished since the last call, as it
         finishes: a run stopped half way (a session's end, a lost machine) leaves them in DuckDB,
@@ -293,7 +306,6 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         current = current_offset(cfg.activations.programs)
         pending = [(c, acts) for c, _, acts in ordered if acts is not None]
         ready = []
-        others = [f for _, ev, acts in ordered for f in (ev, acts) if f is not None]  # they hold task threads too
 
         def submit_grid(item):  # item: ((step, semantics index), (probe config, activations, semantics))
             return train_probes.submit(root, *item[1])
@@ -306,12 +318,12 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                 pcfg = probe_config_at(cfg.probe, c["step"], probed)
                 ready += [(pcfg.grid_cost(sem, current), ((c["step"], i), (pcfg, a, sem)))
                           for i, sem in enumerate(cfg.probe.semantics)]
-            running = sum(not _ended(f) for f in [*others, *grids.values()])
+            running = sum(not _ended(f) for f in submitted())
             for (key, _), fut in start_costliest(ready, running, WORKERS, submit_grid):
                 grids[key] = fut
             record_finished()
             if pending or ready:  # a dump to end, or a task to free a worker
-                _pause([acts for _, acts in pending] + [f for f in [*others, *grids.values()] if not _ended(f)])
+                _pause([acts for _, acts in pending] + [f for f in submitted() if not _ended(f)])
         waiting = [ev for _, ev, _ in ordered] + [grids[k] for k in sorted(grids)]
         with tqdm(total=len(grids), desc="probe grids", unit="grid", disable=not progress) as bar:
             while True:
@@ -349,8 +361,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             # a failed stage: the tasks already running finish before the flow exits all the same
             # (Prefect's task runner waits for them; queued ones are cancelled), so what they
             # compute is recorded too, not left in the artifact store alone
-            _finish(_running([f for _, ev, acts in per_ckpt.values() for f in (ev, acts) if f is not None]
-                             + list(grids.values())))
+            _finish(_running(submitted()))
         # what finished before the stop; a recording error must not hide the one that stopped the run
         _logged(log, "record the finished evaluations and grids", lambda: record_finished(best_effort=True))
         _logged(log, f"mark run {run_id} failed in the results",
