@@ -113,8 +113,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "block_len", "ckpt_every"):
             check_positive_int(self, name)
         for name in ("warmup_steps", "ckpt_log_count", "seed", "micro_batch", "curriculum_steps", "anneal_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be a non-negative int, got {getattr(self, name)!r}")
+            check_nonnegative_int(self, name)
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"lr/min_lr: need lr > 0 and 0 <= min_lr <= lr, got {self.lr}, {self.min_lr}")
         if self.micro_batch and self.batch_size % self.micro_batch:
@@ -151,6 +150,13 @@ def check_positive_int(cfg, name: str, prefix: str = "") -> None:
     value = getattr(cfg, name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{prefix}{name}: must be a positive int, got {value!r}")
+
+
+def check_nonnegative_int(cfg, name: str, prefix: str = "") -> None:
+    """Raise a ValueError naming ``prefix + name`` unless the field is an int >= 0 (not a bool)."""
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{prefix}{name}: must be a non-negative int, got {value!r}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:

@@ -103,10 +103,9 @@ def _main_mean(both: pd.DataFrame) -> pd.DataFrame:
 
 
 def semantic_content(inter: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
-    """One ``semantic_content`` value per checkpoint at ``offset`` (see module docstring): the
-    main features among ``features`` (a run that probes more features has the same content)."""
+    """One ``semantic_content`` value per checkpoint at ``offset`` (see module docstring)."""
     sel = inter[(inter["offset"] == offset) & (inter["layer"] == MEAN_LAYER) & (inter["probe"] == CONTENT_PROBE)
-                & inter["feature"].isin(set(features) & set(MAIN_FEATURES))]
+                & inter["feature"].isin(features)]
     return sel.groupby(["checkpoint_key", "step"], as_index=False)["content"].mean()
 
 
@@ -127,7 +126,7 @@ def init_drops(controls: pd.DataFrame, features, probe: str = CONTENT_PROBE, off
 def init_content(controls: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
     """Per checkpoint: ``init_drops`` of ``CONTENT_PROBE`` at ``offset``, the mean over main
     features and alternatives: column ``init_content``."""
-    drops = init_drops(controls, set(features) & set(MAIN_FEATURES), offset=offset)
+    drops = init_drops(controls, features, offset=offset)
     return drops.groupby(["checkpoint_key", "step"], as_index=False)["init_drop"].mean() \
         .rename(columns={"init_drop": "init_content"})
 
@@ -135,7 +134,9 @@ def init_content(controls: pd.DataFrame, features, offset: int = 0) -> pd.DataFr
 def content_frame(inter: pd.DataFrame, controls: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
     """Per checkpoint at ``offset`` (the current one): ``content`` (``semantic_content``),
     ``init_content`` and ``content_vs_init`` (content minus init_content, NaN without the
-    random-init controls)."""
+    random-init controls), over the main features among ``features`` (a run that probes more
+    features has the same content)."""
+    features = set(features) & set(MAIN_FEATURES)
     content = semantic_content(inter, features, offset)
     content = content.merge(init_content(controls, features, offset), on=["checkpoint_key", "step"], how="left")
     content["content_vs_init"] = content["content"] - content["init_content"]

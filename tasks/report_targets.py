@@ -52,6 +52,11 @@ ACC_TARGET, R2_TARGET = 0.70, 0.80
 R2_MIN_POINTS = 5
 
 
+def _met(ok: bool, complete: bool) -> bool | None:
+    """A verdict: no where what is there fails, else yes if nothing is missing, else no data."""
+    return False if not ok else (True if complete else None)
+
+
 def _row(n, target, criterion, measured, met):
     return {"target": f"{n}. {target}", "criterion": criterion, "measured": measured,
             "met": "no data" if met is None else ("yes" if met else "no")}
@@ -173,7 +178,7 @@ def _current_probes(d: RunData) -> dict:
                      + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
                      + f"{'above baselines' if not below else 'not above the ' + ', '.join(below)})")
     shown = (f"step {first} -> {last}" if first < last else f"step {last}") + "; linear/mlp1/mlp2 " + "; ".join(parts + missing) + (UNPAIRED if unpaired else "")
-    return _at_the_end(d, _row(3, "current-state probes", crit, shown, False if not ok else (None if missing else True)), last)
+    return _at_the_end(d, _row(3, "current-state probes", crit, shown, _met(ok, not missing)), last)
 
 
 def _r2(d: RunData) -> dict:
@@ -213,7 +218,7 @@ def _interventions(d: RunData) -> dict:
     shown = (f"{kind}, step {last}: drop flip {100 * mean['flip']:+.1f} pp, "
              f"adversarial {100 * mean['adversarial']:+.1f} pp (mean of features)"
              + ("" if complete else "; a feature's rows or 95% bound missing"))
-    return _at_the_end(d, _row(5, "interventions", crit, shown, False if not ok else (True if complete else None)), last)
+    return _at_the_end(d, _row(5, "interventions", crit, shown, _met(ok, complete)), last)
 
 
 def _future(d: RunData) -> dict:
@@ -241,7 +246,7 @@ def _future(d: RunData) -> dict:
     complete &= len(parts) == 2 * len(MAIN_FEATURES)
     return _at_the_end(d, _row(6, "future-state probes", crit, f"{kind}, step {last} (probe vs majority/control/random-init): "
                                + "; ".join(parts) + (UNPAIRED if unpaired else ""),
-                               False if not ok else (True if complete else None)), last)
+                               _met(ok, complete)), last)
 
 
 def issue_targets(d: RunData) -> list[dict]:

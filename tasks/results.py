@@ -209,11 +209,16 @@ class ReadOnlyResults:
     def current_schema(self) -> ReadOnlyResults:
         """``self`` if the file has this code's schema; a file of another version is refused,
         not migrated (``ResultsDB`` migrates it when opened)."""
-        version = self.query("SELECT max(version) AS v FROM schema_info")["v"].iloc[0]
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{self.path}: results schema version {version}, this code reads {SCHEMA_VERSION}; "
-                             f"`semprobe --workspace {self.path.parent} report` migrates it")
+        _refuse_other_schema(self.path, self.query("SELECT max(version) AS v FROM schema_info")["v"].iloc[0], "reads")
         return self
+
+
+def _refuse_other_schema(path: Path, version, what: str) -> None:
+    """A results file of another schema version is an error naming the command that migrates it
+    (``ResultsDB`` migrates when it opens a file; a reader or an export must not)."""
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: results schema version {version}, this code {what} {SCHEMA_VERSION}; "
+                         f"`semprobe --workspace {path.parent} report` migrates it")
 
 
 def read_only_query(path: str | Path, sql: str, params: Any = None,
@@ -255,10 +260,8 @@ def export_tables(path: str | Path, out_dir: str | Path) -> list[Path]:
     con = _connect(p, read_only=True, lock_timeout=DEFAULT_LOCK_TIMEOUT_S)
     written = []
     try:
-        version, = con.execute("SELECT max(version) FROM schema_info").fetchone()
-        if version != SCHEMA_VERSION:  # its tables are not this schema's: refused before a file is written
-            raise ValueError(f"{p}: results schema version {version}, this code exports {SCHEMA_VERSION}; "
-                             f"`semprobe --workspace {p.parent} report` migrates it")
+        # its tables are not this schema's: refused before a file is written
+        _refuse_other_schema(p, con.execute("SELECT max(version) FROM schema_info").fetchone()[0], "exports")
         out.mkdir(parents=True, exist_ok=True)
         for table, (_, key) in TABLES.items():
             parquet = table == "probe_results"

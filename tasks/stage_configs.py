@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.config import check_positive_int
+from model.config import check_nonnegative_int, check_positive_int
 
 
 MEAN_LAYER = -1  # the layer column's value for the layer-mean representation
@@ -77,8 +77,7 @@ class ActivationConfig:
     def __post_init__(self):  # a bad value fails here, not in the first dump after training
         for name in ("n_train_specs", "n_test_specs", "batch_size"):
             check_positive_int(self, name, "activations.")
-        if not isinstance(self.checkpoints, int) or isinstance(self.checkpoints, bool) or self.checkpoints < 0:
-            raise ValueError(f"activations.checkpoints: must be an int >= 0 (0 = all), got {self.checkpoints!r}")
+        check_nonnegative_int(self, "checkpoints", "activations.")  # 0: all
         if self.programs not in PROGRAM_SOURCES:
             raise ValueError(f"activations.programs: {self.programs!r} is not one of {PROGRAM_SOURCES}")
 
