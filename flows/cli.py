@@ -92,7 +92,7 @@ def main(argv=None) -> int:
 
 
 def _exit_on_signal(signum, frame):
-    from flows.pipeline import exit_now
+    from flows.stopping import exit_now
 
     exit_now(128 + signum)
 

@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from prefect import flow, get_client, get_run_logger
 
 from flows.deployment_runs import Unit, UnitRuns
-from flows.pipeline import _run_id, _termination_code, exit_now
+from flows.pipeline import _run_id
+from flows.stopping import exit_now, note_signals, termination_code
 from flows.presets import StudyConfig, load_preset
 from flows.units import checkpoint_unit_key, train_unit_key
 from model.config import checkpoint_steps
@@ -102,6 +103,7 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
     dkey, tkey = dataset_key(cfg.data), train_unit_key(cfg)
     study = f"{preset}-{tkey[:8]}"
     runs = UnitRuns(ws, study, max_attempts, tags=("semprobe-fanout", f"study:{study}"))
+    unnote = note_signals()
     try:
         rec.run(preset, cfg, dkey, tkey, started, status="running")
         params = {"preset": preset, "overrides": list(overrides or []), "workspace": root}
@@ -122,7 +124,9 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         # the units keep running on their workers: submitting the study again collects them
         rec.run(preset, cfg, dkey, tkey, started, status="failed")
         finish_run(parent, "FAILED")
-        code = _termination_code(exc)
+        code = termination_code(exc)
         if code is not None:
             exit_now(code)
         raise
+    finally:
+        unnote()

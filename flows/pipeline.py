@@ -15,21 +15,18 @@ shared storage, and the sweep flow, the single writer, replays it.
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import functools
-import os
-import signal
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from tqdm.auto import tqdm
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
+from flows.stopping import exit_now, note_signals, termination_code
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
 from model.threads import PROCESS_THREADS
@@ -48,38 +45,6 @@ from tasks.training import STOP, publish_checkpoint, published_checkpoints, trai
 from tasks.workspace import Workspace
 
 POLL_S = 1.0
-
-
-def exit_now(code: int) -> None:
-    """Leave the process at once, without waiting for task threads still in flight (evaluations,
-    probe grids): their artifacts are written atomically, so an unfinished one simply does not
-    exist yet, and training has already checkpointed. atexit handlers still run: they stop
-    Prefect's temporary server, which would otherwise be left behind; any child process still
-    there after them (a server whose hook was not yet registered) is sent SIGTERM."""
-    atexit._run_exitfuncs()
-    _stop_children()
-    os._exit(code)
-
-
-def _stop_children() -> None:
-    """SIGTERM this process's child processes: Prefect's temporary server when a signal came
-    before its exit hook was registered (seen when SIGTERM lands early in a run). Linux /proc."""
-    me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == me:
-                os.kill(int(stat.parent.name), signal.SIGTERM)
-        except (OSError, ValueError, IndexError):
-            continue
-
-
-def _termination_code(exc: BaseException) -> int | None:
-    """Exit code for a SIGTERM (Prefect's TerminationSignal) or Ctrl-C; None for other errors."""
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
-    signum = getattr(exc, "signal", None)
-    return 128 + int(signum) if type(exc).__name__ == "TerminationSignal" and signum else None
 
 
 def _wait_ended(future) -> None:
@@ -277,6 +242,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         return sum(k in recorded for k in grids)
 
     STOP.clear()
+    unnote = note_signals()
     try:
         ds = generate_dataset(root, cfg.data)
         rec.dataset(ds, cfg.data)
@@ -351,10 +317,11 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         log.info("finished in %.0fs", time.perf_counter() - t0)
         return {**out, "seconds": time.perf_counter() - t0}
     except BaseException as exc:
-        # SIGTERM (Prefect raises it here as TerminationSignal), Ctrl-C or a failed stage: training
+        # SIGTERM (Prefect raises TerminationSignal; code it lands in may raise another: flows.stopping),
+        # Ctrl-C or a failed stage: training
         # checkpoints at its next step and stops, so a rerun resumes from there, not from scratch.
         STOP.set()
-        code = _termination_code(exc)
+        code = termination_code(exc)
         if training is not None:
             training.wait(timeout=120)
         if code is None:
@@ -374,3 +341,5 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             # Prefect's task runner would otherwise wait for every task in flight to finish
             exit_now(code)
         raise
+    finally:
+        unnote()

@@ -20,7 +20,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import _result, _run_id, _termination_code, exit_now, republish_missing
+from flows.pipeline import _result, _run_id, republish_missing
+from flows.stopping import exit_now, note_signals, termination_code
 from flows.presets import StudyConfig, load_preset
 from model.config import checkpoint_steps
 from tasks import record
@@ -64,7 +65,7 @@ def checkpoint_unit_key(cfg: StudyConfig, step: int) -> str:
 def _failed(rec: record.Journal, kind: str, root: str, exc: BaseException) -> None:
     rec.unit(kind, "failed", {"error": repr(exc)[:500]})
     rec.write(root)
-    code = _termination_code(exc)
+    code = termination_code(exc)
     if code is not None:  # SIGTERM or Ctrl-C: leave without waiting for task threads
         exit_now(code)
 
@@ -78,6 +79,7 @@ def train_model(preset: str = "smoke", overrides: list[str] | None = None, works
     rec = record.Journal(_run_id())
     training = None
     STOP.clear()
+    unnote = note_signals()
     try:
         ds = generate_dataset(root, cfg.data)
         rec.dataset(ds, cfg.data)
@@ -97,6 +99,8 @@ def train_model(preset: str = "smoke", overrides: list[str] | None = None, works
             training.wait(timeout=120)
         _failed(rec, "train", root, exc)
         raise
+    finally:
+        unnote()
 
 
 @flow(name="semprobe-checkpoint", task_runner=ThreadPoolTaskRunner(max_workers=3))
@@ -109,6 +113,7 @@ def probe_checkpoint(preset: str = "smoke", overrides: list[str] | None = None, 
     if step not in checkpoint_steps(cfg.train):
         raise ValueError(f"step {step} is not a checkpoint of this config: {checkpoint_steps(cfg.train)}")
     rec = record.Journal(_run_id())
+    unnote = note_signals()
     try:
         tkey = train_unit_key(cfg)
         ckpt = published_checkpoint(root, tkey, step)
@@ -133,3 +138,5 @@ def probe_checkpoint(preset: str = "smoke", overrides: list[str] | None = None, 
     except BaseException as exc:
         _failed(rec, "checkpoint", root, exc)
         raise
+    finally:
+        unnote()

@@ -1,0 +1,90 @@
+"""How a flow stops on SIGTERM (a scheduler ending a job) or Ctrl-C: it tells a stop from a failed
+stage, records what finished and leaves at once, with the signal's exit code.
+
+A stop is known by the signal, not by the exception it raises: Prefect turns SIGTERM into a
+``TerminationSignal`` raised wherever the flow's thread is, and code running there may catch it
+and raise another. DuckDB does: a SIGTERM during a write came out of ``execute`` as
+``RuntimeError('Query interrupted')``, so the flow took the stop for a failed stage, waited for
+the evaluations and grids in flight (minutes) and left with exit code 1, after the scheduler had
+given up on it. ``note_signals`` notes each signal before the handler in place acts on it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+from pathlib import Path
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_received: list[int] = []  # the stop signals received during the running flow, in order
+
+
+def note_signals():
+    """From now on each SIGTERM or SIGINT is noted (``termination_code``) and then handled as
+    before (Prefect's bridge raises ``TerminationSignal``; Python's default, ``KeyboardInterrupt``).
+    A flow calls it first thing and the returned function as it ends, which puts the handlers
+    back. Outside the main thread no handler can be set: only the exception's type tells a stop."""
+    _received.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+    def note(signum, frame):
+        _received.append(signum)
+        _handle(previous[signum], signum, frame)
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, note)
+
+    def restore() -> None:
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is note:  # one set since (a nested flow's) is left alone
+                signal.signal(s, previous[s])
+
+    return restore
+
+
+def _handle(handler, signum: int, frame) -> None:
+    """What ``handler`` (a ``signal.getsignal`` value) would have done with the signal."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:  # the default action (end the process): as if never caught
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def termination_code(exc: BaseException) -> int | None:
+    """The exit code of a flow stopped by SIGTERM or Ctrl-C (128 + the signal), whatever ``exc``
+    the stop came out as; None when ``exc`` is a failure of its own."""
+    if _received:
+        return 128 + int(_received[0])
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    signum = getattr(exc, "signal", None)
+    return 128 + int(signum) if type(exc).__name__ == "TerminationSignal" and signum else None
+
+
+def exit_now(code: int) -> None:
+    """Leave the process at once, without waiting for task threads still in flight (evaluations,
+    probe grids): their artifacts are written atomically, so an unfinished one simply does not
+    exist yet, and training has already checkpointed. atexit handlers still run: they stop
+    Prefect's temporary server, which would otherwise be left behind; any child process still
+    there after them (a server whose hook was not yet registered) is sent SIGTERM."""
+    atexit._run_exitfuncs()
+    _stop_children()
+    os._exit(code)
+
+
+def _stop_children() -> None:
+    """SIGTERM this process's child processes: Prefect's temporary server when a signal came
+    before its exit hook was registered (seen when SIGTERM lands early in a run). Linux /proc."""
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == me:
+                os.kill(int(stat.parent.name), signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            continue
