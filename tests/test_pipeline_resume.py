@@ -31,7 +31,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     flow_log = tmp_path.parent / f"{tmp_path.name}-flow.log"
     with open(flow_log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                env=temporary_server_env())
+                                env={**temporary_server_env(), "PYTHONFAULTHANDLER": "1"})
     work = tmp_path / "work" / "train"
     store = Workspace.at(tmp_path).store
     db = tmp_path / "results.duckdb"
@@ -60,7 +60,13 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
             db, "SELECT 1 FROM checkpoint_metrics LIMIT 1").empty, 60)
         assert proc.poll() is None, "training finished before it could be interrupted; make it longer"
         os.kill(proc.pid, signal.SIGTERM)  # as a scheduler stops a job
-        assert proc.wait(timeout=60) != 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # where it hangs: faulthandler writes every thread's stack on SIGABRT
+            os.kill(proc.pid, signal.SIGABRT)
+            proc.wait(timeout=30)
+            raise AssertionError(f"the run did not exit within 60 s of SIGTERM:\n{flow_log.read_text()[-12000:]}")
+        assert code != 0
         # Prefect's temporary server (uvicorn) is stopped at exit but may take a few seconds to go.
         leftovers = "?"
         for _ in range(30):
