@@ -318,8 +318,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         return {**out, "seconds": time.perf_counter() - t0}
     except BaseException as exc:
         # SIGTERM (Prefect raises TerminationSignal; code it lands in may raise another: flows.stopping),
-        # Ctrl-C or a failed stage: training
-        # checkpoints at its next step and stops, so a rerun resumes from there, not from scratch.
+        # Ctrl-C or a failed stage: training checkpoints at its next step and stops, so a rerun
+        # resumes from there, not from scratch.
         STOP.set()
         code = termination_code(exc)
         if training is not None:
