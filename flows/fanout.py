@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from prefect import flow, get_client, get_run_logger
 
 from flows.deployment_runs import Unit, UnitRuns
-from flows.pipeline import _run_id
-from flows.stopping import exit_now, note_signals, termination_code
+from flows.pipeline import _logged, _run_id
+from flows.stopping import exit_now, note_signals, stop_if_signalled, termination_code
 from flows.presets import StudyConfig, load_preset
 from flows.units import checkpoint_unit_key, train_unit_key
 from model.config import checkpoint_steps
@@ -83,6 +83,7 @@ def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recor
                     and all(u.state == "finished" for u in ckpts.values()):
                 return grids
             time.sleep(poll_s)
+            stop_if_signalled()
 
 
 @flow(name="semprobe-fanout")
@@ -121,9 +122,12 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
                 "report": report["html"], "mlflow_run": parent, "units": [u.summary() for u in runs.units],
                 "seconds": round(time.perf_counter() - t0, 1)}
     except BaseException as exc:
-        # the units keep running on their workers: submitting the study again collects them
-        rec.run(preset, cfg, dkey, tkey, started, status="failed")
-        finish_run(parent, "FAILED")
+        # the units keep running on their workers: submitting the study again collects them. A
+        # recording error (a held results file) is logged: it must not hide what stopped the run
+        log = get_run_logger()
+        _logged(log, f"mark run {run_id} failed in the results",
+                lambda: rec.run(preset, cfg, dkey, tkey, started, status="failed"))
+        _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
         code = termination_code(exc)
         if code is not None:
             exit_now(code)

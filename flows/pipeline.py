@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
-from flows.stopping import exit_now, note_signals, termination_code
+from flows.stopping import exit_now, note_signals, stop_if_signalled, termination_code
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
 from model.threads import PROCESS_THREADS
@@ -55,7 +55,8 @@ def _wait_ended(future) -> None:
 
 
 def _result(future):
-    """A task future's result, once it has ended (``_wait_ended``)."""
+    """A task future's result, once it has ended (``_wait_ended``); a noted stop raises first."""
+    stop_if_signalled()
     _wait_ended(future)
     return future.result()
 
@@ -105,7 +106,9 @@ def _logged(log, what: str, action) -> None:
 
 def _pause(futures) -> None:
     """Until one of ``futures`` (those still running) ends, or POLL_S at most; none: no wait. A
-    poll does not sleep a whole second while finished work waits."""
+    poll does not sleep a whole second while finished work waits. A noted stop raises
+    (``stop_if_signalled``)."""
+    stop_if_signalled()
     threads = [_thread_future(f) for f in futures]
     if not threads:
         return

@@ -6,7 +6,10 @@ A stop is known by the signal, not by the exception it raises: Prefect turns SIG
 and raise another. DuckDB does: a SIGTERM during a write came out of ``execute`` as
 ``RuntimeError('Query interrupted')``, so the flow took the stop for a failed stage, waited for
 the evaluations and grids in flight (minutes) and left with exit code 1, after the scheduler had
-given up on it. ``note_signals`` notes each signal before the handler in place acts on it.
+given up on it. Worse, DuckDB may drop the exception and finish the query (about one SIGTERM in
+ten during a query of seconds, here): the stop was lost, and the run went on until the scheduler
+killed it. ``note_signals`` notes each signal before the handler in place acts on it, and a flow's
+waits call ``stop_if_signalled``, which raises for a noted stop that did not reach the flow.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ def note_signals():
                 signal.signal(s, previous[s])
 
     return restore
+
+
+class Stopped(BaseException):
+    """A noted stop signal whose own exception was caught on its way (``stop_if_signalled``)."""
+
+    def __init__(self, signum: int):
+        self.signal = signum
+        super().__init__(f"stopped by signal {signum} ({signal.Signals(signum).name})")
+
+
+def stop_if_signalled() -> None:
+    """Raise ``Stopped`` if a stop signal was noted: the flow's polls call it, so a stop whose
+    exception code caught and dropped (DuckDB) still stops the flow, at its next poll."""
+    if _received:
+        raise Stopped(_received[0])
 
 
 def _handle(handler, signum: int, frame) -> None:
