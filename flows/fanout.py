@@ -100,7 +100,7 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
     init_tracking(ws.root, experiment)
     parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(),
                               tags={"prefect_flow_run": run_id, "semprobe.fanout": "true"})
-    rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent)
+    rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=get_run_logger().warning)
     dkey, tkey = dataset_key(cfg.data), train_unit_key(cfg)
     study = f"{preset}-{tkey[:8]}"
     runs = UnitRuns(ws, study, max_attempts, tags=("semprobe-fanout", f"study:{study}"))
@@ -117,7 +117,7 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         rec.run(preset, cfg, dkey, tkey, started, status="finished")
         report = build_report(root, run_id, preset)
         rec.report(report)
-        finish_run(parent, "FINISHED")
+        _logged(get_run_logger(), "end the MLflow run", lambda: finish_run(parent, "FINISHED"))
         return {"run_id": run_id, "dataset": dkey, "train": tkey, "checkpoints": len(rec.checkpoint_rows()),
                 "report": report["html"], "mlflow_run": parent, "units": [u.summary() for u in runs.units],
                 "seconds": round(time.perf_counter() - t0, 1)}

@@ -198,7 +198,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         init_tracking(ws.root, experiment)
         parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(),
                                   tags={"prefect_flow_run": run_id, "torch_threads": PROCESS_THREADS})
-        rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent)
+        rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning)
     else:
         rec = record.Journal(run_id)
     training = None
@@ -313,7 +313,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         if record_results:
             report = build_report(root, run_id, preset)
             rec.report(report)
-            finish_run(parent, "FINISHED")
+            _logged(log, "end the MLflow run", lambda: finish_run(parent, "FINISHED"))  # DuckDB has the run
             out["report"] = report["html"]
         else:
             out["journal"] = str(rec.write(root))

@@ -12,6 +12,7 @@ Recorder (:func:`replay`); the rows still come from the artifacts the journal po
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import asdict
@@ -27,21 +28,39 @@ from tasks.stage_configs import MEAN_LAYER
 
 class Recorder:
     """Writes DuckDB rows and, when ``mlflow_parent`` is a run id, MLflow runs (``None``: DuckDB
-    only, e.g. when a sweep re-records a point that MLflow already holds)."""
+    only, e.g. when a sweep re-records a point that MLflow already holds).
 
-    def __init__(self, db: ResultsDB, run_id: str, mlflow_parent: str | None):
+    DuckDB is the record, MLflow the view: an MLflow write that fails is passed to ``warn`` and
+    skipped (``_mlflow``), where it stopped the run, and with it a training of hours. MLflow's
+    SQLite store refuses writes after 20 s while another process holds a transaction open on it
+    (a notebook's sqlite3 connection, a database browser), and for a run deleted in its UI."""
+
+    def __init__(self, db: ResultsDB, run_id: str, mlflow_parent: str | None, warn=None):
         self.db, self.run_id, self.parent = db, run_id, mlflow_parent
+        self._warn = warn or logging.getLogger(__name__).warning
         self._metrics: dict[int, dict] = {}
 
-    def _log(self, metrics: dict, step: int, run: str | None = None) -> None:
-        if self.parent:
-            tracking.log_metrics_by_step(run or self.parent, metrics, step)
+    def _mlflow(self, what: str, action) -> None:
+        """``action()``, the MLflow writes of ``what``, where the run has an MLflow parent; an
+        error is warned about, not raised (see the class)."""
+        if not self.parent:
+            return
+        try:
+            action()
+        except Exception as e:
+            self._warn("MLflow did not take %s (DuckDB has it): %s", what, e)
+
+    def _log(self, metrics: dict, step: int) -> None:
+        self._mlflow(f"the run's metrics at step {step}",
+                     lambda: tracking.log_metrics_by_step(self.parent, metrics, step))
 
     def _child(self, name: str, params: dict, metrics: dict, step: int) -> None:
-        if self.parent:
+        def write():
             child = tracking.nested_run(self.parent, name, params)
             tracking.log_metrics_by_step(child, metrics, step)
             tracking.finish_run(child)
+
+        self._mlflow(f"its child run {name}", write)
 
     def _remember(self, ckpt: dict, ev: dict) -> None:
         step = int(ckpt["step"])
@@ -129,8 +148,7 @@ class Recorder:
         records its own ``runs`` row; the :class:`Journal` keeps it as the unit's status."""
 
     def report(self, out: dict) -> None:
-        if self.parent:
-            tracking.log_artifact(self.parent, out["folder"], "report")
+        self._mlflow("the report", lambda: tracking.log_artifact(self.parent, out["folder"], "report"))
         try:
             from prefect.artifacts import create_link_artifact, create_table_artifact
 
@@ -139,7 +157,7 @@ class Recorder:
             create_link_artifact(key="semprobe-report", link=Path(out["html"]).as_uri(),
                                  description="Figures and the full report (self-contained HTML)")
         except Exception as e:  # the Prefect artifacts are a convenience: never lose the run for them
-            print(f"warning: could not create Prefect artifacts: {e}")
+            self._warn("could not create Prefect artifacts: %s", e)
 
 
 class Journal(Recorder):

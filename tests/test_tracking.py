@@ -148,3 +148,26 @@ def test_flatten_params_limits():
     assert all(len(k) <= 250 for k in out)
     assert out["a.b"] == '[1, {"c": 2}]'
     assert out["x/y z"] == "None"
+
+
+def test_a_refused_mlflow_write_is_warned_about_and_duckdb_still_records(ws, tmp_path):
+    """MLflow is the view, DuckDB the record: the parent run deleted in MLflow's UI mid-run made
+    every later MLflow write raise, and the pipeline's recording with it (training stopped)."""
+    from tasks.record import Recorder
+    from tasks.results import ResultsDB
+
+    w, uri = ws
+    parent = T.start_parent_run("smoke", "deleted-mid-run", {"a": 1})
+    warnings: list[str] = []
+    rec = Recorder(ResultsDB(tmp_path / "results.duckdb"), "run-1", parent,
+                   warn=lambda msg, *args: warnings.append(msg % args))
+    ckpt = {"key": "ck-s100", "train_key": "tk", "step": 100, "tokens_seen": 6400, "path": "/x"}
+    ev = {"stage": "evaluate", "key": "ev-1", "status": "computed", "seconds": 1.0, "metrics": {"acc": 0.5}}
+    rec.checkpoint(ckpt, ev)  # MLflow takes it
+    assert warnings == []
+    mlflow.MlflowClient(uri).delete_run(parent)
+    rec.checkpoint({**ckpt, "key": "ck-s200", "step": 200}, {**ev, "key": "ev-2", "metrics": {"acc": 0.7}})
+    # a child run under the deleted parent MLflow still creates
+    assert len(warnings) == 1 and "MLflow did not take the run's metrics at step 200" in warnings[0], warnings
+    rows = rec.db.query("SELECT step, value FROM checkpoint_metrics ORDER BY step")
+    assert rows.values.tolist() == [[100, 0.5], [200, 0.7]]
