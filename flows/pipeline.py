@@ -37,7 +37,7 @@ from tasks.evaluation import evaluate
 from tasks.phases import phase_metrics
 from tasks.probing import train_probes
 from tasks.report import build_report
-from tasks.results import DatabaseLockedError, ResultsDB
+from tasks.results import DatabaseLockedError, ResultsDB, retried_while_locked
 from tasks.probe_config import probe_config_at
 from tasks.stage_configs import current_offset
 from tasks.tracking import finish_run, init_tracking, start_parent_run
@@ -45,6 +45,10 @@ from tasks.training import STOP, publish_checkpoint, published_checkpoints, trai
 from tasks.workspace import Workspace
 
 POLL_S = 1.0
+# How long a finished run's last writes wait for another process to let the results file go (a
+# notebook's open connection), warning every half minute; then it fails as before, and a rerun
+# records it from the cached stages.
+RESULTS_WAIT_S = 1800.0
 
 
 def _wait_ended(future) -> None:
@@ -244,6 +248,12 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             log.warning("%s; %s", e, "not recorded" if best_effort else "recording it at the next poll")
         return sum(k in recorded for k in grids)
 
+    def until_recorded(write):
+        """``write()``, one of a finished run's last writes, waiting for a held results file."""
+        return retried_while_locked(write, RESULTS_WAIT_S, lambda e, left: log.warning(
+            "the run has finished, and the results file %s is held by another process (%s): it waits for the "
+            "file to record its results, %.0f minutes more at most", e.path, e.holder or "unknown", left / 60))
+
     STOP.clear()
     unnote = note_signals()
     try:
@@ -297,7 +307,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         with tqdm(total=len(grids), desc="probe grids", unit="grid", disable=not progress) as bar:
             while True:
                 done = all(_ended(f) for f in waiting)  # before recording: none ends unrecorded
-                bar.update(record_finished(final=done) - bar.n)
+                bar.update((until_recorded(lambda: record_finished(final=True)) if done else record_finished()) - bar.n)
                 for f in waiting:
                     if _ended(f) and not f.state.is_completed():
                         f.result()  # a failed evaluation or grid raises here, without waiting for the rest
@@ -307,8 +317,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         probe_outs = [grids[k].result() for k in sorted(grids)]
 
         phases = phase_metrics(root, cfg.probe, probe_outs, rec.checkpoint_rows(), current)
-        rec.phases(phases, tkey)
-        rec.run(preset, cfg, ds["key"], tkey, started, status="finished")
+        until_recorded(lambda: rec.phases(phases, tkey))
+        until_recorded(lambda: rec.run(preset, cfg, ds["key"], tkey, started, status="finished"))
         out = {"run_id": run_id, "dataset": ds["key"], "train": tkey, "checkpoints": len(per_ckpt)}
         if record_results:
             report = build_report(root, run_id, preset)

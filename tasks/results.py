@@ -65,6 +65,24 @@ class ReadOnlyViolation(PermissionError):
     """A write statement was sent through a read-only connection."""
 
 
+def retried_while_locked(action, wait_s: float, warn, retry_s: float = 30.0):
+    """``action()`` (writes to a results file), tried again every ``retry_s`` while it raises
+    :class:`DatabaseLockedError`, for up to ``wait_s`` in all, then the error is raised. Each
+    wait is passed to ``warn`` as ``(error, seconds left)``: where a run of hours has finished, it
+    waits for a reader that holds the file (a notebook's open connection), saying so, instead of
+    failing at its last write."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return action()
+        except DatabaseLockedError as e:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            warn(e, left)
+            time.sleep(min(retry_s, left))
+
+
 def _is_lock_error(e: Exception) -> bool:
     s = str(e)
     return "Could not set lock" in s or "Conflicting lock" in s

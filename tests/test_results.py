@@ -392,3 +392,21 @@ def test_schema_8_phases_are_keyed_by_training_run_too(tmp_path):
     db.upsert("phases", [dict(phases_key="", train_key="tk2", phase="syntax", start_step=7)])
     got = db.query("SELECT phases_key, train_key, start_step FROM phases ORDER BY ALL")
     assert got.values.tolist() == [["", "tk", 5], ["", "tk2", 7], ["ph", "tk", 4]]
+
+
+def test_a_write_waits_for_a_held_file_saying_so(db, holder):
+    """The end of a finished run waits for a reader to let the file go (``retried_while_locked``)."""
+    import threading
+    from tasks.results import retried_while_locked
+
+    db.lock_timeout = 0.2
+    waits: list[tuple] = []
+    row = [dict(key="c", train_key="t", step=1, tokens_seen=1, path="p")]
+    with pytest.raises(DatabaseLockedError):  # still held when the wait is over: the error, as before
+        retried_while_locked(lambda: db.upsert("checkpoints", row), 0.5, lambda e, left: waits.append(left), 0.1)
+    assert waits and all(0 < left <= 0.5 for left in waits)
+    waits.clear()
+    threading.Timer(1.0, holder.stdin.close).start()
+    retried_while_locked(lambda: db.upsert("checkpoints", row), 60, lambda e, left: waits.append((e.pid, left)), 0.1)
+    assert db.count("checkpoints") == 1
+    assert waits and waits[0][0] == holder.pid and waits[0][1] > 50, waits
