@@ -22,31 +22,53 @@ from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _received: list[int] = []  # the stop signals received during the running flow, in order
+_quiet = threading.Event()  # set by ``stopping``: a signal is only noted
 
 
 def note_signals():
     """From now on each SIGTERM or SIGINT is noted (``termination_code``) and then handled as
     before (Prefect's bridge raises ``TerminationSignal``; Python's default, ``KeyboardInterrupt``).
     A flow calls it first thing and the returned function as it ends, which puts the handlers
-    back. Outside the main thread no handler can be set: only the exception's type tells a stop."""
-    _received.clear()
+    back. Outside the main thread no handler can be set: only the exception's type tells a stop.
+    A signal the process ignores (SIGINT in a job a script started with ``&``) stays ignored.
+
+    Prefect's cancellation handshake (a deployed run cancelled in the UI) looks for its own
+    handler and, finding this one, falls back to the runner's SIGTERM: the flow stops the same."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
+    _received.clear()
+    _quiet.clear()
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
     def note(signum, frame):
         _received.append(signum)
-        _handle(previous[signum], signum, frame)
+        if not _quiet.is_set():
+            _handle(previous[signum], signum, frame)
 
-    for s in STOP_SIGNALS:
+    noted = [s for s in STOP_SIGNALS if previous[s] not in (signal.SIG_IGN, None)]
+    for s in noted:
         signal.signal(s, note)
 
     def restore() -> None:
-        for s in STOP_SIGNALS:
+        for s in noted:
             if signal.getsignal(s) is note:  # one set since (a nested flow's) is left alone
                 signal.signal(s, previous[s])
+        _received.clear()
+        _quiet.clear()
 
     return restore
+
+
+def stopping() -> None:
+    """The flow's stop path has begun (a signal, or a failed stage): from now on a signal is only
+    noted, so a second SIGTERM or Ctrl-C cannot break off the recording of what finished. The stop
+    path asks ``stop_noted`` where it would wait, and ``termination_code`` at its end."""
+    _quiet.set()
+
+
+def stop_noted() -> bool:
+    """Whether a stop signal was noted during the running flow."""
+    return bool(_received)
 
 
 class Stopped(BaseException):

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import _result, _run_id, republish_missing
-from flows.stopping import exit_now, note_signals, termination_code
+from flows.stopping import exit_now, note_signals, stopping, termination_code
 from flows.presets import StudyConfig, load_preset
 from model.config import checkpoint_steps
 from tasks import record
@@ -63,6 +63,7 @@ def checkpoint_unit_key(cfg: StudyConfig, step: int) -> str:
 
 
 def _failed(rec: record.Journal, kind: str, root: str, exc: BaseException) -> None:
+    stopping()  # a second signal is only noted: the journal is written
     rec.unit(kind, "failed", {"error": repr(exc)[:500]})
     rec.write(root)
     code = termination_code(exc)
@@ -94,6 +95,7 @@ def train_model(preset: str = "smoke", overrides: list[str] | None = None, works
         get_run_logger().info("trained %s (%s)", trained["key"], trained["status"])
         return {"run_id": rec.run_id, "train": trained["key"], "journal": str(rec.write(root))}
     except BaseException as exc:
+        stopping()
         STOP.set()  # training checkpoints and stops: a resubmitted unit resumes from there
         if training is not None:
             training.wait(timeout=120)

@@ -66,7 +66,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
             os.kill(proc.pid, signal.SIGABRT)
             proc.wait(timeout=30)
             raise AssertionError(f"the run did not exit within 60 s of SIGTERM:\n{flow_log.read_text()[-12000:]}")
-        assert code != 0
+        assert code == 128 + signal.SIGTERM, code  # stopped, not failed: 1 is a failed stage's code
         # Prefect's temporary server (uvicorn) is stopped at exit but may take a few seconds to go.
         leftovers = "?"
         for _ in range(30):

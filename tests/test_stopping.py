@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent("""
     def send():
         sent.append(time.monotonic())
         os.kill(os.getpid(), signum)
+    sigint = signal.getsignal(signal.SIGINT)
     with capture_sigterm():
         bridge = signal.getsignal(signal.SIGTERM)
         unnote = note_signals() if noted else (lambda: None)
@@ -56,7 +57,7 @@ SCRIPT = textwrap.dedent("""
             out.update(raised=type(exc).__name__, code=termination_code(exc))
         finally:
             unnote()
-        out["handlers_back"] = signal.getsignal(signal.SIGTERM) is bridge
+        out["handlers_back"] = signal.getsignal(signal.SIGTERM) is bridge and signal.getsignal(signal.SIGINT) is sigint
     print(json.dumps(out))
 """)
 
@@ -84,3 +85,38 @@ def test_without_the_note_the_stop_looks_like_a_failure_or_is_lost():
     out = _stopped(signal.SIGTERM, noted=False, where="duckdb")
     assert out["raised"] in ("RuntimeError", None), f"DuckDB no longer hides the signal's exception: {out}"
     assert out.get("code") is None, out
+
+
+# The stop path and an ignored signal, in a process of their own too.
+PHASES = textwrap.dedent("""
+    import json, os, signal, time
+    from prefect.utilities.engine import capture_sigterm
+    from flows.stopping import note_signals, stop_if_signalled, stop_noted, stopping, termination_code
+
+    out = {}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell gives a job it starts with `&`
+    with capture_sigterm():
+        bridge = signal.getsignal(signal.SIGTERM)
+        unnote = note_signals()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        stop_if_signalled()  # an ignored signal is no stop
+        out["ignored_is_no_stop"] = not stop_noted()
+        stopping()  # the stop path has begun: a signal is only noted
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        out["second_signal_noted"] = stop_noted() and termination_code(RuntimeError("a failed stage")) == 143
+        unnote()
+        out["handlers_back"] = (signal.getsignal(signal.SIGTERM) is bridge
+                                and signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        out["note_cleared"] = not stop_noted()
+    print(json.dumps(out))
+""")
+
+
+def test_an_ignored_signal_is_no_stop_and_the_stop_path_only_notes_a_second_one():
+    proc = subprocess.run([sys.executable, "-c", PHASES], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"ignored_is_no_stop": True, "second_signal_noted": True, "handlers_back": True,
+                   "note_cleared": True}, out
