@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from prefect import flow, get_client, get_run_logger
 
 from flows.deployment_runs import Unit, UnitRuns
-from flows.pipeline import _logged, _run_id
-from flows.stopping import exit_now, note_signals, stop_if_signalled, termination_code
+from flows.pipeline import _logged, _run_id, until_recorded
+from flows.stopping import exit_now, note_signals, stop_if_signalled, stopping, termination_code
 from flows.presets import StudyConfig, load_preset
 from flows.units import checkpoint_unit_key, train_unit_key
 from model.config import checkpoint_steps
@@ -105,6 +105,7 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
     study = f"{preset}-{tkey[:8]}"
     runs = UnitRuns(ws, study, max_attempts, tags=("semprobe-fanout", f"study:{study}"))
     unnote = note_signals()
+    finished = False
     try:
         rec.run(preset, cfg, dkey, tkey, started, status="running")
         params = {"preset": preset, "overrides": list(overrides or []), "workspace": root}
@@ -113,20 +114,24 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         grids.sort(key=lambda g: (g["meta"]["step"], order[g["meta"]["semantics"]]))  # as the pipeline
         phases = phase_metrics(root, cfg.probe, grids, rec.checkpoint_rows(),
                                current_offset(cfg.activations.programs))
-        rec.phases(phases, tkey)
-        rec.run(preset, cfg, dkey, tkey, started, status="finished")
-        report = build_report(root, run_id, preset)
+        log = get_run_logger()
+        until_recorded(log, lambda: rec.phases(phases, tkey))
+        until_recorded(log, lambda: rec.run(preset, cfg, dkey, tkey, started, status="finished"))
+        finished = True  # nothing after this marks the run failed
+        report = until_recorded(log, lambda: build_report(root, run_id, preset))
         rec.report(report)
-        _logged(get_run_logger(), "end the MLflow run", lambda: finish_run(parent, "FINISHED"))
+        _logged(log, "end the MLflow run", lambda: finish_run(parent, "FINISHED"))
         return {"run_id": run_id, "dataset": dkey, "train": tkey, "checkpoints": len(rec.checkpoint_rows()),
                 "report": report["html"], "mlflow_run": parent, "units": [u.summary() for u in runs.units],
                 "seconds": round(time.perf_counter() - t0, 1)}
     except BaseException as exc:
         # the units keep running on their workers: submitting the study again collects them. A
         # recording error (a held results file) is logged: it must not hide what stopped the run
+        stopping()
         log = get_run_logger()
-        _logged(log, f"mark run {run_id} failed in the results",
-                lambda: rec.run(preset, cfg, dkey, tkey, started, status="failed"))
+        if not finished:
+            _logged(log, f"mark run {run_id} failed in the results",
+                    lambda: rec.run(preset, cfg, dkey, tkey, started, status="failed"))
         _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
         code = termination_code(exc)
         if code is not None:

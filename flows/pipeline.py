@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
-from flows.stopping import exit_now, note_signals, stop_if_signalled, termination_code
+from flows.stopping import exit_now, note_signals, stop_if_signalled, stop_noted, stopping, termination_code
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
 from model.threads import PROCESS_THREADS
@@ -92,12 +92,22 @@ def _running(futures) -> list:
 
 
 def _finish(futures) -> None:
-    """Wait until each of ``futures`` has ended (``_wait_ended``)."""
+    """Wait until each of ``futures`` has ended, or a stop signal is noted (the stop path's
+    waits: ``flows.stopping.stopping``)."""
     for future in futures:
         try:
-            _wait_ended(future)
+            while not stop_noted() and not _ended(future):
+                future.wait(timeout=POLL_S)
         except Exception:  # its engine crashed: it has ended, with nothing to record
             pass
+
+
+def until_recorded(log, write):
+    """``write()``, one of a finished run's last writes to the results file, waiting up to
+    RESULTS_WAIT_S for another process to let the file go (``retried_while_locked``)."""
+    return retried_while_locked(write, RESULTS_WAIT_S, lambda e, left: log.warning(
+        "the run has finished, and the results file %s is held by another process (%s): it waits for the "
+        "file to record its results, %.0f minutes more at most", e.path, e.holder or "unknown", left / 60))
 
 
 def _logged(log, what: str, action) -> None:
@@ -206,6 +216,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     else:
         rec = record.Journal(run_id)
     training = None
+    finished = False
     ds, tkey = {}, None
     per_ckpt: dict[str, tuple] = {}  # checkpoint key -> (checkpoint, evaluation, activations or None)
     grids: dict = {}  # (step, semantics index) -> probe grid future
@@ -247,12 +258,6 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                 raise
             log.warning("%s; %s", e, "not recorded" if best_effort else "recording it at the next poll")
         return sum(k in recorded for k in grids)
-
-    def until_recorded(write):
-        """``write()``, one of a finished run's last writes, waiting for a held results file."""
-        return retried_while_locked(write, RESULTS_WAIT_S, lambda e, left: log.warning(
-            "the run has finished, and the results file %s is held by another process (%s): it waits for the "
-            "file to record its results, %.0f minutes more at most", e.path, e.holder or "unknown", left / 60))
 
     STOP.clear()
     unnote = note_signals()
@@ -307,21 +312,23 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         with tqdm(total=len(grids), desc="probe grids", unit="grid", disable=not progress) as bar:
             while True:
                 done = all(_ended(f) for f in waiting)  # before recording: none ends unrecorded
-                bar.update((until_recorded(lambda: record_finished(final=True)) if done else record_finished()) - bar.n)
                 for f in waiting:
                     if _ended(f) and not f.state.is_completed():
                         f.result()  # a failed evaluation or grid raises here, without waiting for the rest
+                final = lambda: record_finished(final=True)  # noqa: E731
+                bar.update((until_recorded(log, final) if done else record_finished()) - bar.n)
                 if done:
                     break
                 _pause([f for f in waiting if not _ended(f)])
         probe_outs = [grids[k].result() for k in sorted(grids)]
 
         phases = phase_metrics(root, cfg.probe, probe_outs, rec.checkpoint_rows(), current)
-        until_recorded(lambda: rec.phases(phases, tkey))
-        until_recorded(lambda: rec.run(preset, cfg, ds["key"], tkey, started, status="finished"))
+        until_recorded(log, lambda: rec.phases(phases, tkey))
+        until_recorded(log, lambda: rec.run(preset, cfg, ds["key"], tkey, started, status="finished"))
+        finished = True  # the run's numbers are all recorded: nothing after this marks it failed
         out = {"run_id": run_id, "dataset": ds["key"], "train": tkey, "checkpoints": len(per_ckpt)}
         if record_results:
-            report = build_report(root, run_id, preset)
+            report = until_recorded(log, lambda: build_report(root, run_id, preset))
             rec.report(report)
             _logged(log, "end the MLflow run", lambda: finish_run(parent, "FINISHED"))  # DuckDB has the run
             out["report"] = report["html"]
@@ -332,24 +339,26 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     except BaseException as exc:
         # SIGTERM (Prefect raises TerminationSignal; code it lands in may raise another: flows.stopping),
         # Ctrl-C or a failed stage: training checkpoints at its next step and stops, so a rerun
-        # resumes from there, not from scratch.
+        # resumes from there, not from scratch. A second signal from here on is only noted.
+        stopping()
         STOP.set()
-        code = termination_code(exc)
         if training is not None:
             training.wait(timeout=120)
-        if code is None:
+        if termination_code(exc) is None:
             # a failed stage: the tasks already running finish before the flow exits all the same
             # (Prefect's task runner waits for them; queued ones are cancelled), so what they
             # compute is recorded too, not left in the artifact store alone
             _finish(_running(submitted()))
         # what finished before the stop; a recording error must not hide the one that stopped the run
         _logged(log, "record the finished evaluations and grids", lambda: record_finished(best_effort=True))
-        _logged(log, f"mark run {run_id} failed in the results",
-                lambda: rec.run(preset, cfg, ds.get("key"), tkey, started, status="failed"))
+        if not finished:
+            _logged(log, f"mark run {run_id} failed in the results",
+                    lambda: rec.run(preset, cfg, ds.get("key"), tkey, started, status="failed"))
         if record_results:
             _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
         else:
             _logged(log, "write the run's journal", lambda: rec.write(root))
+        code = termination_code(exc)  # a signal during the stop path counts too
         if code is not None:
             # Prefect's task runner would otherwise wait for every task in flight to finish
             exit_now(code)

@@ -45,7 +45,8 @@ import yaml
 from prefect import flow, get_run_logger
 
 from flows.deployment_runs import Unit, UnitRuns, journal_if_complete
-from flows.pipeline import pipeline
+from flows.pipeline import _logged, pipeline
+from flows.stopping import exit_now, note_signals, stop_if_signalled, stopping, termination_code
 from flows.presets import PRESETS, load_preset
 from tasks import record, tracking
 from tasks.cachekey import cache_key
@@ -223,6 +224,7 @@ def _run_deployments(spec: SweepSpec, ws: Workspace, rec: SweepRecorder, deploym
                 log.info("point %s finished (flow run %s on %s)", p.label, u.flow_run, u.journal.where.get("worker"))
             if any(u.state == "submitted" for u in units):
                 time.sleep(poll_s)
+                stop_if_signalled()
     return [{"point": u.label, "key": u.key, "attempt": u.attempt, "flow_runs": u.flow_runs, "state": u.state,
              "flow_run": u.flow_run, **({"detail": u.detail} if u.detail else {}), **status.get(u.key, {})}
             for u in units]
@@ -267,10 +269,21 @@ def sweep(spec: dict, workspace: str | None = None, mode: str = "deployment", de
 
     t0 = time.perf_counter()
     rec = SweepRecorder(ws, s, str(flow_run.id))
-    if mode == "deployment":
-        points = _run_deployments(s, ws, rec, deployment, max_attempts, poll_s)
-    else:
-        points = _run_local(s, ws, rec)
+    unnote = note_signals()
+    try:
+        if mode == "deployment":
+            points = _run_deployments(s, ws, rec, deployment, max_attempts, poll_s)
+        else:
+            points = _run_local(s, ws, rec)
+    except BaseException as exc:  # a stop (SIGTERM, Ctrl-C) leaves with its code; the points go on on their workers
+        stopping()
+        _logged(get_run_logger(), "end the sweep's MLflow run", lambda: rec.finish(False))
+        code = termination_code(exc)
+        if code is not None:
+            exit_now(code)
+        raise
+    finally:
+        unnote()
     ok = all(p["state"] == "finished" for p in points)
     rec.finish(ok)
     out = {"sweep": s.name, "key": s.key, "mlflow_run": rec.parent, "ok": ok, "points": points,
