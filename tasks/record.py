@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,9 @@ from tasks.results import ResultsDB
 from tasks.stage_configs import MEAN_LAYER
 
 
+MLFLOW_PAUSE_S = 300.0  # after a refused MLflow write, how long its writes are skipped
+
+
 class Recorder:
     """Writes DuckDB rows and, when ``mlflow_parent`` is a run id, MLflow runs (``None``: DuckDB
     only, e.g. when a sweep re-records a point that MLflow already holds).
@@ -33,22 +37,35 @@ class Recorder:
     DuckDB is the record, MLflow the view: an MLflow write that fails is passed to ``warn`` and
     skipped (``_mlflow``), where it stopped the run, and with it a training of hours. MLflow's
     SQLite store refuses writes after 20 s while another process holds a transaction open on it
-    (a notebook's sqlite3 connection, a database browser), and for a run deleted in its UI."""
+    (a notebook's sqlite3 connection, a database browser), and for a run deleted in its UI. After a
+    refusal, MLflow writes are skipped for MLFLOW_PAUSE_S, so a held store does not stall the
+    flow 20 s a write; the next write that MLflow takes says how many were skipped."""
 
     def __init__(self, db: ResultsDB, run_id: str, mlflow_parent: str | None, warn=None):
         self.db, self.run_id, self.parent = db, run_id, mlflow_parent
         self._warn = warn or logging.getLogger(__name__).warning
         self._metrics: dict[int, dict] = {}
+        self._mlflow_paused_until = 0.0
+        self._mlflow_skipped = 0
 
     def _mlflow(self, what: str, action) -> None:
         """``action()``, the MLflow writes of ``what``, where the run has an MLflow parent; an
         error is warned about, not raised (see the class)."""
         if not self.parent:
             return
+        if time.monotonic() < self._mlflow_paused_until:
+            self._mlflow_skipped += 1
+            return
         try:
             action()
         except Exception as e:
-            self._warn("MLflow did not take %s (DuckDB has it): %s", what, e)
+            self._mlflow_paused_until = time.monotonic() + MLFLOW_PAUSE_S
+            self._warn("MLflow did not take %s (DuckDB has it): %s; MLflow writes are skipped for the next "
+                       "%.0f minutes", what, e, MLFLOW_PAUSE_S / 60)
+            return
+        if self._mlflow_skipped:
+            self._warn("MLflow takes writes again; it lacks %d skipped before (DuckDB has them)", self._mlflow_skipped)
+            self._mlflow_skipped = 0
 
     def _log(self, metrics: dict, step: int) -> None:
         self._mlflow(f"the run's metrics at step {step}",
@@ -57,8 +74,15 @@ class Recorder:
     def _child(self, name: str, params: dict, metrics: dict, step: int) -> None:
         def write():
             child = tracking.nested_run(self.parent, name, params)
-            tracking.log_metrics_by_step(child, metrics, step)
-            tracking.finish_run(child)
+            try:
+                tracking.log_metrics_by_step(child, metrics, step)
+                tracking.finish_run(child)
+            except Exception:
+                try:  # not left RUNNING beside a later, complete one
+                    tracking.finish_run(child, "FAILED")
+                except Exception:
+                    pass
+                raise
 
         self._mlflow(f"its child run {name}", write)
 

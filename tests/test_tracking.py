@@ -169,5 +169,7 @@ def test_a_refused_mlflow_write_is_warned_about_and_duckdb_still_records(ws, tmp
     rec.checkpoint({**ckpt, "key": "ck-s200", "step": 200}, {**ev, "key": "ev-2", "metrics": {"acc": 0.7}})
     # a child run under the deleted parent MLflow still creates
     assert len(warnings) == 1 and "MLflow did not take the run's metrics at step 200" in warnings[0], warnings
+    rec.checkpoint({**ckpt, "key": "ck-s300", "step": 300}, {**ev, "key": "ev-3", "metrics": {"acc": 0.8}})
+    assert len(warnings) == 1  # MLflow paused after a refusal: no write tried (each could cost 20 s)
     rows = rec.db.query("SELECT step, value FROM checkpoint_metrics ORDER BY step")
-    assert rows.values.tolist() == [[100, 0.5], [200, 0.7]]
+    assert rows.values.tolist() == [[100, 0.5], [200, 0.7], [300, 0.8]]
