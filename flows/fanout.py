@@ -22,7 +22,7 @@ from prefect import flow, get_client, get_run_logger
 
 from flows.deployment_runs import Unit, UnitRuns
 from flows.pipeline import _logged, _run_id, until_recorded
-from flows.stopping import exit_now, note_signals, stop_if_signalled, stopping, termination_code
+from flows.stopping import exit_if_stopped, note_signals, stop_if_signalled, stopping
 from flows.presets import StudyConfig, load_preset
 from flows.units import checkpoint_unit_key, train_unit_key
 from model.config import checkpoint_steps
@@ -137,9 +137,7 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
             _logged(log, f"mark run {run_id} failed in the results",
                     lambda: rec.run(preset, cfg, dkey, tkey, started, status="failed"))
         _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
-        code = termination_code(exc)
-        if code is not None:
-            exit_now(code)
+        exit_if_stopped(exc)
         raise
     finally:
         unnote()

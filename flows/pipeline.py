@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
-from flows.stopping import exit_now, note_signals, stop_if_signalled, stop_noted, stopping, termination_code
+from flows.stopping import exit_if_stopped, note_signals, stop_if_signalled, stop_noted, stopping, termination_code
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
 from model.threads import PROCESS_THREADS
@@ -358,10 +358,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
         else:
             _logged(log, "write the run's journal", lambda: rec.write(root))
-        code = termination_code(exc)  # a signal during the stop path counts too
-        if code is not None:
-            # Prefect's task runner would otherwise wait for every task in flight to finish
-            exit_now(code)
+        exit_if_stopped(exc)  # a signal during the stop path counts too
         raise
     finally:
         unnote()

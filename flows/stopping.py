@@ -106,6 +106,14 @@ def termination_code(exc: BaseException) -> int | None:
     return 128 + int(signum) if type(exc).__name__ == "TerminationSignal" and signum else None
 
 
+def exit_if_stopped(exc: BaseException) -> None:
+    """Where ``exc`` (or a signal noted during the stop path) is a stop, leave at once with its
+    code (``exit_now``): Prefect's task runner would otherwise wait for every task in flight."""
+    code = termination_code(exc)
+    if code is not None:
+        exit_now(code)
+
+
 def exit_now(code: int) -> None:
     """Leave the process at once, without waiting for task threads still in flight (evaluations,
     probe grids): their artifacts are written atomically, so an unfinished one simply does not

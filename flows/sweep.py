@@ -46,7 +46,7 @@ from prefect import flow, get_run_logger
 
 from flows.deployment_runs import Unit, UnitRuns, journal_if_complete
 from flows.pipeline import _logged, pipeline
-from flows.stopping import exit_now, note_signals, stop_if_signalled, stopping, termination_code
+from flows.stopping import exit_if_stopped, note_signals, stop_if_signalled, stopping
 from flows.presets import PRESETS, load_preset
 from tasks import record, tracking
 from tasks.cachekey import cache_key
@@ -278,9 +278,7 @@ def sweep(spec: dict, workspace: str | None = None, mode: str = "deployment", de
     except BaseException as exc:  # a stop (SIGTERM, Ctrl-C) leaves with its code; the points go on on their workers
         stopping()
         _logged(get_run_logger(), "end the sweep's MLflow run", lambda: rec.finish(False))
-        code = termination_code(exc)
-        if code is not None:
-            exit_now(code)
+        exit_if_stopped(exc)
         raise
     finally:
         unnote()

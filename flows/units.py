@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import _result, _run_id, republish_missing
-from flows.stopping import exit_now, note_signals, stopping, termination_code
+from flows.stopping import exit_if_stopped, note_signals, stopping
 from flows.presets import StudyConfig, load_preset
 from model.config import checkpoint_steps
 from tasks import record
@@ -66,9 +66,7 @@ def _failed(rec: record.Journal, kind: str, root: str, exc: BaseException) -> No
     stopping()  # a second signal is only noted: the journal is written
     rec.unit(kind, "failed", {"error": repr(exc)[:500]})
     rec.write(root)
-    code = termination_code(exc)
-    if code is not None:  # SIGTERM or Ctrl-C: leave without waiting for task threads
-        exit_now(code)
+    exit_if_stopped(exc)  # SIGTERM or Ctrl-C: leave without waiting for task threads
 
 
 @flow(name="semprobe-train")
