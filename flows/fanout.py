@@ -104,7 +104,8 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
     init_tracking(ws.root, experiment)
     parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(),
                               tags={"prefect_flow_run": run_id, "semprobe.fanout": "true"})
-    rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=get_run_logger().warning)
+    log = get_run_logger()
+    rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning)
     dkey, tkey = dataset_key(cfg.data), train_unit_key(cfg)
     study = f"{preset}-{tkey[:8]}"
     runs = UnitRuns(ws, study, max_attempts, tags=("semprobe-fanout", f"study:{study}"))
@@ -118,7 +119,6 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         grids.sort(key=lambda g: (g["meta"]["step"], order[g["meta"]["semantics"]]))  # as the pipeline
         phases = phase_metrics(root, cfg.probe, grids, rec.checkpoint_rows(),
                                current_offset(cfg.activations.programs))
-        log = get_run_logger()
         until_recorded(log, lambda: rec.phases(phases, tkey))
         until_recorded(log, lambda: rec.run(preset, cfg, dkey, tkey, started, status="finished"))
         finished = True  # nothing after this marks the run failed
@@ -132,7 +132,6 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         # the units keep running on their workers: submitting the study again collects them. A
         # recording error (a held results file) is logged: it must not hide what stopped the run
         stopping()
-        log = get_run_logger()
         if not finished:
             _logged(log, f"mark run {run_id} failed in the results",
                     lambda: rec.run(preset, cfg, dkey, tkey, started, status="failed"))

@@ -315,8 +315,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
                 for f in waiting:
                     if _ended(f) and not f.state.is_completed():
                         f.result()  # a failed evaluation or grid raises here, without waiting for the rest
-                final = lambda: record_finished(final=True)  # noqa: E731
-                bar.update((until_recorded(log, final) if done else record_finished()) - bar.n)
+                n = until_recorded(log, lambda: record_finished(final=True)) if done else record_finished()
+                bar.update(n - bar.n)
                 if done:
                     break
                 _pause([f for f in waiting if not _ended(f)])

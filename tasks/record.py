@@ -72,17 +72,9 @@ class Recorder:
                      lambda: tracking.log_metrics_by_step(self.parent, metrics, step))
 
     def _child(self, name: str, params: dict, metrics: dict, step: int) -> None:
-        def write():
-            child = tracking.nested_run(self.parent, name, params)
-            try:
+        def write():  # a child whose metrics are refused ends FAILED, not RUNNING beside a later, complete one
+            with tracking.run_scope(tracking.nested_run(self.parent, name, params)) as child:
                 tracking.log_metrics_by_step(child, metrics, step)
-                tracking.finish_run(child)
-            except Exception:
-                try:  # not left RUNNING beside a later, complete one
-                    tracking.finish_run(child, "FAILED")
-                except Exception:
-                    pass
-                raise
 
         self._mlflow(f"its child run {name}", write)
 
