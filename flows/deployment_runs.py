@@ -11,13 +11,18 @@ every artifact the journal names is still complete.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 from prefect import get_run_logger
 from prefect.client.schemas.objects import StateType
 
+from flows.pipeline import until_recorded
 from tasks import record
+from tasks.results import DatabaseLockedError
 from tasks.workspace import Workspace
+
+HELD_WARN_S = 300.0  # while the results file stays held, how often the flow says so again
 
 
 def journal_if_complete(ws: Workspace, run_id: str) -> record.Journal | None:
@@ -111,3 +116,38 @@ class UnitRuns:
 
     def failed(self) -> list[Unit]:
         return [u for u in self.units if u.state == "failed"]
+
+
+class Recordings:
+    """What finished runs left to record (each a callable that records one run's journal, and
+    goes on where it stopped when called again: ``record.Replay``), written in the order they
+    finished. A results file another process holds (a notebook's open connection) does not fail
+    the flow that follows the runs: the recording it stopped stays first and is tried again at the
+    next ``write``, while the runs go on; ``write_all`` waits for the file at the end."""
+
+    def __init__(self, log):
+        self.log, self.queue, self._warned = log, [], None
+
+    def add(self, recording) -> None:
+        self.queue.append(recording)
+
+    def write(self, final: bool = False) -> bool:
+        """Record what can be; True when nothing is left. ``final``: a held file raises."""
+        while self.queue:
+            try:
+                self.queue[0]()
+            except DatabaseLockedError as e:
+                if final:
+                    raise
+                if self._warned is None or time.monotonic() - self._warned >= HELD_WARN_S:
+                    self._warned = time.monotonic()
+                    self.log.warning("%s; %d finished run(s) are recorded once it is free, the others go on",
+                                     e, len(self.queue))
+                return False
+            self.queue.pop(0)
+        self._warned = None
+        return True
+
+    def write_all(self) -> None:
+        """Every recording left, waiting for a held results file up to the pipeline's limit."""
+        until_recorded(self.log, lambda: self.write(final=True))

@@ -15,13 +15,14 @@ the report itself, so the tables hold what an in-process ``semprobe run`` of the
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timezone
 
 from prefect import flow, get_client, get_run_logger
 
-from flows.deployment_runs import Unit, UnitRuns
-from flows.pipeline import _logged, _run_id, until_recorded
+from flows.deployment_runs import Recordings, Unit, UnitRuns
+from flows.pipeline import _end_parent_run, _logged, _parent_run, _run_id, until_recorded
 from flows.stopping import exit_if_stopped, note_signals, stop_if_signalled, stopping
 from flows.presets import StudyConfig, load_preset
 from flows.units import checkpoint_unit_key, train_unit_key
@@ -32,7 +33,6 @@ from tasks.phases import phase_metrics
 from tasks.report import build_report
 from tasks.results import ResultsDB
 from tasks.stage_configs import current_offset
-from tasks.tracking import finish_run, init_tracking, start_parent_run
 from tasks.workspace import Workspace
 
 TRAIN_DEPLOYMENT = "semprobe-train/unit"
@@ -54,6 +54,12 @@ def _probe_grids(journal: record.Journal, ws: Workspace) -> list[dict]:
             for name, args in journal.calls if name == "probes"]
 
 
+def _record_unit(u: Unit, replay: record.Replay, rec: record.Recorder, ws: Workspace, grids: list) -> None:
+    """Replay a finished unit's journal into ``rec`` (resumable: ``Recordings``), then keep its grids."""
+    replay.into(rec)
+    grids += _probe_grids(u.journal, ws)
+
+
 def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recorder, ws: Workspace,
                train_deployment: str, checkpoint_deployment: str, poll_s: float) -> list[dict]:
     """Submit the train unit, then a checkpoint unit per published checkpoint; replay each
@@ -64,6 +70,7 @@ def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recor
     expected = set(checkpoint_steps(cfg.train))
     ckpts: dict[int, Unit] = {}
     grids: list[dict] = []
+    recordings = Recordings(log)
     with get_client(sync_client=True) as client:
         while True:
             # training's state before the scan: where it had finished by then, the scan sees every
@@ -75,9 +82,9 @@ def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recor
                     ckpts[step] = runs.submit(Unit("checkpoint", f"checkpoint-{step}", checkpoint_unit_key(cfg, step),
                                                    checkpoint_deployment, {**params, "step": step}))
             for u in runs.poll(client):
-                record.replay(u.journal, rec, store=ws.store)
-                grids += _probe_grids(u.journal, ws)
                 log.info("%s finished (flow run %s on %s)", u.label, u.flow_run, u.journal.where.get("worker"))
+                recordings.add(functools.partial(_record_unit, u, record.Replay(u.journal, ws.store), rec, ws, grids))
+            recordings.write()
             if runs.failed():
                 raise RuntimeError(f"units did not finish: {[u.summary() for u in runs.failed()]}")
             if trained and expected - set(ckpts):
@@ -85,6 +92,7 @@ def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recor
                                    f"{sorted(expected - set(ckpts))} are not in the artifact store {ws.store}")
             if train.state == "finished" and set(ckpts) == expected \
                     and all(u.state == "finished" for u in ckpts.values()):
+                recordings.write_all()
                 return grids
             time.sleep(poll_s)
             stop_if_signalled()
@@ -100,18 +108,19 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
     root = str(ws.root)
     cfg = load_preset(preset, overrides or [])
     run_id, started, t0 = _run_id(), datetime.now(timezone.utc), time.perf_counter()
-    experiment = f"semprobe-{preset}"
-    init_tracking(ws.root, experiment)
-    parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(),
-                              tags={"prefect_flow_run": run_id, "semprobe.fanout": "true"})
     log = get_run_logger()
-    rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning)
+    mlflow = record.MlflowWrites(log.warning)
     dkey, tkey = dataset_key(cfg.data), train_unit_key(cfg)
     study = f"{preset}-{tkey[:8]}"
     runs = UnitRuns(ws, study, max_attempts, tags=("semprobe-fanout", f"study:{study}"))
-    unnote = note_signals()
+    unnote = note_signals()  # before the first write, as the pipeline
+    parent = rec = None
     finished = False
     try:
+        parent = mlflow("the study's MLflow run", lambda: _parent_run(ws, f"semprobe-{preset}", f"{preset}-{run_id[:8]}",
+                                                                      cfg.as_dict(), {"prefect_flow_run": run_id,
+                                                                                      "semprobe.fanout": "true"}))
+        rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning, mlflow=mlflow)
         rec.run(preset, cfg, dkey, tkey, started, status="running")
         params = {"preset": preset, "overrides": list(overrides or []), "workspace": root}
         grids = _run_units(cfg, params, runs, rec, ws, train_deployment, checkpoint_deployment, poll_s)
@@ -124,7 +133,7 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         finished = True  # nothing after this marks the run failed
         report = until_recorded(log, lambda: build_report(root, run_id, preset))
         rec.report(report)
-        _logged(log, "end the MLflow run", lambda: finish_run(parent, "FINISHED"))
+        _end_parent_run(mlflow, parent, "FINISHED")
         return {"run_id": run_id, "dataset": dkey, "train": tkey, "checkpoints": len(rec.checkpoint_rows()),
                 "report": report["html"], "mlflow_run": parent, "units": [u.summary() for u in runs.units],
                 "seconds": round(time.perf_counter() - t0, 1)}
@@ -132,10 +141,10 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
         # the units keep running on their workers: submitting the study again collects them. A
         # recording error (a held results file) is logged: it must not hide what stopped the run
         stopping()
-        if not finished:
+        if not finished and rec is not None:
             _logged(log, f"mark run {run_id} failed in the results",
                     lambda: rec.run(preset, cfg, dkey, tkey, started, status="failed"))
-        _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
+        _end_parent_run(mlflow, parent, "FAILED")
         exit_if_stopped(exc)
         raise
     finally:

@@ -132,6 +132,18 @@ def _pause(futures) -> None:
         time.sleep(POLL_S)
 
 
+def _parent_run(ws: Workspace, experiment: str, name: str, params: dict, tags: dict) -> str:
+    """A run's MLflow parent run, in the workspace's tracking store."""
+    init_tracking(ws.root, experiment)
+    return start_parent_run(experiment, name, params, tags=tags)
+
+
+def _end_parent_run(mlflow: record.MlflowWrites, parent: str | None, status: str) -> None:
+    """End a run's MLflow parent run (where it has one), tried even while MLflow writes are paused."""
+    if parent:
+        mlflow("the end of the MLflow run", lambda: finish_run(parent, status), always=True)
+
+
 def _run_id() -> str:
     try:
         from prefect.runtime import flow_run
@@ -207,15 +219,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     run_id = _run_id()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    if record_results:
-        experiment = f"semprobe-{preset}"
-        init_tracking(ws.root, experiment)
-        parent = start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(),
-                                  tags={"prefect_flow_run": run_id, "torch_threads": PROCESS_THREADS})
-        rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning)
-    else:
-        rec = record.Journal(run_id)
-    training = None
+    mlflow = record.MlflowWrites(log.warning)  # the view: its errors are warned about, the run goes on
+    parent = rec = training = None
     finished = False
     ds, tkey = {}, None
     per_ckpt: dict[str, tuple] = {}  # checkpoint key -> (checkpoint, evaluation, activations or None)
@@ -260,8 +265,15 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         return sum(k in recorded for k in grids)
 
     STOP.clear()
-    unnote = note_signals()
+    unnote = note_signals()  # before the first write: a stop during the setup is known by its signal too
     try:
+        if record_results:
+            experiment = f"semprobe-{preset}"
+            parent = mlflow("the run's MLflow run", lambda: _parent_run(ws, experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(), {
+                "prefect_flow_run": run_id, "torch_threads": PROCESS_THREADS}))
+            rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning, mlflow=mlflow)
+        else:
+            rec = record.Journal(run_id)
         ds = generate_dataset(root, cfg.data)
         rec.dataset(ds, cfg.data)
         tkey = train_key(cfg.model, cfg.train, ds["key"])
@@ -330,7 +342,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         if record_results:
             report = until_recorded(log, lambda: build_report(root, run_id, preset))
             rec.report(report)
-            _logged(log, "end the MLflow run", lambda: finish_run(parent, "FINISHED"))  # DuckDB has the run
+            _end_parent_run(mlflow, parent, "FINISHED")
             out["report"] = report["html"]
         else:
             out["journal"] = str(rec.write(root))
@@ -351,12 +363,12 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             _finish(_running(submitted()))
         # what finished before the stop; a recording error must not hide the one that stopped the run
         _logged(log, "record the finished evaluations and grids", lambda: record_finished(best_effort=True))
-        if not finished:
+        if not finished and rec is not None:  # None: stopped before its results file opened
             _logged(log, f"mark run {run_id} failed in the results",
                     lambda: rec.run(preset, cfg, ds.get("key"), tkey, started, status="failed"))
         if record_results:
-            _logged(log, "end the MLflow run", lambda: finish_run(parent, "FAILED"))
-        else:
+            _end_parent_run(mlflow, parent, "FAILED")
+        elif rec is not None:
             _logged(log, "write the run's journal", lambda: rec.write(root))
         exit_if_stopped(exc)  # a signal during the stop path counts too
         raise

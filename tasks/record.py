@@ -30,42 +30,56 @@ from tasks.stage_configs import MEAN_LAYER
 MLFLOW_PAUSE_S = 300.0  # after a refused MLflow write, how long its writes are skipped
 
 
-class Recorder:
-    """Writes DuckDB rows and, when ``mlflow_parent`` is a run id, MLflow runs (``None``: DuckDB
-    only, e.g. when a sweep re-records a point that MLflow already holds).
+class MlflowWrites:
+    """MLflow writes that warn instead of raising. DuckDB is the record, MLflow the view: an MLflow
+    write that fails is passed to ``warn`` and skipped, where it stopped the run, and with it a
+    training of hours. MLflow's SQLite store refuses writes after 20 s while another process holds
+    a transaction open on it (a notebook's sqlite3 connection, a database browser), and for a run
+    deleted in its UI. After a refusal, MLflow writes are skipped for MLFLOW_PAUSE_S, so a held
+    store does not stall the flow 20 s a write; the next write that MLflow takes says how many were
+    skipped."""
 
-    DuckDB is the record, MLflow the view: an MLflow write that fails is passed to ``warn`` and
-    skipped (``_mlflow``), where it stopped the run, and with it a training of hours. MLflow's
-    SQLite store refuses writes after 20 s while another process holds a transaction open on it
-    (a notebook's sqlite3 connection, a database browser), and for a run deleted in its UI. After a
-    refusal, MLflow writes are skipped for MLFLOW_PAUSE_S, so a held store does not stall the
-    flow 20 s a write; the next write that MLflow takes says how many were skipped."""
-
-    def __init__(self, db: ResultsDB, run_id: str, mlflow_parent: str | None, warn=None):
-        self.db, self.run_id, self.parent = db, run_id, mlflow_parent
+    def __init__(self, warn=None):
         self._warn = warn or logging.getLogger(__name__).warning
-        self._metrics: dict[int, dict] = {}
-        self._mlflow_paused_until = 0.0
-        self._mlflow_skipped = 0
+        self._paused_until = 0.0
+        self._skipped = 0
 
-    def _mlflow(self, what: str, action) -> None:
-        """``action()``, the MLflow writes of ``what``, where the run has an MLflow parent; an
-        error is warned about, not raised (see the class)."""
-        if not self.parent:
-            return
-        if time.monotonic() < self._mlflow_paused_until:
-            self._mlflow_skipped += 1
-            return
+    def __call__(self, what: str, action, always: bool = False):
+        """``action()``, the MLflow writes (or reads) of ``what``; its result, or None where it
+        raised or MLflow is paused. ``always``: tried while paused too (ending a run: skipped, it
+        would stay RUNNING)."""
+        if not always and time.monotonic() < self._paused_until:
+            self._skipped += 1
+            return None
         try:
-            action()
+            out = action()
         except Exception as e:
-            self._mlflow_paused_until = time.monotonic() + MLFLOW_PAUSE_S
+            self._paused_until = time.monotonic() + MLFLOW_PAUSE_S
             self._warn("MLflow did not take %s (DuckDB has it): %s; MLflow writes are skipped for the next "
                        "%.0f minutes", what, e, MLFLOW_PAUSE_S / 60)
-            return
-        if self._mlflow_skipped:
-            self._warn("MLflow takes writes again; it lacks %d skipped before (DuckDB has them)", self._mlflow_skipped)
-            self._mlflow_skipped = 0
+            return None
+        if self._skipped:
+            self._warn("MLflow takes writes again; it lacks %d skipped before (DuckDB has them)", self._skipped)
+            self._skipped = 0
+        return out
+
+
+class Recorder:
+    """Writes DuckDB rows and, when ``mlflow_parent`` is a run id, MLflow runs (``None``: DuckDB
+    only, e.g. when a sweep re-records a point that MLflow already holds). MLflow errors are
+    warned about and skipped (:class:`MlflowWrites`; ``mlflow`` shares one between recorders)."""
+
+    def __init__(self, db: ResultsDB, run_id: str, mlflow_parent: str | None, warn=None,
+                 mlflow: MlflowWrites | None = None):
+        self.db, self.run_id, self.parent = db, run_id, mlflow_parent
+        self._warn = warn or logging.getLogger(__name__).warning
+        self._mlflow_writes = mlflow or MlflowWrites(self._warn)
+        self._metrics: dict[int, dict] = {}
+
+    def _mlflow(self, what: str, action) -> None:
+        """``action()``, the MLflow writes of ``what``, where the run has an MLflow parent."""
+        if self.parent:
+            self._mlflow_writes(what, action)
 
     def _log(self, metrics: dict, step: int) -> None:
         self._mlflow(f"the run's metrics at step {step}",
@@ -259,16 +273,30 @@ def journal_path(ws_root: str | os.PathLike, run_id: str) -> Path:
     return Path(ws_root) / "journals" / f"{run_id}.json"
 
 
+class Replay:
+    """One journal's replay into a Recorder (:func:`replay`), resumable where the results file is
+    held: every Recorder call writes its DuckDB rows before its MLflow writes, so a
+    :class:`~tasks.results.DatabaseLockedError` leaves the call that raised it unwritten in MLflow,
+    and ``into`` called again goes on from that call, writing nothing to MLflow twice."""
+
+    def __init__(self, journal: Journal, store=None):
+        self.journal, self.store, self.done = journal, store, 0
+
+    def into(self, rec: Recorder) -> None:
+        for name, args in self.journal.calls[self.done:]:
+            if self.store is not None and name in ("probes", "phases"):
+                args = [_localized(a, self.store) for a in args]
+            getattr(rec, name)(*args)
+            self.done += 1
+
+
 def replay(journal: Journal, rec: Recorder, store=None) -> None:
     """Make ``rec`` (a real Recorder) write what ``journal`` recorded, in the same order.
 
     With ``store`` (the artifact store), the calls that read artifact files (probes, phases)
     get their ``path`` resolved again on this machine: a worker recorded its own path, which for
     a remote store is its local cache (the other artifacts are not downloaded)."""
-    for name, args in journal.calls:
-        if store is not None and name in ("probes", "phases"):
-            args = [_localized(a, store) for a in args]
-        getattr(rec, name)(*args)
+    Replay(journal, store).into(rec)
 
 
 def _localized(arg, store):
@@ -282,9 +310,10 @@ def _iso(t: datetime | str | None) -> str | None:
 
 
 def find_mlflow_run(experiment: str, tags: dict[str, str], parent: str | None = None,
-                    finished: bool = False) -> str | None:
-    """The id of a run in ``experiment`` carrying all ``tags`` (under ``parent``; FINISHED only
-    when ``finished``), or None. Lets a resubmitted sweep find the runs it logged before."""
+                    status: str | None = None) -> str | None:
+    """The id of the newest run in ``experiment`` carrying all ``tags`` (under ``parent``; in
+    ``status`` only, e.g. "FINISHED", where given), or None. Lets a resubmitted sweep find the runs
+    it logged before."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri())
@@ -294,8 +323,8 @@ def find_mlflow_run(experiment: str, tags: dict[str, str], parent: str | None = 
     clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
     if parent:
         clauses.append(f"tags.`mlflow.parentRunId` = '{parent}'")
-    if finished:
-        clauses.append("attributes.status = 'FINISHED'")
+    if status:
+        clauses.append(f"attributes.status = '{status}'")
     runs = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=1,
                               order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None

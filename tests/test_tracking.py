@@ -173,3 +173,55 @@ def test_a_refused_mlflow_write_is_warned_about_and_duckdb_still_records(ws, tmp
     assert len(warnings) == 1  # MLflow paused after a refusal: no write tried (each could cost 20 s)
     rows = rec.db.query("SELECT step, value FROM checkpoint_metrics ORDER BY step")
     assert rows.values.tolist() == [[100, 0.5], [200, 0.7], [300, 0.8]]
+
+
+def test_a_replay_stopped_by_a_held_results_file_goes_on_without_writing_mlflow_twice(ws, tmp_path):
+    """A fan-out or sweep replays each finished unit's journal into DuckDB and MLflow. A results
+    file held by another process (a notebook) failed the whole study; now the replay waits at the
+    call it could not write (``Recordings``) and goes on from there once the file is free."""
+    import logging
+    import subprocess
+    import sys
+
+    from flows.deployment_runs import Recordings
+    from tasks.record import Journal, Recorder, Replay
+    from tasks.results import ResultsDB
+
+    w, uri = ws
+    parent = T.start_parent_run("smoke", "replayed", {"a": 1})
+    db = ResultsDB(tmp_path / "results.duckdb", lock_timeout=0.2)
+    journal = Journal("unit-run")
+    ckpt = {"key": "ck-s100", "train_key": "tk", "step": 100, "tokens_seen": 6400, "path": "/x"}
+    ev = {"stage": "evaluate", "key": "ev-1", "status": "computed", "seconds": 1.0, "metrics": {"acc": 0.5}}
+    journal.checkpoint(ckpt, ev)
+    rec, replay = Recorder(db, "study-run", parent), Replay(journal)
+    warnings: list[str] = []
+    log = logging.getLogger("test-recordings")
+    log.warning = lambda msg, *args: warnings.append(msg % args)
+    recordings = Recordings(log)
+    recordings.add(lambda: replay.into(rec))
+    assert recordings.write() and replay.done == 1  # the first call, written while the file is free
+    # the unit's later calls meet a held file: a second real process with a read-write connection
+    journal.checkpoint({**ckpt, "key": "ck-s200", "step": 200}, {**ev, "key": "ev-2", "metrics": {"acc": 0.7}})
+    journal.checkpoint({**ckpt, "key": "ck-s300", "step": 300}, {**ev, "key": "ev-3", "metrics": {"acc": 0.9}})
+    recordings.add(lambda: replay.into(rec))
+    code = "import duckdb,sys; c=duckdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.readline()"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert not recordings.write() and not recordings.write()  # not raised: the study goes on
+        assert replay.done == 1 and len(warnings) == 1, warnings  # said once, not at every poll
+        assert str(db.path) in warnings[0] and f"PID {holder.pid}" in warnings[0]
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    assert recordings.write() and replay.done == 3 and not recordings.queue
+    assert db.query("SELECT step, value FROM checkpoint_metrics ORDER BY step").values.tolist() == \
+        [[100, 0.5], [200, 0.7], [300, 0.9]]
+    client = mlflow.MlflowClient(uri)
+    assert sorted((m.step, m.value) for m in client.get_metric_history(parent, "acc")) == \
+        [(100, 0.5), (200, 0.7), (300, 0.9)]  # each step once
+    kids = mlflow.search_runs(experiment_names=["smoke"], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(kids["tags.mlflow.runName"]) == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
+
