@@ -33,6 +33,7 @@ sweep whose children are the points (found again by tag when resubmitted, not du
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -44,8 +45,8 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger
 
-from flows.deployment_runs import Unit, UnitRuns, journal_if_complete
-from flows.pipeline import _logged, pipeline
+from flows.deployment_runs import Recordings, Unit, UnitRuns, journal_if_complete
+from flows.pipeline import pipeline, until_recorded
 from flows.stopping import exit_if_stopped, note_signals, stop_if_signalled, stopping
 from flows.presets import PRESETS, load_preset
 from tasks import record, tracking
@@ -162,47 +163,73 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 # ------------------------------------------------------------------ recording (the single writer)
 class SweepRecorder:
-    """DuckDB rows and MLflow runs of a sweep's points, idempotent across resubmissions."""
+    """DuckDB rows and MLflow runs of a sweep's points, idempotent across resubmissions.
 
-    def __init__(self, ws: Workspace, spec: SweepSpec, flow_run_id: str):
+    MLflow is the view, DuckDB the record, as for a run (``record.MlflowWrites``): an MLflow error
+    is warned about and skipped; a point MLflow missed gets its child run when the sweep is
+    submitted again. A point's recording stopped by a held results file goes on where it stopped
+    at its next call (``point``), so its child run and rows are written once."""
+
+    def __init__(self, ws: Workspace, spec: SweepSpec, flow_run_id: str, warn):
         self.ws, self.spec = ws, spec
         self.db = ResultsDB(ws.db_path)
         self.experiment = f"semprobe-{spec.preset}"
-        tracking.init_tracking(ws.root, self.experiment)
-        self.parent = record.find_mlflow_run(self.experiment, {"semprobe.sweep": spec.key})
-        if self.parent is None:
-            self.parent = tracking.start_parent_run(
-                self.experiment, f"sweep-{spec.name}", {"sweep": spec.source, "points": len(spec.points)},
-                tags={"semprobe.sweep": spec.key, "prefect_flow_run": flow_run_id})
+        self.mlflow = record.MlflowWrites(warn)
+        self._open: dict[str, tuple] = {}  # point key -> (MLflow child or None, Recorder, Replay): begun, not done
+        self.parent = self.mlflow("the sweep's run", lambda: self._parent(flow_run_id))
+
+    def _parent(self, flow_run_id: str) -> str:
+        tracking.init_tracking(self.ws.root, self.experiment)
+        return record.find_mlflow_run(self.experiment, {"semprobe.sweep": self.spec.key}) or tracking.start_parent_run(
+            self.experiment, f"sweep-{self.spec.name}", {"sweep": self.spec.source, "points": len(self.spec.points)},
+            tags={"semprobe.sweep": self.spec.key, "prefect_flow_run": flow_run_id})
+
+    def _child(self, point: Point, status: str | None = None) -> str | None:
+        """The point's newest MLflow child run (in ``status`` only, where given), or None."""
+        if not self.parent:
+            return None
+        return self.mlflow(f"the search for point {point.label}'s run", lambda: record.find_mlflow_run(
+            self.experiment, {"semprobe.point": point.key}, parent=self.parent, status=status))
 
     def earlier(self, point: Point) -> record.Journal | None:
         """The journal of the point's run that this sweep recorded before (its MLflow child names
-        the flow run), when every artifact it names is still complete; else None."""
-        logged = record.find_mlflow_run(self.experiment, {"semprobe.point": point.key},
-                                        parent=self.parent, finished=True)
-        run_id = tracking.run_tags(logged).get("prefect_flow_run") if logged else None
+        the flow run; finished or not, as when the sweep stopped while replaying it), when every
+        artifact it names is still complete; else None."""
+        logged = self._child(point)
+        run_id = self.mlflow("the child run's tags", lambda: tracking.run_tags(logged).get("prefect_flow_run")) \
+            if logged else None
         return journal_if_complete(self.ws, run_id) if run_id else None
 
     def point(self, point: Point, journal: record.Journal) -> dict:
         """Replay a finished point into DuckDB (always: upserts are idempotent) and MLflow (once)."""
-        logged = record.find_mlflow_run(self.experiment, {"semprobe.point": point.key},
-                                        parent=self.parent, finished=True)
-        child = None
-        if logged is None:
-            cfg = load_preset(self.spec.preset, list(point.overrides))
-            child = tracking.nested_run(self.parent, point.label, cfg.as_dict(), tags={
-                "semprobe.point": point.key, "prefect_flow_run": journal.run_id,
-                **{f"where.{k}": v for k, v in journal.where.items() if v is not None}})
-        rec = record.Recorder(self.db, journal.run_id, child)
-        record.replay(journal, rec, store=self.ws.store)
+        if point.key not in self._open:
+            logged = self._child(point, "FINISHED")
+            child = None if logged or not self.parent else self._new_child(point, journal)
+            self._open[point.key] = (logged, child, record.Recorder(self.db, journal.run_id, child, mlflow=self.mlflow),
+                                     record.Replay(journal, self.ws.store))
+        logged, child, rec, replay = self._open[point.key]
+        replay.into(rec)
         report = build_report(str(self.ws.root), journal.run_id, self.spec.preset)
         rec.report(report)
+        del self._open[point.key]
         if child:
-            tracking.finish_run(child)
+            self.mlflow(f"the end of point {point.label}'s run", lambda: tracking.finish_run(child), always=True)
         return {"report": report["html"], "mlflow_run": child or logged}
 
+    def _new_child(self, point: Point, journal: record.Journal) -> str | None:
+        """A child run for the point; one left RUNNING by a recording that was cut off is ended FAILED."""
+        stale = self._child(point, "RUNNING")
+        if stale:
+            self.mlflow(f"the end of point {point.label}'s unfinished run", lambda: tracking.finish_run(stale, "FAILED"))
+        cfg = load_preset(self.spec.preset, list(point.overrides))
+        return self.mlflow(f"point {point.label}'s run", lambda: tracking.nested_run(self.parent, point.label, cfg.as_dict(), tags={
+            "semprobe.point": point.key, "prefect_flow_run": journal.run_id,
+            **{f"where.{k}": v for k, v in journal.where.items() if v is not None}}))
+
     def finish(self, ok: bool) -> None:
-        tracking.finish_run(self.parent, "FINISHED" if ok else "FAILED")
+        if self.parent:
+            self.mlflow("the end of the sweep's run", lambda: tracking.finish_run(self.parent, "FINISHED" if ok else "FAILED"),
+                        always=True)
 
 
 # ------------------------------------------------------------------ deployment mode
@@ -216,15 +243,22 @@ def _run_deployments(spec: SweepSpec, ws: Workspace, rec: SweepRecorder, deploym
         "preset": spec.preset, "overrides": list(p.overrides), "workspace": str(ws.root),
         "record_results": False, "progress": False})) for p in spec.points]
     status = {}
+    recordings = Recordings(log)
+
+    def record_point(p: Point, u) -> None:  # resumable: rec.point goes on where a held results file stopped it
+        status[p.key] = {"where": u.journal.where, **rec.point(p, u.journal)}
+
     with get_client(sync_client=True) as client:
         while any(u.state == "submitted" for u in units):
             for u in runs.poll(client):
                 p = spec.points[units.index(u)]
-                status[p.key] = {"where": u.journal.where, **rec.point(p, u.journal)}
                 log.info("point %s finished (flow run %s on %s)", p.label, u.flow_run, u.journal.where.get("worker"))
+                recordings.add(functools.partial(record_point, p, u))
+            recordings.write()
             if any(u.state == "submitted" for u in units):
                 time.sleep(poll_s)
                 stop_if_signalled()
+    recordings.write_all()
     return [{"point": u.label, "key": u.key, "attempt": u.attempt, "flow_runs": u.flow_runs, "state": u.state,
              "flow_run": u.flow_run, **({"detail": u.detail} if u.detail else {}), **status.get(u.key, {})}
             for u in units]
@@ -250,7 +284,8 @@ def _run_local(spec: SweepSpec, ws: Workspace, rec: SweepRecorder) -> list[dict]
             st.update(state="failed", detail=repr(res)[:500])
             log.error("point %s failed: %r", p.label, res)
         else:
-            st.update(state="finished", flow_run=journal.run_id, where=journal.where, **rec.point(p, journal))
+            st.update(state="finished", flow_run=journal.run_id, where=journal.where,
+                      **until_recorded(log, functools.partial(rec.point, p, journal)))
             log.info("point %s finished", p.label)
         out.append(st)
     return out
@@ -268,22 +303,24 @@ def sweep(spec: dict, workspace: str | None = None, mode: str = "deployment", de
     from prefect.runtime import flow_run
 
     t0 = time.perf_counter()
-    rec = SweepRecorder(ws, s, str(flow_run.id))
-    unnote = note_signals()
+    unnote = note_signals()  # before the first write, as the pipeline
+    rec = None
     try:
+        rec = SweepRecorder(ws, s, str(flow_run.id), warn=get_run_logger().warning)
         if mode == "deployment":
             points = _run_deployments(s, ws, rec, deployment, max_attempts, poll_s)
         else:
             points = _run_local(s, ws, rec)
     except BaseException as exc:  # a stop (SIGTERM, Ctrl-C) leaves with its code; the points go on on their workers
         stopping()
-        _logged(get_run_logger(), "end the sweep's MLflow run", lambda: rec.finish(False))
+        if rec is not None:
+            rec.finish(False)
         exit_if_stopped(exc)
         raise
     finally:
         unnote()
     ok = all(p["state"] == "finished" for p in points)
-    rec.finish(ok)
+    rec.finish(ok)  # MLflow errors are warned about (SweepRecorder)
     out = {"sweep": s.name, "key": s.key, "mlflow_run": rec.parent, "ok": ok, "points": points,
            "seconds": round(time.perf_counter() - t0, 1)}
     if not ok:

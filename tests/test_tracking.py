@@ -225,3 +225,35 @@ def test_a_replay_stopped_by_a_held_results_file_goes_on_without_writing_mlflow_
     kids = mlflow.search_runs(experiment_names=["smoke"], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(kids["tags.mlflow.runName"]) == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
 
+
+def test_a_sweep_warns_of_mlflow_errors_and_finds_a_point_whose_recording_was_cut_off(ws):
+    """A sweep's own MLflow calls are warnings too (its points are recorded in DuckDB all the same;
+    a store that cannot be opened at all takes MLflow ~100 s of retries to give up, too long here),
+    and a point whose replay was cut off (its child run left RUNNING) is found on resubmission,
+    not run again; its next child run ends the cut-off one FAILED."""
+    from flows.sweep import SweepRecorder, parse_spec
+    from tasks.record import Journal
+    from tasks.workspace import Workspace
+
+    w, uri = ws
+    spec = parse_spec({"preset": "smoke", "grid": {"train.seed": [0]}}, "cut")
+    point = spec.points[0]
+    warnings: list[str] = []
+    warn = lambda msg, *args: warnings.append(msg % args)  # noqa: E731
+    rec = SweepRecorder(Workspace.at(w), spec, "sweep-flow-run", warn)
+    assert rec.parent and warnings == []
+    journal = Journal("point-run")
+    journal.run("smoke", {}, "d", "t", "2026-12-06T00:00:00+00:00", "finished")
+    journal.write(w)
+    assert rec.earlier(point) is None
+    cut = rec._new_child(point, journal)  # the replay that was cut off before finish_run
+    found = rec.earlier(point)
+    assert found is not None and found.run_id == "point-run"
+    again = rec._new_child(point, journal)
+    client = mlflow.MlflowClient(uri)
+    assert (client.get_run(cut).info.status, client.get_run(again).info.status) == ("FAILED", "RUNNING")
+    assert rec._child(point, "FINISHED") is None and rec._child(point) == again
+
+    client.delete_run(rec.parent)  # deleted in the UI
+    rec.finish(True)
+    assert len(warnings) == 1 and "MLflow did not take the end of the sweep's run" in warnings[0], warnings
