@@ -37,6 +37,7 @@ import functools
 import hashlib
 import itertools
 import json
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -151,11 +152,24 @@ def parse_spec(data: dict, name: str = "sweep") -> SweepSpec:
     return SweepSpec(str(data.get("name") or name), preset, tuple(points), source=data)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML as ``safe_load`` reads it, but integers in decimal only: YAML 1.1 read ``seed: 010``
+    as 8 (octal), ``0x10`` as 16 and ``1:20`` as 80 (base 60), without a word. Those now stay text,
+    which the override's own parsing reads as decimal (``010``: 10) or refuses, naming the field."""
+
+
+_INT = "tag:yaml.org,2002:int"
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _INT]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_SpecLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789"))
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     p = Path(path)
     text = p.read_text()
     try:
-        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.load(text, Loader=_SpecLoader)
     except yaml.YAMLError as e:
         raise ValueError(f"sweep spec {p}: not valid YAML: {e}") from None
     return parse_spec(data, name=p.stem)

@@ -104,6 +104,13 @@ def test_spec_grid_points_and_keys(tmp_path):
                        r"\['train.seed'\] in both set and grid")]:
         with pytest.raises(ValueError, match=word):
             parse_spec(bad, "s")
+    octal = tmp_path / "o.yaml"  # YAML 1.1 read 010 as 8 and 0x10 as 16: a seed is decimal or refused
+    octal.write_text("preset: smoke\ngrid: {train.seed: [010, 11]}\n")
+    assert [p.key for p in load_spec(octal).points] == [point_key("smoke", ["train.seed=10"]),
+                                                        point_key("smoke", ["train.seed=11"])]
+    octal.write_text("preset: smoke\ngrid: {train.seed: [0x10]}\n")
+    with pytest.raises(ValueError, match="train.seed.*0x10"):
+        load_spec(octal)
     broken = tmp_path / "b.yaml"
     broken.write_text("preset: smoke\ngrid: {train.seed: [0, 1}\n")
     with pytest.raises(ValueError, match="b.yaml: not valid YAML"):
