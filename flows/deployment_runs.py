@@ -4,7 +4,8 @@ Each run is submitted with ``run_deployment(timeout=0)`` under an idempotency ke
 run's cache key and the workspace, so a resubmitted sweep or study finds its earlier runs
 instead of creating new ones. A run that crashed or failed is resubmitted under the next key of
 its chain (``<key>~2``, ``<key>~3``), so a resubmission walks the same chain and again creates
-nothing new. A run counts as finished only when its journal on the shared workspace says so and
+nothing new. A run cancelled while the flow follows it (a person's act) fails its unit instead;
+submitted again, the flow finds it cancelled and resubmits it. A run counts as finished only when its journal on the shared workspace says so and
 every artifact the journal names is still complete.
 """
 
@@ -61,6 +62,7 @@ class Unit:
     flow_runs: list[str] = field(default_factory=list)
     journal: record.Journal | None = None
     detail: str = ""
+    found_cancelled: bool = False  # its run was already Cancelled when submitted (an earlier submission's)
 
     def summary(self) -> dict:
         where = self.journal.where if self.journal else {}
@@ -86,6 +88,7 @@ class UnitRuns:
             idempotency_key=idempotency_key(unit.kind, unit.key, str(self.ws.root), unit.attempt),
             flow_run_name=name + (f"-try{unit.attempt}" if unit.attempt > 1 else ""), tags=self.tags)
         unit.flow_run, unit.state = str(fr.id), "submitted"
+        unit.found_cancelled = fr.state is not None and fr.state.type == StateType.CANCELLED
         if unit.flow_run not in unit.flow_runs:
             unit.flow_runs.append(unit.flow_run)
         if not any(u is unit for u in self.units):
@@ -103,6 +106,12 @@ class UnitRuns:
             if journal is not None:
                 u.state, u.journal = "finished", journal
                 done.append(u)
+            elif fr.state.type == StateType.CANCELLED and not u.found_cancelled:
+                # cancelled while this flow followed it (the UI, `prefect flow-run cancel`): what a person
+                # asked for, not a crash to retry. Submitted again, the flow finds it Cancelled and runs it
+                u.state = "failed"
+                u.detail = (f"{fr.state.name}: flow run {fr.name} was cancelled, so it was not resubmitted; "
+                            "submit again to run it")
             elif u.attempt < self.max_attempts:
                 get_run_logger().warning("%s: flow run %s ended %s; submitting attempt %d",
                                          u.label, fr.name, fr.state.name, u.attempt + 1)

@@ -364,3 +364,52 @@ def test_a_local_sweep_submitted_again_finds_its_finished_point(ws, tmp_path):
     assert all(o.returncode == 0 for o in outs), outs[-1].stderr[-3000:]
     new = runs() - before
     assert len(new) == 1 and {json.loads(o.stdout)["points"][0]["flow_run"] for o in outs} == new
+
+
+CANCELLED_UNIT = r'''
+import json, sys
+from prefect import flow, get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.states import Cancelled
+from flows.deployment_runs import Unit, UnitRuns
+from tasks.workspace import Workspace
+
+ws = Workspace.at(sys.argv[1])
+with get_client(sync_client=True) as client:  # a deployment no worker serves: its runs stay scheduled
+    try:
+        client.create_work_pool(WorkPoolCreate(name="no-workers", type="process"))
+    except ObjectAlreadyExists:
+        pass
+    client.create_deployment(flow_id=client.create_flow_from_name("cancel-check"), name="unit",
+                             work_pool_name="no-workers")
+
+
+@flow
+def follow(cancel: bool) -> dict:
+    runs = UnitRuns(ws, "cancel-check", max_attempts=3)
+    u = runs.submit(Unit("point", "p", "cancel-check-key", "cancel-check/unit", {}))
+    with get_client(sync_client=True) as client:
+        if cancel:  # as a person does in the UI while the sweep follows the run
+            client.set_flow_run_state(u.flow_run, Cancelled(), force=True)
+        runs.poll(client)
+    return {"state": u.state, "attempt": u.attempt, "flow_runs": u.flow_runs, "detail": u.detail}
+
+
+print(json.dumps([follow(True), follow(False)]))
+'''
+
+
+def test_a_unit_cancelled_while_followed_is_not_resubmitted_until_submitted_again(ws):
+    """A run a person cancels (the UI) was resubmitted like a crash, up to three times; now the
+    unit fails saying so, and a later submission (the same sweep again) runs it again."""
+    wait_for("the Prefect server", lambda: http_ok(SHARED_SERVER["url"] + "/health"), 120)
+    env = {**temporary_server_env(), "PREFECT_API_URL": SHARED_SERVER["url"]}
+    out = subprocess.run([sys.executable, "-c", CANCELLED_UNIT, str(ws)], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    cancelled, again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cancelled["state"] == "failed" and cancelled["attempt"] == 1, cancelled
+    assert "was cancelled, so it was not resubmitted" in cancelled["detail"]
+    assert again["state"] == "submitted" and again["attempt"] == 2, again
+    assert again["flow_runs"][0] == cancelled["flow_runs"][0] and len(set(again["flow_runs"])) == 2
