@@ -244,6 +244,11 @@ def test_cli_status_sql_and_bad_input(ws):
     assert bad.returncode == 2 and "lrr" in bad.stderr
     bad = semprobe(ws, "run", "--preset", "huge", check=False)
     assert bad.returncode == 2 and "huge" in bad.stderr
+    typo = ws.parent / f"{ws.name}-typo"  # a mistyped --workspace: an error, and no folder made there
+    for command in (["status", "--preset", "smoke"], ["sql", "SELECT 1"], ["report"]):
+        bad = semprobe(typo, *command, check=False)
+        assert bad.returncode == 2 and f"no workspace at {typo}" in bad.stderr, (command, bad.stderr)
+    assert not typo.exists()
 
 
 def test_export_writes_tables_and_each_report(ws, tmp_path):
