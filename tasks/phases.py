@@ -124,8 +124,9 @@ def init_drops(controls: pd.DataFrame, features, probe: str = CONTENT_PROBE, off
 
 
 def init_content(controls: pd.DataFrame, features, offset: int = 0) -> pd.DataFrame:
-    """Per checkpoint: ``init_drops`` of ``CONTENT_PROBE`` at ``offset``, the mean over main
-    features and alternatives: column ``init_content``."""
+    """Per checkpoint: ``init_drops`` of ``CONTENT_PROBE`` at ``offset``, the mean over
+    ``features`` (``content_frame`` passes the main ones) and the alternatives: column
+    ``init_content``."""
     drops = init_drops(controls, features, offset=offset)
     return drops.groupby(["checkpoint_key", "step"], as_index=False)["init_drop"].mean() \
         .rename(columns={"init_drop": "init_content"})
