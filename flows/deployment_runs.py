@@ -5,8 +5,9 @@ run's cache key and the workspace, so a resubmitted sweep or study finds its ear
 instead of creating new ones. A run that crashed or failed is resubmitted under the next key of
 its chain (``<key>~2``, ``<key>~3``), so a resubmission walks the same chain and again creates
 nothing new. A run cancelled while the flow follows it (a person's act) fails its unit instead;
-submitted again, the flow finds it cancelled and resubmits it. A run counts as finished only when its journal on the shared workspace says so and
-every artifact the journal names is still complete.
+submitted again, the flow finds it cancelled and resubmits it. A run counts as finished only
+when its journal on the shared workspace says so and every artifact the journal names is still
+complete.
 """
 
 from __future__ import annotations

@@ -117,9 +117,8 @@ def fanout(preset: str = "cpu", overrides: list[str] | None = None, workspace: s
     parent = rec = None
     finished = False
     try:
-        parent = mlflow("the study's MLflow run", lambda: _parent_run(ws, f"semprobe-{preset}", f"{preset}-{run_id[:8]}",
-                                                                      cfg.as_dict(), {"prefect_flow_run": run_id,
-                                                                                      "semprobe.fanout": "true"}))
+        tags = {"prefect_flow_run": run_id, "semprobe.fanout": "true"}
+        parent = mlflow("the study's parent run", lambda: _parent_run(ws, preset, run_id, cfg, tags))
         rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning, mlflow=mlflow)
         rec.run(preset, cfg, dkey, tkey, started, status="running")
         params = {"preset": preset, "overrides": list(overrides or []), "workspace": root}

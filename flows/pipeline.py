@@ -132,10 +132,11 @@ def _pause(futures) -> None:
         time.sleep(POLL_S)
 
 
-def _parent_run(ws: Workspace, experiment: str, name: str, params: dict, tags: dict) -> str:
+def _parent_run(ws: Workspace, preset: str, run_id: str, cfg, tags: dict) -> str:
     """A run's MLflow parent run, in the workspace's tracking store."""
+    experiment = f"semprobe-{preset}"
     init_tracking(ws.root, experiment)
-    return start_parent_run(experiment, name, params, tags=tags)
+    return start_parent_run(experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(), tags=tags)
 
 
 def _end_parent_run(mlflow: record.MlflowWrites, parent: str | None, status: str) -> None:
@@ -268,9 +269,8 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     unnote = note_signals()  # before the first write: a stop during the setup is known by its signal too
     try:
         if record_results:
-            experiment = f"semprobe-{preset}"
-            parent = mlflow("the run's MLflow run", lambda: _parent_run(ws, experiment, f"{preset}-{run_id[:8]}", cfg.as_dict(), {
-                "prefect_flow_run": run_id, "torch_threads": PROCESS_THREADS}))
+            tags = {"prefect_flow_run": run_id, "torch_threads": PROCESS_THREADS}
+            parent = mlflow("the run's parent run", lambda: _parent_run(ws, preset, run_id, cfg, tags))
             rec = record.Recorder(ResultsDB(ws.db_path), run_id, parent, warn=log.warning, mlflow=mlflow)
         else:
             rec = record.Journal(run_id)

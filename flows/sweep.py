@@ -188,8 +188,8 @@ class SweepRecorder:
         self.ws, self.spec = ws, spec
         self.db = ResultsDB(ws.db_path)
         self.experiment = f"semprobe-{spec.preset}"
-        self.mlflow = record.MlflowWrites(warn)
-        self._open: dict[str, tuple] = {}  # point key -> (MLflow child or None, Recorder, Replay): begun, not done
+        self.warn, self.mlflow = warn, record.MlflowWrites(warn)
+        self._open: dict[str, tuple] = {}  # point key -> (finished child or None, new child or None, Recorder, Replay)
         self.parent = self.mlflow("the sweep's run", lambda: self._parent(flow_run_id))
 
     def _parent(self, flow_run_id: str) -> str:
@@ -219,8 +219,8 @@ class SweepRecorder:
         if point.key not in self._open:
             logged = self._child(point, "FINISHED")
             child = None if logged or not self.parent else self._new_child(point, journal)
-            self._open[point.key] = (logged, child, record.Recorder(self.db, journal.run_id, child, mlflow=self.mlflow),
-                                     record.Replay(journal, self.ws.store))
+            rec = record.Recorder(self.db, journal.run_id, child, warn=self.warn, mlflow=self.mlflow)
+            self._open[point.key] = (logged, child, rec, record.Replay(journal, self.ws.store))
         logged, child, rec, replay = self._open[point.key]
         replay.into(rec)
         report = build_report(str(self.ws.root), journal.run_id, self.spec.preset)
@@ -234,16 +234,18 @@ class SweepRecorder:
         """A child run for the point; one left RUNNING by a recording that was cut off is ended FAILED."""
         stale = self._child(point, "RUNNING")
         if stale:
-            self.mlflow(f"the end of point {point.label}'s unfinished run", lambda: tracking.finish_run(stale, "FAILED"))
-        cfg = load_preset(self.spec.preset, list(point.overrides))
-        return self.mlflow(f"point {point.label}'s run", lambda: tracking.nested_run(self.parent, point.label, cfg.as_dict(), tags={
-            "semprobe.point": point.key, "prefect_flow_run": journal.run_id,
-            **{f"where.{k}": v for k, v in journal.where.items() if v is not None}}))
+            self.mlflow(f"the end of point {point.label}'s unfinished run",
+                        lambda: tracking.finish_run(stale, "FAILED"))
+        params = load_preset(self.spec.preset, list(point.overrides)).as_dict()
+        tags = {"semprobe.point": point.key, "prefect_flow_run": journal.run_id,
+                **{f"where.{k}": v for k, v in journal.where.items() if v is not None}}
+        return self.mlflow(f"point {point.label}'s run",
+                           lambda: tracking.nested_run(self.parent, point.label, params, tags=tags))
 
     def finish(self, ok: bool) -> None:
+        status = "FINISHED" if ok else "FAILED"
         if self.parent:
-            self.mlflow("the end of the sweep's run", lambda: tracking.finish_run(self.parent, "FINISHED" if ok else "FAILED"),
-                        always=True)
+            self.mlflow("the end of the sweep's run", lambda: tracking.finish_run(self.parent, status), always=True)
 
 
 # ------------------------------------------------------------------ deployment mode
