@@ -13,7 +13,6 @@ complete.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 
 from prefect import get_run_logger
@@ -21,10 +20,8 @@ from prefect.client.schemas.objects import StateType
 
 from flows.pipeline import until_recorded
 from tasks import record
-from tasks.results import DatabaseLockedError
+from tasks.results import DatabaseLockedError, HeldWarning
 from tasks.workspace import Workspace
-
-HELD_WARN_S = 300.0  # while the results file stays held, how often the flow says so again
 
 
 def journal_if_complete(ws: Workspace, run_id: str) -> record.Journal | None:
@@ -136,7 +133,7 @@ class Recordings:
     next ``write``, while the runs go on; ``write_all`` waits for the file at the end."""
 
     def __init__(self, log):
-        self.log, self.queue, self._warned = log, [], None
+        self.log, self.queue, self.held = log, [], HeldWarning(log.warning)
 
     def add(self, recording) -> None:
         self.queue.append(recording)
@@ -149,13 +146,11 @@ class Recordings:
             except DatabaseLockedError as e:
                 if final:
                     raise
-                if self._warned is None or time.monotonic() - self._warned >= HELD_WARN_S:
-                    self._warned = time.monotonic()
-                    self.log.warning("%s; %d finished run(s) are recorded once it is free, the others go on",
-                                     e, len(self.queue))
+                self.held("%s; %d finished run(s) are recorded once it is free (said again every 5 minutes while "
+                          "it is held), the others go on", e, len(self.queue))
                 return False
             self.queue.pop(0)
-        self._warned = None
+        self.held.clear()
         return True
 
     def write_all(self) -> None:

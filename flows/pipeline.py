@@ -37,7 +37,7 @@ from tasks.evaluation import evaluate
 from tasks.phases import phase_metrics
 from tasks.probing import train_probes
 from tasks.report import build_report
-from tasks.results import DatabaseLockedError, ResultsDB, retried_while_locked
+from tasks.results import DatabaseLockedError, HeldWarning, ResultsDB, retried_while_locked
 from tasks.probe_config import probe_config_at
 from tasks.stage_configs import current_offset
 from tasks.tracking import finish_run, init_tracking, start_parent_run
@@ -228,6 +228,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
     grids: dict = {}  # (step, semantics index) -> probe grid future
     recorded: set = set()
     stages: list[dict] = []  # stage rows to write (training's, each dump's) at the next record_finished
+    held = HeldWarning(log.warning)  # a held results file, said once per 5 minutes while it stays held
 
     def submitted() -> list:
         """The task futures besides training's (evaluations, dumps, grids): they hold task threads too."""
@@ -262,7 +263,12 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         except DatabaseLockedError as e:
             if final:
                 raise
-            log.warning("%s; %s", e, "not recorded" if best_effort else "recording it at the next poll")
+            if best_effort:
+                log.warning("%s; not recorded", e)
+            else:
+                held("%s; recording it at a later poll (said again every 5 minutes while it is held)", e)
+        else:
+            held.clear()
         return sum(k in recorded for k in grids)
 
     STOP.clear()

@@ -65,6 +65,24 @@ class ReadOnlyViolation(PermissionError):
     """A write statement was sent through a read-only connection."""
 
 
+class HeldWarning:
+    """``warn`` for a results file that another process holds, said again only every ``every_s``
+    while it stays held: a flow's poll retries every few seconds, and said at each retry, a
+    notebook's connection held for ten minutes wrote a hundred warnings. ``clear()`` once a
+    write went through."""
+
+    def __init__(self, warn, every_s: float = 300.0):
+        self.warn, self.every_s, self._last = warn, every_s, None
+
+    def __call__(self, msg: str, *args) -> None:
+        if self._last is None or time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self.warn(msg, *args)
+
+    def clear(self) -> None:
+        self._last = None
+
+
 def retried_while_locked(action, wait_s: float, warn, retry_s: float = 30.0):
     """``action()`` (writes to a results file), tried again every ``retry_s`` while it raises
     :class:`DatabaseLockedError`, for up to ``wait_s`` in all, then the error is raised. Each

@@ -49,12 +49,12 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
             seen = sorted(work.glob("*/step-*.pt")) if work.exists() else []
             steps = [p for p in seen if not p.name.endswith(".tmp")]
             evaluated = {k for k in store.keys("evaluate") if store.is_complete("evaluate", k, verify=False)}
-            if len(steps) >= 2 and evaluated and "recording it at the next poll" in flow_log.read_text():
+            if len(steps) >= 2 and evaluated and "recording it at a later poll" in flow_log.read_text():
                 break
             time.sleep(0.2)
         assert proc.poll() is None, ("the run ended before it could be interrupted (make it longer), or the held "
                                      f"results file stopped it:\n{flow_log.read_text()[-3000:]}")
-        assert holder is not None and "recording it at the next poll" in flow_log.read_text(), flow_log.read_text()
+        assert holder is not None and "recording it at a later poll" in flow_log.read_text(), flow_log.read_text()
         holder.close()  # the evaluation it could not record goes in at a later poll, while training goes on
         wait_for("the evaluation recorded", lambda: not read_only_query(
             db, "SELECT 1 FROM checkpoint_metrics LIMIT 1").empty, 60)

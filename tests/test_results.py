@@ -410,3 +410,21 @@ def test_a_write_waits_for_a_held_file_saying_so(db, holder):
     retried_while_locked(lambda: db.upsert("checkpoints", row), 60, lambda e, left: waits.append((e.pid, left)), 0.1)
     assert db.count("checkpoints") == 1
     assert waits and waits[0][0] == holder.pid and waits[0][1] > 50, waits
+
+
+def test_a_held_file_is_said_once_per_interval_while_it_stays_held():
+    """A flow's polls retry a held results file every few seconds; the warning comes once per
+    interval, and again at once after a write went through and the file is held anew."""
+    from tasks.results import HeldWarning
+
+    said: list[str] = []
+    held = HeldWarning(lambda msg, *args: said.append(msg % args), every_s=0.3)
+    for _ in range(5):
+        held("held by %s", "PID 1")
+    assert said == ["held by PID 1"]
+    time.sleep(0.35)
+    held("held by %s", "PID 2")
+    assert said[-1] == "held by PID 2" and len(said) == 2
+    held.clear()  # written: the next hold is news
+    held("held by %s", "PID 3")
+    assert said[-1] == "held by PID 3" and len(said) == 3
