@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from tasks.workspace import Workspace, configure_environment
+from tasks.workspace import configure_environment
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,13 +78,10 @@ READS_WORKSPACE = ("status", "report", "sql", "export")
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in READS_WORKSPACE and not Workspace.at(args.workspace).root.is_dir():
-        print(f"semprobe: error: no workspace at {Workspace.at(args.workspace).root} (`semprobe run` makes one; "
-              "is --workspace or $SEMPROBE_WORKSPACE mistyped?)", file=sys.stderr)
-        return 2
     try:
-        ws = configure_environment(args.workspace, args.artifacts, args.results_url)
-    except (ValueError, ImportError) as e:  # an unknown protocol, or its fsspec package missing
+        ws = configure_environment(args.workspace, args.artifacts, args.results_url,
+                                   create=args.command not in READS_WORKSPACE)
+    except (ValueError, ImportError, FileNotFoundError) as e:  # an unknown protocol, its fsspec package missing
         print(f"semprobe: error: {e}", file=sys.stderr)
         return 2
     from tasks.results import DatabaseLockedError

@@ -65,10 +65,11 @@ class Workspace:
 
 
 def configure_environment(root: str | os.PathLike | None = None, artifacts: str | None = None,
-                          results_url: str | None = None) -> Workspace:
+                          results_url: str | None = None, create: bool = True) -> Workspace:
     """Point Prefect and MLflow at the workspace (unless the user configured them) and turn
     telemetry off. ``artifacts`` / ``results_url`` override $SEMPROBE_ARTIFACTS /
-    $SEMPROBE_RESULTS_URL; both are checked here (a bad URL fails before any work). Call before
+    $SEMPROBE_RESULTS_URL; both are checked here (a bad URL fails before any work). ``create``:
+    make the workspace folder; else one that does not exist raises FileNotFoundError. Call before
     importing prefect."""
     ws = Workspace.at(root)
     if artifacts:
@@ -78,7 +79,11 @@ def configure_environment(root: str | os.PathLike | None = None, artifacts: str 
     ws.store  # noqa: B018 -- fail fast on an unknown protocol or a missing fsspec package
     for k, v in result_settings(os.environ.get(RESULTS_URL_ENV)).items():
         os.environ.setdefault(k, v)
-    ws.root.mkdir(parents=True, exist_ok=True)
+    if create:
+        ws.root.mkdir(parents=True, exist_ok=True)
+    elif not ws.root.is_dir():  # a command that reads one (cli.READS_WORKSPACE): a mistyped path makes nothing
+        raise FileNotFoundError(f"no workspace at {ws.root} (`semprobe run` makes one; is --workspace or "
+                                "$SEMPROBE_WORKSPACE mistyped?)")
     os.environ["SEMPROBE_WORKSPACE"] = str(ws.root)
     os.environ.setdefault("PREFECT_HOME", str(ws.root / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
