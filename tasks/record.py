@@ -55,11 +55,11 @@ class MlflowWrites:
             out = action()
         except Exception as e:
             self._paused_until = time.monotonic() + MLFLOW_PAUSE_S
-            self._warn("MLflow did not take %s (DuckDB has it): %s; MLflow writes are skipped for the next "
-                       "%.0f minutes", what, e, MLFLOW_PAUSE_S / 60)
+            self._warn("MLflow did not take %s: %s; MLflow is skipped for the next %.0f minutes (DuckDB, the "
+                       "record, is written as before)", what, e, MLFLOW_PAUSE_S / 60)
             return None
         if self._skipped:
-            self._warn("MLflow takes writes again; it lacks %d skipped before (DuckDB has them)", self._skipped)
+            self._warn("MLflow takes writes again; it lacks the %d skipped before (DuckDB has them)", self._skipped)
             self._skipped = 0
         return out
 
