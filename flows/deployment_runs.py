@@ -146,8 +146,7 @@ class Recordings:
             except DatabaseLockedError as e:
                 if final:
                     raise
-                self.held("%s; %d finished run(s) are recorded once it is free (said again every 5 minutes while "
-                          "it is held), the others go on", e, len(self.queue))
+                self.held("%s; %d finished run(s) are recorded once it is free, the others go on", e, len(self.queue))
                 return False
             self.queue.pop(0)
         self.held.clear()

@@ -47,17 +47,11 @@ def published_steps(ws: Workspace, train_key_: str) -> list[int]:
                   if k.startswith(prefix) and store.is_complete("checkpoint", k, verify=False))
 
 
-def _probe_grids(journal: record.Journal, ws: Workspace) -> list[dict]:
-    """The probe-grid summaries a checkpoint unit journalled, their paths resolved here."""
-    store = ws.store
-    return [{**args[0], "path": str(store.path(args[0]["stage"], args[0]["key"]))}
-            for name, args in journal.calls if name == "probes"]
-
-
-def _record_unit(u: Unit, replay: record.Replay, rec: record.Recorder, ws: Workspace, grids: list) -> None:
-    """Replay a finished unit's journal into ``rec`` (resumable: ``Recordings``), then keep its grids."""
+def _record_unit(replay: record.Replay, rec: record.Recorder, grids: list) -> None:
+    """Replay a finished unit's journal into ``rec`` (resumable: ``Recordings``), then keep the
+    probe-grid summaries it journalled, their paths resolved here."""
     replay.into(rec)
-    grids += _probe_grids(u.journal, ws)
+    grids += [record.localized(args[0], replay.store) for name, args in replay.journal.calls if name == "probes"]
 
 
 def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recorder, ws: Workspace,
@@ -83,7 +77,7 @@ def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recor
                                                    checkpoint_deployment, {**params, "step": step}))
             for u in runs.poll(client):
                 log.info("%s finished (flow run %s on %s)", u.label, u.flow_run, u.journal.where.get("worker"))
-                recordings.add(functools.partial(_record_unit, u, record.Replay(u.journal, ws.store), rec, ws, grids))
+                recordings.add(functools.partial(_record_unit, record.Replay(u.journal, ws.store), rec, grids))
             recordings.write()
             if runs.failed():
                 raise RuntimeError(f"units did not finish: {[u.summary() for u in runs.failed()]}")

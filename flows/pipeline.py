@@ -266,7 +266,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
             if best_effort:
                 log.warning("%s; not recorded", e)
             else:
-                held("%s; recording it at a later poll (said again every 5 minutes while it is held)", e)
+                held("%s; recording it at a later poll", e)
         else:
             held.clear()
         return sum(k in recorded for k in grids)

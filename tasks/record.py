@@ -285,7 +285,7 @@ class Replay:
     def into(self, rec: Recorder) -> None:
         for name, args in self.journal.calls[self.done:]:
             if self.store is not None and name in ("probes", "phases"):
-                args = [_localized(a, self.store) for a in args]
+                args = [localized(a, self.store) for a in args]
             getattr(rec, name)(*args)
             self.done += 1
 
@@ -299,7 +299,9 @@ def replay(journal: Journal, rec: Recorder, store=None) -> None:
     Replay(journal, store).into(rec)
 
 
-def _localized(arg, store):
+def localized(arg, store):
+    """``arg`` with its ``path`` resolved in ``store`` on this machine, where it is a stage summary
+    (a worker journalled its own path); anything else as it is."""
     if isinstance(arg, dict) and {"stage", "key", "path"} <= set(arg):
         return {**arg, "path": str(store.path(arg["stage"], arg["key"]))}
     return arg

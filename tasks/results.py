@@ -77,7 +77,7 @@ class HeldWarning:
     def __call__(self, msg: str, *args) -> None:
         if self._last is None or time.monotonic() - self._last >= self.every_s:
             self._last = time.monotonic()
-            self.warn(msg, *args)
+            self.warn(msg + " (said again every %.0f minutes while it is held)", *args, self.every_s / 60)
 
     def clear(self) -> None:
         self._last = None

@@ -421,10 +421,11 @@ def test_a_held_file_is_said_once_per_interval_while_it_stays_held():
     held = HeldWarning(lambda msg, *args: said.append(msg % args), every_s=0.3)
     for _ in range(5):
         held("held by %s", "PID 1")
-    assert said == ["held by PID 1"]
+    assert said == ["held by PID 1 (said again every 0 minutes while it is held)"]  # 0.3 s, rounded
     time.sleep(0.35)
     held("held by %s", "PID 2")
-    assert said[-1] == "held by PID 2" and len(said) == 2
+    assert said[-1] == "held by PID 2 (said again every 0 minutes while it is held)" and len(said) == 2
     held.clear()  # written: the next hold is news
     held("held by %s", "PID 3")
-    assert said[-1] == "held by PID 3" and len(said) == 3
+    assert said[-1] == "held by PID 3 (said again every 0 minutes while it is held)" and len(said) == 3
+    assert HeldWarning(said.append).every_s == 300  # the flows' interval: "every 5 minutes"
