@@ -51,10 +51,10 @@ POLL_S = 1.0
 RESULTS_WAIT_S = 1800.0
 
 
-def _wait_ended(future) -> None:
-    """Until a task future has ended, waiting in short slices so SIGTERM and Ctrl-C are handled at
-    once (a single blocking wait can hold the signal until the task finishes)."""
-    while not _ended(future):
+def _wait_ended(future, unless=lambda: False) -> None:
+    """Until a task future has ended (or ``unless()`` holds), waiting in short slices so SIGTERM and
+    Ctrl-C are handled at once (a single blocking wait can hold the signal until the task finishes)."""
+    while not unless() and not _ended(future):
         future.wait(timeout=POLL_S)
 
 
@@ -96,8 +96,7 @@ def _finish(futures) -> None:
     waits: ``flows.stopping.stopping``)."""
     for future in futures:
         try:
-            while not stop_noted() and not _ended(future):
-                future.wait(timeout=POLL_S)
+            _wait_ended(future, unless=stop_noted)
         except Exception:  # its engine crashed: it has ended, with nothing to record
             pass
 
