@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from karel.text import N_SPEC
+
 LOSS_ON = ("all", "program", "outputs")
 PACKING = ("blocks", "samples")
 DEVICES = ("auto", "cpu", "cuda")
@@ -88,6 +90,11 @@ class TrainConfig:
     # Measured harmful on the cpu preset (500 steps: 19% accuracy against 57% without; RESULTS.md).
     anneal_steps: int = 0
     anneal_min_actions: int = 6
+    # Spec pairs a training sample shows (packing="samples" only; () = all 5, as in the paper): each
+    # step draws k from this tuple (repeat a value to weight it) and its rows keep the first k
+    # input/output pairs and the program, as many rows as fit the step's batch_size x block_len
+    # tokens, so a step sees more programs for the same tokens. Evaluation always shows 5 pairs.
+    spec_pairs: tuple[int, ...] = ()
     weight_decay: float = 0.0
     # "adamw" (paper) or "muon": Muon for the blocks' weight matrices (model/optim.py), AdamW for
     # embeddings, LM head, norms and biases. An option, off in the paper preset.
@@ -130,7 +137,9 @@ class TrainConfig:
         for name, allowed in (("optimizer", OPTIMIZERS), ("loss_on", LOSS_ON), ("packing", PACKING), ("device", DEVICES), ("autocast", AUTOCAST)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
-        for name in ("curriculum_steps", "anneal_steps"):
+        if any(not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= N_SPEC for k in self.spec_pairs):
+            raise ValueError(f"spec_pairs: each must be an int in 1..{N_SPEC}, got {self.spec_pairs!r}")
+        for name in ("curriculum_steps", "anneal_steps", "spec_pairs"):
             if getattr(self, name) and self.packing != "samples":
                 raise ValueError(f"{name}: needs packing='samples' (one whole sample per row), "
                                  f"not packing={self.packing!r}")

@@ -9,6 +9,8 @@ A length curriculum (``SampleRows`` only) draws the first rows of epoch 0 from `
 among the samples no longer than a rising bound, so it resumes exactly from the same two integers.
 A length anneal draws every row from ``anneal_rows`` on (counted from the start of training) from
 ``(seed, 1, row)`` among the eligible samples (``anneal_pool``), resumable the same way.
+With ``spec_pairs`` each batch's rows show the first k spec pairs, k drawn from ``(seed, 2, row)``
+at the batch's first row, and a batch holds as many such rows as fit its full rows' tokens.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ class SampleRows(PackedBlocks):
     """
 
     def __init__(self, ids: np.ndarray, lengths: np.ndarray, row_len: int, seed: int, curriculum_rows: int = 0,
-                 anneal_rows: int | None = None, anneal_pool: np.ndarray | None = None):
+                 anneal_rows: int | None = None, anneal_pool: np.ndarray | None = None, spec_pairs: tuple[int, ...] = ()):
         self.ids, self.lengths = ids, lengths.astype(np.int64)
+        self.spec_pairs = spec_pairs
         self.curriculum_rows = curriculum_rows
         if anneal_rows is not None and (anneal_pool is None or len(anneal_pool) == 0):
             raise ValueError("anneal: no training sample is eligible for the length anneal")
@@ -114,6 +117,10 @@ class SampleRows(PackedBlocks):
 
     def next_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         width = self.block_len + 1
+        pairs = self._draw_pairs()
+        if pairs is not None:  # shorter rows: as many as fit the n full rows' tokens
+            width -= (karel.text.N_SPEC - pairs) * karel.text.PAIR_TOKENS
+            n = n * (self.block_len + 1) // width
         toks = np.zeros((n, width), np.int64)
         offs = np.full((n, width), -1, np.int64)
         for r in range(n):
@@ -127,9 +134,18 @@ class SampleRows(PackedBlocks):
             else:
                 i = self._order[row]
             size = self.lengths[i]
-            toks[r, :size] = self.ids[i, :size]
-            offs[r, :size] = np.arange(size)
+            keep = np.arange(size) if pairs is None else _kept_positions(size, pairs)
+            toks[r, : len(keep)] = self.ids[i, keep]
+            offs[r, : len(keep)] = keep
         return torch.from_numpy(toks), torch.from_numpy(offs)
+
+    def _draw_pairs(self) -> int | None:
+        """The spec pairs of the next step's rows (None: all, and rows as before), drawn from
+        ``(seed, 2, position)`` so a resumed stream draws the same."""
+        if not self.spec_pairs:
+            return None
+        position = self.epoch * self.blocks_per_epoch + self.block
+        return int(self.spec_pairs[np.random.default_rng([self.seed, 2, position]).integers(len(self.spec_pairs))])
 
 
     def length_bound(self, row: int) -> int:
@@ -141,6 +157,14 @@ class SampleRows(PackedBlocks):
     def _curriculum_sample(self, row: int) -> int:
         n = int(np.searchsorted(self._sorted_lengths, self.length_bound(row), side="right"))
         return int(self._by_length[np.random.default_rng([self.seed, 0, row]).integers(n)])
+
+
+def _kept_positions(size: int, pairs: int) -> np.ndarray:
+    """The positions of a ``size``-token sample that a row showing its first ``pairs`` spec pairs
+    keeps: those pairs, then from ``Code:`` on. They are also the tokens' offsets, as in the whole
+    sample, so the loss weights and masks of ``batch_inputs`` read them unchanged."""
+    cut = pairs * karel.text.PAIR_TOKENS
+    return np.concatenate([np.arange(cut), np.arange(karel.text.N_SPEC * karel.text.PAIR_TOKENS, size)])
 
 
 @functools.lru_cache(maxsize=1)
@@ -190,5 +214,6 @@ def make_stream(ids: np.ndarray, lengths: np.ndarray, cfg: TrainConfig) -> Packe
         if cfg.anneal_steps:
             anneal_rows = (cfg.steps - cfg.anneal_steps) * cfg.batch_size
             pool = np.flatnonzero(karel.text.program_actions(lengths) >= cfg.anneal_min_actions)
-        return SampleRows(ids, lengths, cfg.block_len, cfg.seed, cfg.curriculum_steps * cfg.batch_size, anneal_rows, pool)
+        return SampleRows(ids, lengths, cfg.block_len, cfg.seed, cfg.curriculum_steps * cfg.batch_size, anneal_rows, pool,
+                          cfg.spec_pairs)
     return PackedBlocks(ids, lengths, cfg.block_len, cfg.seed)

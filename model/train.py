@@ -160,7 +160,6 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
         from tqdm.auto import tqdm
 
         bar = tqdm(total=last, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    micro = train_cfg.micro_batch or train_cfg.batch_size
     t0, tokens_since, losses = time.perf_counter(), 0, []
     while step < last:
         set_lr(optimizer, train_cfg, step)
@@ -169,7 +168,8 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
         _, _, weight, _ = batch_inputs(tokens, offset, train_cfg)
         denom = float(weight.sum().clamp(min=1.0))
         step_loss = 0.0
-        for lo in range(0, train_cfg.batch_size, micro):
+        micro = train_cfg.micro_batch or tokens.shape[0]  # spec_pairs: more, shorter rows than batch_size
+        for lo in range(0, tokens.shape[0], micro):
             loss, w = lm_loss(model, tokens[lo : lo + micro], offset[lo : lo + micro], train_cfg, device)
             (loss * (w / denom)).backward()
             step_loss += loss.item() * w / denom

@@ -209,6 +209,46 @@ def test_length_anneal_draws_the_last_steps_from_long_programs(tmp_path):
         TrainConfig(packing="samples", steps=10, anneal_steps=20)
 
 
+def test_spec_pairs_rows_show_the_first_pairs_and_the_program(tmp_path):
+    vocab = karel.Vocab()
+    karel.generate_dataset(karel.DataConfig(n_train_generated=200, n_val=2, n_test=2, train_lengths=tuple(range(1, 11))),
+                           tmp_path / "d")
+    ids, lengths = tokenize(karel.load_split(tmp_path / "d", "train"), vocab)
+    cfg = TrainConfig(packing="samples", block_len=386, batch_size=4, steps=10, spec_pairs=(1, 3, 5))
+    rows = make_stream(ids, lengths, cfg)
+    order = np.random.default_rng([cfg.seed, 0]).permutation(len(ids))  # epoch 0's, as with all pairs
+    headers = torch.tensor([vocab.id(f"Input{j}") for j in range(5)])
+    seen, drawn = 0, set()
+    for _ in range(12):
+        tokens, offset = rows.next_batch(4)
+        real = offset >= 0
+        k = int(torch.isin(tokens[0], headers).sum())
+        drawn.add(k)
+        width = 387 - (5 - k) * karel.text.PAIR_TOKENS
+        assert tokens.shape == (4 * 387 // width, width)  # the 4 full rows' tokens, in shorter rows
+        for r in range(tokens.shape[0]):
+            i = order[seen + r]  # the samples whole rows would show, in the same order
+            n = int(lengths[i])
+            text = vocab.decode(tokens[r, real[r]].tolist())
+            whole = vocab.decode(ids[i, :n].tolist())
+            cut = k * karel.text.PAIR_TOKENS
+            assert text == whole[:cut] + whole[5 * karel.text.PAIR_TOKENS:], (k, r)
+            assert text[cut] == "Code:" and text[-1] == "<eos>"
+            # offsets as in the whole sample: exactly the program's targets weigh 1 under "program"
+            w = batch_inputs(tokens[r : r + 1], offset[r : r + 1], replace(cfg, loss_on="program"))[2][0]
+            assert w.sum() == n - karel.prompt_length()
+        seen += tokens.shape[0]
+    assert drawn == {1, 3, 5}
+    resumed = make_stream(ids, lengths, cfg)
+    resumed.load_state_dict(rows.state_dict())
+    following = rows.next_batch(4)
+    torch.testing.assert_close(resumed.next_batch(4)[0], following[0])
+    with pytest.raises(ValueError, match=r"spec_pairs: each must be an int in 1..5"):
+        TrainConfig(packing="samples", spec_pairs=(0, 2))
+    with pytest.raises(ValueError, match="spec_pairs: needs packing='samples'"):
+        TrainConfig(spec_pairs=(2,))
+
+
 def test_padding_and_prompt_weight():
     tokens = torch.arange(8)[None]
     offset = torch.tensor([[0, 1, 2, 3, 4, -1, -1, -1]])

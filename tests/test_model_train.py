@@ -40,6 +40,7 @@ def test_smoke_training_lowers_loss_and_follows_schedule(data_dir, tmp_path):
 @pytest.mark.parametrize("packing,extra,optimizer", [
     ("blocks", {}, "adamw"), ("samples", {}, "adamw"), ("samples", {"curriculum_steps": 4}, "adamw"),
     ("samples", {"anneal_steps": 2, "anneal_min_actions": 8}, "adamw"), ("samples", {}, "muon"),
+    ("samples", {"spec_pairs": (1, 2, 5)}, "muon"),
 ])
 def test_resume_equals_straight(data_dir, tmp_path, packing, extra, optimizer):
     m, t = _cfg(cross_sample_attention=False, packing=packing, optimizer=optimizer, **extra)
