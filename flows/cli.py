@@ -74,13 +74,25 @@ def _parser() -> argparse.ArgumentParser:
 # Commands that read a workspace's results or store: a missing one (a mistyped --workspace) is an
 # error, not an empty folder made there and then a less helpful one.
 READS_WORKSPACE = ("status", "report", "sql", "export")
+# Commands that write nothing in the workspace (estimate works in a temporary folder, compare
+# reads the folders it names): a missing one is not made.
+WRITES_NOTHING = ("estimate", "compare")
+
+
+def _creates_workspace(args) -> bool | None:
+    """``configure_environment``'s ``create`` for a command line: True (make the workspace),
+    False (it must exist) or None (leave it as it is)."""
+    if args.command in READS_WORKSPACE:
+        return False
+    if args.command in WRITES_NOTHING or getattr(args, "dry_run", False):
+        return None
+    return True
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        ws = configure_environment(args.workspace, args.artifacts, args.results_url,
-                                   create=args.command not in READS_WORKSPACE)
+        ws = configure_environment(args.workspace, args.artifacts, args.results_url, create=_creates_workspace(args))
     except (ValueError, ImportError, FileNotFoundError) as e:  # an unknown protocol, its fsspec package missing
         print(f"semprobe: error: {e}", file=sys.stderr)
         return 2

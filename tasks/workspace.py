@@ -15,7 +15,10 @@ Shared storage on a cluster (every worker must see the same cache):
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +68,14 @@ class Workspace:
 
 
 def configure_environment(root: str | os.PathLike | None = None, artifacts: str | None = None,
-                          results_url: str | None = None, create: bool = True) -> Workspace:
+                          results_url: str | None = None, create: bool | None = True) -> Workspace:
     """Point Prefect and MLflow at the workspace (unless the user configured them) and turn
     telemetry off. ``artifacts`` / ``results_url`` override $SEMPROBE_ARTIFACTS /
     $SEMPROBE_RESULTS_URL; both are checked here (a bad URL fails before any work). ``create``:
-    make the workspace folder; else one that does not exist raises FileNotFoundError. Call before
-    importing prefect."""
+    True makes the workspace folder; False: one that does not exist raises FileNotFoundError; None
+    (a command that writes nothing there): a missing one is left missing, and Prefect's home, which
+    importing prefect makes, goes to a temporary folder removed at exit. Call before importing
+    prefect."""
     ws = Workspace.at(root)
     if artifacts:
         os.environ[ARTIFACTS_ENV] = artifacts
@@ -81,9 +86,13 @@ def configure_environment(root: str | os.PathLike | None = None, artifacts: str 
         os.environ.setdefault(k, v)
     if create:
         ws.root.mkdir(parents=True, exist_ok=True)
-    elif not ws.root.is_dir():  # a command that reads one (cli.READS_WORKSPACE): a mistyped path makes nothing
+    elif not ws.root.is_dir() and create is False:  # a command that reads one (cli.READS_WORKSPACE)
         raise FileNotFoundError(f"no workspace at {ws.root} (`semprobe run` makes one; is --workspace or "
                                 "$SEMPROBE_WORKSPACE mistyped?)")
+    elif not ws.root.is_dir():
+        home = tempfile.mkdtemp(prefix="semprobe-prefect-")
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        os.environ.setdefault("PREFECT_HOME", home)
     os.environ["SEMPROBE_WORKSPACE"] = str(ws.root)
     os.environ.setdefault("PREFECT_HOME", str(ws.root / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -248,6 +248,14 @@ def test_cli_status_sql_and_bad_input(ws):
     for command in (["status", "--preset", "smoke"], ["sql", "SELECT 1"], ["report"]):
         bad = semprobe(typo, *command, check=False)
         assert bad.returncode == 2 and f"no workspace at {typo}" in bad.stderr, (command, bad.stderr)
+    # commands that write nothing there leave a missing workspace missing
+    assert "| 1. generative accuracy" in semprobe(typo, "compare", str(ws)).stdout
+    spec = ws.parent / "dry.yaml"
+    spec.write_text("name: dry\npreset: smoke\ngrid: {train.seed: [0, 1]}\n")
+    env = {k: v for k, v in temporary_server_env().items() if k not in ("PREFECT_HOME", "SEMPROBE_WORKSPACE")}
+    dry = subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(typo), "sweep", str(spec), "--dry-run"],
+                         capture_output=True, text=True, timeout=300, env=env)  # its own process: Prefect's home
+    assert dry.returncode == 0 and "train.seed=0" in dry.stdout and "train.seed=1" in dry.stdout, dry.stderr
     assert not typo.exists()
 
 
