@@ -143,6 +143,10 @@ class TrainConfig:
             if getattr(self, name) and self.packing != "samples":
                 raise ValueError(f"{name}: needs packing='samples' (one whole sample per row), "
                                  f"not packing={self.packing!r}")
+        for name in ("curriculum_steps", "anneal_steps"):  # counted in rows of batch_size a step
+            if self.spec_pairs and getattr(self, name):
+                raise ValueError(f"spec_pairs: cannot be combined with {name} (its steps are counted in "
+                                 "rows, and a step of fewer pairs holds more rows)")
         if self.anneal_steps > self.steps:
             raise ValueError(f"anneal_steps: {self.anneal_steps} is more than steps ({self.steps})")
         check_positive_int(self, "anneal_min_actions")

@@ -247,6 +247,8 @@ def test_spec_pairs_rows_show_the_first_pairs_and_the_program(tmp_path):
         TrainConfig(packing="samples", spec_pairs=(0, 2))
     with pytest.raises(ValueError, match="spec_pairs: needs packing='samples'"):
         TrainConfig(spec_pairs=(2,))
+    with pytest.raises(ValueError, match="spec_pairs: cannot be combined with anneal_steps"):
+        TrainConfig(packing="samples", spec_pairs=(2,), anneal_steps=1)
 
 
 def test_padding_and_prompt_weight():
