@@ -64,12 +64,14 @@ def setup(m, t, train_samples, compile_model):
 def train_step(fwd, opt, blocks, t, step, device):
     set_lr(opt, t, step)
     tokens, offset = blocks.next_batch(t.batch_size)
-    micro = t.micro_batch or t.batch_size
+    rows = tokens.shape[0]  # batch_size, or more shorter rows with train.spec_pairs
+    micro = t.micro_batch or rows
     total = 0.0
-    for lo in range(0, t.batch_size, micro):
+    for lo in range(0, rows, micro):
+        part = min(micro, rows - lo) / rows
         loss, _ = lm_loss(fwd, tokens[lo : lo + micro], offset[lo : lo + micro], t, device)
-        (loss * micro / t.batch_size).backward()
-        total += loss.detach() * micro / t.batch_size
+        (loss * part).backward()
+        total += loss.detach() * part
     if t.grad_clip:
         torch.nn.utils.clip_grad_norm_(fwd.parameters(), t.grad_clip)
     opt.step()

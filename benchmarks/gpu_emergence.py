@@ -60,11 +60,18 @@ def parse_sets(items):
 
 
 def typed(cfg, overrides: dict):
-    """Overrides parsed by the type of each field's default."""
+    """Overrides parsed by the type of each field's default; a tuple (``spec_pairs=1,2,3,4,5``)
+    as a comma list of ints, the only tuples the model and train configs hold. Not
+    ``flows.presets``' parser: it would import pandas, which a bare GPU machine may lack."""
     out = {}
     for k, v in overrides.items():
         cur = getattr(cfg, k)
-        out[k] = (v.lower() in ("1", "true")) if isinstance(cur, bool) else type(cur)(v)
+        if isinstance(cur, bool):
+            out[k] = v.lower() in ("1", "true")
+        elif isinstance(cur, tuple):
+            out[k] = tuple(int(x) for x in v.split(",") if x.strip())
+        else:
+            out[k] = type(cur)(v)
     return out
 
 
