@@ -24,6 +24,14 @@
 #     cpu-recipe-8k       the `cpu` preset at 8,000 steps (65M tokens; on 2 CPU cores it runs 2,000)
 #     cpu-recipe-b166-6k  the same at 8x the rows a step, 6,000 steps (384M tokens)
 #     cpu-long-recipe-6k  the `cpu-long` model and schedule (six layers, 6,000 steps, 48.6M tokens)
+#   ARMS=pairs: the spec-pairs lever (`train.spec_pairs`, RESULTS.md, session 39) on the
+#     `cpu-long` model and schedule, side by side with the same run without it:
+#     cpu-long-recipe-6k-pairs15  each step's rows show k = 1..5 spec pairs (uniform), as many
+#                                 rows as fit the step's tokens (~2.1x the programs a step)
+#     cpu-long-recipe-6k          the baseline of the same session (session 25 read 72.8% on
+#                                 lengths 6..10 from it on another lease)
+#     cpu-long-recipe-6k-pairs35  k = 3..5 (~1.4x the programs a step)
+#     ~250-300 s side by side (the `seeds` arms' size)
 #   ARMS=none: no training arms (for a first call of PAPER=1 PROBES=1 alone)
 # PAPER=1 first runs the `paper` preset for PAPER_STEPS steps (default 300, issue 3's "a few
 # hundred"; ~70 s on an H200 on 2026-12-04) and reports tokens/s, MFU, peak memory.
@@ -45,7 +53,7 @@ BUDGET=${1:-420}   # a stop, not a schedule: `seeds` needed 284-329 s on one H20
 PY=${PY:-python3}
 TINY_FLAG=""; [ "${TINY:-0}" = 1 ] && TINY_FLAG="--tiny"
 ARMS=${ARMS:-probes}
-case "$ARMS" in probes|seeds|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of probes, seeds, 2026-12-04, none"; exit 2 ;; esac
+case "$ARMS" in probes|seeds|pairs|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of probes, seeds, pairs, 2026-12-04, none"; exit 2 ;; esac
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/env.txt" 2>/dev/null
 
@@ -110,6 +118,11 @@ case "$ARMS" in
     run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
     run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
     run cpu-long-recipe-b166-6k --fixed-steps --model n_layer=6 --train batch_size=$(rows 166) --train steps=$(steps 6000) & ;;
+  pairs)  # TINY's smoke preset packs blocks; spec_pairs needs whole-sample rows
+    ROWS=""; [ -n "$TINY_FLAG" ] && ROWS="--train packing=samples --train block_len=386"
+    run cpu-long-recipe-6k-pairs15 --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=1,2,3,4,5 &
+    run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS &
+    run cpu-long-recipe-6k-pairs35 --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=3,4,5 & ;;
   2026-12-04)
     run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
     run cpu-recipe-b166-6k --fixed-steps --train batch_size=$(rows 166) --train steps=$(steps 6000) &
