@@ -94,6 +94,7 @@ class TrainConfig:
     # step draws k from this tuple (repeat a value to weight it) and its rows keep the first k
     # input/output pairs and the program, as many rows as fit the step's batch_size x block_len
     # tokens, so a step sees more programs for the same tokens. Evaluation always shows 5 pairs.
+    # Measured on the cpu preset over 500 steps: 1..5 behind, 3..5 level (RESULTS.md, session 39).
     spec_pairs: tuple[int, ...] = ()
     weight_decay: float = 0.0
     # "adamw" (paper) or "muon": Muon for the blocks' weight matrices (model/optim.py), AdamW for
