@@ -45,6 +45,7 @@
 # benchmarks/gpu_session.sh` (~1.5 min), then `bash benchmarks/gpu_session.sh 450`, with
 # GRID_GRAPHS=1 in front if the first call's tests passed and batched+graphs was the fastest,
 # and GRID_SEEDS=3 too if graphs ran the grid >= 3x faster than batched (CIs for targets 3, 5, 6).
+# If the session's device time allows a third call (~5 min): `ARMS=pairs bash benchmarks/gpu_session.sh 330`.
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1
