@@ -86,10 +86,10 @@ def configure_environment(root: str | os.PathLike | None = None, artifacts: str 
         os.environ.setdefault(k, v)
     if create:
         ws.root.mkdir(parents=True, exist_ok=True)
-    elif not ws.root.is_dir() and create is False:  # a command that reads one (cli.READS_WORKSPACE)
-        raise FileNotFoundError(f"no workspace at {ws.root} (`semprobe run` makes one; is --workspace or "
-                                "$SEMPROBE_WORKSPACE mistyped?)")
     elif not ws.root.is_dir():
+        if create is False:  # a command that reads one (cli.READS_WORKSPACE)
+            raise FileNotFoundError(f"no workspace at {ws.root} (`semprobe run` makes one; is --workspace or "
+                                    "$SEMPROBE_WORKSPACE mistyped?)")
         home = tempfile.mkdtemp(prefix="semprobe-prefect-")
         atexit.register(shutil.rmtree, home, ignore_errors=True)
         os.environ.setdefault("PREFECT_HOME", home)
