@@ -90,9 +90,9 @@ def configure_environment(root: str | os.PathLike | None = None, artifacts: str 
         if create is False:  # a command that reads one (cli.READS_WORKSPACE)
             raise FileNotFoundError(f"no workspace at {ws.root} (`semprobe run` makes one; is --workspace or "
                                     "$SEMPROBE_WORKSPACE mistyped?)")
-        home = tempfile.mkdtemp(prefix="semprobe-prefect-")
-        atexit.register(shutil.rmtree, home, ignore_errors=True)
-        os.environ.setdefault("PREFECT_HOME", home)
+        if "PREFECT_HOME" not in os.environ:  # the user's own is kept, as below
+            os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="semprobe-prefect-")
+            atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
     os.environ["SEMPROBE_WORKSPACE"] = str(ws.root)
     os.environ.setdefault("PREFECT_HOME", str(ws.root / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
