@@ -90,7 +90,11 @@ run() {  # tag, then --train / --model overrides of the cpu preset
   OMP_NUM_THREADS=5 $PY benchmarks/gpu_emergence.py --data /tmp/d110 --out "$OUT/emergence.jsonl" --tag "$tag" \
     --budget "$BUDGET" --n-eval 1000 --eval-every-s 40 --probe-features direction,facing_wall $TINY_FLAG \
     --grid-epochs "$GRID_EPOCHS" "$@" \
-    > "$OUT/$tag.log" 2>&1 || echo "$tag failed: $(tail -3 "$OUT/$tag.log")"
+    > "$OUT/$tag.log" 2>&1 || { echo "$tag failed: $(tail -3 "$OUT/$tag.log")"; return 1; }
+  # an arm can end with status 0 and nothing written (seen once on a CPU check): only its
+  # "done" line says it finished
+  grep -q "\"tag\": \"$tag\".*\"part\": \"done\"" "$OUT/emergence.jsonl" 2>/dev/null && return 0
+  echo "$tag ended without its \"done\" line: $(tail -3 "$OUT/$tag.log")"; return 1
 }
 STEPS=${STEPS:-1}; [ -n "$TINY_FLAG" ] && STEPS=0.005   # TINY: a few steps each
 # the pipeline's probes and the random-init control at each evaluation, or at the steps an arm
@@ -113,8 +117,9 @@ case "$ARMS" in
       --grid-steps "$(gsteps 3000)" --grid-offsets 0,1,2 &
     # a third run beside them only when the probes replay as CUDA graphs: eager, the two
     # probed runs need ~400-500 s of the call alone (the probe sets hold ~10-17k positions)
-    [ "${GRID_GRAPHS:-0}" = 1 ] && run six-layers-b332-sized --model n_layer=6 --train batch_size=$(rows 332) \
-      $PROBED --grid-steps "$(gsteps end)" & ;;
+    if [ "${GRID_GRAPHS:-0}" = 1 ]; then
+      run six-layers-b332-sized --model n_layer=6 --train batch_size=$(rows 332) $PROBED --grid-steps "$(gsteps end)" &
+    fi ;;
   seeds)
     run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
     run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
@@ -129,5 +134,7 @@ case "$ARMS" in
     run cpu-recipe-b166-6k --fixed-steps --train batch_size=$(rows 166) --train steps=$(steps 6000) &
     run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) & ;;
 esac
-wait
+failed=0
+for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
 grep '"part": "done"' "$OUT/emergence.jsonl"
+[ "$failed" = 0 ] || { echo "$failed arm(s) did not finish"; exit 1; }
