@@ -26,9 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import karel  # noqa: E402
-from benchmarks.gpu_check import setup, train_step  # noqa: E402
+from benchmarks.gpu_check import setup  # noqa: E402
 from model import machine, optim  # noqa: E402
 from model.config import preset  # noqa: E402
+from model.train import train_step  # noqa: E402
 
 
 def train_samples(n: int = 4_000):

@@ -31,8 +31,8 @@ from model.config import preset
 from model.data import make_stream, tokenize
 from model.decode import generate
 from model.metrics import generation_metrics, perplexity
-from model.optim import make_optimizer, set_lr
-from model.train import lm_loss, resolve_device
+from model.optim import make_optimizer
+from model.train import resolve_device, train_step
 from model.transformer import Transformer
 
 PEAK_BF16 = 989e12
@@ -61,24 +61,6 @@ def setup(m, t, train_samples, compile_model):
     return device, model, fwd, opt, blocks
 
 
-def train_step(fwd, opt, blocks, t, step, device):
-    set_lr(opt, t, step)
-    tokens, offset = blocks.next_batch(t.batch_size)
-    rows = tokens.shape[0]  # batch_size, or more shorter rows with train.spec_pairs
-    micro = t.micro_batch or rows
-    total = 0.0
-    for lo in range(0, rows, micro):
-        part = min(micro, rows - lo) / rows
-        loss, _ = lm_loss(fwd, tokens[lo : lo + micro], offset[lo : lo + micro], t, device)
-        (loss * part).backward()
-        total += loss.detach() * part
-    if t.grad_clip:
-        torch.nn.utils.clip_grad_norm_(fwd.parameters(), t.grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return total
-
-
 def paper_throughput(args, train_samples):
     m, t = preset("smoke" if args.tiny else "paper", train={"micro_batch": args.micro} if args.micro else {})
     device, model, fwd, opt, blocks = setup(m, t, train_samples, args.compile)
@@ -89,7 +71,7 @@ def paper_throughput(args, train_samples):
         if step == warm:
             sync(device)
             t0 = time.perf_counter()
-        loss = train_step(fwd, opt, blocks, t, step, device)
+        loss, _ = train_step(fwd, opt, blocks, t, step, device)
         if step % 50 == 0:
             emit(args.out, {"part": "paper", "step": step, "loss": float(loss)})
     sync(device)

@@ -38,10 +38,11 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import karel  # noqa: E402
-from benchmarks.gpu_check import setup, sync, train_step  # noqa: E402
+from benchmarks.gpu_check import setup, sync  # noqa: E402
 from model.config import preset  # noqa: E402
 from model.decode import forced_hidden, generate  # noqa: E402
 from model.metrics import generation_metrics, perplexity  # noqa: E402
+from model.train import train_step  # noqa: E402
 from probes.controls import majority_baseline, selectivity  # noqa: E402
 from probes.grid import GridConfig, probe_grid  # noqa: E402
 from probes.labels import make_labels  # noqa: E402

@@ -50,13 +50,38 @@ def autocast_context(cfg: TrainConfig, device: torch.device):
 def lm_loss(model, tokens, offset, cfg: TrainConfig, device, prompt_len=None) -> tuple[torch.Tensor, float]:
     """(weighted mean loss, weight sum) of one packed batch, for backward and for logging."""
     inputs, targets, weight, doc = batch_inputs(tokens, offset, cfg, prompt_len)
+    total = float(weight.sum())  # on the host: no device sync
     inputs, targets, weight = inputs.to(device), targets.to(device), weight.to(device)
     mask = sample_mask(doc.to(device)) if doc is not None else None
     with autocast_context(cfg, device):
         logits, _ = model(inputs, mask=mask)
     nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    total = weight.sum()
-    return (nll * weight.flatten()).sum() / total.clamp(min=1.0), float(total)
+    return (nll * weight.flatten()).sum() / max(total, 1.0), total
+
+
+def train_step(model, optimizer, blocks, cfg: TrainConfig, step: int, device) -> tuple[torch.Tensor, int]:
+    """One optimizer step at ``step``'s learning rate on the stream's next batch: (the batch's
+    weighted mean loss as a 0-dim tensor on ``device``, target tokens in the batch).
+
+    Micro-batches' losses are weighted by their share of the whole batch's loss weight, so
+    ``micro_batch`` changes nothing but memory. The loss stays on the device (reading it is the
+    caller's choice: a GPU benchmark does not sync every step).
+    """
+    set_lr(optimizer, cfg, step)
+    tokens, offset = blocks.next_batch(cfg.batch_size)
+    _, _, weight, _ = batch_inputs(tokens, offset, cfg)
+    denom = float(weight.sum().clamp(min=1.0))
+    micro = cfg.micro_batch or tokens.shape[0]  # spec_pairs: more, shorter rows than batch_size
+    step_loss = torch.zeros((), device=device)
+    for lo in range(0, tokens.shape[0], micro):
+        loss, w = lm_loss(model, tokens[lo : lo + micro], offset[lo : lo + micro], cfg, device)
+        (loss * (w / denom)).backward()
+        step_loss += loss.detach() * (w / denom)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, tokens.shape[0] * (tokens.shape[1] - 1)
 
 
 def _resume_state(out_dir, model_cfg, train_cfg, vocab):
@@ -162,24 +187,11 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
         bar = tqdm(total=last, initial=step, desc="train", unit="step", dynamic_ncols=True)
     t0, tokens_since, losses = time.perf_counter(), 0, []
     while step < last:
-        set_lr(optimizer, train_cfg, step)
-        tokens, offset = blocks.next_batch(train_cfg.batch_size)
-        # Sum weighted losses over micro-batches, normalised by the whole batch's weight.
-        _, _, weight, _ = batch_inputs(tokens, offset, train_cfg)
-        denom = float(weight.sum().clamp(min=1.0))
-        step_loss = 0.0
-        micro = train_cfg.micro_batch or tokens.shape[0]  # spec_pairs: more, shorter rows than batch_size
-        for lo in range(0, tokens.shape[0], micro):
-            loss, w = lm_loss(model, tokens[lo : lo + micro], offset[lo : lo + micro], train_cfg, device)
-            (loss * (w / denom)).backward()
-            step_loss += loss.item() * w / denom
-        if train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, n_tokens = train_step(model, optimizer, blocks, train_cfg, step, device)
+        step_loss = float(loss)
         step += 1
         losses.append(step_loss)
-        tokens_since += tokens.shape[0] * (tokens.shape[1] - 1)
+        tokens_since += n_tokens
         if bar is not None:
             rate = tokens_since / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
