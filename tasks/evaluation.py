@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
