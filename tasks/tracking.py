@@ -27,6 +27,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
+import sqlite3  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -84,6 +85,7 @@ def init_tracking(workspace: str | os.PathLike, experiment: str | None = None,
     lock_cm = _file_lock(ws / ".mlflow-init.lock") if uri.startswith("sqlite:") \
         else contextlib.nullcontext()
     with lock_cm:
+        _check_sqlite(uri)
         client = _client(uri)
         client.search_experiments(max_results=1)  # creates + migrates the DB
         if experiment:
@@ -93,6 +95,21 @@ def init_tracking(workspace: str | os.PathLike, experiment: str | None = None,
         os.environ[ENV_URI] = uri
         _state["exported"] = uri
     return uri
+
+
+def _check_sqlite(uri: str) -> None:
+    """Raise at once, naming the file, where a SQLite store cannot be opened or is not a database
+    (a folder in its place, a file of something else): MLflow retries opening it for ~100 s first."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=20)) as con:
+            con.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as e:
+        raise RuntimeError(f"MLflow's tracking store {path} cannot be opened: {e}") from None
 
 
 @contextlib.contextmanager

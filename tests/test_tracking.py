@@ -257,3 +257,42 @@ def test_a_sweep_warns_of_mlflow_errors_and_finds_a_point_whose_recording_was_cu
     client.delete_run(rec.parent)  # deleted in the UI
     rec.finish(True)
     assert len(warnings) == 1 and "MLflow did not take the end of the sweep's run" in warnings[0], warnings
+
+
+def test_a_store_that_cannot_be_opened_is_named_at_once_and_the_run_records_duckdb_alone(tmp_path, monkeypatch):
+    """A folder (or any non-database) where the workspace's mlflow.db should be: MLflow retried
+    opening it for ~100 s before it raised. init_tracking now names the file at once, the run's
+    parent run is None (one warning) and its rows go to DuckDB without any MLflow write."""
+    from flows.pipeline import _end_parent_run, _parent_run
+    from flows.presets import load_preset
+    from tasks.record import MlflowWrites, Recorder
+    from tasks.results import ResultsDB
+    from tasks.workspace import Workspace
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    folder, garbage = tmp_path / "folder", tmp_path / "garbage"
+    (folder / "mlflow.db").mkdir(parents=True)
+    garbage.mkdir()
+    (garbage / "mlflow.db").write_bytes(b"not a database, " * 256)
+    try:
+        with pytest.raises(RuntimeError, match=f"tracking store {folder / 'mlflow.db'} cannot be opened: unable to open"):
+            T.init_tracking(folder, experiment="smoke")
+        with pytest.raises(RuntimeError, match="mlflow.db cannot be opened: file is not a database"):
+            T.init_tracking(garbage, experiment="smoke")
+
+        warnings: list[str] = []
+        writes = MlflowWrites(lambda msg, *args: warnings.append(msg % args))
+        ws = Workspace.at(folder)
+        parent = writes("the run's parent run", lambda: _parent_run(ws, "smoke", "run-1", load_preset("smoke"), {}))
+        assert parent is None and len(warnings) == 1
+        assert f"{folder / 'mlflow.db'} cannot be opened" in warnings[0], warnings
+        rec = Recorder(ResultsDB(tmp_path / "results.duckdb"), "run-1", parent, mlflow=writes)
+        ckpt = {"key": "ck-s100", "train_key": "tk", "step": 100, "tokens_seen": 6400, "path": "/x"}
+        rec.checkpoint(ckpt, {"stage": "evaluate", "key": "ev-1", "status": "computed", "seconds": 1.0,
+                              "metrics": {"acc": 0.5}})
+        _end_parent_run(writes, parent, "FINISHED")
+        assert rec.db.query("SELECT step, value FROM checkpoint_metrics").values.tolist() == [[100, 0.5]]
+        assert len(warnings) == 1  # no MLflow write was tried without a parent
+    finally:
+        mlflow.set_tracking_uri(None)
+        T._state.update(uri=None, artifact_root=None, exported=None)
