@@ -60,7 +60,7 @@ class Unit:
     flow_runs: list[str] = field(default_factory=list)
     journal: record.Journal | None = None
     detail: str = ""
-    found_cancelled: bool = False  # its run was already Cancelled when submitted (an earlier submission's)
+    found_cancelled: bool = False  # its run was already Cancelled or Cancelling when submitted (an earlier submission's)
 
     def summary(self) -> dict:
         where = self.journal.where if self.journal else {}
@@ -86,7 +86,9 @@ class UnitRuns:
             idempotency_key=idempotency_key(unit.kind, unit.key, str(self.ws.root), unit.attempt),
             flow_run_name=name + (f"-try{unit.attempt}" if unit.attempt > 1 else ""), tags=self.tags)
         unit.flow_run, unit.state = str(fr.id), "submitted"
-        unit.found_cancelled = fr.state is not None and fr.state.type == StateType.CANCELLED
+        # Cancelling too: a person's cancel of the earlier submission's run, still being carried out
+        # by its worker, is not one made while this flow follows the run
+        unit.found_cancelled = fr.state is not None and fr.state.type in (StateType.CANCELLED, StateType.CANCELLING)
         if unit.flow_run not in unit.flow_runs:
             unit.flow_runs.append(unit.flow_run)
         if not any(u is unit for u in self.units):

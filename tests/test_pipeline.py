@@ -384,7 +384,7 @@ import json, sys
 from prefect import flow, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Cancelling, Running
 from flows.deployment_runs import Unit, UnitRuns
 from tasks.workspace import Workspace
 
@@ -409,20 +409,39 @@ def follow(cancel: bool) -> dict:
     return {"state": u.state, "attempt": u.attempt, "flow_runs": u.flow_runs, "detail": u.detail}
 
 
-print(json.dumps([follow(True), follow(False)]))
+@flow
+def found_cancelling() -> dict:
+    # a person cancelled the earlier submission's run, and it was still Cancelling (a worker
+    # stopping it) when the same unit was submitted again: it ends Cancelled while followed
+    first = UnitRuns(ws, "cancel-check", max_attempts=3).submit(Unit("point", "q", "cancelling-key", "cancel-check/unit", {}))
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(first.flow_run, Running(), force=True)  # a scheduled run cancels at once
+        client.set_flow_run_state(first.flow_run, Cancelling(), force=True)
+        runs = UnitRuns(ws, "cancel-check", max_attempts=3)
+        u = runs.submit(Unit("point", "q", "cancelling-key", "cancel-check/unit", {}))
+        client.set_flow_run_state(u.flow_run, Cancelled(), force=True)
+        runs.poll(client)
+    return {"state": u.state, "attempt": u.attempt, "flow_runs": u.flow_runs, "first": first.flow_run,
+            "found": u.found_cancelled, "detail": u.detail}
+
+
+print(json.dumps([follow(True), follow(False), found_cancelling()]))
 '''
 
 
 def test_a_unit_cancelled_while_followed_is_not_resubmitted_until_submitted_again(ws):
     """A run a person cancels (the UI) was resubmitted like a crash, up to three times; now the
-    unit fails saying so, and a later submission (the same sweep again) runs it again."""
+    unit fails saying so, and a later submission (the same sweep again) runs it again, also where
+    that submission found the run still Cancelling (it failed the unit there too)."""
     wait_for("the Prefect server", lambda: http_ok(SHARED_SERVER["url"] + "/health"), 120)
     env = {**temporary_server_env(), "PREFECT_API_URL": SHARED_SERVER["url"]}
     out = subprocess.run([sys.executable, "-c", CANCELLED_UNIT, str(ws)], capture_output=True, text=True,
                          timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-3000:]
-    cancelled, again = json.loads(out.stdout.strip().splitlines()[-1])
+    cancelled, again, cancelling = json.loads(out.stdout.strip().splitlines()[-1])
     assert cancelled["state"] == "failed" and cancelled["attempt"] == 1, cancelled
     assert "was cancelled, so it was not resubmitted" in cancelled["detail"]
     assert again["state"] == "submitted" and again["attempt"] == 2, again
     assert again["flow_runs"][0] == cancelled["flow_runs"][0] and len(set(again["flow_runs"])) == 2
+    assert cancelling["state"] == "submitted" and cancelling["attempt"] == 2, cancelling
+    assert cancelling["flow_runs"][0] == cancelling["first"] and len(set(cancelling["flow_runs"])) == 2
