@@ -60,7 +60,7 @@ class Unit:
     flow_runs: list[str] = field(default_factory=list)
     journal: record.Journal | None = None
     detail: str = ""
-    found_cancelled: bool = False  # its run was already Cancelled or Cancelling when submitted (an earlier submission's)
+    found_cancelled: bool = False  # its run was Cancelled or Cancelling when submitted (an earlier submission's)
 
     def summary(self) -> dict:
         where = self.journal.where if self.journal else {}

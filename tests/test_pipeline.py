@@ -413,12 +413,13 @@ def follow(cancel: bool) -> dict:
 def found_cancelling() -> dict:
     # a person cancelled the earlier submission's run, and it was still Cancelling (a worker
     # stopping it) when the same unit was submitted again: it ends Cancelled while followed
-    first = UnitRuns(ws, "cancel-check", max_attempts=3).submit(Unit("point", "q", "cancelling-key", "cancel-check/unit", {}))
+    unit = lambda: Unit("point", "q", "cancelling-key", "cancel-check/unit", {})  # noqa: E731
+    first = UnitRuns(ws, "cancel-check", max_attempts=3).submit(unit())
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(first.flow_run, Running(), force=True)  # a scheduled run cancels at once
         client.set_flow_run_state(first.flow_run, Cancelling(), force=True)
         runs = UnitRuns(ws, "cancel-check", max_attempts=3)
-        u = runs.submit(Unit("point", "q", "cancelling-key", "cancel-check/unit", {}))
+        u = runs.submit(unit())
         client.set_flow_run_state(u.flow_run, Cancelled(), force=True)
         runs.poll(client)
     return {"state": u.state, "attempt": u.attempt, "flow_runs": u.flow_runs, "first": first.flow_run,
