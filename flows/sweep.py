@@ -231,11 +231,13 @@ class SweepRecorder:
         return {"report": report["html"], "mlflow_run": child or logged}
 
     def _new_child(self, point: Point, journal: record.Journal) -> str | None:
-        """A child run for the point; one left RUNNING by a recording that was cut off is ended FAILED."""
-        stale = self._child(point, "RUNNING")
-        if stale:
-            self.mlflow(f"the end of point {point.label}'s unfinished run",
-                        lambda: tracking.finish_run(stale, "FAILED"))
+        """A child run for the point; those left RUNNING by recordings that were cut off (several,
+        where ending one was refused before) are ended FAILED."""
+        stale = self.mlflow(f"the search for point {point.label}'s unfinished runs", lambda: record.find_mlflow_runs(
+            self.experiment, {"semprobe.point": point.key}, parent=self.parent, status="RUNNING"))
+        for run in stale or ():
+            self.mlflow(f"the end of point {point.label}'s unfinished run {run}",
+                        functools.partial(tracking.finish_run, run, "FAILED"))
         params = load_preset(self.spec.preset, list(point.overrides)).as_dict()
         tags = {"semprobe.point": point.key, "prefect_flow_run": journal.run_id,
                 **{f"where.{k}": v for k, v in journal.where.items() if v is not None}}

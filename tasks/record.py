@@ -316,6 +316,13 @@ def find_mlflow_run(experiment: str, tags: dict[str, str], parent: str | None = 
     """The id of the newest run in ``experiment`` carrying all ``tags`` (under ``parent``; in
     ``status`` only, e.g. "FINISHED", where given), or None. Lets a resubmitted sweep find the runs
     it logged before."""
+    found = find_mlflow_runs(experiment, tags, parent, status, max_results=1)
+    return found[0] if found else None
+
+
+def find_mlflow_runs(experiment: str, tags: dict[str, str], parent: str | None = None,
+                     status: str | None = None, max_results: int = 1000) -> list[str]:
+    """The ids of the runs :func:`find_mlflow_run` chooses from, newest first."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri())
@@ -327,6 +334,6 @@ def find_mlflow_run(experiment: str, tags: dict[str, str], parent: str | None = 
         clauses.append(f"tags.`mlflow.parentRunId` = '{parent}'")
     if status:
         clauses.append(f"attributes.status = '{status}'")
-    runs = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=1,
+    runs = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=max_results,
                               order_by=["attributes.start_time DESC"])
-    return runs[0].info.run_id if runs else None
+    return [r.info.run_id for r in runs]

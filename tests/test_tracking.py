@@ -230,7 +230,7 @@ def test_a_sweep_warns_of_mlflow_errors_and_finds_a_point_whose_recording_was_cu
     """A sweep's own MLflow calls are warnings too (its points are recorded in DuckDB all the same;
     a store that cannot be opened at all takes MLflow ~100 s of retries to give up, too long here),
     and a point whose replay was cut off (its child run left RUNNING) is found on resubmission,
-    not run again; its next child run ends the cut-off one FAILED."""
+    not run again; its next child run ends the cut-off ones FAILED."""
     from flows.sweep import SweepRecorder, parse_spec
     from tasks.record import Journal
     from tasks.workspace import Workspace
@@ -253,6 +253,10 @@ def test_a_sweep_warns_of_mlflow_errors_and_finds_a_point_whose_recording_was_cu
     client = mlflow.MlflowClient(uri)
     assert (client.get_run(cut).info.status, client.get_run(again).info.status) == ("FAILED", "RUNNING")
     assert rec._child(point, "FINISHED") is None and rec._child(point) == again
+    # two left RUNNING (ending one was refused, then that recording was cut off too): both are ended
+    older = T.nested_run(rec.parent, point.label, {}, tags={"semprobe.point": point.key})
+    third = rec._new_child(point, journal)
+    assert [client.get_run(r).info.status for r in (again, older, third)] == ["FAILED", "FAILED", "RUNNING"]
 
     client.delete_run(rec.parent)  # deleted in the UI
     rec.finish(True)
