@@ -10,9 +10,11 @@ generated into OUT (the same bytes: generation is deterministic).
 
 SIGTERM writes a checkpoint at the current step and scores the asked checkpoints already on disk;
 running the same command again resumes the training (long arms can span several sittings).
+``--score-only`` trains nothing: it scores the checkpoints on disk, e.g. on more test specs than
+the preset's (``--set eval.n_test_specs=2000``: all of the ``cpu`` preset's).
 
 Run: .venv/bin/python benchmarks/lever_run.py OUT [--preset cpu] [--data DIR]
-     [--eval-steps 1000,1500,2000] [--set section.field=value ...]
+     [--eval-steps 1000,1500,2000] [--set section.field=value ...] [--score-only]
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="the preset's dataset folder (default: OUT/data)")
     ap.add_argument("--eval-steps", default="", help="comma-separated checkpoint steps (default: the last)")
     ap.add_argument("--set", action="append", default=[], help="a preset override, as semprobe run takes")
+    ap.add_argument("--score-only", action="store_true", help="train nothing: score the checkpoints on disk")
     args = ap.parse_args()
     cfg = load_preset(args.preset, args.set)
     t = cfg.train
@@ -66,10 +69,11 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t0 = time.perf_counter()
-    done = train(cfg.model, t, data, args.out / "train", progress=False, should_stop=stop.is_set)
-    reached = done[-1][0]
-    print(json.dumps({"part": "trained" if reached == t.steps else "stopped", "steps": reached,
-                      "seconds": round(time.perf_counter() - t0, 1), "overrides": args.set}), flush=True)
+    if not args.score_only:
+        done = train(cfg.model, t, data, args.out / "train", progress=False, should_stop=stop.is_set)
+        reached = done[-1][0]
+        print(json.dumps({"part": "trained" if reached == t.steps else "stopped", "steps": reached,
+                          "seconds": round(time.perf_counter() - t0, 1), "overrides": args.set}), flush=True)
     on_disk = {step for step, _ in list_checkpoints(args.out / "train")}
     missing = [s for s in steps if s not in on_disk]
     if missing:
