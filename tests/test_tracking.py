@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -279,7 +280,8 @@ def test_a_store_that_cannot_be_opened_is_named_at_once_and_the_run_records_duck
     garbage.mkdir()
     (garbage / "mlflow.db").write_bytes(b"not a database, " * 256)
     try:
-        with pytest.raises(RuntimeError, match=f"tracking store {folder / 'mlflow.db'} cannot be opened: unable to open"):
+        named = re.escape(f"tracking store {folder / 'mlflow.db'} cannot be opened: unable to open")
+        with pytest.raises(RuntimeError, match=named):
             T.init_tracking(folder, experiment="smoke")
         with pytest.raises(RuntimeError, match="mlflow.db cannot be opened: file is not a database"):
             T.init_tracking(garbage, experiment="smoke")
