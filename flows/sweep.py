@@ -198,12 +198,19 @@ class SweepRecorder:
             self.experiment, f"sweep-{self.spec.name}", {"sweep": self.spec.source, "points": len(self.spec.points)},
             tags={"semprobe.sweep": self.spec.key, "prefect_flow_run": flow_run_id})
 
+    def _children(self, point: Point, status: str | None = None, max_results: int = 1000) -> list[str]:
+        """The point's MLflow child runs, newest first (in ``status`` only, where given); none
+        without a parent run or where MLflow refused the search."""
+        if not self.parent:
+            return []
+        return self.mlflow(f"the search for point {point.label}'s runs", lambda: record.find_mlflow_runs(
+            self.experiment, {"semprobe.point": point.key}, parent=self.parent, status=status,
+            max_results=max_results)) or []
+
     def _child(self, point: Point, status: str | None = None) -> str | None:
         """The point's newest MLflow child run (in ``status`` only, where given), or None."""
-        if not self.parent:
-            return None
-        return self.mlflow(f"the search for point {point.label}'s run", lambda: record.find_mlflow_run(
-            self.experiment, {"semprobe.point": point.key}, parent=self.parent, status=status))
+        found = self._children(point, status, max_results=1)
+        return found[0] if found else None
 
     def earlier(self, point: Point) -> record.Journal | None:
         """The journal of the point's run that this sweep recorded before (its MLflow child names
@@ -233,9 +240,7 @@ class SweepRecorder:
     def _new_child(self, point: Point, journal: record.Journal) -> str | None:
         """A child run for the point; those left RUNNING by recordings that were cut off (several,
         where ending one was refused before) are ended FAILED."""
-        stale = self.mlflow(f"the search for point {point.label}'s unfinished runs", lambda: record.find_mlflow_runs(
-            self.experiment, {"semprobe.point": point.key}, parent=self.parent, status="RUNNING"))
-        for run in stale or ():
+        for run in self._children(point, "RUNNING"):
             self.mlflow(f"the end of point {point.label}'s unfinished run {run}",
                         functools.partial(tracking.finish_run, run, "FAILED"))
         params = load_preset(self.spec.preset, list(point.overrides)).as_dict()

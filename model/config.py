@@ -94,7 +94,8 @@ class TrainConfig:
     # step draws k from this tuple (repeat a value to weight it) and its rows keep the first k
     # input/output pairs and the program, as many rows as fit the step's batch_size x block_len
     # tokens, so a step sees more programs for the same tokens. Evaluation always shows 5 pairs.
-    # Measured on the cpu preset over 500 steps: 1..5 behind, 3..5 level (RESULTS.md, session 39).
+    # Measured on the cpu preset, seed 0: 1..5 behind at 500 steps; 3..5 ahead at 1,000 (40.8% against
+    # 20.6%) at a level perplexity, one seed (RESULTS.md, sessions 39 and 40).
     spec_pairs: tuple[int, ...] = ()
     weight_decay: float = 0.0
     # "adamw" (paper) or "muon": Muon for the blocks' weight matrices (model/optim.py), AdamW for
