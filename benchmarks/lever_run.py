@@ -37,18 +37,21 @@ from model.metrics import evaluate_checkpoint  # noqa: E402
 from model.train import train  # noqa: E402
 
 SHOWN = ("acc_spec", "acc_spec_len6_10", "acc_all_len6_10", "diversity", "ppl_program",
-         "ppl_program_len6_10", "gen_len_mean", "ref_len_mean")
+         "ppl_program_len6_10", "gen_len_mean", "ref_len_mean", "acc_all", "gen_len_correct_mean",
+         "ref_len_correct_mean", "ended_rate", "parse_rate")
 
 
 def score(cfg: StudyConfig, data: Path, checkpoints: list[tuple[Path, int]]):
-    """Yield ``{"step", SHOWN...}`` for each ``(training folder, step)`` checkpoint, scored on the
-    preset's test and val specs as the evaluate stage does."""
+    """Yield ``{"step", SHOWN..., acc_spec_len1, ...}`` (the last: accuracy by reference length)
+    for each ``(training folder, step)`` checkpoint, scored on the preset's test and val specs as
+    the evaluate stage does."""
     test = karel.load_split(data, "test", limit=cfg.eval.n_test_specs)
     val = karel.load_split(data, "val", limit=cfg.eval.n_val_samples)
     for folder, step in checkpoints:
         model, saved = load_model(checkpoint_path(folder, step))
         m = evaluate_checkpoint(model, saved["vocab_obj"], test, val, batch_size=cfg.eval.batch_size)
-        yield {"step": step, **{k: round(float(m[k]), 4) for k in SHOWN}}
+        by_length = sorted((k for k in m if k.startswith("acc_spec_len") and k[12:].isdigit()), key=lambda k: int(k[12:]))
+        yield {"step": step, **{k: round(float(m[k]), 4) for k in (*SHOWN, *by_length)}}
 
 
 def main() -> None:
