@@ -69,14 +69,16 @@ def train_step(model, optimizer, blocks, cfg: TrainConfig, step: int, device) ->
     """
     set_lr(optimizer, cfg, step)
     tokens, offset = blocks.next_batch(cfg.batch_size)
-    _, _, weight, _ = batch_inputs(tokens, offset, cfg)
-    denom = float(weight.sum().clamp(min=1.0))
     micro = cfg.micro_batch or tokens.shape[0]  # spec_pairs: more, shorter rows than batch_size
+    denom = None  # one micro-batch is the whole batch: its share is 1
+    if micro < tokens.shape[0]:
+        denom = float(batch_inputs(tokens, offset, cfg)[2].sum().clamp(min=1.0))
     step_loss = torch.zeros((), device=device)
     for lo in range(0, tokens.shape[0], micro):
         loss, w = lm_loss(model, tokens[lo : lo + micro], offset[lo : lo + micro], cfg, device)
-        (loss * (w / denom)).backward()
-        step_loss += loss.detach() * (w / denom)
+        share = 1.0 if denom is None else w / denom
+        (loss * share).backward()
+        step_loss += loss.detach() * share
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()

@@ -58,6 +58,19 @@ def test_resume_equals_straight(data_dir, tmp_path, packing, extra, optimizer):
     assert train(m, t, data_dir, tmp_path / "b", progress=False) == resumed
 
 
+@pytest.mark.parametrize("extra", [{"packing": "blocks"}, {"packing": "samples", "spec_pairs": (1, 2, 5)}])
+def test_micro_batches_change_nothing_but_memory(data_dir, tmp_path, extra):
+    """Micro-batches weigh by their share of the batch's loss weight: the same logged loss and
+    (to float rounding) the same weights as the whole batch at once."""
+    whole = train(*_cfg(batch_size=4, **extra), data_dir, tmp_path / "a", progress=False)
+    split = train(*_cfg(batch_size=4, micro_batch=2, **extra), data_dir, tmp_path / "b", progress=False)
+    a, b = load_checkpoint(whole[-1][1]), load_checkpoint(split[-1][1])
+    assert a["extra"]["last_loss"] == pytest.approx(b["extra"]["last_loss"], rel=1e-5)
+    assert a["extra"]["train_loss"] == pytest.approx(b["extra"]["train_loss"], rel=1e-5)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_checkpoint_from_before_a_new_field_resumes_at_its_default(data_dir, tmp_path):
     m, t = _cfg(packing="samples")
     train(m, t, data_dir, tmp_path, progress=False, stop_after=3)
