@@ -24,7 +24,8 @@ from .transformer import Transformer
 FORMAT_VERSION = 1
 NAME = re.compile(r"^step-(\d{7})\.pt$")
 REQUIRED = ("format_version", "step", "model_config", "train_config", "vocab", "model")
-# Train fields that may change between a run and its resume without changing the result on CPU.
+# Train fields that may change between a run and its resume (e.g. a run moved between a GPU and a
+# CPU). Where the device or precision they resolve to changes, training warns that the curve differs.
 RESUMABLE_CHANGES = {"device", "autocast"}
 
 
@@ -41,8 +42,10 @@ def list_checkpoints(out_dir) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def rng_state() -> dict:
-    """Torch, numpy and python global RNG states as weights_only-safe values."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Torch, numpy and python global RNG states as weights_only-safe values, and the CUDA
+    generator's of a CUDA ``device`` (only that one: a resume may see fewer GPUs, and reading
+    CUDA's state on a CPU run would start a CUDA context for nothing)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     state = {
@@ -50,19 +53,26 @@ def rng_state() -> dict:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "python": [version, list(py_state), py_gauss],
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, py_state, py_gauss = state["python"]
     random.setstate((version, tuple(py_state), py_gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list):  # the first files of format 1: every visible GPU's state
+        index = device.index or 0
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(path, payload: dict) -> Path:
@@ -78,7 +88,8 @@ def save_checkpoint(path, payload: dict) -> Path:
     return path
 
 
-def make_payload(step, model_cfg, train_cfg, vocab, model, optimizer=None, data_state=None, extra=None) -> dict:
+def make_payload(step, model_cfg, train_cfg, vocab, model, optimizer=None, data_state=None, extra=None,
+                 device: torch.device | None = None) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "step": int(step),
@@ -87,7 +98,7 @@ def make_payload(step, model_cfg, train_cfg, vocab, model, optimizer=None, data_
         "vocab": list(vocab.tokens),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "rng": rng_state(),
+        "rng": rng_state(device),
         "data": data_state,
         "extra": extra or {},
     }

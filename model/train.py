@@ -38,11 +38,15 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def precision(cfg: TrainConfig, device: torch.device) -> str:
+    """"bf16" when autocast is forced, or under "auto" where the device has bf16 in hardware
+    (``model.machine.bf16_native``: CUDA, AMX, avx512_bf16); "float32" otherwise."""
+    return "bf16" if cfg.autocast == "bf16" or (cfg.autocast == "auto" and bf16_native(device)) else "float32"
+
+
 def autocast_context(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast when forced, or under "auto" where the device has bf16 in hardware
-    (``model.machine.bf16_native``: CUDA, AMX, avx512_bf16); float32 otherwise."""
-    on = cfg.autocast == "bf16" or (cfg.autocast == "auto" and bf16_native(device))
-    if not on:
+    """The forward pass's autocast at ``precision``: bf16, or none (float32)."""
+    if precision(cfg, device) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -128,7 +132,9 @@ def train(
 
     Runs on ``threads`` torch threads (default: the process's starting count, not whatever
     ``torch.set_num_threads`` last set), pinned in this thread (``model.threads``); each checkpoint
-    records the count, and resuming on another one warns that the curve will differ.
+    records the count, the CPU, the device and the precision, and resuming with another of them
+    warns that the curve will differ. A checkpoint written by a stop carries the losses since the
+    last scheduled one, so the next scheduled ``train_loss`` is a straight run's.
     """
     with pinned_threads(threads) as threads:
         return _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, stop_after, blocks,
@@ -148,6 +154,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
     last = train_cfg.steps if stop_after is None else min(stop_after, train_cfg.steps)
 
     ckpt = _resume_state(out_dir, model_cfg, train_cfg, vocab)
+    where = {"threads": threads, "cpu": cpu_identity(), "device": device.type, "precision": precision(train_cfg, device)}
     torch.manual_seed(train_cfg.seed)
     model = Transformer(model_cfg)  # built on CPU so the init is the same on every device
     if ckpt is not None:
@@ -158,7 +165,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         blocks.load_state_dict(ckpt["data"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], device)
         step = ckpt["step"]
         saved = ckpt["extra"].get("threads")
         if device.type == "cpu" and saved is not None and saved != threads:
@@ -170,29 +177,36 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
             warnings.warn(f"training resumes at step {step} on another CPU ({cpu_identity()['cpu']}) than its "
                           f"checkpoint's ({cpu['cpu']}): its rounding differs, so the curve will differ from "
                           "a straight run on either", stacklevel=3)
+        for name in ("device", "precision"):
+            was = ckpt["extra"].get(name)
+            if was is not None and was != where[name]:
+                warnings.warn(f"training resumes at step {step} with {name} {where[name]}, its checkpoint was "
+                              f"trained with {was}: the curve will differ from a straight run", stacklevel=3)
     else:
         step = 0
 
     def checkpoint(step: int, extra: dict) -> Path:
-        payload = make_payload(step, model_cfg, train_cfg, vocab, model, optimizer, blocks.state_dict(), extra)
+        payload = make_payload(step, model_cfg, train_cfg, vocab, model, optimizer, blocks.state_dict(), extra,
+                               device)
         path = save_checkpoint(checkpoint_path(out_dir, step), payload)
         if on_checkpoint is not None and step in schedule:
             on_checkpoint(step, path)
         return path
 
     if ckpt is None:
-        checkpoint(0, {"threads": threads, "cpu": cpu_identity()})
+        checkpoint(0, where)
     bar = None
     if progress and step < last:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=last, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    t0, tokens_since, losses = time.perf_counter(), 0, []
+    t0, tokens_since = time.perf_counter(), 0
+    loss_sum, loss_n = ckpt["extra"].get("losses_since_scheduled", (0.0, 0)) if ckpt is not None else (0.0, 0)
     while step < last:
         loss, n_tokens = train_step(model, optimizer, blocks, train_cfg, step, device)
         step_loss = float(loss)
         step += 1
-        losses.append(step_loss)
+        loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
         tokens_since += n_tokens
         if bar is not None:
             rate = tokens_since / max(time.perf_counter() - t0, 1e-9)
@@ -200,9 +214,10 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
             bar.update(1)
         stopping = should_stop is not None and should_stop()
         if step in schedule or step == last or stopping:
-            checkpoint(step, {"train_loss": sum(losses) / len(losses), "last_loss": step_loss, "threads": threads,
-                              "cpu": cpu_identity()})
-            losses = []
+            extra = {"train_loss": loss_sum / loss_n, "last_loss": step_loss, **where}
+            if step in schedule:  # a stop's checkpoint carries them to the resumed run
+                loss_sum, loss_n = 0.0, 0
+            checkpoint(step, {**extra, "losses_since_scheduled": [loss_sum, loss_n]})
         if stopping:
             break
     if bar is not None:

@@ -54,6 +54,7 @@ def test_resume_equals_straight(data_dir, tmp_path, packing, extra, optimizer):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["data"] == b["data"]
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert a["extra"]["train_loss"] == b["extra"]["train_loss"]  # steps 3 and 4, across the stop at 3
     # A finished run called again does nothing and returns the same checkpoints.
     assert train(m, t, data_dir, tmp_path / "b", progress=False) == resumed
 
@@ -112,16 +113,24 @@ def test_training_keeps_its_thread_count_beside_a_one_thread_neighbour(data_dir,
     assert [load_checkpoint(p)["extra"]["threads"] for _, p in box["found"]] == [PROCESS_THREADS] * len(seen)
 
 
-@pytest.mark.parametrize("changed", ["threads", "cpu"])
-def test_resuming_on_another_thread_count_or_cpu_warns(data_dir, tmp_path, changed):
+@pytest.mark.parametrize("changed", ["threads", "cpu", "device", "precision"])
+def test_resuming_on_another_thread_count_cpu_device_or_precision_warns(data_dir, tmp_path, changed):
     m, t = _cfg()
     train(m, t, data_dir, tmp_path, progress=False, stop_after=3)
     path = list_checkpoints(tmp_path)[-1][1]
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["extra"]["cpu"] == cpu_identity() and ckpt["extra"]["threads"] == PROCESS_THREADS
+    assert ckpt["extra"]["device"] == "cpu" and ckpt["extra"]["precision"] in ("bf16", "float32")
     if changed == "threads":
         ckpt["extra"]["threads"] = PROCESS_THREADS + 1
         expect = rf"on {PROCESS_THREADS} torch threads.*trained on {PROCESS_THREADS + 1}"
+    elif changed == "device":
+        ckpt["extra"]["device"] = "cuda"
+        expect = r"with device cpu, its checkpoint was trained with cuda"
+    elif changed == "precision":  # e.g. bf16 autocast on a GPU, float32 here
+        now = ckpt["extra"]["precision"]
+        ckpt["extra"]["precision"] = other = "bf16" if now == "float32" else "float32"
+        expect = rf"with precision {now}, its checkpoint was trained with {other}"
     else:
         ckpt["extra"]["cpu"] = {"cpu": "Some Other CPU (family 6, model 143)", "cpu_isa": ["amx_bf16"]}
         expect = r"another CPU \(.*\) than its checkpoint's \(Some Other CPU"
