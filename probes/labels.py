@@ -9,7 +9,7 @@ index ``k`` (index 0 = the input world). At **offset** ``o`` the hidden state em
 
 * offset 0: the state right after the emitted action (the paper's "current" state);
 * offset -1: the state before it (after action ``j - 1``; for ``j = 0`` the input world,
-  trace index 0);
+  trace index 0, a row only with ``drop_last=False``);
 * offsets +1, +2: the states after the next actions ("future").
 
 With ``drop_last=True`` (the reference's choice, the default) a pair is kept when its label is a

@@ -38,6 +38,9 @@ class ProbeConfig:
     epochs: int = 30
     # the paper's 1,024; with a few thousand pairs that is ~2 optimizer steps an epoch (RESULTS.md)
     batch_size: int = 1024
+    # a cap on the generated programs' action positions (whole programs, before the 80/10/10
+    # split by program and the dropped last actions): an offset-0 grid trains on about
+    # 0.8 x (1 - 1/mean length) of it, ~0.67x at 6 actions
     max_train_pairs: int = 100_000
     drop_last: bool = True
     per_layer: bool = True  # also probe each layer (linear, offset 0) for per-layer curves

@@ -27,6 +27,13 @@ def test_semantics_tables_match_paper():
         "pick_marker": "turn_right", "put_marker": "turn_left", "turn_right": "move",
         "turn_left": "turn_right", "move": "turn_left",
     }
+    # the reference's further permutations (PAPER.md): put<->pick with move->turn_left,
+    # turn_left->move; and put<->pick with move->turn_right, turn_right->turn_left, turn_left->move
+    markers = {"pick_marker": "put_marker", "put_marker": "pick_marker"}
+    assert dict(s["swap_markers_move_left"]) == {
+        **markers, "move": "turn_left", "turn_left": "move", "turn_right": "turn_right"}
+    assert dict(s["swap_markers_cycle_motions"]) == {
+        **markers, "move": "turn_right", "turn_right": "turn_left", "turn_left": "move"}
     for table in s.values():  # every semantics reads every token
         assert set(table) == set(karel.ACTIONS) and set(table.values()) <= set(karel.ACTIONS)
 
