@@ -76,12 +76,17 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
 
 
 def save_checkpoint(path, payload: dict) -> Path:
-    """Write ``payload`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``payload`` atomically (temporary file in the same folder, on disk before it is
+    renamed: after a host crash the newest ``step-*.pt`` is whole, not an empty file that stops
+    the resume)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
