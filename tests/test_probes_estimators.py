@@ -1,8 +1,13 @@
 """Planted signals for the single-probe estimators."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import probes
 from probes import LinearProbe, MLPProbe
 
 FAST = dict(epochs=15, batch_size=256)
@@ -95,3 +100,12 @@ def test_a_last_batch_of_one_row_trains():
     x, y = linear_data(n=513 + 200)
     acc = MLPProbe(hidden=(16, 32), seed=0, epochs=3, batch_size=256).fit(x[:513], y[:513]).score(x[513:], y[513:])
     assert acc > 0.5
+
+
+def test_the_estimators_load_scikit_learn_on_first_use():
+    """``import probes`` (every stage, ``semprobe status``) does not pay scikit-learn's ~2 s import."""
+    code = ("import sys, probes, flows.status; assert 'sklearn' not in sys.modules; "
+            "from probes import MLPProbe; assert 'sklearn' in sys.modules and MLPProbe.__name__ == 'MLPProbe'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        probes.Nope  # noqa: B018
