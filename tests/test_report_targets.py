@@ -60,6 +60,15 @@ def test_r2_needs_five_checkpoints(tmp_path):
     expect(db, 3, "no data", "over 4 checkpoints", "too few", "activations.checkpoints=5")
 
 
+def test_r2_is_judged_on_every_checkpoint_and_shows_the_fit_without_step_0(ws):
+    """The step-0 point (degenerate programs) can alone turn the slope: its fit is shown beside
+    the verdict, which still reads every checkpoint."""
+    _, db = ws
+    expect(db, 3, "yes", "over 5 checkpoints", "without step 0 R^2 = 0.957 over 4 checkpoints, slope +0.134")
+    expect(db, 3, "no", "content falls as accuracy rises", "without step 0 R^2 = 0.957 over 4 checkpoints, slope +0.134",
+           sql="UPDATE interventions SET content = 5.0 WHERE step = 0")
+
+
 def test_the_untrained_model_is_the_random_init_states_on_the_same_programs(ws):
     """A step-0 model whose own programs are degenerate (its probes read them perfectly) is no
     floor where the random-init states over the last checkpoint's programs exist; without those,
