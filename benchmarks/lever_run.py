@@ -50,7 +50,8 @@ def score(cfg: StudyConfig, data: Path, checkpoints: list[tuple[Path, int]]):
     for folder, step in checkpoints:
         model, saved = load_model(checkpoint_path(folder, step))
         m = evaluate_checkpoint(model, saved["vocab_obj"], test, val, batch_size=cfg.eval.batch_size)
-        by_length = sorted((k for k in m if k.startswith("acc_spec_len") and k[12:].isdigit()), key=lambda k: int(k[12:]))
+        by_length = sorted((k for k in m if k.startswith("acc_spec_len") and k[12:].isdigit()),
+                           key=lambda k: int(k[12:]))
         yield {"step": step, **{k: round(float(m[k]), 4) for k in (*SHOWN, *by_length)}}
 
 

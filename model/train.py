@@ -39,8 +39,8 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def precision(cfg: TrainConfig, device: torch.device) -> str:
-    """"bf16" when autocast is forced, or under "auto" where the device has bf16 in hardware
-    (``model.machine.bf16_native``: CUDA, AMX, avx512_bf16); "float32" otherwise."""
+    """What training computes in: bf16 when autocast is forced, or under "auto" where the device
+    has bf16 in hardware (``model.machine.bf16_native``: CUDA, AMX, avx512_bf16); else float32."""
     return "bf16" if cfg.autocast == "bf16" or (cfg.autocast == "auto" and bf16_native(device)) else "float32"
 
 
