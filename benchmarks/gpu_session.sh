@@ -46,8 +46,8 @@
 # GRID_GRAPHS=1 in front if the first call's tests passed and batched+graphs was the fastest,
 # and GRID_SEEDS=3 too if graphs ran the grid >= 3x faster than batched (CIs for targets 3, 5, 6).
 # If the session's device time allows a third call (~5 min): `ARMS=pairs bash benchmarks/gpu_session.sh 330`.
-# Session 40 made that call more urgent: on the Zen 1, `spec_pairs=3,4,5` read 40.8% against the
-# baseline's 20.6% at step 1,000 of the `cpu` preset (one seed, perplexity level; RESULTS.md).
+# It measures `spec_pairs=3,4,5` at more seeds: on the CPU it led at 7 of 8 paired checkpoints over
+# two seeds, by a few points, and by 20 at one (RESULTS.md, sessions 40 and 41).
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1

@@ -94,8 +94,9 @@ class TrainConfig:
     # step draws k from this tuple (repeat a value to weight it) and its rows keep the first k
     # input/output pairs and the program, as many rows as fit the step's batch_size x block_len
     # tokens, so a step sees more programs for the same tokens. Evaluation always shows 5 pairs.
-    # Measured on the cpu preset, seed 0: 1..5 behind at 500 steps; 3..5 ahead at 1,000 (40.8% against
-    # 20.6%) at a level perplexity, one seed (RESULTS.md, sessions 39 and 40).
+    # Measured on the cpu preset: 1..5 behind at 500 steps; 3..5 ahead at 7 of 8 paired checkpoints
+    # over seeds 0 and 1 (+20.2 and -5.4 points at step 1,000; +7.4 at 1,500), ~1.1-1.25x fewer
+    # tokens (RESULTS.md, sessions 39-41).
     spec_pairs: tuple[int, ...] = ()
     weight_decay: float = 0.0
     # "adamw" (paper) or "muon": Muon for the blocks' weight matrices (model/optim.py), AdamW for

@@ -328,7 +328,7 @@ def find_mlflow_runs(experiment: str, tags: dict[str, str], parent: str | None =
     client = MlflowClient(tracking.tracking_uri())
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return None
+        return []
     clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
     if parent:
         clauses.append(f"tags.`mlflow.parentRunId` = '{parent}'")

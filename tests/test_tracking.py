@@ -229,8 +229,9 @@ def test_a_replay_stopped_by_a_held_results_file_goes_on_without_writing_mlflow_
 
 def test_a_sweep_warns_of_mlflow_errors_and_finds_a_point_whose_recording_was_cut_off(ws):
     """A sweep's own MLflow calls are warnings too (its points are recorded in DuckDB all the same;
-    a store that cannot be opened at all: the test after this one), and a point whose replay was cut off (its child run left RUNNING) is found on resubmission,
-    not run again; its next child run ends the cut-off ones FAILED."""
+    a store that cannot be opened at all: the test after this one), and a point whose replay was
+    cut off (its child run left RUNNING) is found on resubmission, not run again; its next child
+    run ends the cut-off ones FAILED."""
     from flows.sweep import SweepRecorder, parse_spec
     from tasks.record import Journal
     from tasks.workspace import Workspace
