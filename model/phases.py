@@ -11,7 +11,7 @@ a small CPU model as well as the paper's:
    programs for 300 specs; the paper's babbling writes one program for every spec, and a
    babbling model's output parses, so the parse rate alone cannot tell the two apart), *and* at
    least ``parse_min`` (0.5) of unconstrained greedy outputs parse (when ``parse_rate`` was
-   measured). A run whose first checkpoint is its most diverse has no syntax start. Before it
+   measured: a missing, None or NaN one does not count against it). A run whose first checkpoint is its most diverse has no syntax start. Before it
    the model is **babbling**.
 2. **semantics** starts at the first checkpoint at or after the syntax start where accuracy on
    the spec (``acc_spec``) has covered ``semantics_frac`` (0.25) of its rise from the syntax
@@ -60,11 +60,17 @@ def label_phases(rows: list[dict], rule: PhaseRule = PhaseRule()) -> Phases:
         missing = [i for i, r in enumerate(rows) if key not in r]
         if missing:
             raise ValueError(f"rows: checkpoint(s) {missing} lack {key!r}")
+        bad = [r.get("step", i) for i, r in enumerate(rows) if r[key] is None or not np.isfinite(r[key])]
+        if bad:  # a NaN would fail every comparison below and silently move a phase
+            raise ValueError(f"rows: {key!r} is not a number at checkpoint step(s) {bad}")
     rows = sorted(rows, key=lambda r: r["step"])
     steps = [int(r["step"]) for r in rows]
     div = np.array([r["diversity"] for r in rows], float)
     acc = np.array([r["acc_spec"] for r in rows], float)
-    parse = np.array([r.get("parse_rate", 1.0) for r in rows], float)
+    # a parse rate that was not measured (absent, None or NaN: no unconstrained outputs) does not
+    # hold the syntax start back
+    parse = np.array([np.nan if r.get("parse_rate") is None else r["parse_rate"] for r in rows], float)
+    parse[~np.isfinite(parse)] = 1.0
 
     syntax_i = None
     ok = ((div >= rule.syntax_frac * div.max()) & (div >= rule.syntax_min_diversity)

@@ -387,6 +387,12 @@ def test_phase_rule():
     assert label_phases(flat).labels == ["babbling"] * 7
     with pytest.raises(ValueError, match="acc_spec"):
         label_phases([{"step": 0, "diversity": 0.1}])
+    # a parse rate not measured at one checkpoint (NaN or None) does not hold syntax back there
+    for unmeasured in (float("nan"), None):
+        gaps = [dict(r, parse_rate=unmeasured) if r["step"] == 40 else r for r in rows]
+        assert label_phases(gaps).syntax_start == 40
+    with pytest.raises(ValueError, match=r"'diversity' is not a number at checkpoint step\(s\) \[80\]"):
+        label_phases([dict(r, diversity=float("nan")) if r["step"] == 80 else r for r in rows])
 
 
 def test_a_model_writing_a_few_programs_is_still_babbling():
