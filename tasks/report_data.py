@@ -223,15 +223,19 @@ def _own(df: pd.DataFrame, column: str, run_keys: set) -> pd.DataFrame:
 
 def dedupe(df, keys, values, notes, what, stage="probe"):
     """``df`` sorted by ``keys``; rows sharing ``keys`` (several ``stage`` configurations)
-    averaged over ``values``, with a note saying so."""
+    averaged over ``values``, with a note saying so. A mean of 95% bounds is no bound, so
+    ``ci_low`` and ``ci_high`` become the widest of the configurations' (an interval that holds
+    each): a verdict that a bound clears a baseline then holds for every configuration."""
     if df.empty:
         return df
     if df.duplicated(keys).any():
+        widened = [v for v in ("ci_low", "ci_high") if v in values]
         msg = (f"{what}: some checkpoints have rows from several {stage} configurations; "
-               "their values are averaged.")
+               "their values are averaged" + (", their 95% bounds the widest of theirs." if widened else "."))
         if msg not in notes:
             notes.append(msg)
-        df = df.groupby(keys, as_index=False)[values].mean()
+        how = {v: {"ci_low": "min", "ci_high": "max"}.get(v, "mean") for v in values}
+        df = df.groupby(keys, as_index=False).agg(how)
     return df.sort_values(keys).reset_index(drop=True)
 
 

@@ -43,28 +43,30 @@ def key_numbers(d: RunData) -> tuple[list[dict], dict]:
         rows.append({"metric": label, "this run": shown, "paper": paper})
 
     m = d.metric_frame()
-    last = m.index.max() if not m.empty else None
 
-    def final(metric):
-        if m.empty or metric not in m or m[metric].dropna().empty:
-            return None
-        col = m[metric].dropna()
-        return float(col.iloc[-1])
+    def final(metric, n_metric=None):
+        """The metric at the last checkpoint that has it, that checkpoint's label, and
+        ``n_metric`` (its sample size) at the same checkpoint."""
+        col = m[metric].dropna() if not m.empty and metric in m else pd.Series(dtype=float)
+        if col.empty:
+            return None, "", None
+        step = col.index[-1]
+        n = m.at[step, n_metric] if n_metric in m else None
+        return float(col.iloc[-1]), f" (step {int(step)})", None if n is None or pd.isna(n) else float(n)
 
-    step_txt = f" (step {last})" if last is not None else ""
-    v = final("acc_spec")
-    add("acc_spec", f"generative accuracy, 5 spec pairs, final checkpoint{step_txt}", v, pct_ci(v, final("n_specs")))
-    v = final("acc_all")
-    add("acc_all", "generative accuracy incl. 5 held-out pairs, final checkpoint", v, pct(v))
-    v = final("acc_spec_len6_10")
+    v, at, n = final("acc_spec", "n_specs")
+    add("acc_spec", f"generative accuracy, 5 spec pairs, final checkpoint{at}", v, pct_ci(v, n))
+    v, at, _ = final("acc_all")
+    add("acc_all", f"generative accuracy incl. 5 held-out pairs, final checkpoint{at}", v, pct(v))
+    v, at, n = final("acc_spec_len6_10", "n_specs_len6_10")
     if v is not None:
-        add("acc_spec_len6_10", "generative accuracy, lengths 6-10 (the paper's training lengths)", v,
-            pct_ci(v, final("n_specs_len6_10")),
+        add("acc_spec_len6_10", f"generative accuracy, lengths 6-10 (the paper's training lengths){at}", v,
+            pct_ci(v, n),
             paper="not reported")
-    v = final("acc_spec_state")
+    v, at, _ = final("acc_spec_state")
     if v is not None:
         add("acc_spec_state", "generative accuracy, 5 spec pairs, comparing whole world states (also the "
-            "markers under the robot, which the text hides; the paper compares the text)", v, pct(v),
+            f"markers under the robot, which the text hides; the paper compares the text){at}", v, pct(v),
             paper="not reported")
 
     # probes at the last checkpoint with probe results (original semantics, current offset, layer mean)

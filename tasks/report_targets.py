@@ -105,7 +105,11 @@ def _baseline(d: RunData, step, feature, offset, kind, probe=None):
     sel = c[(c["step"] == step) & (c["feature"] == feature) & (c["offset"] == offset) & (c["kind"] == kind)]
     if probe is not None:
         sel = sel[sel["probe"] == probe]
-    return float(sel["value"].mean()) if not sel.empty else None
+    if sel.empty:
+        return None
+    # several probe configurations at one checkpoint: a mean of lower bounds is no bound, the
+    # lowest is one for each (a NaN one, from a single seed, stays NaN: no bound)
+    return float(sel["value"].min(skipna=False)) if kind.endswith("_margin_low") else float(sel["value"].mean())
 
 
 UNPAIRED = " (compared unpaired: the run was recorded before the paired margins)"

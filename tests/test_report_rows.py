@@ -178,3 +178,18 @@ def test_interventions_are_the_phases_stages_own(ws):
     assert set(new.interventions["phases_key"]) == {"ph-new"} and (new.interventions["content"] == 0.5).all()
     assert set(mine.interventions["phases_key"]) == {"ph"} and (mine.interventions["content"] < 0.5).all()
     assert set(mine.interventions["feature"]) == {"direction", "rel_start", "facing_wall"}
+
+
+def test_each_key_number_names_the_step_it_was_read_at(ws):
+    """A metric the last evaluation did not record is read at the last checkpoint that has it,
+    and the key-numbers table names that step, not the run's last."""
+    root, db = ws
+    with db.connect() as con:
+        con.execute("DELETE FROM checkpoint_metrics WHERE step = 800 AND metric = 'acc_all'")
+    db.upsert("checkpoint_metrics", [dict(checkpoint_key=f"ck{s}", eval_key=f"ev{s}", train_key=TK, step=s,
+                                          metric="n_specs", value=n) for s, n in ((600, 100.0), (800, 300.0))])
+    out = build_report(str(root), RUN, "smoke")
+    acc = [r for r in out["table"] if r["metric"].startswith("generative accuracy, 5 spec pairs, final")]
+    held = [r for r in out["table"] if r["metric"].startswith("generative accuracy incl.")]
+    assert acc[0]["metric"].endswith("(step 800)") and "300 specs" in acc[0]["this run"]
+    assert held[0]["metric"].endswith("(step 600)") and out["numbers"]["acc_all"] == pytest.approx(0.54)

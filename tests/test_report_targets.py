@@ -125,6 +125,27 @@ def test_a_stored_paired_margin_decides_over_the_unpaired_comparison(ws):
     expect(db, 5, "no", "direction +1: ")
 
 
+def test_two_probe_configurations_at_a_checkpoint_are_judged_by_their_lowest_bound(ws):
+    """Rows of two probe configurations at the last checkpoint: a mean of their lower bounds is
+    no bound, so each verdict holds for both or fails, and the page says how they were merged."""
+    _, db = ws
+    _margin(db, "control_task_margin_low", 0.05)  # paired: above for this configuration
+    db.upsert("controls", [dict(probe_key="pk800-b", checkpoint_key="ck800", step=800, semantics="original",
+                                feature="direction", offset=0, kind="control_task_margin_low", probe="linear",
+                                value=-0.01)])  # and below for the other: their mean (+0.02) would pass
+    expect(db, 2, "no", "direction: ", "not above the control task")
+    populate(db)
+    db.query("DELETE FROM controls WHERE kind LIKE '%_margin_low'")
+    # a second configuration's +1 direction probe whose bound sits under the majority (0.25):
+    # averaged with the first's (0.63), the bound would clear it
+    db.upsert("probe_summary", [dict(probe_key="pk800-b", checkpoint_key="ck800", step=800, semantics="original",
+                                     feature="direction", offset=1, probe="mlp1", layer=-1, split="test",
+                                     mean=0.7, ci_low=0.2, ci_high=0.9, n_seeds=3)])
+    notes = []
+    assert issue_targets(RunData(db, RUN, "smoke", notes))[5]["met"] == "no"
+    assert any("their 95% bounds the widest of theirs" in n for n in notes), notes
+
+
 def test_a_bound_one_seed_cannot_give_is_no_data(ws):
     _, db = ws
     _margin(db, "majority_margin_low", float("nan"))
