@@ -165,6 +165,7 @@ def _current_probes(d: RunData) -> dict:
         rises = end.loc["mlp2", "mean"] > untrained["mlp2"]
         means = [end.loc[k, "mean"] for k in PROBE_KINDS]
         ordered = all(a <= b for a, b in zip(means, means[1:]))
+        order = "ordered" if ordered else "not ordered: " + _reversals(end)
         below = []  # the floors some probe kind is not clearly above, in the order checked
         for k in PROBE_KINDS:
             floors = {"majority": ("majority", _baseline(d, last, f, d.current, "majority")),
@@ -182,10 +183,24 @@ def _current_probes(d: RunData) -> dict:
         what = "random-init" if all(has_init) else (f"step {first}" if not any(has_init) else f"random-init/step {first}")
         parts.append(f"{f}: " + "/".join(pct(m) for m in means)
                      + f", {what} " + "/".join(pct(untrained[k]) for k in PROBE_KINDS)
-                     + f" ({'rises' if rises else 'no rise'}, {'ordered' if ordered else 'not ordered'}, "
+                     + f" ({'rises' if rises else 'no rise'}, {order}, "
                      + f"{'above baselines' if not below else 'not above the ' + ', '.join(below)})")
     shown = (f"step {first} -> {last}" if first < last else f"step {last}") + "; linear/mlp1/mlp2 " + "; ".join(parts + missing) + (UNPAIRED if unpaired else "")
     return _at_the_end(d, _row(3, "current-state probes", crit, shown, _met(ok, not missing)), last)
+
+
+def _reversals(end: pd.DataFrame) -> str:
+    """The adjacent probe kinds of ``end`` (indexed by kind: mean, ci_low, ci_high) whose means
+    break the order linear <= mlp1 <= mlp2, each said with whether their 95% CIs overlap: the
+    verdict reads the means, as the issue does; a reversal inside the seeds' spread is shown as such."""
+    out = []
+    for a, b in zip(PROBE_KINDS, PROBE_KINDS[1:]):
+        lo, hi = end.loc[a], end.loc[b]
+        if lo["mean"] > hi["mean"]:
+            overlap = not (pd.isna(lo["ci_low"]) or pd.isna(hi["ci_high"])) and lo["ci_low"] <= hi["ci_high"]
+            out.append(f"{a} {pct(lo['mean'])} > {b} {pct(hi['mean'])}"
+                       + (", within their 95% CIs" if overlap else ""))
+    return " and ".join(out)
 
 
 def _r2(d: RunData) -> dict:

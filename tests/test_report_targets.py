@@ -52,6 +52,19 @@ def test_current_state_probes_need_every_kind_and_baseline(ws):
            sql="DELETE FROM controls WHERE kind = 'control_task' AND feature = 'direction' AND probe = 'linear'")
 
 
+def test_a_reversed_order_says_whether_it_is_within_the_seeds_spread(ws):
+    """The ordering reads the means, as the issue does; a reversal says how far apart the kinds'
+    95% CIs are, so a tie within the seeds' spread is not read as a real reversal."""
+    _, db = ws
+    # direction at step 800: mlp1 0.6835 and mlp2 0.69625 (CIs +-0.02); mlp1 nudged above mlp2
+    expect(db, 2, "no", "(rises, not ordered: mlp1 69.7% > mlp2 69.6%, within their 95% CIs, above baselines)",
+           sql="UPDATE probe_summary SET mean = 0.697 WHERE step = 800 AND feature = 'direction' AND probe = 'mlp1' "
+               "AND \"offset\" = 0 AND split = 'test'")
+    expect(db, 2, "no", "not ordered: mlp1 80.0% > mlp2 69.6%, above",
+           sql="UPDATE probe_summary SET mean = 0.8, ci_low = 0.78, ci_high = 0.82 WHERE step = 800 "
+               "AND feature = 'direction' AND probe = 'mlp1' AND \"offset\" = 0 AND split = 'test'")
+
+
 def test_r2_needs_five_checkpoints(tmp_path):
     from tasks.results import ResultsDB
 
