@@ -85,11 +85,17 @@ def train_lm(ws_root: str, model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainCon
 
 
 def published_checkpoint(ws_root: str, train_key_: str, step: int) -> dict | None:
-    """One published checkpoint (its file local: a remote store downloads it), or None."""
+    """One published checkpoint (its file local: a remote store downloads it), or None when it is
+    not published (yet). Its file is hashed when its size or mtime differ from the manifest's
+    (``verify="stat"``): a file changed in place is an error naming it, not a checkpoint."""
     store = Workspace.at(ws_root).store
     key = checkpoint_key(train_key_, step)
     if not store.is_complete("checkpoint", key, verify=False):
         return None
+    if not store.is_complete("checkpoint", key, verify="stat"):
+        raise ValueError(f"checkpoint {key}: its file in {store.path('checkpoint', key)} no longer matches the "
+                         "sha256 in its manifest (changed in place); delete that folder and rerun training, "
+                         "which republishes it")
     m = store.manifest("checkpoint", key)
     return {"key": key, "path": str(store.path("checkpoint", key)), **m.get("meta", {})}
 

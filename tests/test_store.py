@@ -2,6 +2,7 @@ import json
 import multiprocessing as mp
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,23 @@ def test_run_stage_stamps_the_machine_that_computed_the_artifact(tmp_path):
     # ... and a forced recompute stamps anew
     forced = run_stage(str(tmp_path), "s", "k", compute, force=True)
     assert forced["meta"]["machine"] == machine()
+
+
+def test_a_published_checkpoint_changed_in_place_is_an_error_naming_it(tmp_path):
+    """A checkpoint file rewritten with the same size after publishing: the fan-out's reader
+    hashes it (its mtime moved) and names the checkpoint, instead of loading other weights."""
+    from tasks.training import CHECKPOINT_FILE, publish_checkpoint, published_checkpoint
+    from tasks.workspace import Workspace
+
+    ws = Workspace.at(str(tmp_path / "ws"))
+    src = tmp_path / "step.pt"
+    src.write_bytes(b"weights-0")
+    publish_checkpoint(ws, "tk", 3, src, 10)
+    assert published_checkpoint(str(ws.root), "tk", 4) is None  # not published: None, no error
+    ck = published_checkpoint(str(ws.root), "tk", 3)
+    assert ck["step"] == 3 and ck["tokens_seen"] == 30
+    path = Path(ck["path"]) / CHECKPOINT_FILE
+    time.sleep(0.01)
+    path.write_bytes(b"weights-1")  # same size, new bytes (the hard link shares the source's inode)
+    with pytest.raises(ValueError, match="checkpoint tk-s0000003: .* no longer matches the sha256"):
+        published_checkpoint(str(ws.root), "tk", 3)
