@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.presets import load_preset
-from flows.stopping import exit_if_stopped, note_signals, stop_if_signalled, stop_noted, stopping, termination_code
+from flows.stopping import (exit_if_stopped, note_signals, stop_if_signalled, stop_noted, stopping, termination_code,
+                            wait_for_training)
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
 from model.threads import PROCESS_THREADS
@@ -359,8 +360,7 @@ def pipeline(preset: str = "cpu", overrides: list[str] | None = None, workspace:
         # resumes from there, not from scratch. A second signal from here on is only noted.
         stopping()
         STOP.set()
-        if training is not None:
-            training.wait(timeout=120)
+        wait_for_training(training, log)
         if termination_code(exc) is None:
             # a failed stage: the tasks already running finish before the flow exits all the same
             # (Prefect's task runner waits for them; queued ones are cancelled), so what they

@@ -18,6 +18,7 @@ import atexit
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -64,6 +65,25 @@ def stopping() -> None:
     noted, so a second SIGTERM or Ctrl-C cannot break off the recording of what finished. The stop
     path asks ``stop_noted`` where it would wait, and ``termination_code`` at its end."""
     _quiet.set()
+
+
+# How long a stopping flow waits for training to write its stop checkpoint: one step and a save,
+# which for the paper preset (weights and Adam moments, a few GB) can take minutes on a slow disk.
+# A scheduler that kills sooner bounds it anyway; a save cut short leaves the previous checkpoint.
+TRAINING_STOP_WAIT_S = 600.0
+
+
+def wait_for_training(training, log) -> None:
+    """After ``tasks.training.STOP`` is set: wait for ``training`` (a future, or None) to write
+    its stop checkpoint and end, at most ``TRAINING_STOP_WAIT_S``; say so in ``log`` when it
+    did not, as the steps since its last checkpoint are then lost."""
+    if training is None:
+        return
+    start = time.monotonic()
+    training.wait(timeout=TRAINING_STOP_WAIT_S)
+    if time.monotonic() - start >= TRAINING_STOP_WAIT_S:
+        log.warning("training did not stop within %g s: a rerun resumes from its last checkpoint, "
+                    "the steps since are lost", TRAINING_STOP_WAIT_S)
 
 
 def stop_noted() -> bool:

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import _result, _run_id, republish_missing
-from flows.stopping import exit_if_stopped, note_signals, stopping
+from flows.stopping import exit_if_stopped, note_signals, stopping, wait_for_training
 from flows.presets import StudyConfig, load_preset
 from model.config import checkpoint_steps
 from tasks import record
@@ -95,8 +95,7 @@ def train_model(preset: str = "smoke", overrides: list[str] | None = None, works
     except BaseException as exc:
         stopping()
         STOP.set()  # training checkpoints and stops: a resubmitted unit resumes from there
-        if training is not None:
-            training.wait(timeout=120)
+        wait_for_training(training, get_run_logger())
         _failed(rec, "train", root, exc)
         raise
     finally:

@@ -124,3 +124,30 @@ def test_an_ignored_signal_is_no_stop_and_the_stop_path_only_notes_a_second_one(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"ignored_is_no_stop": True, "second_signal_noted": True, "handlers_back": True,
                    "note_cleared": True}, out
+
+
+def test_a_training_that_outlasts_the_stop_wait_is_said_to_lose_its_steps(monkeypatch, caplog):
+    """The stop path waits for training's stop checkpoint at most ``TRAINING_STOP_WAIT_S`` and
+    then says what is lost; a training that ends in time is waited for without a word."""
+    import logging
+    import threading
+
+    from flows import stopping
+
+    class Training:  # a thread standing in for the task future: ``wait(timeout)`` as Prefect's
+        def __init__(self, seconds):
+            self.thread = threading.Thread(target=threading.Event().wait, args=(seconds,))
+            self.thread.start()
+
+        def wait(self, timeout=None):
+            self.thread.join(timeout)
+
+    monkeypatch.setattr(stopping, "TRAINING_STOP_WAIT_S", 0.2)
+    log = logging.getLogger("stop-wait")
+    with caplog.at_level(logging.WARNING, "stop-wait"):
+        stopping.wait_for_training(Training(0.01), log)
+        stopping.wait_for_training(None, log)
+        assert not caplog.records
+        stopping.wait_for_training(Training(1.0), log)
+    assert [r.getMessage() for r in caplog.records] == [
+        "training did not stop within 0.2 s: a rerun resumes from its last checkpoint, the steps since are lost"]
