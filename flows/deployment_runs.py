@@ -154,6 +154,17 @@ class Recordings:
         self.held.clear()
         return True
 
+    def write_on_stop(self, later: str) -> None:
+        """On the stop path: record what can be now, once; a held file or another error is
+        logged, not raised (it must not hide the stop), and what is left is said, with ``later``
+        (where it gets recorded)."""
+        try:
+            self.write()
+        except Exception as e:
+            self.log.warning("could not record the finished runs: %s", e)
+        if self.queue:
+            self.log.warning("%d finished run(s) not recorded: %s", len(self.queue), later)
+
     def write_all(self) -> None:
         """Every recording left, waiting for a held results file up to the pipeline's limit."""
         until_recorded(self.log, lambda: self.write(final=True))

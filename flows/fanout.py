@@ -65,31 +65,39 @@ def _run_units(cfg: StudyConfig, params: dict, runs: UnitRuns, rec: record.Recor
     ckpts: dict[int, Unit] = {}
     grids: list[dict] = []
     recordings = Recordings(log)
-    with get_client(sync_client=True) as client:
-        while True:
-            # training's state before the scan: where it had finished by then, the scan sees every
-            # checkpoint it published (read after the poll below, a training that finished between
-            # the two made its last checkpoint look missing: seen in test_distributed)
-            trained = train.state == "finished"
-            for step in published_steps(ws, tkey):
-                if step in expected and step not in ckpts:
-                    ckpts[step] = runs.submit(Unit("checkpoint", f"checkpoint-{step}", checkpoint_unit_key(cfg, step),
-                                                   checkpoint_deployment, {**params, "step": step}))
-            for u in runs.poll(client):
-                log.info("%s finished (flow run %s on %s)", u.label, u.flow_run, u.journal.where.get("worker"))
-                recordings.add(functools.partial(_record_unit, record.Replay(u.journal, ws.store), rec, grids))
-            recordings.write()
-            if runs.failed():
-                raise RuntimeError(f"units did not finish: {[u.summary() for u in runs.failed()]}")
-            if trained and expected - set(ckpts):
-                raise RuntimeError(f"training {tkey} finished, but its checkpoints at steps "
-                                   f"{sorted(expected - set(ckpts))} are not in the artifact store {ws.store}")
-            if train.state == "finished" and set(ckpts) == expected \
-                    and all(u.state == "finished" for u in ckpts.values()):
-                recordings.write_all()
-                return grids
-            time.sleep(poll_s)
-            stop_if_signalled()
+    try:
+        with get_client(sync_client=True) as client:
+            while True:
+                # training's state before the scan: where it had finished by then, the scan sees every
+                # checkpoint it published (read after the poll below, a training that finished between
+                # the two made its last checkpoint look missing: seen in test_distributed)
+                trained = train.state == "finished"
+                for step in published_steps(ws, tkey):
+                    if step in expected and step not in ckpts:
+                        ckpts[step] = runs.submit(Unit("checkpoint", f"checkpoint-{step}",
+                                                       checkpoint_unit_key(cfg, step), checkpoint_deployment,
+                                                       {**params, "step": step}))
+                for u in runs.poll(client):
+                    log.info("%s finished (flow run %s on %s)", u.label, u.flow_run, u.journal.where.get("worker"))
+                    recordings.add(functools.partial(_record_unit, record.Replay(u.journal, ws.store), rec, grids))
+                recordings.write()
+                if runs.failed():
+                    raise RuntimeError(f"units did not finish: {[u.summary() for u in runs.failed()]}")
+                if trained and expected - set(ckpts):
+                    raise RuntimeError(f"training {tkey} finished, but its checkpoints at steps "
+                                       f"{sorted(expected - set(ckpts))} are not in the artifact store {ws.store}")
+                if train.state == "finished" and set(ckpts) == expected \
+                        and all(u.state == "finished" for u in ckpts.values()):
+                    recordings.write_all()
+                    return grids
+                time.sleep(poll_s)
+                stop_if_signalled()
+    except BaseException:
+        # a stop or a failed unit with finished units queued behind a held results file: record
+        # what can be now (a second signal is only noted); the rest when the study is submitted again
+        stopping()
+        recordings.write_on_stop("the study submitted again records them")
+        raise
 
 
 @flow(name="semprobe-fanout")

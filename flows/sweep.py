@@ -271,16 +271,24 @@ def _run_deployments(spec: SweepSpec, ws: Workspace, rec: SweepRecorder, deploym
     def record_point(p: Point, u) -> None:  # resumable: rec.point goes on where a held results file stopped it
         status[p.key] = {"where": u.journal.where, **rec.point(p, u.journal)}
 
-    with get_client(sync_client=True) as client:
-        while any(u.state == "submitted" for u in units):
-            for u in runs.poll(client):
-                p = spec.points[units.index(u)]
-                log.info("point %s finished (flow run %s on %s)", p.label, u.flow_run, u.journal.where.get("worker"))
-                recordings.add(functools.partial(record_point, p, u))
-            recordings.write()
-            if any(u.state == "submitted" for u in units):
-                time.sleep(poll_s)
-                stop_if_signalled()
+    try:
+        with get_client(sync_client=True) as client:
+            while any(u.state == "submitted" for u in units):
+                for u in runs.poll(client):
+                    p = spec.points[units.index(u)]
+                    log.info("point %s finished (flow run %s on %s)", p.label, u.flow_run,
+                             u.journal.where.get("worker"))
+                    recordings.add(functools.partial(record_point, p, u))
+                recordings.write()
+                if any(u.state == "submitted" for u in units):
+                    time.sleep(poll_s)
+                    stop_if_signalled()
+    except BaseException:
+        # a stop (or a failure) with finished points queued behind a held results file: record
+        # what can be now (a second signal is only noted); the rest when the sweep is submitted again
+        stopping()
+        recordings.write_on_stop("the sweep submitted again records them")
+        raise
     recordings.write_all()
     return [{"point": u.label, "key": u.key, "attempt": u.attempt, "flow_runs": u.flow_runs, "state": u.state,
              "flow_run": u.flow_run, **({"detail": u.detail} if u.detail else {}), **status.get(u.key, {})}

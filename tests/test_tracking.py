@@ -214,6 +214,9 @@ def test_a_replay_stopped_by_a_held_results_file_goes_on_without_writing_mlflow_
         assert not recordings.write() and not recordings.write()  # not raised: the study goes on
         assert replay.done == 1 and len(warnings) == 1, warnings  # said once, not at every poll
         assert str(db.path) in warnings[0] and f"PID {holder.pid}" in warnings[0]
+        # a stop now (SIGTERM): what cannot be recorded is said, not raised over the stop
+        recordings.write_on_stop("the sweep submitted again records them")
+        assert warnings[1:] == ["1 finished run(s) not recorded: the sweep submitted again records them"]
     finally:
         holder.stdin.close()
         holder.wait(10)
