@@ -12,6 +12,7 @@ written.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -97,10 +98,15 @@ def import_export(folder: str | Path, db: ResultsDB) -> dict[str, dict]:
                                  + (f" (the export has no {', '.join(missing)} column)" if missing else "")
                                  + "; nothing was imported")
             same_key = " AND ".join(f"t.{_q(c)} = i.{_q(c)}" for c in pk)
-            same_row = " AND ".join(f"t.{_q(c)} IS NOT DISTINCT FROM i.{_q(c)}" for c, _ in cols
-                                    if c not in BOOKKEEPING_COLUMNS.get(table, ()))
+            compared = [c for c, _ in cols if c not in BOOKKEEPING_COLUMNS.get(table, ())]
+            # JSON is compared by value, not text: another writer's spacing or key order is the same row
+            json_cols = [c for c, decl in cols if c in compared and _base_type(decl) == "JSON"]
+            same_row = " AND ".join(f"t.{_q(c)} IS NOT DISTINCT FROM i.{_q(c)}" for c in compared
+                                    if c not in json_cols)
             clash = con.execute(f"SELECT {', '.join('i.' + _q(c) for c in pk)} FROM {stage} i JOIN {_q(table)} t "
                                 f"ON {same_key} WHERE NOT ({same_row}) LIMIT 1").fetchone()
+            if clash is None and json_cols:
+                clash = _json_clash(con, stage, table, pk, json_cols, same_key)
             if clash is not None:
                 raise ValueError(f"{folder}: table {table!r} row {dict(zip(pk, clash))} differs from the row of the "
                                  f"same key in {db.path}; nothing was imported (import it into another workspace)")
@@ -111,3 +117,18 @@ def import_export(folder: str | Path, db: ResultsDB) -> dict[str, dict]:
                               f"WHERE NOT EXISTS (SELECT 1 FROM {_q(table)} t WHERE {same_key})")
         _transaction(con, *statements)
     return out
+
+
+def _json_clash(con, stage: str, table: str, pk: list[str], json_cols: list[str], same_key: str):
+    """The key of the first row of ``stage`` whose JSON columns differ in value from the row of
+    the same key in ``table`` (text that differs only in spacing or key order is the same), or None."""
+    differs = " OR ".join(f"t.{_q(c)}::VARCHAR IS DISTINCT FROM i.{_q(c)}::VARCHAR" for c in json_cols)
+    pairs = ", ".join(f"i.{_q(c)}::VARCHAR, t.{_q(c)}::VARCHAR" for c in json_cols)
+    rows = con.execute(f"SELECT {', '.join('i.' + _q(c) for c in pk)}, {pairs} FROM {stage} i JOIN {_q(table)} t "
+                       f"ON {same_key} WHERE {differs}").fetchall()
+    parse = lambda text: None if text is None else json.loads(text)  # noqa: E731
+    for row in rows:
+        values = row[len(pk):]
+        if any(parse(a) != parse(b) for a, b in zip(values[::2], values[1::2])):
+            return row[:len(pk)]
+    return None

@@ -59,6 +59,28 @@ def test_import_again_adds_nothing_and_a_different_row_stops_it_with_nothing_wri
     assert {t: db.count(t) for t in TABLES} == before  # not even the new run row
 
 
+def test_json_columns_are_compared_by_value_not_by_text(tmp_path):
+    """The same run's config written by another writer (other spacing, other key order) is the
+    row the workspace holds; a config that differs in a value still stops the import."""
+    import json
+
+    db = ResultsDB(tmp_path / "ws" / "results.duckdb")
+    import_export(CPU, db)
+    other = tmp_path / "other"
+    shutil.copytree(CPU, other)
+    runs = pd.read_csv(other / "runs.csv", dtype=str, keep_default_na=False)
+    config = json.loads(runs.loc[0, "config"])
+    runs.loc[0, "config"] = json.dumps(dict(reversed(list(config.items()))), separators=(",", ":"))
+    assert runs.loc[0, "config"] != pd.read_csv(CPU / "runs.csv", dtype=str)["config"][0]
+    runs.to_csv(other / "runs.csv", index=False)
+    assert import_export(other, db)["runs"] == {"added": 0, "present": len(runs), "missing_columns": []}
+    config["train"]["seed"] += 1
+    runs.loc[0, "config"] = json.dumps(config)
+    runs.to_csv(other / "runs.csv", index=False)
+    with pytest.raises(ValueError, match="table 'runs' row .* differs .* nothing was imported"):
+        import_export(other, db)
+
+
 def test_older_exports_load_by_the_migrations_rules(tmp_path):
     db = ResultsDB(tmp_path / "ws" / "results.duckdb")
     counts = import_export(FIRST, db)
