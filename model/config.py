@@ -14,6 +14,7 @@ from karel.text import N_SPEC
 LOSS_ON = ("all", "program", "outputs")
 PACKING = ("blocks", "samples")
 DEVICES = ("auto", "cpu", "cuda")
+MLP_ACTS = ("gelu", "relu2")
 AUTOCAST = ("auto", "bf16", "off")
 OPTIMIZERS = ("adamw", "muon")
 
@@ -33,14 +34,22 @@ class ModelConfig:
     # (model/cells.py): the model is told where each cell is instead of learning it from rotary
     # offsets. Same text, one token per cell; an option, off in the paper preset.
     cell_embeddings: bool = False
+    # Two block options from small-model practice (modded-nanogpt), off in every preset: RMS-normalise
+    # each head's queries and keys (learned gains, before rotary), which bounds the attention logits;
+    # and the MLP's activation, "gelu" (CodeGen's tanh approximation) or "relu2" (ReLU squared).
+    qk_norm: bool = False
+    mlp_act: str = "gelu"
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_mlp", "context"):
             check_positive_int(self, name)
         if self.d_model % self.n_head:
             raise ValueError(f"d_model: {self.d_model} is not divisible by n_head {self.n_head}")
-        if not isinstance(self.cell_embeddings, bool):
-            raise ValueError(f"cell_embeddings: must be a bool, got {self.cell_embeddings!r}")
+        for name in ("cell_embeddings", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be a bool, got {getattr(self, name)!r}")
+        if self.mlp_act not in MLP_ACTS:
+            raise ValueError(f"mlp_act: {self.mlp_act!r} is not one of {MLP_ACTS}")
         if not (0 <= self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
             raise ValueError(f"rotary_dim: must be even and in 0..head_dim ({self.head_dim}), got {self.rotary_dim}")
 
@@ -53,6 +62,7 @@ class ModelConfig:
         d, v = self.d_model, self.vocab_size
         block = 2 * d + 3 * d * d + d * d + (d * self.d_mlp + self.d_mlp) + (self.d_mlp * d + d)
         cells = (2 * 6 + 2) * d if self.cell_embeddings else 0  # model/cells.py: row, col, side
+        block += 2 * self.head_dim if self.qk_norm else 0  # the query and key gains
         return v * d + cells + self.n_layer * block + 2 * d + d * v + v
 
     def flops_per_token(self, seq_len: int) -> float:

@@ -72,10 +72,15 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # CodeGen: no qkv bias
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        # ModelConfig.qk_norm: one gain per head dim, shared by the heads (off: CodeGen)
+        self.q_norm, self.k_norm = ((nn.RMSNorm(cfg.head_dim), nn.RMSNorm(cfg.head_dim)) if cfg.qk_norm
+                                    else (None, None))
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             start = cache.length
@@ -102,11 +107,13 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.relu2 = cfg.mlp_act == "relu2"
 
     def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
         h = self.ln(x)
-        mlp = self.fc_out(F.gelu(self.fc_in(h), approximate="tanh"))  # CodeGen's gelu_new
-        return x + self.attn(h, cos, sin, mask, cache, layer) + mlp
+        u = self.fc_in(h)
+        u = F.relu(u).square() if self.relu2 else F.gelu(u, approximate="tanh")  # gelu: CodeGen's gelu_new
+        return x + self.attn(h, cos, sin, mask, cache, layer) + self.fc_out(u)
 
 
 class Transformer(nn.Module):

@@ -30,6 +30,10 @@ def test_unknown_field_is_named():
         ModelConfig(d_model=64, n_head=4, rotary_dim=18)
     with pytest.raises(ValueError, match="loss_on"):
         TrainConfig(loss_on="prompt")
+    with pytest.raises(ValueError, match="mlp_act: 'swish' is not one of"):
+        ModelConfig(mlp_act="swish")
+    with pytest.raises(ValueError, match="qk_norm: must be a bool"):
+        ModelConfig(qk_norm="yes")
     with pytest.raises(ValueError, match="preset"):
         preset("huge")
 
@@ -450,3 +454,39 @@ def test_cell_embeddings_change_only_cells_and_decode_with_cache():
             torch.testing.assert_close(h[-1][:, 0], hidden[-1][:, t], atol=1e-5, rtol=1e-5)
     decayed = {id(p) for p in model.param_groups(0.1)[0]["params"]}
     assert not any(id(p) in decayed for p in model.cells.parameters())
+
+
+def test_the_block_options_act_and_decode_with_cache():
+    """qk_norm: each head's queries and keys are RMS-normalised, so scaling them leaves attention
+    as it was; relu2: the MLP squares its ReLU. Both keep cached decoding equal to the full pass,
+    and the parameter count right (the gains go to AdamW, not Muon)."""
+
+    cfg = ModelConfig(**{**CFG.__dict__, "context": 512, "qk_norm": True, "mlp_act": "relu2"})
+    assert cfg.n_params() == sum(p.numel() for p in Transformer(cfg).parameters()) == CFG.n_params() + 2 * 2 * 8
+    torch.manual_seed(4)
+    model = Transformer(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (2, 40))
+    with torch.no_grad():
+        full, hidden = model(x, return_hidden=True)
+        cache = KVCache.empty(cfg, 2, 40, "cpu", torch.float32)
+        model(x[:, :37], cache=cache)
+        for t in range(37, 40):
+            o, h = model(x[:, t : t + 1], cache=cache, return_hidden=True)
+            torch.testing.assert_close(o[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h[-1][:, 0], hidden[-1][:, t], atol=1e-5, rtol=1e-5)
+        block = model.blocks[0]
+        h0 = torch.randn(2, 40, cfg.d_model)
+        cos, sin = model.rope_cos[:40], model.rope_sin[:40]
+        attn = block.attn(h0, cos, sin)
+        block.attn.qkv.weight[: 2 * cfg.d_model].mul_(7.0)  # queries and keys 7x: normalised away
+        torch.testing.assert_close(block.attn(h0, cos, sin), attn, atol=1e-4, rtol=1e-4)
+        u = block.fc_in(block.ln(h0))
+        want = h0 + block.attn(block.ln(h0), cos, sin) + block.fc_out(torch.relu(u) ** 2)
+        torch.testing.assert_close(block(h0, cos, sin), want)
+        plain = Transformer(CFG)
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if "_norm" not in k})
+        assert not torch.allclose(plain(x)[0], model(x)[0], atol=1e-3)  # the options change the function
+    opt = make_optimizer(model, TrainConfig(optimizer="muon", device="cpu", autocast="off"))
+    muon = {id(p) for g in opt.parts[1].param_groups for p in g["params"]}
+    gains = [p for n, p in model.named_parameters() if "_norm" in n]
+    assert len(gains) == 2 * cfg.n_layer and not any(id(p) in muon for p in gains)
