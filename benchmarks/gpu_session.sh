@@ -47,7 +47,8 @@
 # and GRID_SEEDS=3 too if graphs ran the grid >= 3x faster than batched (CIs for targets 3, 5, 6).
 # If the session's device time allows a third call (~5 min): `ARMS=pairs bash benchmarks/gpu_session.sh 330`.
 # It measures `spec_pairs=3,4,5` at more seeds: on the CPU it led at 7 of 8 paired checkpoints over
-# two seeds, by a few points, and by 20 at one (RESULTS.md, sessions 40 and 41).
+# two seeds up to step 1,500, by a few points and by 20 at one, and was level at the end of the
+# `cpu` schedule (seed 1; RESULTS.md, sessions 40-42): low priority.
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh [budget_s]     (TINY=1: CPU check)
 set -u
 export PYTHONUNBUFFERED=1

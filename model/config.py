@@ -105,8 +105,8 @@ class TrainConfig:
     # input/output pairs and the program, as many rows as fit the step's batch_size x block_len
     # tokens, so a step sees more programs for the same tokens. Evaluation always shows 5 pairs.
     # Measured on the cpu preset: 1..5 behind at 500 steps; 3..5 ahead at 7 of 8 paired checkpoints
-    # over seeds 0 and 1 (+20.2 and -5.4 points at step 1,000; +7.4 at 1,500), ~1.1-1.25x fewer
-    # tokens (RESULTS.md, sessions 39-41).
+    # up to step 1,500 over seeds 0 and 1 (+20.2 and -5.4 points at step 1,000; +7.4 at 1,500), and
+    # level at the schedule's end (seed 1, step 1,850: 61.6% both; RESULTS.md, sessions 39-42).
     spec_pairs: tuple[int, ...] = ()
     weight_decay: float = 0.0
     # "adamw" (paper) or "muon": Muon for the blocks' weight matrices (model/optim.py), AdamW for
