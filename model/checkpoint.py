@@ -128,7 +128,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 def check_compatible(ckpt: dict, model_cfg: ModelConfig, vocab: karel.Vocab, path="checkpoint") -> None:
     """ValueError unless ``ckpt`` was trained with this model shape and tokenizer."""
-    saved = ckpt["model_config"]
+    # a field added since the checkpoint was written reads as its default (the model it built)
+    saved = config_to_dict(config_from_dict(ModelConfig, ckpt["model_config"]))
     want = config_to_dict(model_cfg)
     if saved != want:
         diff = {k: (saved.get(k), want.get(k)) for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)}

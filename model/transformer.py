@@ -79,8 +79,9 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if self.q_norm is not None:  # gains cast to q's dtype: under bf16 autocast the fused kernel runs
+            q = F.rms_norm(q, (self.head_dim,), self.q_norm.weight.to(q.dtype), self.q_norm.eps)
+            k = F.rms_norm(k, (self.head_dim,), self.k_norm.weight.to(k.dtype), self.k_norm.eps)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             start = cache.length

@@ -234,7 +234,9 @@ def dedupe(df, keys, values, notes, what, stage="probe"):
                "their values are averaged" + (", their 95% bounds the widest of theirs." if widened else "."))
         if msg not in notes:
             notes.append(msg)
-        how = {v: {"ci_low": "min", "ci_high": "max"}.get(v, "mean") for v in values}
+        # a configuration without a bound (one seed: NaN) leaves the merged row without one
+        widest = {"ci_low": lambda b: b.min(skipna=False), "ci_high": lambda b: b.max(skipna=False)}
+        how = {v: widest.get(v, "mean") for v in values}
         df = df.groupby(keys, as_index=False).agg(how)
     return df.sort_values(keys).reset_index(drop=True)
 

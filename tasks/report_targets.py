@@ -197,9 +197,11 @@ def _reversals(end: pd.DataFrame) -> str:
     for a, b in zip(PROBE_KINDS, PROBE_KINDS[1:]):
         lo, hi = end.loc[a], end.loc[b]
         if lo["mean"] > hi["mean"]:
-            overlap = not (pd.isna(lo["ci_low"]) or pd.isna(hi["ci_high"])) and lo["ci_low"] <= hi["ci_high"]
-            out.append(f"{a} {pct(lo['mean'])} > {b} {pct(hi['mean'])}"
-                       + (", within their 95% CIs" if overlap else ""))
+            if pd.isna(lo["ci_low"]) or pd.isna(hi["ci_high"]):
+                spread = ", no 95% CIs"
+            else:
+                spread = ", within their 95% CIs" if lo["ci_low"] <= hi["ci_high"] else ", their 95% CIs apart"
+            out.append(f"{a} {pct(lo['mean'])} > {b} {pct(hi['mean'])}{spread}")
     return " and ".join(out)
 
 

@@ -126,7 +126,8 @@ def _json_clash(con, stage: str, table: str, pk: list[str], json_cols: list[str]
     pairs = ", ".join(f"i.{_q(c)}::VARCHAR, t.{_q(c)}::VARCHAR" for c in json_cols)
     rows = con.execute(f"SELECT {', '.join('i.' + _q(c) for c in pk)}, {pairs} FROM {stage} i JOIN {_q(table)} t "
                        f"ON {same_key} WHERE {differs}").fetchall()
-    parse = lambda text: None if text is None else json.loads(text)  # noqa: E731
+    # parsed and written again with sorted keys: spacing and key order go, types stay (true is not 1)
+    parse = lambda text: None if text is None else json.dumps(json.loads(text), sort_keys=True)  # noqa: E731
     for row in rows:
         values = row[len(pk):]
         if any(parse(a) != parse(b) for a, b in zip(values[::2], values[1::2])):

@@ -86,26 +86,29 @@ def train_lm(ws_root: str, model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainCon
 
 def published_checkpoint(ws_root: str, train_key_: str, step: int) -> dict | None:
     """One published checkpoint (its file local: a remote store downloads it), or None when it is
-    not published (yet). Its file is hashed when its size or mtime differ from the manifest's
-    (``verify="stat"``): a file changed in place is an error naming it, not a checkpoint."""
-    store = Workspace.at(ws_root).store
-    key = checkpoint_key(train_key_, step)
-    if not store.is_complete("checkpoint", key, verify=False):
-        return None
-    if not store.is_complete("checkpoint", key, verify="stat"):
-        raise ValueError(f"checkpoint {key}: its file in {store.path('checkpoint', key)} no longer matches the "
-                         "sha256 in its manifest (changed in place); delete that folder and rerun training, "
-                         "which republishes it")
-    m = store.manifest("checkpoint", key)
-    return {"key": key, "path": str(store.path("checkpoint", key)), **m.get("meta", {})}
+    not published (yet); a file changed in place is an error (``_published``)."""
+    return _published(Workspace.at(ws_root), checkpoint_key(train_key_, step))
 
 
 def published_checkpoints(ws_root: str, train_key_: str) -> list[dict]:
     """Checkpoints of a training run that are already published (training may still run)."""
-    store = Workspace.at(ws_root).store
-    out = []
-    for key in store.keys("checkpoint"):
-        if key.startswith(train_key_ + "-s") and store.is_complete("checkpoint", key, verify=False):
-            m = store.manifest("checkpoint", key)
-            out.append({"key": key, "path": str(store.path("checkpoint", key)), **m.get("meta", {})})
-    return sorted(out, key=lambda c: c["step"])
+    ws = Workspace.at(ws_root)
+    found = (_published(ws, key) for key in ws.store.keys("checkpoint") if key.startswith(train_key_ + "-s"))
+    return sorted((c for c in found if c is not None), key=lambda c: c["step"])
+
+
+def _published(ws: Workspace, key: str) -> dict | None:
+    """The published checkpoint ``key``, or None while it is not (complete). Its file is hashed
+    when its size or mtime differ from the manifest's (``verify="stat"``): one changed in place
+    with the same size is a ValueError naming it, not a checkpoint to read."""
+    store = ws.store
+    if not store.is_complete("checkpoint", key, verify=False):
+        return None
+    if not store.is_complete("checkpoint", key, verify="stat"):
+        train_key_ = key.rsplit("-s", 1)[0]
+        raise ValueError(
+            f"checkpoint {key}: its file in {store.path('checkpoint', key)} no longer matches the sha256 in its "
+            f"manifest (changed in place). The training work folder holds the same file (a hard link): delete "
+            f"the train artifact ({store.path('train', train_key_)}), the work folder "
+            f"({ws.work_dir / 'train' / train_key_}) and this checkpoint's folder to retrain it")
+    return {"key": key, "path": str(store.path("checkpoint", key)), **store.manifest("checkpoint", key).get("meta", {})}

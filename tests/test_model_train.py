@@ -158,6 +158,12 @@ def test_bad_checkpoints_raise(data_dir, tmp_path):
     other = preset("smoke", model={"d_model": 64}, train={"steps": 1, "ckpt_every": 1, "ckpt_log_count": 0})
     with pytest.raises(ValueError, match="model config differs.*d_model"):
         train(*other, data_dir, tmp_path / "run", progress=False)
+    # A checkpoint written before a model field existed reads it as its default.
+    old = torch.load(path, weights_only=True)
+    for name in ("qk_norm", "mlp_act"):
+        del old["model_config"][name]
+    torch.save(old, path)
+    assert train(m, t, data_dir, tmp_path / "run", progress=False)[-1][0] == 1
     # Another train config (not resumable).
     with pytest.raises(ValueError, match="lr"):
         train(m, preset("smoke", train={"steps": 1, "ckpt_every": 1, "ckpt_log_count": 0, "lr": 1e-4})[1],

@@ -60,9 +60,12 @@ def test_a_reversed_order_says_whether_it_is_within_the_seeds_spread(ws):
     expect(db, 2, "no", "(rises, not ordered: mlp1 69.7% > mlp2 69.6%, within their 95% CIs, above baselines)",
            sql="UPDATE probe_summary SET mean = 0.697 WHERE step = 800 AND feature = 'direction' AND probe = 'mlp1' "
                "AND \"offset\" = 0 AND split = 'test'")
-    expect(db, 2, "no", "not ordered: mlp1 80.0% > mlp2 69.6%, above",
+    expect(db, 2, "no", "not ordered: mlp1 80.0% > mlp2 69.6%, their 95% CIs apart, above",
            sql="UPDATE probe_summary SET mean = 0.8, ci_low = 0.78, ci_high = 0.82 WHERE step = 800 "
                "AND feature = 'direction' AND probe = 'mlp1' AND \"offset\" = 0 AND split = 'test'")
+    expect(db, 2, "no", "not ordered: mlp1 80.0% > mlp2 69.6%, no 95% CIs, above",
+           sql="UPDATE probe_summary SET ci_low = NULL WHERE step = 800 AND feature = 'direction' "
+               "AND probe = 'mlp1' AND \"offset\" = 0 AND split = 'test'")
 
 
 def test_r2_needs_five_checkpoints(tmp_path):

@@ -134,13 +134,17 @@ def test_a_training_that_outlasts_the_stop_wait_is_said_to_lose_its_steps(monkey
 
     from flows import stopping
 
-    class Training:  # a thread standing in for the task future: ``wait(timeout)`` as Prefect's
+    class Training:  # a thread standing in for the task future: ``wait(timeout)`` and ``state`` as Prefect's
         def __init__(self, seconds):
             self.thread = threading.Thread(target=threading.Event().wait, args=(seconds,))
             self.thread.start()
 
         def wait(self, timeout=None):
             self.thread.join(timeout)
+
+        @property
+        def state(self):
+            return type("State", (), {"is_final": lambda _: not self.thread.is_alive()})()
 
     monkeypatch.setattr(stopping, "TRAINING_STOP_WAIT_S", 0.2)
     log = logging.getLogger("stop-wait")

@@ -284,7 +284,7 @@ def test_run_stage_stamps_the_machine_that_computed_the_artifact(tmp_path):
 def test_a_published_checkpoint_changed_in_place_is_an_error_naming_it(tmp_path):
     """A checkpoint file rewritten with the same size after publishing: the fan-out's reader
     hashes it (its mtime moved) and names the checkpoint, instead of loading other weights."""
-    from tasks.training import CHECKPOINT_FILE, publish_checkpoint, published_checkpoint
+    from tasks.training import CHECKPOINT_FILE, publish_checkpoint, published_checkpoint, published_checkpoints
     from tasks.workspace import Workspace
 
     ws = Workspace.at(str(tmp_path / "ws"))
@@ -297,5 +297,7 @@ def test_a_published_checkpoint_changed_in_place_is_an_error_naming_it(tmp_path)
     path = Path(ck["path"]) / CHECKPOINT_FILE
     time.sleep(0.01)
     path.write_bytes(b"weights-1")  # same size, new bytes (the hard link shares the source's inode)
-    with pytest.raises(ValueError, match="checkpoint tk-s0000003: .* no longer matches the sha256"):
-        published_checkpoint(str(ws.root), "tk", 3)
+    for read in (lambda: published_checkpoint(str(ws.root), "tk", 3), lambda: published_checkpoints(str(ws.root), "tk")):
+        with pytest.raises(ValueError, match="checkpoint tk-s0000003: .* no longer matches the sha256.*delete the "
+                                             "train artifact"):
+            read()
