@@ -160,6 +160,8 @@ def test_two_probe_configurations_at_a_checkpoint_are_judged_by_their_lowest_bou
     notes = []
     assert issue_targets(RunData(db, RUN, "smoke", notes))[5]["met"] == "no"
     assert any("their 95% bounds the widest of theirs" in n for n in notes), notes
+    # the second configuration had one seed (no bound): the merged row has none either
+    expect(db, 5, "no data", sql="UPDATE probe_summary SET ci_low = NULL WHERE probe_key = 'pk800-b'")
 
 
 def test_a_bound_one_seed_cannot_give_is_no_data(ws):
