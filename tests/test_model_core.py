@@ -433,6 +433,18 @@ def test_cell_coordinates_follow_the_grids():
     assert not cell_coordinates(ids[:, 5:30], header_kinds(48))[3].any()
 
 
+def assert_cached_decoding_matches(model, x, prefix: int) -> None:
+    """A prefill of ``x[:, :prefix]`` into a KV cache, then one token at a time: the logits and the
+    last hidden state of each step equal the full pass's at that position."""
+    full, hidden = model(x, return_hidden=True)
+    cache = KVCache.empty(model.cfg, x.shape[0], x.shape[1], "cpu", torch.float32)
+    model(x[:, :prefix], cache=cache)
+    for t in range(prefix, x.shape[1]):
+        o, h = model(x[:, t : t + 1], cache=cache, return_hidden=True)
+        torch.testing.assert_close(o[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h[-1][:, 0], hidden[-1][:, t], atol=1e-5, rtol=1e-5)
+
+
 def test_cell_embeddings_change_only_cells_and_decode_with_cache():
     cfg = ModelConfig(**{**CFG.__dict__, "context": 512, "cell_embeddings": True})
     assert cfg.n_params() == sum(p.numel() for p in Transformer(cfg).parameters())
@@ -445,13 +457,7 @@ def test_cell_embeddings_change_only_cells_and_decode_with_cache():
     with torch.no_grad():
         emb = model.cells(x)
         assert emb[0, 1:37].abs().sum(-1).gt(0).all() and not emb[0, 370:].any()
-        full, hidden = model(x, return_hidden=True)
-        cache = KVCache.empty(cfg, 1, 376, "cpu", torch.float32)
-        out, _ = model(x[:, :374], cache=cache)
-        for t in range(374, 376):
-            o, h = model(x[:, t : t + 1], cache=cache, return_hidden=True)
-            torch.testing.assert_close(o[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(h[-1][:, 0], hidden[-1][:, t], atol=1e-5, rtol=1e-5)
+        assert_cached_decoding_matches(model, x, 374)
     decayed = {id(p) for p in model.param_groups(0.1)[0]["params"]}
     assert not any(id(p) in decayed for p in model.cells.parameters())
 
@@ -460,20 +466,13 @@ def test_the_block_options_act_and_decode_with_cache():
     """qk_norm: each head's queries and keys are RMS-normalised, so scaling them leaves attention
     as it was; relu2: the MLP squares its ReLU. Both keep cached decoding equal to the full pass,
     and the parameter count right (the gains go to AdamW, not Muon)."""
-
     cfg = ModelConfig(**{**CFG.__dict__, "context": 512, "qk_norm": True, "mlp_act": "relu2"})
     assert cfg.n_params() == sum(p.numel() for p in Transformer(cfg).parameters()) == CFG.n_params() + 2 * 2 * 8
     torch.manual_seed(4)
     model = Transformer(cfg).eval()
     x = torch.randint(0, cfg.vocab_size, (2, 40))
     with torch.no_grad():
-        full, hidden = model(x, return_hidden=True)
-        cache = KVCache.empty(cfg, 2, 40, "cpu", torch.float32)
-        model(x[:, :37], cache=cache)
-        for t in range(37, 40):
-            o, h = model(x[:, t : t + 1], cache=cache, return_hidden=True)
-            torch.testing.assert_close(o[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(h[-1][:, 0], hidden[-1][:, t], atol=1e-5, rtol=1e-5)
+        assert_cached_decoding_matches(model, x, 37)
         block = model.blocks[0]
         h0 = torch.randn(2, 40, cfg.d_model)
         cos, sin = model.rope_cos[:40], model.rope_sin[:40]
