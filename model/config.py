@@ -37,6 +37,8 @@ class ModelConfig:
     # Two block options from small-model practice (modded-nanogpt), off in every preset: RMS-normalise
     # each head's queries and keys (learned gains, before rotary), which bounds the attention logits;
     # and the MLP's activation, "gelu" (CodeGen's tanh approximation) or "relu2" (ReLU squared).
+    # Measured together on the cpu preset, seed 1: at step 1,000 the baseline's step-1,500 perplexity
+    # and accuracy (54.5% against 32.6%), ~1.5x fewer tokens, one seed (RESULTS.md, session 42).
     qk_norm: bool = False
     mlp_act: str = "gelu"
 
