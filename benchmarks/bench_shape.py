@@ -6,8 +6,8 @@ overrides (``model.n_head=4``, or several joined by ``+``: ``model.n_layer=6+mod
 trained on the preset's step (batch x block_len tokens, random tokens) at the precision the preset
 trains at on this CPU (bf16 autocast where it is native, else float32: ``model.train.precision``);
 the baseline is the preset's shape, timed first and again last (the spread of the two says how
-steady the machine was). Prints ms a step, tokens/s and each
-variant's speed as a multiple of the baseline.
+steady the machine was). Prints ms a step, tokens/s and each variant's speed as a multiple of the
+baseline.
 
     .venv/bin/python benchmarks/bench_shape.py [--preset cpu] [--steps 5] [--threads 2] \
         model.n_head=4 model.n_layer=6 model.n_layer=6+model.n_head=4

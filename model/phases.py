@@ -11,8 +11,8 @@ a small CPU model as well as the paper's:
    programs for 300 specs; the paper's babbling writes one program for every spec, and a
    babbling model's output parses, so the parse rate alone cannot tell the two apart), *and* at
    least ``parse_min`` (0.5) of unconstrained greedy outputs parse (when ``parse_rate`` was
-   measured: a missing, None or NaN one does not count against it). A run whose first checkpoint is its most diverse has no syntax start. Before it
-   the model is **babbling**.
+   measured: a missing, None or NaN one does not count against it). A run whose first
+   checkpoint is its most diverse has no syntax start. Before it the model is **babbling**.
 2. **semantics** starts at the first checkpoint at or after the syntax start where accuracy on
    the spec (``acc_spec``) has covered ``semantics_frac`` (0.25) of its rise from the syntax
    start to its maximum; that is where the sharp climb is under way. If accuracy rises by less
