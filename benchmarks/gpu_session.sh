@@ -32,6 +32,13 @@
 #                                 lengths 6..10 from it on another lease)
 #     cpu-long-recipe-6k-pairs35  k = 3..5 (~1.4x the programs a step)
 #     ~250-300 s side by side (the `seeds` arms' size)
+#   ARMS=blocks: the block options (`model.qk_norm=true`, `model.mlp_act=relu2`; RESULTS.md,
+#     session 42: at step 1,000 where the `cpu` preset is at 1,500, one seed on the CPU) on the
+#     `cpu` recipe for 8,000 steps (65M tokens, the `2026-12-04` arms' size: ~210-260 s side by side):
+#     cpu-recipe-8k          the baseline of the same session
+#     cpu-recipe-8k-blocks   with both options, seed 0
+#     cpu-recipe-8k-blocks-s1  with both options, seed 1
+#     Tokens to 70% on lengths 6..10 of each curve against the baseline's: the lever's size.
 #   ARMS=none: no training arms (for a first call of PAPER=1 PROBES=1 alone)
 # PAPER=1 first runs the `paper` preset for PAPER_STEPS steps (default 300, issue 3's "a few
 # hundred"; ~70 s on an H200 on 2026-12-04) and reports tokens/s, MFU, peak memory.
@@ -45,7 +52,8 @@
 # benchmarks/gpu_session.sh` (~1.5 min), then `bash benchmarks/gpu_session.sh 450`, with
 # GRID_GRAPHS=1 in front if the first call's tests passed and batched+graphs was the fastest,
 # and GRID_SEEDS=3 too if graphs ran the grid >= 3x faster than batched (CIs for targets 3, 5, 6).
-# If the session's device time allows a third call (~5 min): `ARMS=pairs bash benchmarks/gpu_session.sh 330`.
+# If the session's device time allows a third call (~5 min): `ARMS=blocks bash benchmarks/gpu_session.sh 330`
+# (the strongest CPU lead, session 42); a fourth: `ARMS=pairs bash benchmarks/gpu_session.sh 330`.
 # It measures `spec_pairs=3,4,5` at more seeds: on the CPU it led at 7 of 8 paired checkpoints over
 # two seeds up to step 1,500, by a few points and by 20 at one, and was level at the end of the
 # `cpu` schedule (seed 1; RESULTS.md, sessions 40-42): low priority.
@@ -57,7 +65,7 @@ BUDGET=${1:-420}   # a stop, not a schedule: `seeds` needed 284-329 s on one H20
 PY=${PY:-python3}
 TINY_FLAG=""; [ "${TINY:-0}" = 1 ] && TINY_FLAG="--tiny"
 ARMS=${ARMS:-probes}
-case "$ARMS" in probes|seeds|pairs|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of probes, seeds, pairs, 2026-12-04, none"; exit 2 ;; esac
+case "$ARMS" in probes|seeds|pairs|blocks|2026-12-04|none) ;; *) echo "ARMS: '$ARMS' is not one of probes, seeds, pairs, blocks, 2026-12-04, none"; exit 2 ;; esac
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/env.txt" 2>/dev/null
 
@@ -132,6 +140,11 @@ case "$ARMS" in
     run cpu-long-recipe-6k-pairs15 --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=1,2,3,4,5 &
     run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS &
     run cpu-long-recipe-6k-pairs35 --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=3,4,5 & ;;
+  blocks)
+    run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
+    run cpu-recipe-8k-blocks --fixed-steps --model qk_norm=true --model mlp_act=relu2 --train steps=$(steps 8000) &
+    run cpu-recipe-8k-blocks-s1 --fixed-steps --model qk_norm=true --model mlp_act=relu2 --train seed=1 \
+      --train steps=$(steps 8000) & ;;
   2026-12-04)
     run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
     run cpu-recipe-b166-6k --fixed-steps --train batch_size=$(rows 166) --train steps=$(steps 6000) &
