@@ -102,13 +102,14 @@ def _published(ws: Workspace, key: str) -> dict | None:
     when its size or mtime differ from the manifest's (``verify="stat"``): one changed in place
     with the same size is a ValueError naming it, not a checkpoint to read."""
     store = ws.store
-    if not store.is_complete("checkpoint", key, verify=False):
-        return None
-    if not store.is_complete("checkpoint", key, verify="stat"):
+    if store.is_complete("checkpoint", key, verify="stat"):
+        meta = store.manifest("checkpoint", key).get("meta", {})
+        return {"key": key, "path": str(store.path("checkpoint", key)), **meta}
+    if store.is_complete("checkpoint", key, verify=False):  # sizes right, bytes not: changed in place
         train_key_ = key.rsplit("-s", 1)[0]
         raise ValueError(
             f"checkpoint {key}: its file in {store.path('checkpoint', key)} no longer matches the sha256 in its "
             f"manifest (changed in place). The training work folder holds the same file (a hard link): delete "
             f"the train artifact ({store.path('train', train_key_)}), the work folder "
             f"({ws.work_dir / 'train' / train_key_}) and this checkpoint's folder to retrain it")
-    return {"key": key, "path": str(store.path("checkpoint", key)), **store.manifest("checkpoint", key).get("meta", {})}
+    return None
