@@ -10,11 +10,14 @@ generated into OUT (the same bytes: generation is deterministic).
 
 SIGTERM writes a checkpoint at the current step and scores the asked checkpoints already on disk;
 running the same command again resumes the training (long arms can span several sittings).
+``--stop-after STEP`` ends the training at that step of the preset's schedule (the learning rate
+follows the whole schedule, so step 1,000 of a stopped arm is step 1,000 of a full one); run again
+with a later STEP, or without it, to go on.
 ``--score-only`` trains nothing: it scores the checkpoints on disk, e.g. on more test specs than
 the preset's (``--set eval.n_test_specs=2000``: all of the ``cpu`` preset's).
 
 Run: .venv/bin/python benchmarks/lever_run.py OUT [--preset cpu] [--data DIR]
-     [--eval-steps 1000,1500,2000] [--set section.field=value ...] [--score-only]
+     [--eval-steps 1000,1500,2000] [--stop-after 1000] [--set section.field=value ...] [--score-only]
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="the preset's dataset folder (default: OUT/data)")
     ap.add_argument("--eval-steps", default="", help="comma-separated checkpoint steps (default: the last)")
     ap.add_argument("--set", action="append", default=[], help="a preset override, as semprobe run takes")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="end the training at this step of the preset's schedule (resumable)")
     ap.add_argument("--score-only", action="store_true", help="train nothing: score the checkpoints on disk")
     args = ap.parse_args()
     cfg = load_preset(args.preset, args.set)
@@ -74,7 +79,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t0 = time.perf_counter()
     if not args.score_only:
-        done = train(cfg.model, t, data, args.out / "train", progress=False, should_stop=stop.is_set)
+        done = train(cfg.model, t, data, args.out / "train", progress=False, should_stop=stop.is_set,
+                     stop_after=args.stop_after)
         reached = done[-1][0]
         print(json.dumps({"part": "trained" if reached == t.steps else "stopped", "steps": reached,
                           "seconds": round(time.perf_counter() - t0, 1), "overrides": args.set}), flush=True)
