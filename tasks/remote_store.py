@@ -33,8 +33,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from tasks.store import (MANIFEST, ArtifactStore, LockTimeout, _check_name, _pid_alive, _scratch,
-                         flock_file, sha256_file)
+from tasks.store import MANIFEST, ArtifactStore, _check_name
+from tasks.store_files import LockTimeout, flock_file, pid_alive, scratch_path, sha256_file
 
 _CHUNK = 1 << 20
 LOCK_STALE_S = 120.0  # a lock whose heartbeat is older than this is broken
@@ -98,7 +98,7 @@ class RemoteLock:
 
     def _stale(self, rec: dict) -> bool:
         if rec.get("host") == self.owner["host"] and isinstance(rec.get("pid"), int) \
-                and not _pid_alive(rec["pid"]):
+                and not pid_alive(rec["pid"]):
             return True
         return time.time() - float(rec.get("heartbeat", 0)) > self.stale_s
 
@@ -253,7 +253,7 @@ class RemoteArtifactStore(ArtifactStore):
         with flock_file(self.stage_dir(stage) / f".{key}.fetch.lock", what="another download"):
             if self._cache_matches(local, m, rehash):  # another thread or process fetched it
                 return local
-            tmp = _scratch(local.parent, key, "tmp")
+            tmp = scratch_path(local.parent, key, "tmp")
             tmp.mkdir(parents=True)
             try:
                 for rel, info in m["files"].items():
@@ -291,7 +291,7 @@ class RemoteArtifactStore(ArtifactStore):
         then the manifest, and keep the folder as this machine's cache copy."""
         local = self.stage_dir(stage) / _check_name("key", key)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _scratch(local.parent, key, "tmp")
+        tmp = scratch_path(local.parent, key, "tmp")
         tmp.mkdir()
         try:
             yield tmp
@@ -330,7 +330,7 @@ class RemoteArtifactStore(ArtifactStore):
             removed = True
         local = self.stage_dir(stage) / key
         if local.exists():
-            aside = _scratch(local.parent, key, "old")
+            aside = scratch_path(local.parent, key, "old")
             os.rename(local, aside)
             shutil.rmtree(aside, ignore_errors=True)
         return removed

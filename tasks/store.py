@@ -30,33 +30,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from tasks.store_files import (HOST_TAG, SCRATCH_NAME, LockTimeout, flock_file, fsync_dir, pid_alive, scratch_path,
+                               sha256_file)
+
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}$")
-_CHUNK = 1 << 20
-
-
-class LockTimeout(TimeoutError):
-    """Raised when ``store.lock(..., timeout=...)`` cannot get the lock in time."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -68,85 +55,10 @@ def _check_name(kind: str, name: str) -> str:
     return name
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _pid_space() -> str:
-    """The host name and pid namespace, within which a pid names one process: two containers may
-    share a host name (``--network host``) and a volume while numbering their processes apart."""
-    try:
-        ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        ns = ""
-    return f"{socket.gethostname()}/{ns}"
-
-
-# 8 hex digits naming this pid space in scratch folder names, so that a store shared by several
-# machines (or containers) never judges another one's writer by a pid of this one.
-HOST_TAG = hashlib.sha256(_pid_space().encode()).hexdigest()[:8]
-_SCRATCH = re.compile(r"^\..+\.(tmp|old)-(\d+)-([0-9a-f]+)$")
-
-
-def _scratch(folder: Path, name: str, kind: str) -> Path:
-    """A scratch path beside ``folder/name``: ``.<name>.<kind>-<pid>-<host tag><random>``."""
-    return folder / f".{name}.{kind}-{os.getpid()}-{HOST_TAG}{secrets.token_hex(4)}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_remote_url(url: str | os.PathLike) -> bool:
     """True for a URL with a protocol other than ``file`` (``s3://``, ``memory://``, ...)."""
     s = os.fspath(url)
     return "://" in s and not s.startswith("file://")
-
-
-@contextlib.contextmanager
-def flock_file(path: Path, timeout: float | None = None, poll_s: float = 0.05,
-               what: str = "another process is computing this artifact") -> Iterator[Path]:
-    """Exclusive fcntl.flock on ``path`` (created if missing, never deleted: deleting it would
-    let two processes lock two different inodes). Released when the block exits or the process
-    dies; each call opens its own file description, so it also excludes threads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if timeout is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout(f"could not lock {path} within {timeout}s ({what})") from None
-                    time.sleep(poll_s)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass
-        yield path
-    finally:
-        os.close(fd)  # closing the last descriptor releases the flock
 
 
 class ArtifactStore:
@@ -270,7 +182,7 @@ class ArtifactStore:
         """
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _scratch(final.parent, key, "tmp")
+        tmp = scratch_path(final.parent, key, "tmp")
         tmp.mkdir()
         try:
             yield tmp
@@ -280,7 +192,7 @@ class ArtifactStore:
                 json.dump(manifest, f, indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             self._swap_into_place(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -319,21 +231,21 @@ class ArtifactStore:
                 raise
             # A previous (incomplete, corrupt or stale) folder is in the way: move it aside,
             # move ours in, then delete the old one. Readers never see a half-written folder.
-            old = _scratch(final.parent, final.name, "old")
+            old = scratch_path(final.parent, final.name, "old")
             os.rename(final, old)
             os.rename(tmp, final)
             if old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def delete(self, stage: str, key: str) -> bool:
         """Remove an artifact folder; True if something was removed."""
         p = self.path(stage, key)
         if not p.exists():
             return False
-        aside = _scratch(p.parent, key, "old")
+        aside = scratch_path(p.parent, key, "old")
         os.rename(p, aside)  # so the key disappears atomically
         shutil.rmtree(aside, ignore_errors=True)
         return True
@@ -353,7 +265,7 @@ class ArtifactStore:
             if not sd.is_dir():
                 continue
             for p in sd.iterdir():
-                mt = _SCRATCH.match(p.name)
+                mt = SCRATCH_NAME.match(p.name)
                 if not mt:
                     continue
                 tag = mt.group(3)
@@ -362,7 +274,7 @@ class ArtifactStore:
                     age = now - p.stat().st_mtime
                 except OSError:
                     continue
-                if (here and not _pid_alive(int(mt.group(2)))) or (max_age_s is not None and age > max_age_s):
+                if (here and not pid_alive(int(mt.group(2)))) or (max_age_s is not None and age > max_age_s):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p)
         return removed
