@@ -151,7 +151,7 @@ def test_first_run_fills_every_table_and_report(ws):
 
 
 def test_rerun_recomputes_nothing_and_results_are_identical(ws):
-    from tasks.store import HOST_TAG
+    from tasks.store_files import HOST_TAG
 
     before = snapshot(ws)
     # a dump its killed writer left half-written goes; nothing complete is touched

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.store import ArtifactStore, LockTimeout
+from tasks.store import ArtifactStore
+from tasks.store_files import LockTimeout
 
 
 def _write(store, stage, key, files, meta=None):
@@ -127,7 +128,7 @@ def test_non_json_meta_fails_and_cleans_up(tmp_path):
 
 
 def test_clean_stale_removes_dead_writer_temp(tmp_path):
-    from tasks.store import HOST_TAG
+    from tasks.store_files import HOST_TAG
 
     s = ArtifactStore(tmp_path)
     (tmp_path / "data").mkdir()

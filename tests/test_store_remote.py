@@ -15,7 +15,8 @@ import pytest
 
 from tasks.remote_store import ArtifactCorruptError, RemoteArtifactStore, RemoteLock
 from tasks.result_storage import BLOCK_SLUG, result_settings
-from tasks.store import ArtifactStore, LockTimeout
+from tasks.store import ArtifactStore
+from tasks.store_files import LockTimeout
 from tasks.workspace import Workspace
 
 
