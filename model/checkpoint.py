@@ -8,10 +8,13 @@ half-written ``step-*.pt`` that looks finished.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -40,6 +43,31 @@ def list_checkpoints(out_dir) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), out_dir / n) for n in os.listdir(out_dir) if (m := NAME.match(n))]
     return sorted(found)
+
+
+class FolderInUse(RuntimeError):
+    """Another process is training into the same checkpoint folder."""
+
+
+@contextlib.contextmanager
+def sole_writer(out_dir) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on the folder ``out_dir`` itself while training writes
+    there, or raise FolderInUse at once. Two processes resuming from one folder would each write
+    their own trajectory's checkpoints under the same step names, and the next resume would mix
+    them without a sign. The lock goes with the process and leaves no file behind."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(f"{out_dir} is being trained into by another process (`fuser -v {out_dir}` names "
+                              "it): wait for it or stop it, then run again (training resumes from its last "
+                              "checkpoint)") from None
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def rng_state(device: torch.device | None = None) -> dict:

@@ -20,7 +20,7 @@ import karel
 
 from .checkpoint import (
     RESUMABLE_CHANGES, check_compatible, checkpoint_path, list_checkpoints, load_checkpoint,
-    make_payload, save_checkpoint, set_rng_state,
+    make_payload, save_checkpoint, set_rng_state, sole_writer,
 )
 from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict
 from .data import PackedBlocks, batch_inputs, load_train_blocks
@@ -135,8 +135,11 @@ def train(
     records the count, the CPU, the device and the precision, and resuming with another of them
     warns that the curve will differ. A checkpoint written by a stop carries the losses since the
     last scheduled one, so the next scheduled ``train_loss`` is a straight run's.
+
+    One process at a time trains into ``out_dir``: a second one raises ``FolderInUse`` before it
+    reads anything (``model.checkpoint.sole_writer``).
     """
-    with pinned_threads(threads) as threads:
+    with sole_writer(out_dir), pinned_threads(threads) as threads:
         return _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, stop_after, blocks,
                       should_stop, threads)
 

@@ -1,5 +1,7 @@
 """Training: loss goes down, resume equals straight, checkpoints fail loudly when wrong."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 import karel
 from model import machine
-from model.checkpoint import list_checkpoints, load_checkpoint, load_model
+from model.checkpoint import FolderInUse, list_checkpoints, load_checkpoint, load_model
 from model.config import checkpoint_steps, preset
 from model.machine import cpu_identity
 from model.threads import PROCESS_THREADS
@@ -57,6 +59,26 @@ def test_resume_equals_straight(data_dir, tmp_path, packing, extra, optimizer):
     assert a["extra"]["train_loss"] == b["extra"]["train_loss"]  # steps 3 and 4, across the stop at 3
     # A finished run called again does nothing and returns the same checkpoints.
     assert train(m, t, data_dir, tmp_path / "b", progress=False) == resumed
+
+
+def test_a_second_process_training_into_the_same_folder_is_refused(data_dir, tmp_path):
+    m, t = _cfg()
+    train(m, t, data_dir, tmp_path, progress=False, stop_after=2)
+    before = {p.name: p.stat().st_mtime_ns for _, p in list_checkpoints(tmp_path)}
+    holder = subprocess.Popen(  # another trainer of this folder, as sole_writer holds it
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUse, match=str(tmp_path)):
+            train(m, t, data_dir, tmp_path, progress=False)
+        # nothing read or written: the first trainer's checkpoints are as they were
+        assert {p.name: p.stat().st_mtime_ns for _, p in list_checkpoints(tmp_path)} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [s for s, _ in train(m, t, data_dir, tmp_path, progress=False)] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("extra", [{"packing": "blocks"}, {"packing": "samples", "spec_pairs": (1, 2, 5)}])
