@@ -13,6 +13,7 @@ import fcntl
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -54,7 +55,9 @@ def sole_writer(out_dir) -> Iterator[None]:
     """Hold an exclusive ``fcntl.flock`` on the folder ``out_dir`` itself while training writes
     there, or raise FolderInUse at once. Two processes resuming from one folder would each write
     their own trajectory's checkpoints under the same step names, and the next resume would mix
-    them without a sign. The lock goes with the process and leaves no file behind."""
+    them without a sign. The lock goes with the process and leaves no file behind. Where the
+    filesystem cannot lock a folder (NFS emulates flock with byte-range locks, which need a file
+    open for writing) training goes on unguarded, with a warning."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(out_dir, os.O_RDONLY)
@@ -65,6 +68,9 @@ def sole_writer(out_dir) -> Iterator[None]:
             raise FolderInUse(f"{out_dir} is being trained into by another process (`fuser -v {out_dir}` names "
                               "it): wait for it or stop it, then run again (training resumes from its last "
                               "checkpoint)") from None
+        except OSError as e:
+            warnings.warn(f"cannot lock {out_dir} ({e.strerror}): a second process training into it would not "
+                          "be refused", stacklevel=4)
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -81,6 +81,20 @@ def test_a_second_process_training_into_the_same_folder_is_refused(data_dir, tmp
     assert [s for s, _ in train(m, t, data_dir, tmp_path, progress=False)] == [0, 2, 4]
 
 
+def test_a_folder_that_cannot_be_locked_trains_with_a_warning(data_dir, tmp_path, monkeypatch):
+    import errno
+
+    from model import checkpoint
+
+    def nfs_flock(fd, op):  # NFS's flock emulation refuses a folder opened read-only
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(checkpoint.fcntl, "flock", nfs_flock)
+    with pytest.warns(UserWarning, match="cannot lock .*would not be refused"):
+        found = train(*_cfg(), data_dir, tmp_path, progress=False)
+    assert [s for s, _ in found] == [0, 2, 4]
+
+
 @pytest.mark.parametrize("extra", [{"packing": "blocks"}, {"packing": "samples", "spec_pairs": (1, 2, 5)}])
 def test_micro_batches_change_nothing_but_memory(data_dir, tmp_path, extra):
     """Micro-batches weigh by their share of the batch's loss weight: the same logged loss and
