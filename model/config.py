@@ -40,7 +40,9 @@ class ModelConfig:
     # Measured together on the cpu preset at seeds 1 and 0: at step 1,000, 54.5% / 54.9% accuracy
     # (the baselines: 32.6% / 20.6%) and the program perplexity the baseline reaches at step 1,500,
     # ~1.5x fewer tokens; seed 1 at step 1,750: 77.0% against 58.5% (RESULTS.md, sessions 42-43).
-    # Off until the cpu preset has run end to end with them (probes, phases, interventions).
+    # End to end on the cpu preset (seed 0): 52.0% on lengths 6..10 against the baseline's 32.7%, but
+    # the direction probes gained less over the random-init states than in any baseline run, so
+    # they stay off until a second seed and a same-machine baseline say why (RESULTS.md, session 44).
     qk_norm: bool = False
     mlp_act: str = "gelu"
 
