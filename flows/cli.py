@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole study for a preset (cached stages are skipped)")
     est = sub.add_parser("estimate", help="how long a preset will take on this machine: each stage timed at a small "
-                                          "scale and scaled up (a few minutes for cpu; writes nothing)")
+                                          "scale and scaled up (5-15 minutes for cpu on 2 cores; writes nothing)")
     for sp in (run, est, sub.add_parser("status", help="which stages are done or missing for a preset")):
         sp.add_argument("--preset", default="cpu", help="smoke | cpu | cpu-long | paper (default: cpu)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",

@@ -68,9 +68,13 @@ class Part:
 
 def linear(t1: float, n1: float, t2: float, n2: float, n: float) -> float:
     """Seconds at size ``n`` of a cost measured as ``t1`` at ``n1`` and ``t2`` at ``n2`` (> n1):
-    a fixed part plus a part per unit, neither below zero (timing noise can make ``t2 < t1``)."""
-    per_unit = max(t2 - t1, 0.0) / (n2 - n1)
-    return max(t1 - per_unit * n1, 0.0) + per_unit * n
+    a fixed part plus a part per unit, neither below zero. Timing noise can make ``t2 < t1`` (all
+    fixed cost then), or make ``t2`` too long: a fixed part >= 0 bounds the part per unit by
+    ``t1 / n1``, so the cost at ``n`` never exceeds ``n / n1`` times ``t1``. The bound matters where
+    ``n`` is far past ``n2`` (the probe grids' 30 epochs from timings at 1 and 2, where noise in
+    the second timing is multiplied by 29)."""
+    per_unit = min(max(t2 - t1, 0.0) / (n2 - n1), t1 / n1)
+    return t1 - per_unit * n1 + per_unit * n
 
 
 # What grids run side by side get done, as a share of the same grids alone: three one-thread

@@ -20,8 +20,11 @@ def test_linear_splits_a_fixed_and_a_per_unit_cost():
     assert linear(3.0, 1, 5.0, 2, 10) == pytest.approx(1.0 + 2.0 * 10)
     # timing noise: the larger size measured faster counts as all fixed cost, never a negative slope
     assert linear(5.0, 1, 4.0, 2, 10) == pytest.approx(5.0)
-    # a steep slope never makes the fixed part negative
-    assert linear(1.0, 1, 5.0, 2, 3) == pytest.approx(12.0)
+    # a slope steeper than a fixed part >= 0 allows (noise in the second timing) is bounded by the
+    # first: never more than n / n1 times t1, and the fixed part never negative
+    assert linear(1.0, 1, 5.0, 2, 3) == pytest.approx(3.0)
+    assert linear(10.1, 1, 25.0, 2, 30) == pytest.approx(30 * 10.1)
+    assert linear(2.0, 0.1, 3.0, 0.2, 1.0) == pytest.approx(2.0 - 10.0 * 0.1 + 10.0)
 
 
 def test_probe_wall_is_the_grids_side_by_side_and_never_less_than_the_longest():
