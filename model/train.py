@@ -26,6 +26,7 @@ from .config import ModelConfig, TrainConfig, checkpoint_steps, config_to_dict
 from .data import PackedBlocks, batch_inputs, load_train_blocks
 from .machine import bf16_native, cpu_identity
 from .optim import make_optimizer, set_lr
+from .progress import ProgressFile
 from .threads import pinned_threads
 from .transformer import Transformer, sample_mask
 
@@ -204,6 +205,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
 
         bar = tqdm(total=last, initial=step, desc="train", unit="step", dynamic_ncols=True)
     t0, tokens_since = time.perf_counter(), 0
+    live = ProgressFile(out_dir, step, last, train_cfg.steps)
     loss_sum, loss_n = ckpt["extra"].get("losses_since_scheduled", (0.0, 0)) if ckpt is not None else (0.0, 0)
     while step < last:
         loss, n_tokens = train_step(model, optimizer, blocks, train_cfg, step, device)
@@ -215,6 +217,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
             rate = tokens_since / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
             bar.update(1)
+        live.update(step, step_loss, tokens_since)
         stopping = should_stop is not None and should_stop()
         if step in schedule or step == last or stopping:
             extra = {"train_loss": loss_sum / loss_n, "last_loss": step_loss, **where}

@@ -1,5 +1,7 @@
 """Training: loss goes down, resume equals straight, checkpoints fail loudly when wrong."""
 
+import math
+import os
 import subprocess
 import sys
 import threading
@@ -12,6 +14,7 @@ from model import machine
 from model.checkpoint import FolderInUse, list_checkpoints, load_checkpoint, load_model
 from model.config import checkpoint_steps, preset
 from model.machine import cpu_identity
+from model.progress import read_progress
 from model.threads import PROCESS_THREADS
 from model.train import autocast_context, train
 
@@ -59,6 +62,17 @@ def test_resume_equals_straight(data_dir, tmp_path, packing, extra, optimizer):
     assert a["extra"]["train_loss"] == b["extra"]["train_loss"]  # steps 3 and 4, across the stop at 3
     # A finished run called again does nothing and returns the same checkpoints.
     assert train(m, t, data_dir, tmp_path / "b", progress=False) == resumed
+
+
+def test_training_writes_its_live_step_where_status_reads_it(data_dir, tmp_path):
+    m, t = _cfg()
+    assert read_progress(tmp_path) is None
+    train(m, t, data_dir, tmp_path, progress=False, stop_after=3)
+    live = read_progress(tmp_path)
+    assert (live["step"], live["last_step"], live["steps"], live["pid"]) == (3, 3, 4, os.getpid())
+    assert live["tokens_per_s"] > 0 and live["seconds_per_step"] > 0 and math.isfinite(live["loss"])
+    train(m, t, data_dir, tmp_path, progress=False)  # resumed: the file follows it to the end
+    assert read_progress(tmp_path)["step"] == 4
 
 
 def test_a_second_process_training_into_the_same_folder_is_refused(data_dir, tmp_path):

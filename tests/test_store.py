@@ -248,6 +248,30 @@ def test_status_shows_a_stage_another_holder_is_computing(tmp_path):
     assert next(r for r in stage_status(ws, "smoke") if r["stage"] == "dataset")["state"] == "missing"
 
 
+def test_status_shows_a_running_training_at_its_live_step(tmp_path):
+    """Between checkpoints a training's step, rate and loss come from its ``progress.json``, while
+    a process holds the training's lock; once none does, status names the checkpoint it resumes at."""
+    from flows.presets import load_preset
+    from flows.status import stage_status
+    from model.progress import ProgressFile
+    from model.train import train
+    from tasks.dataset import data_dir, generate_dataset
+    from tasks.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    cfg = load_preset("smoke")
+    ds = generate_dataset.fn(str(ws.root), cfg.data)
+    key = next(r for r in stage_status(ws, "smoke") if r["stage"] == "train")["key"]
+    train(cfg.model, cfg.train, data_dir(ds), ws.work_dir / "train" / key, progress=False, stop_after=2)
+    ProgressFile(ws.work_dir / "train" / key, 2, cfg.train.steps, cfg.train.steps).update(7, 1.5, 5000)
+    with ws.store.lock("train", key):
+        row = next(r for r in stage_status(ws, "smoke") if r["stage"] == "train")
+        assert row["state"] == "running" and "checkpointed at step 2" in row["detail"], row
+        assert "; at step 7 at " in row["detail"] and "loss 1.5000" in row["detail"], row
+    row = next(r for r in stage_status(ws, "smoke") if r["stage"] == "train")
+    assert row["state"] == "missing" and "at step 7" not in row["detail"], row
+
+
 def test_run_stage_stamps_the_machine_that_computed_the_artifact(tmp_path):
     import torch
 
