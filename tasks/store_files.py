@@ -57,7 +57,7 @@ def pid_space() -> str:
 # 8 hex digits naming this pid space in scratch folder names, so that a store shared by several
 # machines (or containers) never judges another one's writer by a pid of this one.
 HOST_TAG = hashlib.sha256(pid_space().encode()).hexdigest()[:8]
-SCRATCH_NAME = re.compile(r"^\..+\.(tmp|old)-(\d+)-([0-9a-f]+)$")
+SCRATCH_NAME = re.compile(r"^\.(?P<key>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<tag>[0-9a-f]+)$")
 
 
 def scratch_path(folder: Path, name: str, kind: str) -> Path:

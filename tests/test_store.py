@@ -144,6 +144,14 @@ def test_clean_stale_removes_dead_writer_temp(tmp_path):
     assert live.exists() and elsewhere.exists() and not dead.exists() and not legacy.exists()
     os.utime(elsewhere, (time.time() - 7200, time.time() - 7200))
     assert s.clean_stale("data", max_age_s=3600) == [elsewhere]
+    # nor while a process holds the key's lock: a stage computing longer than max_age_s, or another
+    # host's writer named before the tags (its pid means nothing here)
+    held = tmp_path / "data" / ".k3.tmp-999999999-abcd1234"
+    held.mkdir()
+    os.utime(held, (time.time() - 7200, time.time() - 7200))
+    with s.lock("data", "k3"):
+        assert s.clean_stale("data", max_age_s=3600) == [] and held.exists()
+    assert s.clean_stale("data", max_age_s=3600) == [held]
     # the store's own scratch folders carry this host's tag
     with s.write("data", "k2") as tmp:
         assert tmp.name.startswith(".k2.tmp-") and f"-{HOST_TAG}" in tmp.name
