@@ -18,9 +18,10 @@ EVERY = 15.0  # seconds between rewrites
 class ProgressFile:
     """Rewrites ``out_dir/progress.json`` (atomically: a reader never sees half a file)."""
 
-    def __init__(self, out_dir: Path, first_step: int, last_step: int, steps: int):
+    def __init__(self, out_dir: Path, first_step: int, last_step: int, steps: int, on_write=None):
         self.path = Path(out_dir) / PROGRESS_FILE
         self.first, self.last, self.steps = first_step, last_step, steps
+        self.on_write = on_write  # called with each row written
         self.t0 = time.time()
         self.written = 0.0
 
@@ -38,6 +39,8 @@ class ProgressFile:
         tmp.write_text(json.dumps(row))
         os.replace(tmp, self.path)
         self.written = now
+        if self.on_write is not None:
+            self.on_write(row)
 
 
 def read_progress(out_dir: Path) -> dict | None:

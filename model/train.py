@@ -121,6 +121,7 @@ def train(
     blocks: PackedBlocks | None = None,
     should_stop=None,
     threads: int | None = None,
+    on_progress=None,
 ) -> list[tuple[int, Path]]:
     """Train (or resume) and return (step, path) of every checkpoint in ``out_dir``.
 
@@ -130,6 +131,8 @@ def train(
     ``blocks`` replaces the data read from ``data_dir`` (benchmarks).
     ``should_stop()`` is polled after every step; when it turns true a checkpoint is written at
     that step and training returns, so a SIGTERM loses at most one step of work.
+    ``progress.json`` in ``out_dir`` holds the live step, rate and loss (``model.progress``), and
+    ``on_progress(row)`` gets each row written (every 15 s and at the end).
 
     Runs on ``threads`` torch threads (default: the process's starting count, not whatever
     ``torch.set_num_threads`` last set), pinned in this thread (``model.threads``); each checkpoint
@@ -142,11 +145,11 @@ def train(
     """
     with sole_writer(out_dir), pinned_threads(threads) as threads:
         return _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, stop_after, blocks,
-                      should_stop, threads)
+                      should_stop, threads, on_progress)
 
 
 def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, stop_after, blocks, should_stop,
-           threads: int) -> list[tuple[int, Path]]:
+           threads: int, on_progress) -> list[tuple[int, Path]]:
     vocab = karel.Vocab(train_cfg.robot_markers)
     if model_cfg.vocab_size < len(vocab):
         raise ValueError(f"vocab_size: {model_cfg.vocab_size} is smaller than the vocabulary ({len(vocab)})")
@@ -205,7 +208,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
 
         bar = tqdm(total=last, initial=step, desc="train", unit="step", dynamic_ncols=True)
     t0, tokens_since = time.perf_counter(), 0
-    live = ProgressFile(out_dir, step, last, train_cfg.steps)
+    live = ProgressFile(out_dir, step, last, train_cfg.steps, on_progress)
     loss_sum, loss_n = ckpt["extra"].get("losses_since_scheduled", (0.0, 0)) if ckpt is not None else (0.0, 0)
     while step < last:
         loss, n_tokens = train_step(model, optimizer, blocks, train_cfg, step, device)

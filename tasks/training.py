@@ -20,6 +20,7 @@ from prefect.cache_policies import NONE
 from model import config as mcfg
 from model.train import train
 from tasks.dataset import data_dir
+from tasks.live import progress_artifact
 from tasks.stage import recomputed, run_stage, stage_key
 from tasks.workspace import Workspace
 
@@ -69,7 +70,7 @@ def train_lm(ws_root: str, model_cfg: mcfg.ModelConfig, train_cfg: mcfg.TrainCon
 
     def compute(tmp: Path) -> dict:
         done = train(model_cfg, train_cfg, data_dir(dataset), work, on_checkpoint=publish, progress=progress,
-                     should_stop=STOP.is_set)
+                     should_stop=STOP.is_set, on_progress=progress_artifact(key))
         if STOP.is_set():  # never let a stopped run look finished
             raise TrainingInterrupted(f"training {key} stopped at step {done[-1][0]}; rerun to resume")
         published = []

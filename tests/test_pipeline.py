@@ -147,7 +147,11 @@ def test_first_run_fills_every_table_and_report(ws):
 
     with sqlite3.connect(ws / "prefect" / "prefect.db") as con:
         keys = {k for (k,) in con.execute("SELECT key FROM artifact")}
+        live = con.execute("SELECT key, data, description FROM artifact WHERE type = 'progress'").fetchall()
     assert {"semprobe-summary", "semprobe-report"} <= keys
+    # and training's live step as a progress artifact, at its end when the run is done
+    (key, share, text), = live
+    assert key.startswith("train-") and float(share) == 100.0 and text.startswith("training step 12 of 12: "), live
 
 
 def test_rerun_recomputes_nothing_and_results_are_identical(ws):
