@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 PROGRESS_FILE = "progress.json"
@@ -16,28 +17,43 @@ EVERY = 15.0  # seconds between rewrites
 
 
 class ProgressFile:
-    """Rewrites ``out_dir/progress.json`` (atomically: a reader never sees half a file)."""
+    """Rewrites ``out_dir/progress.json`` (atomically: a reader never sees half a file). Made as
+    training starts, it removes the file an earlier process left, so a resumed run never shows
+    the dead one's step; a file that cannot be written is warned about once and left off."""
 
-    def __init__(self, out_dir: Path, first_step: int, last_step: int, steps: int, on_write=None):
+    def __init__(self, out_dir: Path, steps: int, on_write=None):
         self.path = Path(out_dir) / PROGRESS_FILE
-        self.first, self.last, self.steps = first_step, last_step, steps
+        self.path.unlink(missing_ok=True)
+        self.steps = steps
         self.on_write = on_write  # called with each row written
-        self.t0 = time.time()
-        self.written = 0.0
+        self.first = self.last = 0
+        self.t0 = self.written = None
+        self.off = False
 
-    def update(self, step: int, loss: float, tokens: int) -> None:
-        """After ``step`` (``tokens`` trained by this process so far, ``loss`` the step's)."""
-        now = time.time()
-        if now - self.written < EVERY and step < self.last:
+    def start(self, first_step: int, last_step: int) -> None:
+        """The loop starts after ``first_step`` and ends at ``last_step``."""
+        self.first, self.last = first_step, last_step
+        self.t0 = time.monotonic()
+
+    def update(self, step: int, loss: float, tokens: int, force: bool = False) -> None:
+        """After ``step`` (``tokens`` trained by this process so far, ``loss`` the step's); written
+        at most every ``EVERY`` seconds, and always at the last step or when ``force`` (a stop)."""
+        now = time.monotonic()
+        if self.off or (self.written is not None and now - self.written < EVERY and step < self.last and not force):
             return
         elapsed = max(now - self.t0, 1e-9)
-        done = max(step - self.first, 1)
         row = {"step": step, "last_step": self.last, "steps": self.steps, "loss": loss,
-               "seconds_per_step": elapsed / done, "tokens_per_s": tokens / elapsed,
-               "updated": now, "pid": os.getpid()}
+               "seconds_per_step": elapsed / max(step - self.first, 1), "tokens_per_s": tokens / elapsed,
+               "updated": time.time(), "pid": os.getpid()}
         tmp = self.path.with_name(f".{PROGRESS_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(row))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(row))
+            os.replace(tmp, self.path)
+        except OSError as e:  # it only reports: never stop training for it
+            self.off = True
+            warnings.warn(f"{self.path}: cannot write training's progress ({e}); training goes on without it",
+                          stacklevel=2)
+            return
         self.written = now
         if self.on_write is not None:
             self.on_write(row)

@@ -132,7 +132,7 @@ def train(
     ``should_stop()`` is polled after every step; when it turns true a checkpoint is written at
     that step and training returns, so a SIGTERM loses at most one step of work.
     ``progress.json`` in ``out_dir`` holds the live step, rate and loss (``model.progress``), and
-    ``on_progress(row)`` gets each row written (every 15 s and at the end).
+    ``on_progress(row)`` gets each row written (at most every 15 s, and at the last step or a stop).
 
     Runs on ``threads`` torch threads (default: the process's starting count, not whatever
     ``torch.set_num_threads`` last set), pinned in this thread (``model.threads``); each checkpoint
@@ -157,6 +157,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
         raise ValueError(f"block_len: {train_cfg.block_len} exceeds the model context {model_cfg.context}")
     device = resolve_device(train_cfg)
     out_dir = Path(out_dir)
+    live = ProgressFile(out_dir, train_cfg.steps, on_progress)
     schedule = set(checkpoint_steps(train_cfg))
     last = train_cfg.steps if stop_after is None else min(stop_after, train_cfg.steps)
 
@@ -208,7 +209,7 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
 
         bar = tqdm(total=last, initial=step, desc="train", unit="step", dynamic_ncols=True)
     t0, tokens_since = time.perf_counter(), 0
-    live = ProgressFile(out_dir, step, last, train_cfg.steps, on_progress)
+    live.start(step, last)
     loss_sum, loss_n = ckpt["extra"].get("losses_since_scheduled", (0.0, 0)) if ckpt is not None else (0.0, 0)
     while step < last:
         loss, n_tokens = train_step(model, optimizer, blocks, train_cfg, step, device)
@@ -220,8 +221,8 @@ def _train(model_cfg, train_cfg, data_dir, out_dir, on_checkpoint, progress, sto
             rate = tokens_since / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
             bar.update(1)
-        live.update(step, step_loss, tokens_since)
         stopping = should_stop is not None and should_stop()
+        live.update(step, step_loss, tokens_since, force=stopping)
         if step in schedule or step == last or stopping:
             extra = {"train_loss": loss_sum / loss_n, "last_loss": step_loss, **where}
             if step in schedule:  # a stop's checkpoint carries them to the resumed run

@@ -256,9 +256,9 @@ class ArtifactStore:
         A folder is removed when its writer (pid and host tag, from the name) ran on this host
         (this pid namespace) and is no longer alive, or when it is older than ``max_age_s`` (None: never by age; for
         writers on other hosts sharing the store). A name without a host tag (written before
-        the tags) counts as this host's. Never while a process, on any host, holds its key's lock
-        (``computing_since``): a stage computing for days, or another host's writer named before
-        the tags, keeps its folder.
+        the tags) counts as this host's. By age or by an untagged name, never while a process, on
+        any host, holds its key's lock (``computing_since``): a stage computing for days, or another
+        host's writer named before the tags, keeps its folder.
         """
         stages = [self.stage_dir(stage)] if stage else [p for p in self.root.glob("*") if p.is_dir()]
         removed = []
@@ -271,23 +271,29 @@ class ArtifactStore:
                 if not mt:
                     continue
                 tag = mt["tag"]
-                here = len(tag) == 8 or tag[:8] == HOST_TAG
+                legacy, mine = len(tag) == 8, tag[:8] == HOST_TAG
                 try:
                     age = now - p.stat().st_mtime
                 except OSError:
                     continue
-                stale = (here and not pid_alive(int(mt["pid"]))) or (max_age_s is not None and age > max_age_s)
-                if stale and not self._held(sd.name, mt["key"]):
+                dead = (legacy or mine) and not pid_alive(int(mt["pid"]))
+                # a dead writer tagged by this host is garbage whoever holds the key now (a new
+                # writer has its own folder); by age or by an untagged name, only if none does
+                if (mine and dead) or ((legacy and dead or max_age_s is not None and age > max_age_s)
+                                       and not self._held(sd.name, mt["key"])):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p)
         return removed
 
     def _held(self, stage: str, key: str) -> bool:
-        """Whether a process holds the lock of ``key`` (False for a name no key can have)."""
+        """Whether a process holds the lock of ``key``: False for a name no key can have, True
+        when the lock cannot be read (a remote store out of reach keeps the folder)."""
         try:
             return self.computing_since(stage, key) is not None
         except ValueError:
             return False
+        except Exception:
+            return True
 
     # --------------------------------------------------------------- locking
     @contextlib.contextmanager

@@ -71,6 +71,13 @@ def test_training_writes_its_live_step_where_status_reads_it(data_dir, tmp_path)
     live = read_progress(tmp_path)
     assert (live["step"], live["last_step"], live["steps"], live["pid"]) == (3, 3, 4, os.getpid())
     assert live["tokens_per_s"] > 0 and live["seconds_per_step"] > 0 and math.isfinite(live["loss"])
+    train(m, t, data_dir, tmp_path, progress=False, stop_after=3)  # nothing to train: no step to show
+    assert read_progress(tmp_path) is None  # not the last process's, as if it were live
+    # a stop is written at once (steps 1 and 3 here, not 2: within 15 s of the first)
+    seen, polls = [], iter(range(1, 10))
+    train(m, t, data_dir, tmp_path / "b", progress=False, should_stop=lambda: next(polls) == 3,
+          on_progress=lambda row: seen.append(row["step"]))
+    assert seen == [1, 3] and read_progress(tmp_path / "b")["step"] == 3
     train(m, t, data_dir, tmp_path, progress=False)  # resumed: the file follows it to the end
     assert read_progress(tmp_path)["step"] == 4
 

@@ -147,11 +147,16 @@ def test_clean_stale_removes_dead_writer_temp(tmp_path):
     # nor while a process holds the key's lock: a stage computing longer than max_age_s, or another
     # host's writer named before the tags (its pid means nothing here)
     held = tmp_path / "data" / ".k3.tmp-999999999-abcd1234"
-    held.mkdir()
-    os.utime(held, (time.time() - 7200, time.time() - 7200))
-    with s.lock("data", "k3"):
-        assert s.clean_stale("data", max_age_s=3600) == [] and held.exists()
-    assert s.clean_stale("data", max_age_s=3600) == [held]
+    computing = tmp_path / "data" / f".k4.tmp-999999999-{other_host}abcd1234"
+    dead_here = tmp_path / "data" / f".k4.old-999999999-{HOST_TAG}abcd1234"
+    for p in (held, computing, dead_here):
+        p.mkdir()
+    os.utime(computing, (time.time() - 7200, time.time() - 7200))
+    with s.lock("data", "k3"), s.lock("data", "k4"):
+        # this host's dead writer goes whoever holds the key now (a new writer has its own folder)
+        assert s.clean_stale("data", max_age_s=3600) == [dead_here]
+        assert held.exists() and computing.exists()
+    assert sorted(s.clean_stale("data", max_age_s=3600)) == sorted([held, computing])
     # the store's own scratch folders carry this host's tag
     with s.write("data", "k2") as tmp:
         assert tmp.name.startswith(".k2.tmp-") and f"-{HOST_TAG}" in tmp.name
@@ -271,7 +276,9 @@ def test_status_shows_a_running_training_at_its_live_step(tmp_path):
     ds = generate_dataset.fn(str(ws.root), cfg.data)
     key = next(r for r in stage_status(ws, "smoke") if r["stage"] == "train")["key"]
     train(cfg.model, cfg.train, data_dir(ds), ws.work_dir / "train" / key, progress=False, stop_after=2)
-    ProgressFile(ws.work_dir / "train" / key, 2, cfg.train.steps, cfg.train.steps).update(7, 1.5, 5000)
+    live = ProgressFile(ws.work_dir / "train" / key, cfg.train.steps)  # as a process resumed at step 2
+    live.start(2, cfg.train.steps)
+    live.update(7, 1.5, 5000)
     with ws.store.lock("train", key):
         row = next(r for r in stage_status(ws, "smoke") if r["stage"] == "train")
         assert row["state"] == "running" and "checkpointed at step 2" in row["detail"], row

@@ -309,3 +309,14 @@ def test_sweep_replay_reads_artifacts_from_its_own_cache(url, tmp_path):
     host = ArtifactStore(url, cache_dir=tmp_path / "host-cache")
     record.replay(j, Reader(None, "run-1", None), store=host)
     assert seen == [(str(tmp_path / "host-cache" / "probes" / "k"), b"rows"), (out["path"], None)]
+
+
+def test_clean_stale_keeps_a_legacy_scratch_folder_while_a_worker_holds_the_remote_lock(url, tmp_path):
+    """A local staging folder named before the host tags is judged by this host's pids, which mean
+    nothing for another worker's: while any worker holds the key's lock at the URL it stays."""
+    s = ArtifactStore(url, cache_dir=tmp_path / "cache")
+    legacy = s.stage_dir("data") / ".k.tmp-999999999-abcd1234"
+    legacy.mkdir(parents=True)
+    with s.lock("data", "k"):
+        assert s.clean_stale("data", max_age_s=None) == [] and legacy.exists()
+    assert s.clean_stale("data", max_age_s=None) == [legacy]
