@@ -81,7 +81,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    m, t = preset(args.preset)
+    m, t = preset(args.preset, model={"qk_norm": False, "mlp_act": "gelu"})  # CodeGen's block, as HF's
     seq = args.seq or t.block_len
     torch.manual_seed(0)
     x = torch.randint(0, 43, (args.batch, seq + 1))

@@ -120,35 +120,39 @@ SPECS=4000; [ -n "$TINY_FLAG" ] && SPECS=200
 PROBED="--grid-specs $SPECS --grid-control --grid-chunk 64 --grid-kinds linear,mlp1,mlp2"
 [ "${GRID_GRAPHS:-0}" = 1 ] && PROBED="$PROBED --grid-graphs"
 PROBED="$PROBED --grid-seeds ${GRID_SEEDS:-1}"   # 3: paired CIs (gpu_targets.py), 3x the probe time
+# gpu_emergence.py starts from the `cpu` preset, whose blocks are normalised queries and keys with a
+# squared-ReLU MLP since session 45; the arms that rerun earlier recipes (`cpu-long`, the `cpu`
+# recipe of 2026-12-04) keep CodeGen's blocks, as their figures were measured with.
+CODEGEN="--model qk_norm=false --model mlp_act=gelu"
 case "$ARMS" in
   probes)
-    run cpu-long-probes-curve --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $PROBED \
+    run cpu-long-probes-curve --fixed-steps $CODEGEN --model n_layer=6 --train steps=$(steps 6000) $PROBED \
       --grid-steps "$(gsteps 500 1000 2000 3000 4500)" --grid-semantics original,flip,adversarial &
-    run cpu-long-probes-future --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) $PROBED \
+    run cpu-long-probes-future --fixed-steps $CODEGEN --model n_layer=6 --train seed=1 --train steps=$(steps 6000) $PROBED \
       --grid-steps "$(gsteps 3000)" --grid-offsets 0,1,2 &
     # a third run beside them only when the probes replay as CUDA graphs: eager, the two
     # probed runs need ~400-500 s of the call alone (the probe sets hold ~10-17k positions)
     if [ "${GRID_GRAPHS:-0}" = 1 ]; then
-      run six-layers-b332-sized --model n_layer=6 --train batch_size=$(rows 332) $PROBED --grid-steps "$(gsteps end)" &
+      run six-layers-b332-sized $CODEGEN --model n_layer=6 --train batch_size=$(rows 332) $PROBED --grid-steps "$(gsteps end)" &
     fi ;;
   seeds)
-    run cpu-long-recipe-6k-s1 --fixed-steps --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
-    run cpu-long-recipe-6k-s2 --fixed-steps --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
-    run cpu-long-recipe-b166-6k --fixed-steps --model n_layer=6 --train batch_size=$(rows 166) --train steps=$(steps 6000) & ;;
+    run cpu-long-recipe-6k-s1 --fixed-steps $CODEGEN --model n_layer=6 --train seed=1 --train steps=$(steps 6000) &
+    run cpu-long-recipe-6k-s2 --fixed-steps $CODEGEN --model n_layer=6 --train seed=2 --train steps=$(steps 6000) &
+    run cpu-long-recipe-b166-6k --fixed-steps $CODEGEN --model n_layer=6 --train batch_size=$(rows 166) --train steps=$(steps 6000) & ;;
   pairs)  # TINY's smoke preset packs blocks; spec_pairs needs whole-sample rows
     ROWS=""; [ -n "$TINY_FLAG" ] && ROWS="--train packing=samples --train block_len=386"
-    run cpu-long-recipe-6k-pairs15 --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=1,2,3,4,5 &
-    run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS &
-    run cpu-long-recipe-6k-pairs35 --fixed-steps --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=3,4,5 & ;;
+    run cpu-long-recipe-6k-pairs15 --fixed-steps $CODEGEN --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=1,2,3,4,5 &
+    run cpu-long-recipe-6k --fixed-steps $CODEGEN --model n_layer=6 --train steps=$(steps 6000) $ROWS &
+    run cpu-long-recipe-6k-pairs35 --fixed-steps $CODEGEN --model n_layer=6 --train steps=$(steps 6000) $ROWS --train spec_pairs=3,4,5 & ;;
   blocks)
-    run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
+    run cpu-recipe-8k --fixed-steps $CODEGEN --train steps=$(steps 8000) &
     run cpu-recipe-8k-blocks --fixed-steps --model qk_norm=true --model mlp_act=relu2 --train steps=$(steps 8000) &
     run cpu-recipe-8k-blocks-s1 --fixed-steps --model qk_norm=true --model mlp_act=relu2 --train seed=1 \
       --train steps=$(steps 8000) & ;;
   2026-12-04)
-    run cpu-recipe-8k --fixed-steps --train steps=$(steps 8000) &
-    run cpu-recipe-b166-6k --fixed-steps --train batch_size=$(rows 166) --train steps=$(steps 6000) &
-    run cpu-long-recipe-6k --fixed-steps --model n_layer=6 --train steps=$(steps 6000) & ;;
+    run cpu-recipe-8k --fixed-steps $CODEGEN --train steps=$(steps 8000) &
+    run cpu-recipe-b166-6k --fixed-steps $CODEGEN --train batch_size=$(rows 166) --train steps=$(steps 6000) &
+    run cpu-long-recipe-6k --fixed-steps $CODEGEN --model n_layer=6 --train steps=$(steps 6000) & ;;
 esac
 failed=0
 for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done

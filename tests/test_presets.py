@@ -88,10 +88,12 @@ def test_probe_step0_off_needs_the_random_init_control():
 def test_cpu_long_is_the_cpu_recipe_for_longer():
     """Issue 7: cpu-long is the cpu recipe (optimiser, rows, data, test specs) with six layers,
     longer (the budget measured to reach the accuracy target, RESULTS.md), and probes step 0's
-    own programs too, as its recorded runs did."""
+    own programs too, as its recorded runs did; its blocks stay CodeGen's, which those runs had
+    (the cpu preset's normalised queries and keys and squared-ReLU MLP came after them)."""
     long, cpu = load_preset("cpu-long"), load_preset("cpu")
     assert long.preset == "cpu-long" and long.data == cpu.data
-    assert long.model == replace(cpu.model, n_layer=6) and cpu.model.n_layer == 4
+    assert long.model == replace(cpu.model, n_layer=6, qk_norm=False, mlp_act="gelu") and cpu.model.n_layer == 4
+    assert cpu.model.qk_norm and cpu.model.mlp_act == "relu2"
     assert long.eval == cpu.eval  # the same 300 test specs, so the curves line up
     assert replace(long.train, steps=cpu.train.steps, ckpt_every=cpu.train.ckpt_every) == cpu.train
     assert long.train.steps == 6000 > 3 * cpu.train.steps
