@@ -1,6 +1,6 @@
 """A training run's live position, for whoever watches it without a terminal (``semprobe status``
 in a ``--quiet`` run, a Prefect worker's flow run): ``progress.json`` beside the checkpoints,
-rewritten at most every ``EVERY`` seconds and at the last step. It only reports; nothing resumes
+rewritten at most every ``EVERY`` seconds, and at the last step or a stop. It only reports; nothing resumes
 from it (checkpoints do), and writing it changes nothing in the training curve.
 """
 
