@@ -33,9 +33,10 @@ pin_sources(*LIBRARIES, "tasks")
 # so a rerun after any edit is a new run, never an earlier run's results replayed.
 RUN_CODE = (*LIBRARIES, "tasks", "flows")
 # Task modules a stage may import without their code counting in its key: paths, the store,
-# recording. Anything else a stage module imports from tasks is one of its ``helpers``
-# (tests/test_cachekey.py checks every stage module against this).
-PLUMBING = ("tasks.cachekey", "tasks.dataset", "tasks.stage", "tasks.store", "tasks.training", "tasks.workspace")
+# recording, progress shown in the UI (``tasks.live``). Anything else a stage module imports from
+# tasks is one of its ``helpers`` (tests/test_cachekey.py checks every stage module against this).
+PLUMBING = ("tasks.cachekey", "tasks.dataset", "tasks.live", "tasks.stage", "tasks.store", "tasks.training",
+            "tasks.workspace")
 
 
 def stage_key(stage: str, config, upstream: list[str], packages: list[str], own: str,
