@@ -27,6 +27,9 @@ SCRIPT = textwrap.dedent("""
     from flows.stopping import note_signals, stop_if_signalled, termination_code
 
     signum, noted, where, rows = int(sys.argv[1]), sys.argv[2] == "noted", sys.argv[3], int(sys.argv[4])
+    # Ctrl-C as in a terminal: a test run started with `&` by a shell without job control hands
+    # its processes SIGINT ignored, which note_signals rightly leaves ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sent = []
     def send():
         sent.append(time.monotonic())
