@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from flows.presets import load_preset
 from model.checkpoint import list_checkpoints
 from model.config import checkpoint_steps
-from model.progress import read_progress
+from model.progress import describe, read_progress
 from probes.resume import saved_units
 from tasks.activations import activations_key
 from tasks.dataset import dataset_key
@@ -47,8 +47,7 @@ def stage_status(ws: Workspace, preset: str, overrides=()) -> list[dict]:
     live = read_progress(ws.work_dir / "train" / tk)
     if train_row["state"] == "running" and live is not None and saved and live["step"] > saved[-1][0]:
         when = datetime.fromtimestamp(live["updated"], timezone.utc).strftime("%H:%M:%S UTC")
-        train_row["detail"] += (f"; at step {live['step']} at {when}, {live['seconds_per_step']:.2f} s a step, "
-                                f"{live['tokens_per_s']:,.0f} tokens/s, loss {live['loss']:.4f}")
+        train_row["detail"] += f"; at step {live['step']} at {when}, {describe(live)}"
     rows = [row("dataset", ds), train_row]
     probed = cfg.probed_steps()
     for step in checkpoint_steps(cfg.train):

@@ -59,6 +59,11 @@ class ProgressFile:
             self.on_write(row)
 
 
+def describe(row: dict) -> str:
+    """A row's rate and loss as ``semprobe status`` and the Prefect UI both show them."""
+    return f"{row['seconds_per_step']:.2f} s a step, {row['tokens_per_s']:,.0f} tokens/s, loss {row['loss']:.4f}"
+
+
 def read_progress(out_dir: Path) -> dict | None:
     """The last ``progress.json`` written in ``out_dir``, or None (none yet, or unreadable)."""
     try:

@@ -7,7 +7,10 @@ once and training goes on without it.
 from __future__ import annotations
 
 import logging
+import math
 import time
+
+from model.progress import describe
 
 EVERY = 60.0  # seconds between updates sent to the server (and the last step always)
 
@@ -18,22 +21,21 @@ def progress_artifact(train_key: str, every_s: float = EVERY):
 
     if TaskRunContext.get() is None and FlowRunContext.get() is None:
         return None
-    sent = {"id": None, "at": 0.0, "off": False}
+    sent = {"id": None, "at": -math.inf, "off": False}
 
     def on_progress(row: dict) -> None:
-        if sent["off"] or (time.time() - sent["at"] < every_s and row["step"] < row["last_step"]):
+        if sent["off"] or (time.monotonic() - sent["at"] < every_s and row["step"] < row["last_step"]):
             return
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
         share = 100.0 * row["step"] / row["steps"]
-        text = (f"training step {row['step']:,} of {row['steps']:,}: {row['seconds_per_step']:.2f} s a step, "
-                f"{row['tokens_per_s']:,.0f} tokens/s, loss {row['loss']:.4f}")
+        text = f"training step {row['step']:,} of {row['steps']:,}: {describe(row)}"
         try:
             if sent["id"] is None:
                 sent["id"] = create_progress_artifact(share, key=f"train-{train_key}", description=text)
             else:
                 update_progress_artifact(sent["id"], share, description=text)
-            sent["at"] = time.time()
+            sent["at"] = time.monotonic()
         except Exception as e:  # never stop training for the UI
             sent["off"] = True
             logging.getLogger(__name__).warning("training's progress artifact is off: %s", e)
